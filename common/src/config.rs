@@ -1,0 +1,557 @@
+//! The cluster configuration model (`/etc/ns-ha/cluster.json`) and the
+//! node-local state (`/etc/ns-ha/node.json`).
+//!
+//! `cluster.json` describes the pair symmetrically (both nodes' addresses,
+//! VIPs, VRRP settings, sync set, role actions) and is the same on both
+//! nodes: the primary edits it and installs it on the backup. `node.json`
+//! holds what differs per node: its role, its peer, the pinned host key. Both
+//! are versioned and reject unknown fields, so a typo is an error instead of a
+//! silently ignored setting.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use crate::exit::{fail, Code};
+use crate::fsutil::atomic_write;
+use crate::net::{check_ifname, Ipv4Cidr};
+use crate::role_config::RoleSettings;
+use crate::root::{paths, NodeRoot};
+use crate::service::ServiceBackend;
+use crate::sync_config::SyncSettings;
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Which node this is, fixed at pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Backup,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        }
+    }
+    pub fn other(self) -> Role {
+        match self {
+            Role::Primary => Role::Backup,
+            Role::Backup => Role::Primary,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole cluster, identical on both nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub schema_version: u32,
+    /// Random identifier chosen by the primary at init; a node never accepts another cluster's data.
+    pub cluster_id: String,
+    /// Whether HA runs (keepalived started) on the nodes.
+    pub enabled: bool,
+    pub ha: HaLink,
+    #[serde(default)]
+    pub vrrp: VrrpSettings,
+    #[serde(default)]
+    pub lans: Vec<LanInterface>,
+    #[serde(default)]
+    pub ssh: SshSettings,
+    #[serde(default)]
+    pub sync: SyncSettings,
+    #[serde(default)]
+    pub roles: RoleSettings,
+}
+
+/// The dedicated link between the two firewalls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaLink {
+    pub interface: String,
+    pub primary_address: Ipv4Cidr,
+    /// Learned from the backup at pairing.
+    #[serde(default)]
+    pub backup_address: Option<Ipv4Cidr>,
+    /// VRRPv3 refuses an instance without a VIP, so the HA-link heartbeat
+    /// carries one /32 of the HA subnet that neither node uses.
+    pub heartbeat_vip: Ipv4Addr,
+}
+
+/// VRRP (keepalived) settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VrrpSettings {
+    /// Advertisement interval in milliseconds (VRRPv3: 10..=40950, a multiple of 10).
+    pub advert_interval_ms: u32,
+    /// VRID of the HA-link instance; LAN instances get their own, stored per LAN.
+    pub vrid: u8,
+    pub priority_primary: u8,
+    pub priority_backup: u8,
+    /// Whether the primary takes the VIPs back when it returns.
+    pub preempt: bool,
+}
+
+impl Default for VrrpSettings {
+    fn default() -> Self {
+        VrrpSettings {
+            advert_interval_ms: 100,
+            vrid: 50,
+            priority_primary: 200,
+            priority_backup: 100,
+            preempt: true,
+        }
+    }
+}
+
+/// A LAN interface in the cluster, with its VIPs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanInterface {
+    pub interface: String,
+    pub vrid: u8,
+    pub primary_address: Ipv4Cidr,
+    pub backup_address: Ipv4Cidr,
+    #[serde(default)]
+    pub vips: Vec<Ipv4Cidr>,
+}
+
+/// How the primary reaches the backup's sshd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshSettings {
+    pub port: u16,
+    pub user: String,
+}
+
+impl Default for SshSettings {
+    fn default() -> Self {
+        SshSettings {
+            port: 22,
+            user: "root".into(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// A fresh cluster description, created by the primary at init.
+    pub fn new(
+        cluster_id: String,
+        ha_interface: String,
+        primary_address: Ipv4Cidr,
+        heartbeat_vip: Ipv4Addr,
+    ) -> Self {
+        ClusterConfig {
+            schema_version: SCHEMA_VERSION,
+            cluster_id,
+            enabled: false,
+            ha: HaLink {
+                interface: ha_interface,
+                primary_address,
+                backup_address: None,
+                heartbeat_vip,
+            },
+            vrrp: VrrpSettings::default(),
+            lans: Vec::new(),
+            ssh: SshSettings::default(),
+            sync: SyncSettings::default(),
+            roles: RoleSettings::default(),
+        }
+    }
+
+    /// This node's HA-link address, by role.
+    pub fn ha_address(&self, role: Role) -> Option<Ipv4Cidr> {
+        match role {
+            Role::Primary => Some(self.ha.primary_address),
+            Role::Backup => self.ha.backup_address,
+        }
+    }
+
+    pub fn priority(&self, role: Role) -> u8 {
+        match role {
+            Role::Primary => self.vrrp.priority_primary,
+            Role::Backup => self.vrrp.priority_backup,
+        }
+    }
+
+    pub fn lan(&self, interface: &str) -> Option<&LanInterface> {
+        self.lans.iter().find(|l| l.interface == interface)
+    }
+
+    /// Every VIP of the cluster.
+    pub fn all_vips(&self) -> Vec<Ipv4Cidr> {
+        self.lans
+            .iter()
+            .flat_map(|l| l.vips.iter().copied())
+            .collect()
+    }
+
+    /// The lowest VRID not used by the HA instance or any LAN.
+    pub fn free_vrid(&self) -> Result<u8> {
+        let used: BTreeSet<u8> = std::iter::once(self.vrrp.vrid)
+            .chain(self.lans.iter().map(|l| l.vrid))
+            .collect();
+        (1..=255u8)
+            .map(|d| self.vrrp.vrid.wrapping_add(d))
+            .find(|v| *v != 0 && !used.contains(v))
+            .ok_or_else(|| fail(Code::Config, "no free VRRP router id left"))
+    }
+
+    /// Check every rule a valid cluster follows. Errors say what and how to fix.
+    pub fn validate(&self) -> Result<()> {
+        let cfg_err = |m: String| fail(Code::Config, m);
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(cfg_err(format!(
+                "schema_version {} is not supported by this ns-ha (which reads {SCHEMA_VERSION}): upgrade ns-ha on this node",
+                self.schema_version
+            )));
+        }
+        if self.cluster_id.len() != 32 || !self.cluster_id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(cfg_err(format!(
+                "cluster_id '{}' is not 32 hex digits: re-run ns-ha-init init-primary",
+                self.cluster_id
+            )));
+        }
+        check_ifname(&self.ha.interface)?;
+        if let Some(b) = self.ha.backup_address {
+            check_pair_addresses("HA link", &self.ha.primary_address, &b)?;
+            if b.addr == self.ha.heartbeat_vip {
+                return Err(cfg_err(format!(
+                    "ha.heartbeat_vip {} is the backup's HA address: pick a free address of the HA subnet",
+                    b.addr
+                )));
+            }
+        }
+        if !self
+            .ha
+            .primary_address
+            .is_host_address(self.ha.heartbeat_vip)
+            || self.ha.heartbeat_vip == self.ha.primary_address.addr
+        {
+            return Err(cfg_err(format!(
+                "ha.heartbeat_vip {} is not a free host address of the HA subnet {}/{}",
+                self.ha.heartbeat_vip,
+                self.ha.primary_address.network(),
+                self.ha.primary_address.prefix
+            )));
+        }
+        let v = &self.vrrp;
+        if !(10..=40950).contains(&v.advert_interval_ms) || v.advert_interval_ms % 10 != 0 {
+            return Err(cfg_err(format!(
+                "vrrp.advert_interval_ms {} is out of range: use a multiple of 10 between 10 and 40950",
+                v.advert_interval_ms
+            )));
+        }
+        for (name, p) in [
+            ("priority_primary", v.priority_primary),
+            ("priority_backup", v.priority_backup),
+        ] {
+            if !(1..=254).contains(&p) {
+                return Err(cfg_err(format!(
+                    "vrrp.{name} {p} is out of range: use 1..254"
+                )));
+            }
+        }
+        if v.priority_primary <= v.priority_backup {
+            return Err(cfg_err(format!(
+                "vrrp.priority_primary {} must be above priority_backup {}",
+                v.priority_primary, v.priority_backup
+            )));
+        }
+        let mut ifnames = BTreeSet::from([self.ha.interface.as_str()]);
+        let mut vrids = BTreeSet::from([v.vrid]);
+        let mut vips = BTreeSet::new();
+        for lan in &self.lans {
+            check_ifname(&lan.interface)?;
+            if !ifnames.insert(lan.interface.as_str()) {
+                return Err(cfg_err(format!(
+                    "interface {} is listed twice (or is the HA interface)",
+                    lan.interface
+                )));
+            }
+            if lan.vrid == 0 || !vrids.insert(lan.vrid) {
+                return Err(cfg_err(format!(
+                    "LAN {} has VRID {} which is 0 or already used",
+                    lan.interface, lan.vrid
+                )));
+            }
+            check_pair_addresses(&lan.interface, &lan.primary_address, &lan.backup_address)?;
+            for vip in &lan.vips {
+                check_vip(lan, vip)?;
+                if !vips.insert(vip.addr) {
+                    return Err(cfg_err(format!("VIP {} is configured twice", vip.addr)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_pair_addresses(what: &str, primary: &Ipv4Cidr, backup: &Ipv4Cidr) -> Result<()> {
+    if primary.addr == backup.addr {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "{what}: both nodes have address {}: give each node its own",
+                primary.addr
+            ),
+        ));
+    }
+    if !primary.contains(backup.addr) || primary.prefix != backup.prefix {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "{what}: node addresses {primary} and {backup} are not in one subnet: put both nodes on the same network"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A VIP must be a host address of the LAN's subnet and differ from both nodes' addresses.
+pub fn check_vip(lan: &LanInterface, vip: &Ipv4Cidr) -> Result<()> {
+    let subnet = lan.primary_address;
+    if vip.prefix != subnet.prefix || !subnet.is_host_address(vip.addr) {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "VIP {vip} is not a host address of {}'s subnet {}/{}: pick a free address in that subnet with the same prefix",
+                lan.interface,
+                subnet.network(),
+                subnet.prefix
+            ),
+        ));
+    }
+    if vip.addr == lan.primary_address.addr || vip.addr == lan.backup_address.addr {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "VIP {} is a node's own address on {}: pick a free address",
+                vip.addr, lan.interface
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What differs per node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub schema_version: u32,
+    pub role: Role,
+    /// The peer's HA-link address.
+    pub peer_address: Ipv4Addr,
+    /// Primary: the backup's SSH host key, pinned at pairing.
+    #[serde(default)]
+    pub peer_host_key: Option<PinnedHostKey>,
+    /// Backup: fingerprint of the primary's key authorized for the sync command.
+    #[serde(default)]
+    pub authorized_key_fingerprint: Option<String>,
+    /// How this node starts and stops services (init.d scripts or systemd).
+    #[serde(default)]
+    pub service_backend: ServiceBackend,
+}
+
+/// A pinned SSH host key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedHostKey {
+    /// e.g. `ssh-ed25519`.
+    pub key_type: String,
+    /// The key blob, base64 as in known_hosts.
+    pub key_base64: String,
+    /// `SHA256:...` as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str, fix: &str) -> Result<T> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail(
+                Code::State,
+                format!("{what} {} does not exist: {fix}", path.display()),
+            ))
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        fail(
+            Code::Config,
+            format!(
+                "{what} {} is invalid: {e}: fix the file or restore it with ns-ha-init",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Load and validate `cluster.json`.
+pub fn load_cluster(root: &NodeRoot) -> Result<ClusterConfig> {
+    let path = root.path(paths::CLUSTER_CONFIG);
+    let cfg: ClusterConfig = load_json(
+        &path,
+        "cluster config",
+        "initialize this node with ns-ha-init init-primary (or pair it as backup)",
+    )?;
+    cfg.validate()
+        .with_context(|| format!("cluster config {}", path.display()))?;
+    Ok(cfg)
+}
+
+/// Load the cluster config if present, without failing when it is missing.
+pub fn load_cluster_opt(root: &NodeRoot) -> Result<Option<ClusterConfig>> {
+    if root.path(paths::CLUSTER_CONFIG).exists() {
+        load_cluster(root).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Validate and write `cluster.json` atomically (0600: it names the cluster secret id).
+pub fn save_cluster(root: &NodeRoot, cfg: &ClusterConfig) -> Result<()> {
+    cfg.validate()?;
+    let mut text = serde_json::to_string_pretty(cfg)?;
+    text.push('\n');
+    atomic_write(&root.path(paths::CLUSTER_CONFIG), text.as_bytes(), 0o600)
+}
+
+/// Load `node.json`.
+pub fn load_node(root: &NodeRoot) -> Result<NodeConfig> {
+    let path = root.path(paths::NODE_CONFIG);
+    let node: NodeConfig = load_json(
+        &path,
+        "node config",
+        "initialize this node with ns-ha-init init-primary or init-backup",
+    )?;
+    if node.schema_version != SCHEMA_VERSION {
+        return Err(fail(
+            Code::Config,
+            format!(
+                "node config {}: schema_version {} is not supported (this ns-ha reads {SCHEMA_VERSION})",
+                path.display(),
+                node.schema_version
+            ),
+        ));
+    }
+    Ok(node)
+}
+
+pub fn load_node_opt(root: &NodeRoot) -> Result<Option<NodeConfig>> {
+    if root.path(paths::NODE_CONFIG).exists() {
+        load_node(root).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+pub fn save_node(root: &NodeRoot, node: &NodeConfig) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(node)?;
+    text.push('\n');
+    atomic_write(&root.path(paths::NODE_CONFIG), text.as_bytes(), 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ClusterConfig {
+        let mut c = ClusterConfig::new(
+            "0123456789abcdef0123456789abcdef".into(),
+            "ha0".into(),
+            "10.99.0.1/24".parse().unwrap(),
+            Ipv4Addr::new(10, 99, 0, 254),
+        );
+        c.ha.backup_address = Some("10.99.0.2/24".parse().unwrap());
+        c.lans.push(LanInterface {
+            interface: "lan0".into(),
+            vrid: 51,
+            primary_address: "10.99.1.1/24".parse().unwrap(),
+            backup_address: "10.99.1.2/24".parse().unwrap(),
+            vips: vec!["10.99.1.254/24".parse().unwrap()],
+        });
+        c
+    }
+
+    #[test]
+    fn round_trips_and_validates() {
+        let c = sample();
+        c.validate().unwrap();
+        let text = serde_json::to_string(&c).unwrap();
+        let back: ClusterConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["lans"][0]["colour"] = "blue".into();
+        let e = serde_json::from_value::<ClusterConfig>(v).unwrap_err();
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_vips() {
+        let mut c = sample();
+        c.lans[0].vips = vec!["10.99.2.5/24".parse().unwrap()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a host address"));
+        c.lans[0].vips = vec!["10.99.1.2/24".parse().unwrap()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("node's own address"));
+        c.lans[0].vips = vec!["10.99.1.255/24".parse().unwrap()];
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn rejects_bad_vrrp_settings() {
+        let mut c = sample();
+        c.vrrp.advert_interval_ms = 15;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.vrrp.priority_backup = 250;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.lans[0].vrid = c.vrrp.vrid;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn free_vrid_skips_used() {
+        let c = sample();
+        assert_eq!(c.free_vrid().unwrap(), 52);
+    }
+
+    #[test]
+    fn load_reports_missing_and_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let e = load_cluster(&root).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), Code::State);
+        std::fs::create_dir_all(root.path(paths::CONFIG_DIR)).unwrap();
+        std::fs::write(root.path(paths::CLUSTER_CONFIG), "{ not json").unwrap();
+        let e = load_cluster(&root).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), Code::Config);
+        save_cluster(&root, &sample()).unwrap();
+        assert_eq!(load_cluster(&root).unwrap(), sample());
+    }
+}

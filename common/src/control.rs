@@ -1,0 +1,135 @@
+//! The backup's side of the control requests of pairing (`hello`, `inspect`,
+//! `install-cluster`), run by the forced command on the backup.
+//!
+//! They live in the library so that the receiver (`ns-ha-sync receive`) and
+//! the tests call the same code, and so the checks the primary relies on are
+//! made by the backup about itself: its version, its cluster, its interfaces.
+
+use anyhow::{Context, Result};
+
+use crate::activate::apply_cluster;
+use crate::cmd::CommandRunner;
+use crate::config::{load_cluster_opt, load_node, ClusterConfig, NodeConfig, Role};
+use crate::exit::{fail, Code};
+use crate::net::{InterfaceSource, IpCommand};
+use crate::proto::{ControlRequest, HelloReply, InspectReply, NS_HA_VERSION, PROTOCOL_VERSION};
+use crate::root::NodeRoot;
+
+/// The `op` names handled here; a receiver dispatches these to [`handle`].
+pub const CONTROL_OPS: &[&str] = &["hello", "inspect", "install-cluster"];
+
+fn backup_node(root: &NodeRoot) -> Result<NodeConfig> {
+    let node = load_node(root)?;
+    if node.role != Role::Backup {
+        return Err(fail(
+            Code::State,
+            "this node is the primary: the sync channel only accepts requests on a backup",
+        ));
+    }
+    Ok(node)
+}
+
+/// Refuse data of another cluster than the one this node already belongs to.
+pub fn check_cluster_id(root: &NodeRoot, cluster_id: &str) -> Result<()> {
+    if let Some(local) = load_cluster_opt(root)? {
+        if local.cluster_id != cluster_id {
+            return Err(fail(
+                Code::Conflict,
+                format!(
+                    "this node belongs to cluster {} not {cluster_id}: run ns-ha-init reset on it before pairing it again",
+                    local.cluster_id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Answer `hello`: same protocol and release on both nodes, and the same cluster.
+pub fn hello(
+    root: &NodeRoot,
+    protocol: u32,
+    version: &str,
+    cluster_id: &str,
+) -> Result<HelloReply> {
+    let node = backup_node(root)?;
+    if protocol != PROTOCOL_VERSION || version != NS_HA_VERSION {
+        return Err(fail(
+            Code::Conflict,
+            format!(
+                "version mismatch: primary runs ns-ha {version} (protocol {protocol}), this backup {NS_HA_VERSION} (protocol {PROTOCOL_VERSION}): install the same ns-ha release on both nodes"
+            ),
+        ));
+    }
+    check_cluster_id(root, cluster_id)?;
+    Ok(HelloReply {
+        protocol: PROTOCOL_VERSION,
+        version: NS_HA_VERSION.to_string(),
+        role: node.role.to_string(),
+        cluster_id: load_cluster_opt(root)?.map(|c| c.cluster_id),
+    })
+}
+
+/// Check that this node's interfaces match what the cluster says of the backup.
+pub fn check_backup_interfaces(cluster: &ClusterConfig, ifs: &dyn InterfaceSource) -> Result<()> {
+    let mut wanted = vec![(cluster.ha.interface.as_str(), cluster.ha.backup_address)];
+    wanted.extend(
+        cluster
+            .lans
+            .iter()
+            .map(|l| (l.interface.as_str(), Some(l.backup_address))),
+    );
+    for (name, addr) in wanted {
+        let iface = ifs.interface(name)?.ok_or_else(|| {
+            fail(
+                Code::InvalidInput,
+                format!("interface {name} does not exist on the backup: both nodes need the same interface names"),
+            )
+        })?;
+        if let Some(addr) = addr {
+            if !iface.ipv4.iter().any(|a| a.cidr == addr && a.permanent) {
+                return Err(fail(
+                    Code::InvalidInput,
+                    format!("interface {name} on the backup does not have the static address {addr}: configure it, then retry"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Handle one control request on the backup; the value is the reply's data.
+pub fn handle(
+    root: &NodeRoot,
+    runner: &dyn CommandRunner,
+    request: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let req: ControlRequest = serde_json::from_value(request)
+        .map_err(|e| fail(Code::Peer, format!("malformed control request: {e}")))?;
+    let ifs = IpCommand { runner };
+    let data = match req {
+        ControlRequest::Hello {
+            protocol,
+            version,
+            cluster_id,
+        } => serde_json::to_value(hello(root, protocol, &version, &cluster_id)?)?,
+        ControlRequest::Inspect { interfaces } => {
+            backup_node(root)?;
+            let found = interfaces
+                .iter()
+                .map(|n| ifs.interface(n))
+                .collect::<Result<Vec<_>>>()?;
+            serde_json::to_value(InspectReply { interfaces: found })?
+        }
+        ControlRequest::InstallCluster { config } => {
+            let node = backup_node(root)?;
+            check_cluster_id(root, &config.cluster_id)?;
+            config.validate()?;
+            check_backup_interfaces(&config, &ifs)?;
+            let act = apply_cluster(root, runner, Role::Backup, node.service_backend, &config)
+                .context("installing the cluster config on the backup")?;
+            serde_json::to_value(act)?
+        }
+    };
+    Ok(data)
+}

@@ -1,0 +1,316 @@
+//! Rendering and validating the keepalived configuration of a node.
+//!
+//! keepalived does the heartbeat and owns the VIPs; ns-ha only writes its
+//! config. The pair runs VRRPv3 with unicast peers and one instance per
+//! shared link (the HA link and every HA LAN) in one sync group, so that a
+//! cut HA link alone does not make two masters: the LAN instances still hear
+//! the peer. The HA-link instance has `dont_track_primary` so that a dead
+//! peer (its end of the link down) does not drive the whole group to FAULT.
+
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cmd::CommandRunner;
+use crate::config::{ClusterConfig, Role};
+use crate::exit::{fail, Code};
+use crate::root::{paths, NodeRoot};
+
+/// Name of the sync group holding every instance of the pair.
+pub const SYNC_GROUP: &str = "ns_ha";
+/// Name of the HA-link instance.
+pub const HA_INSTANCE: &str = "ha_link";
+/// Name of the maintenance track file in the keepalived config.
+pub const MAINTENANCE_TRACK: &str = "ns_ha_maintenance";
+
+/// Name of the VRRP instance of a LAN interface.
+pub fn lan_instance(interface: &str) -> String {
+    format!("lan_{}", interface.replace(['.', '-', '@'], "_"))
+}
+
+/// Inputs of the rendering besides the cluster config.
+pub struct RenderInputs<'a> {
+    pub cluster: &'a ClusterConfig,
+    pub role: Role,
+    pub root: &'a NodeRoot,
+    /// The `ns-ha-role` binary that keepalived notifies on state changes.
+    pub role_tool: PathBuf,
+}
+
+fn advert(ms: u32) -> String {
+    // keepalived takes seconds with up to two decimals for VRRPv3.
+    let s = format!("{}.{:02}", ms / 1000, (ms % 1000) / 10);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The keepalived.conf text for this node.
+pub fn render(inp: &RenderInputs) -> Result<String> {
+    let c = inp.cluster;
+    let me = inp.role;
+    let peer = me.other();
+    let (Some(my_ha), Some(peer_ha)) = (c.ha_address(me), c.ha_address(peer)) else {
+        return Err(fail(
+            Code::State,
+            "the backup's HA address is not known yet: pair the nodes first (ns-ha-init pair)",
+        ));
+    };
+    let prio = c.priority(me);
+    let adv = advert(c.vrrp.advert_interval_ms);
+    let root = inp.root;
+    let mut out = String::new();
+    let w = &mut out;
+    writeln!(
+        w,
+        "# Rendered by ns-ha-init from {}: do not edit, changes are overwritten.",
+        paths::CLUSTER_CONFIG
+    )?;
+    writeln!(w, "# cluster {} node {}", c.cluster_id, me)?;
+    writeln!(w, "global_defs {{")?;
+    writeln!(w, "    router_id ns_ha_{me}")?;
+    writeln!(w, "    vrrp_version 3")?;
+    writeln!(w, "    enable_script_security")?;
+    writeln!(w, "    script_user root")?;
+    writeln!(
+        w,
+        "    notify_fifo {}",
+        root.path(paths::NOTIFY_FIFO).display()
+    )?;
+    writeln!(w, "    vrrp_garp_master_delay 1")?;
+    writeln!(w, "    vrrp_garp_master_repeat 3")?;
+    writeln!(w, "    vrrp_garp_master_refresh 60")?;
+    writeln!(w, "}}")?;
+    writeln!(w)?;
+    // Maintenance: a non-zero value drops this node below any peer, so the
+    // peer takes over gracefully (the master sends a lower priority, it does not vanish).
+    writeln!(w, "vrrp_track_file {MAINTENANCE_TRACK} {{")?;
+    writeln!(
+        w,
+        "    file \"{}\"",
+        root.path(paths::MAINTENANCE_TRACK).display()
+    )?;
+    writeln!(w, "    weight -254")?;
+    writeln!(w, "}}")?;
+    writeln!(w)?;
+    // VRRPv3 refuses an instance without a VIP, so a LAN gets an instance
+    // (and a heartbeat) once it has at least one VIP.
+    let lans: Vec<_> = c.lans.iter().filter(|l| !l.vips.is_empty()).collect();
+    let mut members = vec![HA_INSTANCE.to_string()];
+    members.extend(lans.iter().map(|l| lan_instance(&l.interface)));
+    writeln!(w, "vrrp_sync_group {SYNC_GROUP} {{")?;
+    writeln!(w, "    group {{")?;
+    for m in &members {
+        writeln!(w, "        {m}")?;
+    }
+    writeln!(w, "    }}")?;
+    let mut notify = inp.role_tool.to_string_lossy().into_owned();
+    for a in root.tool_args() {
+        notify.push(' ');
+        notify.push_str(&a);
+    }
+    writeln!(w, "    notify \"{notify} notify\"")?;
+    writeln!(w, "}}")?;
+    let instance = |w: &mut String,
+                    name: &str,
+                    iface: &str,
+                    vrid: u8,
+                    src: std::net::Ipv4Addr,
+                    peer: std::net::Ipv4Addr,
+                    vips: &[String],
+                    ha_link: bool|
+     -> Result<()> {
+        writeln!(w)?;
+        writeln!(w, "vrrp_instance {name} {{")?;
+        writeln!(w, "    state BACKUP")?;
+        writeln!(w, "    interface {iface}")?;
+        writeln!(w, "    virtual_router_id {vrid}")?;
+        writeln!(w, "    priority {prio}")?;
+        writeln!(w, "    advert_int {adv}")?;
+        if !c.vrrp.preempt {
+            writeln!(w, "    nopreempt")?;
+        }
+        if ha_link {
+            writeln!(w, "    dont_track_primary")?;
+        }
+        writeln!(w, "    unicast_src_ip {src}")?;
+        writeln!(w, "    unicast_peer {{")?;
+        writeln!(w, "        {peer}")?;
+        writeln!(w, "    }}")?;
+        writeln!(w, "    virtual_ipaddress {{")?;
+        for v in vips {
+            writeln!(w, "        {v}")?;
+        }
+        writeln!(w, "    }}")?;
+        writeln!(w, "    track_file {{")?;
+        writeln!(w, "        {MAINTENANCE_TRACK}")?;
+        writeln!(w, "    }}")?;
+        writeln!(w, "}}")?;
+        Ok(())
+    };
+    let hb = format!(
+        "{}/32 dev {} label {}:ha",
+        c.ha.heartbeat_vip, c.ha.interface, c.ha.interface
+    );
+    instance(
+        w,
+        HA_INSTANCE,
+        &c.ha.interface,
+        c.vrrp.vrid,
+        my_ha.addr,
+        peer_ha.addr,
+        &[hb],
+        true,
+    )?;
+    for lan in lans {
+        let (src, dst) = match me {
+            Role::Primary => (lan.primary_address.addr, lan.backup_address.addr),
+            Role::Backup => (lan.backup_address.addr, lan.primary_address.addr),
+        };
+        let vips: Vec<String> = lan
+            .vips
+            .iter()
+            .map(|v| format!("{v} dev {} label {}:ha", lan.interface, lan.interface))
+            .collect();
+        instance(
+            w,
+            &lan_instance(&lan.interface),
+            &lan.interface,
+            lan.vrid,
+            src,
+            dst,
+            &vips,
+            false,
+        )?;
+    }
+    Ok(out)
+}
+
+/// Validate a rendered config with `keepalived -t` (in a scratch file next to the target).
+pub fn validate(runner: &dyn CommandRunner, text: &str, target: &Path) -> Result<()> {
+    let dir = target
+        .parent()
+        .with_context(|| format!("{} has no parent", target.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let scratch = tempfile_in(dir, text)?;
+    let out = runner.run(
+        "keepalived",
+        &[
+            "-t".into(),
+            "-l".into(),
+            "-f".into(),
+            scratch.to_string_lossy().into_owned(),
+        ],
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_file(&scratch);
+    let out = out?;
+    if !out.success() {
+        return Err(fail(
+            Code::Dependency,
+            format!(
+                "keepalived rejected the rendered config (exit {:?}): {}",
+                out.status,
+                out.reason()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn tempfile_in(dir: &Path, text: &str) -> Result<PathBuf> {
+    let p = dir.join(format!(".keepalived.conf.check.{}", std::process::id()));
+    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LanInterface;
+
+    fn cluster() -> ClusterConfig {
+        let mut c = ClusterConfig::new(
+            "0123456789abcdef0123456789abcdef".into(),
+            "ha0".into(),
+            "10.99.0.1/24".parse().unwrap(),
+            "10.99.0.254".parse().unwrap(),
+        );
+        c.ha.backup_address = Some("10.99.0.2/24".parse().unwrap());
+        c.lans.push(LanInterface {
+            interface: "lan0".into(),
+            vrid: 51,
+            primary_address: "10.99.1.1/24".parse().unwrap(),
+            backup_address: "10.99.1.2/24".parse().unwrap(),
+            vips: vec!["10.99.1.254/24".parse().unwrap()],
+        });
+        c
+    }
+
+    fn render_for(c: &ClusterConfig, role: Role) -> String {
+        let root = NodeRoot::new("/lab/fw1").unwrap();
+        render(&RenderInputs {
+            cluster: c,
+            role,
+            root: &root,
+            role_tool: PathBuf::from("/usr/bin/ns-ha-role"),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn primary_and_backup_mirror_each_other() {
+        let c = cluster();
+        let p = render_for(&c, Role::Primary);
+        let b = render_for(&c, Role::Backup);
+        assert!(p.contains("unicast_src_ip 10.99.1.1\n    unicast_peer {\n        10.99.1.2"));
+        assert!(b.contains("unicast_src_ip 10.99.1.2\n    unicast_peer {\n        10.99.1.1"));
+        assert!(p.contains("priority 200"));
+        assert!(b.contains("priority 100"));
+        assert!(p.contains("10.99.1.254/24 dev lan0 label lan0:ha"));
+        assert!(p.contains("notify \"/usr/bin/ns-ha-role --root /lab/fw1 notify\""));
+        assert!(p.contains("advert_int 0.1\n"));
+    }
+
+    #[test]
+    fn only_the_ha_link_ignores_its_link_state() {
+        let p = render_for(&cluster(), Role::Primary);
+        assert_eq!(p.matches("dont_track_primary").count(), 1);
+        let ha = p.split("vrrp_instance ha_link").nth(1).unwrap();
+        assert!(ha
+            .split("vrrp_instance")
+            .next()
+            .unwrap()
+            .contains("dont_track_primary"));
+    }
+
+    #[test]
+    fn lan_without_vip_is_left_out_of_the_group() {
+        let mut c = cluster();
+        c.lans[0].vips.clear();
+        let p = render_for(&c, Role::Primary);
+        assert!(!p.contains("lan_lan0"));
+    }
+
+    #[test]
+    fn needs_the_backup_address() {
+        let mut c = cluster();
+        c.ha.backup_address = None;
+        let root = NodeRoot::system();
+        let e = render(&RenderInputs {
+            cluster: &c,
+            role: Role::Primary,
+            root: &root,
+            role_tool: "/x".into(),
+        })
+        .unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), Code::State);
+    }
+
+    #[test]
+    fn advert_formats() {
+        assert_eq!(advert(100), "0.1");
+        assert_eq!(advert(1000), "1");
+        assert_eq!(advert(50), "0.05");
+        assert_eq!(advert(1250), "1.25");
+    }
+}

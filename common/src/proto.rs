@@ -1,0 +1,209 @@
+//! The wire protocol between the primary and the backup's forced command.
+//!
+//! One SSH channel carries length-prefixed frames: a JSON message (a request
+//! with an `op`, or a [`Reply`]) optionally followed by a binary blob whose
+//! length the message announced. Frames are size-capped so a hostile or
+//! broken peer cannot make the receiver allocate without bound. Control
+//! operations used by pairing live here; the sync operations are defined by
+//! `ns-ha-sync` on the same framing.
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+
+use crate::config::ClusterConfig;
+use crate::exit::{code_of, fail, Code};
+use crate::net::Interface;
+
+/// Bumped when a message changes incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The ns-ha release; both nodes must run the same one.
+pub const NS_HA_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Largest JSON message accepted (manifests of large trees fit comfortably).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// Write one JSON message frame.
+pub fn write_msg<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
+    let body = serde_json::to_vec(msg).context("encoding message")?;
+    w.write_all(&(body.len() as u32).to_be_bytes())
+        .and_then(|_| w.write_all(&body))
+        .and_then(|_| w.flush())
+        .context("sending message to peer")
+}
+
+/// Read one JSON message frame (raw JSON, so a dispatcher can look at `op` first).
+pub fn read_value<R: Read>(r: &mut R) -> Result<Option<serde_json::Value>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e).context("reading message length"),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(fail(
+            Code::Security,
+            format!("message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).context("reading message body")?;
+    let v = serde_json::from_slice(&body)
+        .map_err(|e| fail(Code::Peer, format!("malformed message from peer: {e}")))?;
+    Ok(Some(v))
+}
+
+/// Read one message and decode it as `T`; end of stream is an error here.
+pub fn read_msg<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T> {
+    let v = read_value(r)?.ok_or_else(|| fail(Code::Peer, "peer closed the channel"))?;
+    serde_json::from_value(v).map_err(|e| fail(Code::Peer, format!("unexpected message: {e}")))
+}
+
+/// Copy exactly `len` bytes from `r` to `w` (a blob announced by a message).
+pub fn copy_exact<R: Read, W: Write>(r: &mut R, w: &mut W, len: u64) -> Result<()> {
+    let copied = std::io::copy(&mut r.take(len), w).context("transferring data")?;
+    if copied != len {
+        return Err(fail(
+            Code::Peer,
+            format!("stream ended after {copied} of {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer to every request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    /// Exit code from the shared table when `ok` is false.
+    #[serde(default)]
+    pub code: u8,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Reply {
+    pub fn ok(data: impl Serialize) -> Reply {
+        Reply {
+            ok: true,
+            code: 0,
+            error: None,
+            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    pub fn from_error(err: &anyhow::Error) -> Reply {
+        Reply {
+            ok: false,
+            code: code_of(err).as_u8(),
+            error: Some(format!("{err:#}")),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    /// Turn a failed reply back into an error with the peer's code.
+    pub fn into_result<T: DeserializeOwned>(self) -> Result<T> {
+        if !self.ok {
+            let code = Code::TABLE
+                .iter()
+                .map(|(c, _)| *c)
+                .find(|c| c.as_u8() == self.code)
+                .unwrap_or(Code::Peer);
+            return Err(fail(
+                code,
+                format!("peer: {}", self.error.unwrap_or_else(|| "failed".into())),
+            ));
+        }
+        serde_json::from_value(self.data)
+            .map_err(|e| fail(Code::Peer, format!("unexpected reply from peer: {e}")))
+    }
+}
+
+/// Requests used by pairing and cluster management.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// First message of every channel: versions and cluster identity.
+    Hello {
+        protocol: u32,
+        version: String,
+        cluster_id: String,
+    },
+    /// The peer's view of some of its interfaces (for pre-flight checks and addresses).
+    Inspect { interfaces: Vec<String> },
+    /// Install this cluster config on the peer, render and (re)load its daemons.
+    InstallCluster { config: Box<ClusterConfig> },
+}
+
+/// What the peer answers to `hello`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HelloReply {
+    pub protocol: u32,
+    pub version: String,
+    pub role: String,
+    /// The cluster the peer already belongs to, if any.
+    pub cluster_id: Option<String>,
+}
+
+/// What the peer answers to `inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InspectReply {
+    pub interfaces: Vec<Option<Interface>>,
+}
+
+/// Send a request and wait for its reply.
+pub fn call<S: Read + Write, Req: Serialize, T: DeserializeOwned>(
+    s: &mut S,
+    req: &Req,
+) -> Result<T> {
+    write_msg(s, req)?;
+    let reply: Reply = read_msg(s)?;
+    reply.into_result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_msg(
+            &mut buf,
+            &ControlRequest::Inspect {
+                interfaces: vec!["lan0".into()],
+            },
+        )
+        .unwrap();
+        let mut r = &buf[..];
+        let v = read_value(&mut r).unwrap().unwrap();
+        assert_eq!(v["op"], "inspect");
+        assert!(read_value(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversize_frame_is_refused() {
+        let mut buf = ((MAX_MESSAGE + 1) as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(b"{}");
+        let e = read_value(&mut &buf[..]).unwrap_err();
+        assert_eq!(code_of(&e), Code::Security);
+    }
+
+    #[test]
+    fn error_replies_keep_their_code() {
+        let r = Reply::from_error(&fail(Code::Conflict, "older generation"));
+        let e = r.into_result::<serde_json::Value>().unwrap_err();
+        assert_eq!(code_of(&e), Code::Conflict);
+        assert!(e.to_string().contains("older generation"));
+    }
+
+    #[test]
+    fn truncated_blob_is_an_error() {
+        let data = [1u8; 10];
+        let mut out = Vec::new();
+        assert!(copy_exact(&mut &data[..], &mut out, 20).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! Filesystem root injection.
+//!
+//! Two lab nodes live on one machine, so no tool may touch `/etc` or `/run`
+//! directly: every absolute path goes through a [`NodeRoot`], which maps it
+//! under `--root` (or `NS_HA_ROOT`). On a real firewall the root is `/`.
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// Environment variable that sets the node root when `--root` is not given.
+pub const ROOT_ENV: &str = "NS_HA_ROOT";
+
+/// Where the ns-ha files of a node live, relative to its root.
+pub mod paths {
+    pub const CONFIG_DIR: &str = "/etc/ns-ha";
+    pub const CLUSTER_CONFIG: &str = "/etc/ns-ha/cluster.json";
+    pub const NODE_CONFIG: &str = "/etc/ns-ha/node.json";
+    pub const SSH_KEY: &str = "/etc/ns-ha/id_ed25519";
+    pub const KEEPALIVED_CONF: &str = "/etc/keepalived/keepalived.conf";
+    pub const CONNTRACKD_CONF: &str = "/etc/conntrackd/conntrackd.conf";
+    pub const AUTHORIZED_KEYS: &str = "/root/.ssh/authorized_keys";
+    pub const SSH_HOST_KEY_PUB: &str = "/etc/ssh/ssh_host_ed25519_key.pub";
+    pub const STATE_DIR: &str = "/var/lib/ns-ha";
+    pub const RUN_DIR: &str = "/run/ns-ha";
+    pub const LOCK: &str = "/run/ns-ha/ns-ha.lock";
+    pub const MAINTENANCE_TRACK: &str = "/etc/ns-ha/maintenance.track";
+    pub const HEALTH_TRACK: &str = "/run/ns-ha/health.track";
+    pub const NOTIFY_FIFO: &str = "/run/ns-ha/keepalived.fifo";
+}
+
+/// The root directory under which a node's absolute paths are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoot {
+    base: PathBuf,
+}
+
+impl NodeRoot {
+    /// A root at `base`. It must be absolute and free of characters that would
+    /// need quoting in the keepalived config or an authorized_keys command.
+    pub fn new(base: impl Into<PathBuf>) -> Result<Self> {
+        let base = base.into();
+        if !base.is_absolute() {
+            bail!(
+                "root {} is not an absolute path: give --root as /path",
+                base.display()
+            );
+        }
+        let text = base.to_string_lossy();
+        if text
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '$' | '`' | ';'))
+        {
+            bail!(
+                "root {} contains whitespace, quotes or shell characters: choose a plain path",
+                base.display()
+            );
+        }
+        Ok(NodeRoot { base })
+    }
+
+    /// The real root `/`.
+    pub fn system() -> Self {
+        NodeRoot {
+            base: PathBuf::from("/"),
+        }
+    }
+
+    /// `--root` if given, else `NS_HA_ROOT`, else `/`.
+    pub fn from_arg_or_env(arg: Option<&Path>) -> Result<Self> {
+        match arg {
+            Some(p) => NodeRoot::new(p),
+            None => match std::env::var_os(ROOT_ENV) {
+                Some(v) if !v.is_empty() => NodeRoot::new(PathBuf::from(v)),
+                _ => Ok(NodeRoot::system()),
+            },
+        }
+    }
+
+    pub fn is_system(&self) -> bool {
+        self.base == Path::new("/")
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Map an absolute node path (`/etc/ns-ha/cluster.json`) under this root.
+    pub fn path(&self, node_path: impl AsRef<Path>) -> PathBuf {
+        let p = node_path.as_ref();
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        self.base.join(rel)
+    }
+
+    /// The `--root` arguments to pass to another ns-ha tool so that it works
+    /// on the same node (empty for the system root).
+    pub fn tool_args(&self) -> Vec<String> {
+        if self.is_system() {
+            Vec::new()
+        } else {
+            vec!["--root".into(), self.base.to_string_lossy().into_owned()]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_under_base() {
+        let r = NodeRoot::new("/var/lib/lab/fw1").unwrap();
+        assert_eq!(
+            r.path(paths::CLUSTER_CONFIG),
+            PathBuf::from("/var/lib/lab/fw1/etc/ns-ha/cluster.json")
+        );
+        assert_eq!(r.tool_args(), vec!["--root", "/var/lib/lab/fw1"]);
+    }
+
+    #[test]
+    fn system_root_is_identity() {
+        let r = NodeRoot::system();
+        assert_eq!(r.path("/etc/x"), PathBuf::from("/etc/x"));
+        assert!(r.tool_args().is_empty());
+    }
+
+    #[test]
+    fn rejects_relative_and_shell_characters() {
+        assert!(NodeRoot::new("lab/fw1").is_err());
+        assert!(NodeRoot::new("/lab/fw 1").is_err());
+        assert!(NodeRoot::new("/lab/$(x)").is_err());
+    }
+}

@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# lab.sh: build, break and tear down the ns-ha test lab.
+#
+# The lab is two firewalls (fw1, fw2), a LAN client (lan) and a WAN host (wan),
+# each in its own network namespace, joined by veth pairs and by two bridges
+# that live in a fifth "switch" namespace (sw). Nothing is created in the root
+# namespace and only 10.99.0.0/16 is used. Each firewall also gets a node root
+# (a miniature filesystem with etc/, run/, var/ ...) under the lab dir, an
+# OpenSSH sshd of its own, and OpenWrt-style init scripts that start the real
+# daemons (keepalived, sshd, conntrackd, dnsmasq) inside its namespace.
+#
+# Usage:
+#   lab.sh up PREFIX          build the lab (silent unless it fails)
+#   lab.sh down PREFIX        tear it down (idempotent, tolerates partial setup)
+#   lab.sh crash PREFIX NODE  simulate a dead box (freeze+kill keepalived, links down)
+#   lab.sh dir PREFIX         print the lab dir
+#
+# Environment: NS_HA_LAB_BASE (default /var/lib/ns-ha-lab) holds one lab dir
+# per prefix. It must not be under /tmp: sshd's StrictModes wants every path
+# component root-owned and not group/world writable.
+set -Eeuo pipefail
+
+LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+LAB_BASE=${NS_HA_LAB_BASE:-/var/lib/ns-ha-lab}
+
+# Roles in the lab and the namespace suffix of each.
+ROLES=(sw fw1 fw2 lan wan)
+FIREWALLS=(fw1 fw2)
+
+# Addressing plan (the contract the harness and the demo read from lab.json).
+HA_NET=10.99.0.0/24
+LAN_NET=10.99.1.0/24
+WAN_NET=10.99.2.0/24
+LAN_VIP=10.99.1.254
+WAN_VIP=10.99.2.254
+declare -A HA_ADDR=([fw1]=10.99.0.1 [fw2]=10.99.0.2)
+declare -A LAN_ADDR=([fw1]=10.99.1.1 [fw2]=10.99.1.2 [lan]=10.99.1.100)
+declare -A WAN_ADDR=([fw1]=10.99.2.1 [fw2]=10.99.2.2 [wan]=10.99.2.100)
+
+# Directories of a node root (all 0755 unless listed in NODE_DIR_MODES).
+NODE_DIRS=(etc etc/ns-ha etc/keepalived etc/ssh etc/init.d etc/rc.d etc/conntrackd
+	etc/config etc/crontabs root root/.ssh run var var/lib var/lib/misc
+	var/log tmp)
+declare -A NODE_DIR_MODES=([root/.ssh]=0700 [tmp]=1777)
+
+die() {
+	echo "lab.sh: $*" >&2
+	exit 1
+}
+
+usage() {
+	echo "usage: lab.sh up|down|dir PREFIX | lab.sh crash PREFIX NODE" >&2
+	exit 2
+}
+
+check_prefix() {
+	[[ $1 =~ ^[a-z][a-z0-9]{0,9}$ ]] ||
+		die "bad prefix '$1': want 1-10 chars of [a-z0-9], starting with a letter"
+}
+
+ns_of() { echo "${PREFIX}$1"; }
+lab_dir() { echo "${LAB_BASE%/}/${PREFIX}"; }
+
+ns_exists() {
+	ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$1"
+}
+
+# --- down -------------------------------------------------------------------
+
+# Signal every process inside namespace $1 (TERM, then KILL after ~2 s).
+kill_ns_pids() {
+	local ns=$1 pids
+	pids=$(ip netns pids "$ns" 2>/dev/null || true)
+	[[ -n $pids ]] || return 0
+	# shellcheck disable=SC2086 # word splitting of the pid list is wanted
+	kill -TERM $pids 2>/dev/null || true
+	for _ in $(seq 20); do
+		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		[[ -n $pids ]] || return 0
+		sleep 0.1
+	done
+	# shellcheck disable=SC2086
+	kill -KILL $pids 2>/dev/null || true
+	for _ in $(seq 20); do
+		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		[[ -n $pids ]] || return 0
+		sleep 0.1
+	done
+	echo "lab.sh: processes still alive in $ns: $pids" >&2
+	return 1
+}
+
+cmd_down() {
+	local role ns dir ok=0
+	# Processes first (all namespaces), so no daemon reacts to links vanishing.
+	for role in "${ROLES[@]}"; do
+		ns=$(ns_of "$role")
+		ns_exists "$ns" || continue
+		kill_ns_pids "$ns" || ok=1
+	done
+	for role in "${ROLES[@]}"; do
+		ns=$(ns_of "$role")
+		ns_exists "$ns" || continue
+		ip netns delete "$ns" 2>/dev/null || {
+			echo "lab.sh: cannot delete namespace $ns" >&2
+			ok=1
+		}
+	done
+	dir=$(lab_dir)
+	if [[ -e $dir ]]; then
+		rm -rf --one-file-system -- "$dir" || {
+			echo "lab.sh: cannot remove $dir" >&2
+			ok=1
+		}
+	fi
+	return "$ok"
+}
+
+# --- up ---------------------------------------------------------------------
+
+up_failed() {
+	local rc=$1 line=$2 cmd=$3
+	trap - ERR
+	set +e
+	echo "lab.sh: up $PREFIX failed (exit $rc) at line $line: $cmd" >&2
+	cmd_down >/dev/null 2>&1
+	exit 1
+}
+
+# veth NS_A NAME_A NS_B NAME_B: a veth pair created directly in both namespaces.
+veth() {
+	ip -n "$1" link add "$2" type veth peer name "$4" netns "$3"
+}
+
+# bridge_port NAME BRIDGE: enslave a switch-side veth and bring it up.
+bridge_port() {
+	local sw
+	sw=$(ns_of sw)
+	ip -n "$sw" link set "$1" master "$2"
+	# Flood everything (VRRP adverts, gratuitous ARP) and never block a port.
+	bridge -n "$sw" link set dev "$1" learning on flood on mcast_flood on
+	ip -n "$sw" link set "$1" up
+}
+
+make_bridge() {
+	# No STP (no listening delay), no multicast snooping (VRRP multicast and
+	# IGMP-less receivers must just get flooded), short FDB ageing (3 s, in
+	# centiseconds) so a MAC that moves between ports is relearned quickly.
+	ip -n "$(ns_of sw)" link add "$1" type bridge \
+		stp_state 0 forward_delay 0 mcast_snooping 0 ageing_time 300
+	ip -n "$(ns_of sw)" link set "$1" up
+}
+
+addr() { # NS IFACE ADDR/LEN
+	ip -n "$1" addr add "$3" dev "$2"
+	ip -n "$1" link set "$2" up
+}
+
+make_node_root() { # NODE
+	local node=$1 root d mode
+	root="$(lab_dir)/$node"
+	install -d -m 0755 "$root"
+	for d in "${NODE_DIRS[@]}"; do
+		mode=${NODE_DIR_MODES[$d]:-0755}
+		install -d -m "$mode" "$root/$d"
+	done
+	ln -s ../run "$root/var/run"
+	: >"$root/etc/crontabs/root"
+	install -m 0644 "$LAB_SRC/node/rc.common" "$root/etc/rc.common"
+	for d in "$LAB_SRC"/node/init.d/*; do
+		install -m 0755 "$d" "$root/etc/init.d/$(basename "$d")"
+	done
+	ssh-keygen -q -t ed25519 -N '' -C "ns-ha-lab-$PREFIX-$node" \
+		-f "$root/etc/ssh/ssh_host_ed25519_key"
+	cat >"$root/etc/ssh/sshd_config" <<EOF
+# sshd of lab node $node (prefix $PREFIX), written by lab/lab.sh.
+Port 22
+ListenAddress 0.0.0.0
+HostKey $root/etc/ssh/ssh_host_ed25519_key
+PidFile $root/run/sshd.pid
+AuthorizedKeysFile $root/root/.ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin forced-commands-only
+UsePAM no
+StrictModes yes
+UseDNS no
+PrintMotd no
+X11Forwarding no
+LogLevel VERBOSE
+EOF
+	chmod 0644 "$root/etc/ssh/sshd_config"
+}
+
+write_lab_json() {
+	local dir sw fw1 fw2 lan wan
+	dir=$(lab_dir)
+	sw=$(ns_of sw) fw1=$(ns_of fw1) fw2=$(ns_of fw2) lan=$(ns_of lan) wan=$(ns_of wan)
+	cat >"$dir/lab.json.tmp" <<EOF
+{
+  "version": 1,
+  "prefix": "$PREFIX",
+  "dir": "$dir",
+  "namespaces": {"sw": "$sw", "fw1": "$fw1", "fw2": "$fw2", "lan": "$lan", "wan": "$wan"},
+  "bridges": {"lan": "brlan", "wan": "brwan"},
+  "networks": {"ha": "$HA_NET", "lan": "$LAN_NET", "wan": "$WAN_NET"},
+  "vips": {"lan": "$LAN_VIP/24", "wan": "$WAN_VIP/24"},
+  "nodes": {
+    "fw1": {"ns": "$fw1", "root": "$dir/fw1",
+            "ifaces": {"ha": "ha0", "lan": "lan0", "wan": "wan0"},
+            "addrs": {"ha": "${HA_ADDR[fw1]}/24", "lan": "${LAN_ADDR[fw1]}/24", "wan": "${WAN_ADDR[fw1]}/24"}},
+    "fw2": {"ns": "$fw2", "root": "$dir/fw2",
+            "ifaces": {"ha": "ha0", "lan": "lan0", "wan": "wan0"},
+            "addrs": {"ha": "${HA_ADDR[fw2]}/24", "lan": "${LAN_ADDR[fw2]}/24", "wan": "${WAN_ADDR[fw2]}/24"}},
+    "lan": {"ns": "$lan", "ifaces": {"lan": "eth0"}, "addrs": {"lan": "${LAN_ADDR[lan]}/24"},
+            "routes": {"default": "$LAN_VIP"}},
+    "wan": {"ns": "$wan", "ifaces": {"wan": "eth0"}, "addrs": {"wan": "${WAN_ADDR[wan]}/24"},
+            "routes": {"$LAN_NET": "$WAN_VIP"}}
+  }
+}
+EOF
+	mv "$dir/lab.json.tmp" "$dir/lab.json"
+}
+
+cmd_up() {
+	local role ns fw sw dir
+	[[ $(id -u) -eq 0 ]] || die "up: must run as root"
+	for role in ip bridge ssh-keygen sshd keepalived; do
+		command -v "$role" >/dev/null 2>&1 || [[ -x /usr/sbin/$role ]] ||
+			die "up: missing command '$role'"
+	done
+	[[ $LAB_BASE == /* ]] || die "up: NS_HA_LAB_BASE must be absolute"
+	case "${LAB_BASE%/}/" in /tmp/* | /var/tmp/* | /dev/shm/*)
+		die "up: NS_HA_LAB_BASE must not be under a world-writable dir (sshd StrictModes)"
+		;;
+	esac
+	dir=$(lab_dir)
+	for role in "${ROLES[@]}"; do
+		ns_exists "$(ns_of "$role")" && die "up: namespace $(ns_of "$role") already exists"
+	done
+	[[ -e $dir ]] && die "up: $dir already exists"
+
+	trap 'up_failed $? $LINENO "$BASH_COMMAND"' ERR
+
+	install -d -m 0755 "$LAB_BASE" "$dir"
+	install -d -m 0755 /run/sshd # sshd's privilege separation dir
+
+	for role in "${ROLES[@]}"; do
+		ns=$(ns_of "$role")
+		ip netns add "$ns"
+		ip -n "$ns" link set lo up
+	done
+	sw=$(ns_of sw)
+	make_bridge brlan
+	make_bridge brwan
+
+	# HA link: a direct cable between the firewalls.
+	veth "$(ns_of fw1)" ha0 "$(ns_of fw2)" ha0
+	# LAN and WAN: every box has one cable into the switch.
+	for fw in "${FIREWALLS[@]}"; do
+		veth "$(ns_of "$fw")" lan0 "$sw" "${fw}lan"
+		bridge_port "${fw}lan" brlan
+		veth "$(ns_of "$fw")" wan0 "$sw" "${fw}wan"
+		bridge_port "${fw}wan" brwan
+	done
+	veth "$(ns_of lan)" eth0 "$sw" lanhost
+	bridge_port lanhost brlan
+	veth "$(ns_of wan)" eth0 "$sw" wanhost
+	bridge_port wanhost brwan
+
+	for fw in "${FIREWALLS[@]}"; do
+		ns=$(ns_of "$fw")
+		addr "$ns" ha0 "${HA_ADDR[$fw]}/24"
+		addr "$ns" lan0 "${LAN_ADDR[$fw]}/24"
+		addr "$ns" wan0 "${WAN_ADDR[$fw]}/24"
+		ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+	done
+	ns=$(ns_of lan)
+	addr "$ns" eth0 "${LAN_ADDR[lan]}/24"
+	ip -n "$ns" route add default via "$LAN_VIP" dev eth0 onlink
+	ns=$(ns_of wan)
+	addr "$ns" eth0 "${WAN_ADDR[wan]}/24"
+	ip -n "$ns" route add "$LAN_NET" via "$WAN_VIP" dev eth0 onlink
+
+	for fw in "${FIREWALLS[@]}"; do
+		make_node_root "$fw"
+	done
+	write_lab_json
+	for fw in "${FIREWALLS[@]}"; do
+		ip netns exec "$(ns_of "$fw")" "$dir/$fw/etc/init.d/sshd" start >/dev/null
+	done
+	trap - ERR
+}
+
+# --- crash ------------------------------------------------------------------
+
+# Pids of keepalived processes of NODE: from its pid files, plus any process
+# in its namespace whose comm is keepalived (a child whose pid file is gone).
+keepalived_pids() {
+	local node=$1 root ns f pid
+	root="$(lab_dir)/$node"
+	ns=$(ns_of "$node")
+	{
+		for f in "$root/run/keepalived.pid" "$root/run/keepalived_vrrp.pid"; do
+			[[ -r $f ]] && cat "$f"
+		done
+		ip netns pids "$ns" 2>/dev/null || true
+	} | sort -un | while read -r pid; do
+		[[ $pid =~ ^[0-9]+$ ]] || continue
+		[[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == keepalived ]] || continue
+		# Only processes really inside this node's namespace.
+		[[ "$(ip netns identify "$pid" 2>/dev/null)" == "$ns" ]] || continue
+		echo "$pid"
+	done
+}
+
+cmd_crash() {
+	local node=$1 ns pids iface
+	[[ $node == fw1 || $node == fw2 ]] || die "crash: NODE must be fw1 or fw2"
+	ns=$(ns_of "$node")
+	ns_exists "$ns" || die "crash: namespace $ns does not exist"
+	pids=$(keepalived_pids "$node")
+	if [[ -n $pids ]]; then
+		# Freeze first: a SIGKILLed parent alone would let the VRRP child
+		# send a priority-0 advert (a graceful handover, not a crash).
+		# shellcheck disable=SC2086
+		kill -STOP $pids 2>/dev/null || true
+		# shellcheck disable=SC2086
+		kill -KILL $pids 2>/dev/null || true
+	fi
+	for iface in ha0 lan0 wan0; do
+		ip -n "$ns" link set "$iface" down 2>/dev/null || true
+	done
+}
+
+# --- main -------------------------------------------------------------------
+
+[[ $# -ge 2 ]] || usage
+CMD=$1
+PREFIX=$2
+check_prefix "$PREFIX"
+case $CMD in
+up)
+	[[ $# -eq 2 ]] || usage
+	cmd_up
+	;;
+down)
+	[[ $# -eq 2 ]] || usage
+	cmd_down
+	;;
+crash)
+	[[ $# -eq 3 ]] || usage
+	cmd_crash "$3"
+	;;
+dir)
+	[[ $# -eq 2 ]] || usage
+	lab_dir
+	;;
+*) usage ;;
+esac
