@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod keepalived;
 pub mod logging;
 pub mod net;
+pub mod peer;
 pub mod proto;
 pub mod role_config;
 pub mod root;

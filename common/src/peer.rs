@@ -1,0 +1,60 @@
+//! Opening the sync channel to the paired peer from the node's own config.
+//!
+//! Every tool that talks to the backup (pairing, cluster edits, sync) does it
+//! the same way: the peer's HA address and pinned host key from `node.json`,
+//! the port and user from `cluster.json`, the node's key. One function so the
+//! pin can never be skipped by one of them.
+
+use anyhow::Result;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::{ClusterConfig, NodeConfig, Role};
+use crate::exit::{fail, Code};
+use crate::proto::{call, ControlRequest, HelloReply, NS_HA_VERSION, PROTOCOL_VERSION};
+use crate::root::{paths, NodeRoot};
+use crate::ssh::{HostKeyCheck, PeerChannel, PeerEndpoint, PeerSession};
+
+/// Default time to wait for the peer on connect and on each read.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The endpoint of the backup as this (primary) node knows it.
+pub fn endpoint(root: &NodeRoot, node: &NodeConfig, cluster: &ClusterConfig) -> PeerEndpoint {
+    PeerEndpoint {
+        address: SocketAddr::new(node.peer_address.into(), cluster.ssh.port),
+        user: cluster.ssh.user.clone(),
+        key_path: root.path(paths::SSH_KEY),
+        timeout: PEER_TIMEOUT,
+    }
+}
+
+/// Connect to the paired backup with the pinned host key. Only the primary may.
+pub fn connect(root: &NodeRoot, node: &NodeConfig, cluster: &ClusterConfig) -> Result<PeerSession> {
+    if node.role != Role::Primary {
+        return Err(fail(
+            Code::State,
+            "this node is the backup: changes are made on the primary, which pushes them here",
+        ));
+    }
+    let pin = node.peer_host_key.clone().ok_or_else(|| {
+        fail(
+            Code::State,
+            "the backup is not paired yet: run ns-ha-init pair on this node",
+        )
+    })?;
+    PeerSession::connect(&endpoint(root, node, cluster), &HostKeyCheck::Pinned(pin))
+}
+
+/// Open a receiver channel and greet it: versions and cluster identity must match.
+pub fn open_channel(session: &PeerSession, cluster_id: &str) -> Result<(PeerChannel, HelloReply)> {
+    let mut ch = session.open_receiver()?;
+    let hello: HelloReply = call(
+        &mut ch,
+        &ControlRequest::Hello {
+            protocol: PROTOCOL_VERSION,
+            version: NS_HA_VERSION.to_string(),
+            cluster_id: cluster_id.to_string(),
+        },
+    )?;
+    Ok((ch, hello))
+}
