@@ -43,6 +43,36 @@ pub struct Activation {
     pub keepalived: &'static str,
 }
 
+/// The rendered and validated configs of a node, not yet installed.
+pub struct Prepared {
+    keepalived: String,
+    conntrackd: String,
+}
+
+/// Render everything for `cluster` and have keepalived validate it, writing
+/// nothing live. Callers that change both nodes prepare locally first, so a
+/// config this node would refuse is never installed on the peer.
+pub fn prepare(
+    root: &NodeRoot,
+    runner: &dyn CommandRunner,
+    role: Role,
+    cluster: &ClusterConfig,
+) -> Result<Prepared> {
+    cluster.validate()?;
+    let keepalived = keepalived::render(&keepalived::RenderInputs {
+        cluster,
+        role,
+        root,
+        role_tool: tool_path("ns-ha-role")?,
+    })?;
+    keepalived::validate(runner, &keepalived, &root.path(paths::KEEPALIVED_CONF))?;
+    let conntrackd = conntrackd::render(cluster, role, root)?;
+    Ok(Prepared {
+        keepalived,
+        conntrackd,
+    })
+}
+
 /// Render and validate everything for `cluster`, then install it and bring
 /// keepalived to the state `cluster.enabled` asks for.
 pub fn apply_cluster(
@@ -52,26 +82,28 @@ pub fn apply_cluster(
     backend: ServiceBackend,
     cluster: &ClusterConfig,
 ) -> Result<Activation> {
-    cluster.validate()?;
+    let prepared = prepare(root, runner, role, cluster)?;
+    install(root, runner, backend, cluster, prepared)
+}
+
+/// Install prepared configs and the cluster config, then start, reload or stop keepalived.
+pub fn install(
+    root: &NodeRoot,
+    runner: &dyn CommandRunner,
+    backend: ServiceBackend,
+    cluster: &ClusterConfig,
+    prepared: Prepared,
+) -> Result<Activation> {
     let ka_path = root.path(paths::KEEPALIVED_CONF);
     let ct_path = root.path(paths::CONNTRACKD_CONF);
-    let ka = keepalived::render(&keepalived::RenderInputs {
-        cluster,
-        role,
-        root,
-        role_tool: tool_path("ns-ha-role")?,
-    })?;
-    keepalived::validate(runner, &ka, &ka_path)?;
-    let ct = conntrackd::render(cluster, role, root)?;
-
     std::fs::create_dir_all(root.path(paths::RUN_DIR))?;
     let maint = root.path(paths::MAINTENANCE_TRACK);
     if !maint.exists() {
         atomic_write(&maint, b"0\n", 0o644)?;
     }
     save_cluster(root, cluster)?;
-    atomic_write(&ka_path, ka.as_bytes(), 0o600)?;
-    atomic_write(&ct_path, ct.as_bytes(), 0o644)?;
+    atomic_write(&ka_path, prepared.keepalived.as_bytes(), 0o600)?;
+    atomic_write(&ct_path, prepared.conntrackd.as_bytes(), 0o644)?;
 
     let services = manager(backend, root, runner);
     let state = if cluster.enabled {

@@ -248,7 +248,8 @@ impl ClusterConfig {
             )));
         }
         let v = &self.vrrp;
-        if !(10..=40950).contains(&v.advert_interval_ms) || v.advert_interval_ms % 10 != 0 {
+        if !(10..=40950).contains(&v.advert_interval_ms) || !v.advert_interval_ms.is_multiple_of(10)
+        {
             return Err(cfg_err(format!(
                 "vrrp.advert_interval_ms {} is out of range: use a multiple of 10 between 10 and 40950",
                 v.advert_interval_ms

@@ -1,0 +1,333 @@
+//! Pre-flight checks: everything that must hold on a node before (and after)
+//! it joins a pair, each failure stated with its fix.
+//!
+//! The same checks guard `init-*`, `add-lan` and `add-vip`, so a setup that
+//! `check` passes is one the other commands accept, and a bad value is
+//! refused before anything is written.
+
+use anyhow::Result;
+use serde_json::json;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ns_ha_common::config::{self, check_vip, LanInterface, Role};
+use ns_ha_common::exit::{code_of, fail, Code};
+use ns_ha_common::net::{check_ifname, InterfaceSource, IpCommand, Ipv4Cidr, LinkKind};
+use ns_ha_common::peer;
+use ns_ha_common::proto::{NS_HA_VERSION, PROTOCOL_VERSION};
+
+use crate::{Ctx, Report};
+
+/// The HA interface: exists, is a plain NIC, has a static IPv4 address. Returns that address.
+pub fn ha_interface(ifs: &dyn InterfaceSource, name: &str) -> Result<Ipv4Cidr> {
+    check_ifname(name)?;
+    let iface = ifs.interface(name)?.ok_or_else(|| {
+        fail(
+            Code::InvalidInput,
+            format!("HA interface {name} does not exist: give the name of the NIC cabled to the peer (see `ip link`)"),
+        )
+    })?;
+    match &iface.kind {
+        LinkKind::Physical | LinkKind::Veth => {}
+        other => {
+            return Err(fail(
+                Code::InvalidInput,
+                format!(
+                    "HA interface {name} is a {}: the HA link must be a physical NIC, not a bond, bridge, VLAN or tunnel",
+                    kind_name(other)
+                ),
+            ))
+        }
+    }
+    static_address(&iface.name, iface.static_ipv4())
+}
+
+/// A LAN interface: exists, has a static IPv4 address. Returns that address.
+pub fn lan_interface(ifs: &dyn InterfaceSource, name: &str) -> Result<Ipv4Cidr> {
+    check_ifname(name)?;
+    let iface = ifs.interface(name)?.ok_or_else(|| {
+        fail(
+            Code::InvalidInput,
+            format!("interface {name} does not exist on this node: check the name with `ip link`"),
+        )
+    })?;
+    static_address(&iface.name, iface.static_ipv4())
+}
+
+fn static_address(name: &str, addr: Option<Ipv4Cidr>) -> Result<Ipv4Cidr> {
+    addr.ok_or_else(|| {
+        fail(
+            Code::InvalidInput,
+            format!("interface {name} has no static IPv4 address: configure one (proto static), DHCP is not supported for HA interfaces"),
+        )
+    })
+}
+
+fn kind_name(k: &LinkKind) -> String {
+    match k {
+        LinkKind::Other(s) => s.clone(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The peer must be in the HA subnet and differ from this node.
+pub fn peer_address(own: &Ipv4Cidr, peer: Ipv4Addr) -> Result<()> {
+    if peer == own.addr || !own.is_host_address(peer) {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "peer {peer} is not another host of the HA subnet {}/{}: give the peer's address on the HA link",
+                own.network(),
+                own.prefix
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an sshd answers at `addr` (reads its banner; sends nothing else).
+pub fn peer_ssh_answers(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    let unreachable = |e: String| {
+        fail(
+            Code::Peer,
+            format!("peer {addr} does not answer on SSH ({e}): check the HA link cable and addresses and that sshd runs on the peer"),
+        )
+    };
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| unreachable(e.to_string()))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).map_err(|e| unreachable(e.to_string()))?;
+    let banner = String::from_utf8_lossy(&buf[..n]);
+    let line = banner.lines().next().unwrap_or_default().trim().to_string();
+    if !line.starts_with("SSH-2.0-") {
+        return Err(unreachable(format!(
+            "it sent '{line}' instead of an SSH banner"
+        )));
+    }
+    Ok(line)
+}
+
+/// Parse `lan0` or `lan0=192.168.1.254/24`.
+fn split_lan_arg(arg: &str) -> Result<(String, Option<Ipv4Cidr>)> {
+    match arg.split_once('=') {
+        Some((i, v)) => Ok((i.to_string(), Some(v.parse()?))),
+        None => Ok((arg.to_string(), None)),
+    }
+}
+
+struct Outcome {
+    name: String,
+    result: Result<String>,
+}
+
+/// `ns-ha-init check`: run every applicable check and report them all.
+pub fn run_check(
+    ctx: &Ctx,
+    role: Option<Role>,
+    ha_arg: Option<String>,
+    peer_arg: Option<Ipv4Addr>,
+    lan_args: &[String],
+) -> Result<Report> {
+    let ifs = IpCommand { runner: ctx.runner };
+    let node = config::load_node_opt(&ctx.root)?;
+    let cluster = config::load_cluster_opt(&ctx.root)?;
+    let role = role.or(node.as_ref().map(|n| n.role));
+    let ha = ha_arg.or(cluster.as_ref().map(|c| c.ha.interface.clone()));
+    let peer = peer_arg.or(node.as_ref().map(|n| n.peer_address));
+    let mut outcomes = Vec::new();
+    let mut own_ha = None;
+    if let Some(ha) = &ha {
+        let r = ha_interface(&ifs, ha);
+        own_ha = r.as_ref().ok().copied();
+        outcomes.push(Outcome {
+            name: format!("HA interface {ha}"),
+            result: r.map(|a| format!("static {a}")),
+        });
+    } else {
+        outcomes.push(Outcome {
+            name: "HA interface".into(),
+            result: Err(fail(
+                Code::InvalidInput,
+                "no HA interface given: pass --ha-interface IF",
+            )),
+        });
+    }
+    let mut lans: Vec<(String, Option<Ipv4Cidr>)> = Vec::new();
+    for a in lan_args {
+        match split_lan_arg(a) {
+            Ok(x) => lans.push(x),
+            Err(e) => outcomes.push(Outcome {
+                name: format!("LAN argument {a}"),
+                result: Err(e),
+            }),
+        }
+    }
+    if lan_args.is_empty() {
+        for l in cluster.iter().flat_map(|c| c.lans.iter()) {
+            for v in &l.vips {
+                lans.push((l.interface.clone(), Some(*v)));
+            }
+            if l.vips.is_empty() {
+                lans.push((l.interface.clone(), None));
+            }
+        }
+    }
+    for (name, vip) in &lans {
+        let r = lan_interface(&ifs, name);
+        let addr = r.as_ref().ok().copied();
+        outcomes.push(Outcome {
+            name: format!("LAN interface {name}"),
+            result: r.map(|a| format!("static {a}")),
+        });
+        if let (Some(vip), Some(addr)) = (vip, addr) {
+            // The peer's address is unknown before pairing: check against ours.
+            let lan = cluster
+                .as_ref()
+                .and_then(|c| c.lan(name).cloned())
+                .unwrap_or(LanInterface {
+                    interface: name.clone(),
+                    vrid: 1,
+                    primary_address: addr,
+                    backup_address: addr,
+                    vips: vec![],
+                });
+            outcomes.push(Outcome {
+                name: format!("VIP {vip} on {name}"),
+                result: check_vip(&lan, vip)
+                    .map(|_| "in the LAN subnet, not a node address".into()),
+            });
+        }
+    }
+    if let Some(peer) = peer {
+        if let Some(own) = own_ha {
+            outcomes.push(Outcome {
+                name: format!("peer {peer} address"),
+                result: peer_address(&own, peer).map(|_| "in the HA subnet".into()),
+            });
+        }
+        let port = cluster.as_ref().map(|c| c.ssh.port).unwrap_or(22);
+        if role != Some(Role::Backup) {
+            outcomes.push(Outcome {
+                name: format!("peer {peer} SSH"),
+                result: peer_ssh_answers(
+                    SocketAddr::new(peer.into(), port),
+                    Duration::from_secs(5),
+                ),
+            });
+        }
+    }
+    // Once paired, the primary also asks the backup for its version.
+    if let (Some(node), Some(cluster)) = (&node, &cluster) {
+        if node.role == Role::Primary && node.peer_host_key.is_some() {
+            let r = peer::connect(&ctx.root, node, cluster)
+                .and_then(|s| peer::open_channel(&s, &cluster.cluster_id).map(|(_, h)| h))
+                .map(|h| format!("backup runs ns-ha {} (protocol {})", h.version, h.protocol));
+            outcomes.push(Outcome {
+                name: "peer version".into(),
+                result: r,
+            });
+        }
+    }
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    let mut human = String::new();
+    let mut items = Vec::new();
+    for o in &outcomes {
+        match &o.result {
+            Ok(d) => human.push_str(&format!("ok    {}: {d}\n", o.name)),
+            Err(e) => human.push_str(&format!("FAIL  {}: {e:#}\n", o.name)),
+        }
+        items.push(json!({
+            "check": o.name,
+            "ok": o.result.is_ok(),
+            "detail": match &o.result { Ok(d) => d.clone(), Err(e) => format!("{e:#}") },
+        }));
+    }
+    human.push_str(&format!(
+        "{} checks, {} failed (ns-ha {NS_HA_VERSION}, protocol {PROTOCOL_VERSION})\n",
+        outcomes.len(),
+        failed.len()
+    ));
+    let mut report = Report::new(human, json!({"checks": items, "failed": failed.len()}));
+    if let Some(first) = failed.first() {
+        if let Err(e) = &first.result {
+            report.code = code_of(e);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_ha_common::net::{IfAddr, Interface, StaticInterfaces};
+
+    fn iface(name: &str, kind: LinkKind, addr: Option<&str>) -> Interface {
+        Interface {
+            name: name.into(),
+            kind,
+            up: true,
+            ipv4: addr
+                .map(|a| IfAddr {
+                    cidr: a.parse().unwrap(),
+                    permanent: true,
+                    label: None,
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn node() -> StaticInterfaces {
+        StaticInterfaces(vec![
+            iface("eth2", LinkKind::Physical, Some("10.99.0.1/24")),
+            iface("bond0", LinkKind::Bond, Some("10.99.5.1/24")),
+            iface("br-lan", LinkKind::Bridge, Some("10.99.1.1/24")),
+            iface("eth3", LinkKind::Physical, None),
+        ])
+    }
+
+    #[test]
+    fn ha_interface_must_be_plain_and_static() {
+        let ifs = node();
+        assert_eq!(
+            ha_interface(&ifs, "eth2").unwrap().to_string(),
+            "10.99.0.1/24"
+        );
+        let e = ha_interface(&ifs, "bond0").unwrap_err();
+        assert!(e.to_string().contains("is a bond"), "{e}");
+        let e = ha_interface(&ifs, "eth9").unwrap_err();
+        assert!(e.to_string().contains("does not exist"));
+        let e = ha_interface(&ifs, "eth3").unwrap_err();
+        assert!(e.to_string().contains("no static IPv4"));
+        assert_eq!(code_of(&e), Code::InvalidInput);
+    }
+
+    #[test]
+    fn bridges_are_fine_as_lans() {
+        assert!(lan_interface(&node(), "br-lan").is_ok());
+    }
+
+    #[test]
+    fn peer_must_be_another_host_of_the_subnet() {
+        let own: Ipv4Cidr = "10.99.0.1/24".parse().unwrap();
+        assert!(peer_address(&own, "10.99.0.2".parse().unwrap()).is_ok());
+        assert!(peer_address(&own, "10.99.0.1".parse().unwrap()).is_err());
+        assert!(peer_address(&own, "10.99.3.2".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn lan_args_parse() {
+        assert_eq!(split_lan_arg("lan0").unwrap(), ("lan0".into(), None));
+        assert!(split_lan_arg("lan0=fd00::1/64").is_err());
+        assert_eq!(
+            split_lan_arg("lan0=10.99.1.254/24")
+                .unwrap()
+                .1
+                .unwrap()
+                .to_string(),
+            "10.99.1.254/24"
+        );
+    }
+}

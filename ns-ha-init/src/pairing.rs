@@ -1,0 +1,469 @@
+//! Pairing: turning two standalone firewalls into a primary and a backup.
+//!
+//! No password ever crosses the network. The primary makes an ed25519 key;
+//! the administrator hands its public half to the backup, which authorizes
+//! it for one forced command only (`ns-ha-sync receive`, with `restrict`).
+//! The backup's host key is then pinned on the primary, from a fingerprint
+//! the administrator read on the backup (or trust on first use, confirmed).
+//! `reset` undoes all of it on one node.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::io::Read;
+use std::net::Ipv4Addr;
+
+use ns_ha_common::activate::{deactivate, tool_path};
+use ns_ha_common::cmd::args;
+use ns_ha_common::config::{
+    self, load_cluster, load_node, load_node_opt, ClusterConfig, NodeConfig, PinnedHostKey, Role,
+    SCHEMA_VERSION,
+};
+use ns_ha_common::exit::{fail, Code};
+use ns_ha_common::fsutil::{atomic_write, remove_if_exists, NodeLock};
+use ns_ha_common::net::{IpCommand, Ipv4Cidr};
+use ns_ha_common::peer;
+use ns_ha_common::proto::{call, ControlRequest, InspectReply};
+use ns_ha_common::root::paths;
+use ns_ha_common::service::ServiceBackend;
+use ns_ha_common::ssh::{self, HostKeyCheck, PeerSession};
+use ns_ha_common::NodeRoot;
+
+use crate::checks;
+use crate::edit::commit_cluster;
+use crate::{Ctx, Report};
+
+/// Comment that marks the authorized_keys line ns-ha owns.
+pub const KEY_COMMENT: &str = "ns-ha-primary";
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Take the node lock for a configuration change.
+pub fn lock(root: &NodeRoot) -> Result<NodeLock> {
+    NodeLock::acquire(&root.path(paths::LOCK), LOCK_WAIT)
+}
+
+fn refuse_if_initialized(root: &NodeRoot) -> Result<()> {
+    if let Some(node) = load_node_opt(root)? {
+        return Err(fail(
+            Code::State,
+            format!(
+                "this node is already initialized as {}: run ns-ha-init reset --yes first to start over",
+                node.role
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Options of `init-primary`.
+pub struct PrimaryInit {
+    pub ha_interface: String,
+    pub peer: Ipv4Addr,
+    pub heartbeat_vip: Option<Ipv4Addr>,
+    pub ssh_port: u16,
+    pub advert_interval_ms: u32,
+    pub service_backend: ServiceBackend,
+}
+
+/// The highest host address of the HA subnet that neither node uses.
+pub fn default_heartbeat_vip(own: &Ipv4Cidr, peer: Ipv4Addr) -> Result<Ipv4Addr> {
+    let first = u32::from(own.network()) + 1;
+    let last = u32::from(own.broadcast()).saturating_sub(1);
+    (first..=last)
+        .rev()
+        .take(16)
+        .map(Ipv4Addr::from)
+        .find(|a| *a != own.addr && *a != peer)
+        .ok_or_else(|| {
+            fail(
+                Code::InvalidInput,
+                format!(
+                    "the HA subnet {}/{} has no free address for the heartbeat VIP: use a /29 or larger, or pass --heartbeat-vip",
+                    own.network(),
+                    own.prefix
+                ),
+            )
+        })
+}
+
+fn random_cluster_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Generate the node's ed25519 key with ssh-keygen, replacing any old one atomically.
+fn generate_key(ctx: &Ctx, comment: &str) -> Result<PinnedHostKey> {
+    let key = ctx.root.path(paths::SSH_KEY);
+    let dir = key.parent().context("key path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".keygen")
+        .tempdir_in(dir)
+        .context("creating a scratch directory for the key")?;
+    let tmp_key = scratch.path().join("id_ed25519");
+    ctx.runner.run_ok(
+        "ssh-keygen",
+        &args(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            comment,
+            "-f",
+            &tmp_key.to_string_lossy(),
+        ]),
+        std::time::Duration::from_secs(20),
+    )?;
+    let private = std::fs::read(&tmp_key).context("reading the generated key")?;
+    let public = std::fs::read_to_string(scratch.path().join("id_ed25519.pub"))
+        .context("reading the generated public key")?;
+    atomic_write(&key, &private, 0o600)?;
+    atomic_write(&key.with_extension("pub"), public.as_bytes(), 0o644)?;
+    ssh::parse_public_key(public.trim())
+}
+
+/// `init-primary`.
+pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
+    let _lock = lock(&ctx.root)?;
+    refuse_if_initialized(&ctx.root)?;
+    let ifs = IpCommand { runner: ctx.runner };
+    let own = checks::ha_interface(&ifs, &opts.ha_interface)?;
+    checks::peer_address(&own, opts.peer)?;
+    let hb = match opts.heartbeat_vip {
+        Some(a) => a,
+        None => default_heartbeat_vip(&own, opts.peer)?,
+    };
+    let mut cluster = ClusterConfig::new(random_cluster_id()?, opts.ha_interface.clone(), own, hb);
+    cluster.ssh.port = opts.ssh_port;
+    cluster.vrrp.advert_interval_ms = opts.advert_interval_ms;
+    cluster.validate()?;
+    if hb == opts.peer {
+        return Err(fail(
+            Code::InvalidInput,
+            "--heartbeat-vip must differ from the peer's address",
+        ));
+    }
+    let node = NodeConfig {
+        schema_version: SCHEMA_VERSION,
+        role: Role::Primary,
+        peer_address: opts.peer,
+        peer_host_key: None,
+        authorized_key_fingerprint: None,
+        service_backend: opts.service_backend,
+    };
+    // Everything validated: now write.
+    let key = generate_key(ctx, KEY_COMMENT)?;
+    config::save_cluster(&ctx.root, &cluster)?;
+    config::save_node(&ctx.root, &node)?;
+    let line = format!("{} {} {KEY_COMMENT}", key.key_type, key.key_base64);
+    let human = format!(
+        "{line}\n\nThis node is now the primary of cluster {}.\nOn the backup run:\n  ns-ha-init init-backup --ha-interface {} --peer {} --primary-key '{line}'\nthen here: ns-ha-init pair --host-key-fingerprint <the fingerprint it prints>\n",
+        cluster.cluster_id, opts.ha_interface, own.addr
+    );
+    Ok(Report::new(
+        human,
+        json!({"public_key": line, "fingerprint": key.fingerprint, "cluster_id": cluster.cluster_id}),
+    ))
+}
+
+/// The authorized_keys line that lets the primary run the sync receiver and nothing else.
+pub fn authorized_line(root: &NodeRoot, key: &PinnedHostKey) -> Result<String> {
+    let mut command = tool_path("ns-ha-sync")?.to_string_lossy().into_owned();
+    if command.contains(['"', '\\']) || command.chars().any(char::is_whitespace) {
+        return Err(fail(
+            Code::Failure,
+            format!("ns-ha-sync is installed at a path with quotes or spaces ({command}): install it elsewhere"),
+        ));
+    }
+    for a in root.tool_args() {
+        command.push(' ');
+        command.push_str(&a);
+    }
+    command.push_str(" receive");
+    Ok(format!(
+        "restrict,command=\"{command}\" {} {} {KEY_COMMENT}",
+        key.key_type, key.key_base64
+    ))
+}
+
+/// authorized_keys with ns-ha's line replaced by `line` (or removed when `None`); other keys kept.
+pub fn rewrite_authorized_keys(existing: &str, line: Option<&str>) -> String {
+    let mut out: String = existing
+        .lines()
+        .filter(|l| !l.trim_end().ends_with(&format!(" {KEY_COMMENT}")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(l) = line {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+fn write_authorized_keys(root: &NodeRoot, line: Option<&str>) -> Result<()> {
+    let path = root.path(paths::AUTHORIZED_KEYS);
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if line.is_none() && existing.is_empty() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    atomic_write(
+        &path,
+        rewrite_authorized_keys(&existing, line).as_bytes(),
+        0o600,
+    )
+}
+
+/// `init-backup`.
+pub fn init_backup(
+    ctx: &Ctx,
+    ha_interface: &str,
+    peer: Ipv4Addr,
+    primary_key: &str,
+    backend: ServiceBackend,
+) -> Result<Report> {
+    let _lock = lock(&ctx.root)?;
+    refuse_if_initialized(&ctx.root)?;
+    let ifs = IpCommand { runner: ctx.runner };
+    let own = checks::ha_interface(&ifs, ha_interface)?;
+    checks::peer_address(&own, peer)?;
+    let key = ssh::parse_public_key(primary_key)?;
+    let host_key_path = ctx.root.path(paths::SSH_HOST_KEY_PUB);
+    let host_key = ssh::read_public_key(&host_key_path).map_err(|e| {
+        fail(
+            Code::Dependency,
+            format!("this node's sshd has no usable ed25519 host key ({e:#}): generate it with ssh-keygen -A and start sshd"),
+        )
+    })?;
+    let line = authorized_line(&ctx.root, &key)?;
+    let node = NodeConfig {
+        schema_version: SCHEMA_VERSION,
+        role: Role::Backup,
+        peer_address: peer,
+        peer_host_key: None,
+        authorized_key_fingerprint: Some(key.fingerprint.clone()),
+        service_backend: backend,
+    };
+    write_authorized_keys(&ctx.root, Some(&line))?;
+    config::save_node(&ctx.root, &node)?;
+    let human = format!(
+        "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only.\nOn the primary run:\n  ns-ha-init pair --host-key-fingerprint {}\n",
+        host_key.fingerprint, key.fingerprint, host_key.fingerprint
+    );
+    Ok(Report::new(
+        human,
+        json!({"host_key_fingerprint": host_key.fingerprint, "authorized_key_fingerprint": key.fingerprint}),
+    ))
+}
+
+/// Learn the backup's static address of `interface` (same subnet as ours).
+pub fn backup_address(
+    ch: &mut ssh::PeerChannel,
+    interface: &str,
+    ours: &Ipv4Cidr,
+) -> Result<Ipv4Cidr> {
+    let reply: InspectReply = call(
+        ch,
+        &ControlRequest::Inspect {
+            interfaces: vec![interface.to_string()],
+        },
+    )?;
+    let iface = reply.interfaces.into_iter().next().flatten().ok_or_else(|| {
+        fail(
+            Code::InvalidInput,
+            format!("interface {interface} does not exist on the backup: both nodes need the same interface names"),
+        )
+    })?;
+    let addr = iface.static_ipv4().ok_or_else(|| {
+        fail(
+            Code::InvalidInput,
+            format!(
+                "interface {interface} on the backup has no static IPv4 address: configure one"
+            ),
+        )
+    })?;
+    if !ours.contains(addr.addr) || addr.prefix != ours.prefix || addr.addr == ours.addr {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "interface {interface}: the backup's address {addr} is not another host of this node's subnet {}/{}: fix the addressing",
+                ours.network(),
+                ours.prefix
+            ),
+        ));
+    }
+    Ok(addr)
+}
+
+/// `pair`.
+pub fn pair(ctx: &Ctx, fingerprint: Option<String>, trust_on_first_use: bool) -> Result<Report> {
+    let _lock = lock(&ctx.root)?;
+    let mut node = load_node(&ctx.root)?;
+    if node.role != Role::Primary {
+        return Err(fail(
+            Code::State,
+            "pair runs on the primary: this node is the backup",
+        ));
+    }
+    let mut cluster = load_cluster(&ctx.root)?;
+    let check = match (fingerprint, trust_on_first_use) {
+        (Some(fp), _) => {
+            if !fp.starts_with("SHA256:") || fp.len() != "SHA256:".len() + 43 {
+                return Err(fail(
+                    Code::InvalidInput,
+                    format!("'{fp}' is not a SHA256 fingerprint: copy it as init-backup printed it (SHA256:...)"),
+                ));
+            }
+            HostKeyCheck::Fingerprint(fp)
+        }
+        (None, true) => match &node.peer_host_key {
+            Some(pin) => HostKeyCheck::Pinned(pin.clone()),
+            None => HostKeyCheck::TrustOnFirstUse,
+        },
+        (None, false) => {
+            return Err(fail(
+                Code::InvalidInput,
+                "give the backup's --host-key-fingerprint (printed by init-backup), or --trust-on-first-use --yes",
+            ))
+        }
+    };
+    let sess = PeerSession::connect(&peer::endpoint(&ctx.root, &node, &cluster), &check)?;
+    let (mut ch, hello) = peer::open_channel(&sess, &cluster.cluster_id)?;
+    let b_ha = backup_address(
+        &mut ch,
+        &cluster.ha.interface.clone(),
+        &cluster.ha.primary_address,
+    )?;
+    if b_ha.addr != node.peer_address {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "the backup's {} address is {} but this node was told the peer is {}: re-run init-primary with the right --peer",
+                cluster.ha.interface, b_ha.addr, node.peer_address
+            ),
+        ));
+    }
+    cluster.ha.backup_address = Some(b_ha);
+    if cluster.ha.heartbeat_vip == b_ha.addr {
+        cluster.ha.heartbeat_vip = default_heartbeat_vip(&cluster.ha.primary_address, b_ha.addr)?;
+    }
+    for i in 0..cluster.lans.len() {
+        let (name, ours) = (
+            cluster.lans[i].interface.clone(),
+            cluster.lans[i].primary_address,
+        );
+        cluster.lans[i].backup_address = backup_address(&mut ch, &name, &ours)?;
+    }
+    let act = commit_cluster(ctx, &node, &cluster, &mut ch)?;
+    node.peer_host_key = Some(sess.host_key.clone());
+    config::save_node(&ctx.root, &node)?;
+    let human = format!(
+        "paired with backup {} (ns-ha {}), host key {} pinned\nbackup HA address {}\nkeepalived: {} on this node\nNext: ns-ha-init add-lan --interface IF --vip CIDR, then ns-ha-init enable\n",
+        node.peer_address, hello.version, sess.host_key.fingerprint, b_ha, act.keepalived
+    );
+    Ok(Report::new(
+        human,
+        json!({"peer": node.peer_address.to_string(), "host_key_fingerprint": sess.host_key.fingerprint, "backup_ha_address": b_ha.to_string(), "peer_version": hello.version}),
+    ))
+}
+
+/// `reset`: undo init on this node.
+pub fn reset(ctx: &Ctx, yes: bool) -> Result<Report> {
+    if !yes {
+        return Err(fail(
+            Code::Usage,
+            "reset stops HA on this node and removes its keys and cluster config: add --yes to confirm",
+        ));
+    }
+    let _lock = lock(&ctx.root)?;
+    let backend = load_node_opt(&ctx.root)
+        .ok()
+        .flatten()
+        .map(|n| n.service_backend)
+        .unwrap_or_default();
+    deactivate(&ctx.root, ctx.runner, backend)?;
+    write_authorized_keys(&ctx.root, None)?;
+    let mut removed = Vec::new();
+    for p in [
+        paths::CLUSTER_CONFIG,
+        paths::NODE_CONFIG,
+        paths::SSH_KEY,
+        "/etc/ns-ha/id_ed25519.pub",
+        paths::MAINTENANCE_TRACK,
+    ] {
+        if remove_if_exists(&ctx.root.path(p))? {
+            removed.push(p);
+        }
+    }
+    let state = ctx.root.path(paths::STATE_DIR);
+    if state.exists() {
+        std::fs::remove_dir_all(&state).with_context(|| format!("removing {}", state.display()))?;
+        removed.push(paths::STATE_DIR);
+    }
+    Ok(Report::new(
+        format!(
+            "HA reset on this node: keepalived stopped, authorization removed, {} removed\n",
+            removed.join(", ")
+        ),
+        json!({"removed": removed}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_vip_is_highest_free_host() {
+        let own: Ipv4Cidr = "10.99.0.1/24".parse().unwrap();
+        assert_eq!(
+            default_heartbeat_vip(&own, "10.99.0.2".parse().unwrap()).unwrap(),
+            Ipv4Addr::new(10, 99, 0, 254)
+        );
+        assert_eq!(
+            default_heartbeat_vip(&own, "10.99.0.254".parse().unwrap()).unwrap(),
+            Ipv4Addr::new(10, 99, 0, 253)
+        );
+        let tiny: Ipv4Cidr = "10.99.0.1/30".parse().unwrap();
+        assert!(default_heartbeat_vip(&tiny, "10.99.0.2".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn authorized_keys_keeps_other_keys() {
+        let existing = "ssh-ed25519 AAAAother admin@laptop\nrestrict,command=\"old\" ssh-ed25519 AAAAold ns-ha-primary\n";
+        let out = rewrite_authorized_keys(
+            existing,
+            Some("restrict,command=\"new\" ssh-ed25519 AAAAnew ns-ha-primary"),
+        );
+        assert_eq!(out, "ssh-ed25519 AAAAother admin@laptop\nrestrict,command=\"new\" ssh-ed25519 AAAAnew ns-ha-primary\n");
+        assert_eq!(
+            rewrite_authorized_keys(&out, None),
+            "ssh-ed25519 AAAAother admin@laptop\n"
+        );
+    }
+
+    #[test]
+    fn authorized_line_forces_the_receiver() {
+        let root = NodeRoot::new("/lab/fw2").unwrap();
+        let key = ssh::parse_public_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEt1Ig8czKwgR7Z9el8tb0tUfSP1AJewPrV9zoXG26FS x",
+        )
+        .unwrap();
+        let line = authorized_line(&root, &key).unwrap();
+        assert!(line.starts_with("restrict,command=\""));
+        assert!(line.contains("ns-ha-sync --root /lab/fw2 receive\" ssh-ed25519 AAAAC3"));
+        assert!(line.ends_with(" ns-ha-primary"));
+    }
+}
