@@ -1,0 +1,99 @@
+//! Pairing the lab's two firewalls with the product's own tools.
+//!
+//! Most end-to-end tests start from "a paired, enabled cluster with fw1 as
+//! MASTER". This module gets there the way an administrator does, with
+//! `ns-ha-init` only, so every such test also exercises pairing.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::{bin, net, wait_until, Lab};
+
+/// Run an ns-ha tool on a firewall against that firewall's node root.
+pub fn tool(lab: &Lab, node: &str, name: &str, args: &[&str]) -> Output {
+    let exe = bin(name);
+    let root = lab.root(node);
+    let mut argv = vec![
+        exe.to_str().expect("utf-8 path"),
+        "--root",
+        root.to_str().expect("utf-8 path"),
+    ];
+    argv.extend_from_slice(args);
+    lab.exec(node, &argv)
+}
+
+/// Like [`tool`], panicking with stdout and stderr unless it exits 0; returns stdout.
+pub fn tool_ok(lab: &Lab, node: &str, name: &str, args: &[&str]) -> String {
+    let out = tool(lab, node, name, args);
+    assert!(
+        out.status.success(),
+        "[{node}] {name} {args:?} failed ({}):\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ns-ha-init` on a firewall.
+pub fn init(lab: &Lab, node: &str, args: &[&str]) -> Output {
+    tool(lab, node, "ns-ha-init", args)
+}
+
+/// `ns-ha-init` on a firewall, which must succeed; returns stdout.
+pub fn init_ok(lab: &Lab, node: &str, args: &[&str]) -> String {
+    tool_ok(lab, node, "ns-ha-init", args)
+}
+
+fn json_field(stdout: &str, field: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no '{field}' in {stdout}"))
+        .to_string()
+}
+
+/// Initialize fw1 as primary and fw2 as backup and pin fw2's host key.
+pub fn pair_only(lab: &Lab) {
+    let out = init_ok(
+        lab,
+        "fw1",
+        &["--json", "init-primary", "--ha-interface", net::HA_IF, "--peer", net::FW2_HA],
+    );
+    let key = json_field(&out, "public_key");
+    let out = init_ok(
+        lab,
+        "fw2",
+        &[
+            "--json",
+            "init-backup",
+            "--ha-interface",
+            net::HA_IF,
+            "--peer",
+            net::FW1_HA,
+            "--primary-key",
+            &key,
+        ],
+    );
+    let fp = json_field(&out, "host_key_fingerprint");
+    init_ok(lab, "fw1", &["pair", "--host-key-fingerprint", &fp]);
+}
+
+/// Pair, add the LAN (VIP .254) and the WAN (VIP .254) and enable; waits
+/// until fw1 holds the LAN VIP and fw2 does not.
+pub fn pair(lab: &Lab) {
+    pair_only(lab);
+    let lan_vip = format!("{}/24", net::LAN_VIP);
+    let wan_vip = format!("{}/24", net::WAN_VIP);
+    init_ok(lab, "fw1", &["add-lan", "--interface", net::LAN_IF, "--vip", &lan_vip]);
+    init_ok(lab, "fw1", &["add-lan", "--interface", net::WAN_IF, "--vip", &wan_vip]);
+    init_ok(lab, "fw1", &["enable"]);
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            lab.holders(net::LAN_VIP) == ["fw1"] && lab.holders(net::WAN_VIP) == ["fw1"]
+        }),
+        "fw1 did not become MASTER: LAN VIP holders {:?}",
+        lab.holders(net::LAN_VIP)
+    );
+}
