@@ -118,12 +118,17 @@ cmd_down() {
 
 # --- up ---------------------------------------------------------------------
 
+# The ERR trap of `up`: undo everything and print one line with the reason
+# (the failed command and the last thing it said on stderr).
 up_failed() {
-	local rc=$1 line=$2 cmd=$3
+	local rc=$1 line=$2 cmd=$3 said=
 	trap - ERR
 	set +e
-	echo "lab.sh: up $PREFIX failed (exit $rc) at line $line: $cmd" >&2
+	exec 2>&3
+	[[ -n ${UP_ERRLOG:-} ]] && said=$(grep -v '^[[:space:]]*$' "$UP_ERRLOG" | tail -n 1)
 	cmd_down >/dev/null 2>&1
+	rm -f "${UP_ERRLOG:-}"
+	echo "lab.sh: up $PREFIX failed (exit $rc, line $line: $cmd)${said:+: $said}" >&2
 	exit 1
 }
 
@@ -230,7 +235,6 @@ cmd_up() {
 		command -v "$role" >/dev/null 2>&1 || [[ -x /usr/sbin/$role ]] ||
 			die "up: missing command '$role'"
 	done
-	[[ $LAB_BASE == /* ]] || die "up: NS_HA_LAB_BASE must be absolute"
 	case "${LAB_BASE%/}/" in /tmp/* | /var/tmp/* | /dev/shm/*)
 		die "up: NS_HA_LAB_BASE must not be under a world-writable dir (sshd StrictModes)"
 		;;
@@ -241,6 +245,10 @@ cmd_up() {
 	done
 	[[ -e $dir ]] && die "up: $dir already exists"
 
+	# From here on, stderr goes to a scratch file (fd 3 keeps the real one)
+	# so that a failure is reported as one line, after the teardown.
+	UP_ERRLOG=$(mktemp)
+	exec 3>&2 2>"$UP_ERRLOG"
 	trap 'up_failed $? $LINENO "$BASH_COMMAND"' ERR
 
 	install -d -m 0755 "$LAB_BASE" "$dir"
@@ -290,7 +298,10 @@ cmd_up() {
 	for fw in "${FIREWALLS[@]}"; do
 		ip netns exec "$(ns_of "$fw")" "$dir/$fw/etc/init.d/sshd" start >/dev/null
 	done
+	[[ -n ${NS_HA_LAB_FAIL_TEST:-} ]] && false # lets the tests check the teardown
 	trap - ERR
+	exec 2>&3 3>&-
+	rm -f "$UP_ERRLOG"
 }
 
 # --- crash ------------------------------------------------------------------
@@ -340,6 +351,7 @@ cmd_crash() {
 CMD=$1
 PREFIX=$2
 check_prefix "$PREFIX"
+[[ $LAB_BASE == /* ]] || die "NS_HA_LAB_BASE must be an absolute path"
 case $CMD in
 up)
 	[[ $# -eq 2 ]] || usage

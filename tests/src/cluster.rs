@@ -46,8 +46,8 @@ pub fn init_ok(lab: &Lab, node: &str, args: &[&str]) -> String {
 }
 
 fn json_field(stdout: &str, field: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     v[field]
         .as_str()
         .unwrap_or_else(|| panic!("no '{field}' in {stdout}"))
@@ -59,7 +59,14 @@ pub fn pair_only(lab: &Lab) {
     let out = init_ok(
         lab,
         "fw1",
-        &["--json", "init-primary", "--ha-interface", net::HA_IF, "--peer", net::FW2_HA],
+        &[
+            "--json",
+            "init-primary",
+            "--ha-interface",
+            net::HA_IF,
+            "--peer",
+            net::FW2_HA,
+        ],
     );
     let key = json_field(&out, "public_key");
     let out = init_ok(
@@ -86,8 +93,16 @@ pub fn pair(lab: &Lab) {
     pair_only(lab);
     let lan_vip = format!("{}/24", net::LAN_VIP);
     let wan_vip = format!("{}/24", net::WAN_VIP);
-    init_ok(lab, "fw1", &["add-lan", "--interface", net::LAN_IF, "--vip", &lan_vip]);
-    init_ok(lab, "fw1", &["add-lan", "--interface", net::WAN_IF, "--vip", &wan_vip]);
+    init_ok(
+        lab,
+        "fw1",
+        &["add-lan", "--interface", net::LAN_IF, "--vip", &lan_vip],
+    );
+    init_ok(
+        lab,
+        "fw1",
+        &["add-lan", "--interface", net::WAN_IF, "--vip", &wan_vip],
+    );
     init_ok(lab, "fw1", &["enable"]);
     assert!(
         wait_until(Duration::from_secs(15), Duration::from_millis(50), || {

@@ -1,1 +1,515 @@
+//! Lab harness for the ns-ha end-to-end tests.
+//!
+//! Why this module exists: ns-ha is only worth something if it works with the
+//! real keepalived, sshd, conntrackd and dnsmasq, on two firewalls that can
+//! lose a link or die. Every end-to-end test therefore builds a throwaway lab
+//! with `lab/lab.sh` (two firewalls, a LAN client and a WAN host in network
+//! namespaces, joined by bridges in a "switch" namespace, each firewall with
+//! its own node root and init scripts) and drives it through the small,
+//! obvious helpers below. The lab is torn down when the [`Lab`] is dropped,
+//! also when the test panics.
+//!
+//! A test that cannot build its lab fails (it never skips): a lab test that
+//! silently passes on a machine without root or namespaces proves nothing.
+//!
+//! Nodes are named as in the lab: `fw1`, `fw2` (the firewalls), `lan` (LAN
+//! client), `wan` (WAN host), `sw` (the switch). Addresses are in [`net`].
+//!
+//! Set `NS_HA_LAB_KEEP=1` to keep a lab after the test for debugging (its
+//! prefix is printed; remove it with `lab/lab.sh down PREFIX`).
 
+pub mod cluster;
+
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The lab's addressing plan (the same as `lab/lab.sh` and `lab.json`).
+pub mod net {
+    /// fw1's address on the HA link (`ha0`, 10.99.0.0/24).
+    pub const FW1_HA: &str = "10.99.0.1";
+    /// fw2's address on the HA link.
+    pub const FW2_HA: &str = "10.99.0.2";
+    /// fw1's own LAN address (`lan0`, 10.99.1.0/24).
+    pub const FW1_LAN: &str = "10.99.1.1";
+    /// fw2's own LAN address.
+    pub const FW2_LAN: &str = "10.99.1.2";
+    /// fw1's own WAN address (`wan0`, 10.99.2.0/24).
+    pub const FW1_WAN: &str = "10.99.2.1";
+    /// fw2's own WAN address.
+    pub const FW2_WAN: &str = "10.99.2.2";
+    /// The LAN client (`lan` namespace, `eth0`); its default route is [`LAN_VIP`].
+    pub const CLIENT: &str = "10.99.1.100";
+    /// The WAN host (`wan` namespace, `eth0`); it routes 10.99.1.0/24 via [`WAN_VIP`].
+    pub const WAN_HOST: &str = "10.99.2.100";
+    /// The LAN VIP, not configured by the lab (keepalived adds it).
+    pub const LAN_VIP: &str = "10.99.1.254";
+    /// The WAN VIP, not configured by the lab.
+    pub const WAN_VIP: &str = "10.99.2.254";
+    /// Interface names on each firewall.
+    pub const HA_IF: &str = "ha0";
+    pub const LAN_IF: &str = "lan0";
+    pub const WAN_IF: &str = "wan0";
+}
+
+/// The two firewalls.
+pub const FIREWALLS: [&str; 2] = ["fw1", "fw2"];
+/// Every node of the lab.
+pub const NODES: [&str; 5] = ["sw", "fw1", "fw2", "lan", "wan"];
+
+/// PATH for every command the harness runs: daemons live in /usr/sbin.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Path of `lab/lab.sh`.
+pub fn lab_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/lab.sh")
+}
+
+/// Path of a built workspace binary (e.g. `bin("ns-ha-role")`).
+///
+/// Looks in the profile dir of the running test binary, then in
+/// `$CARGO_TARGET_DIR/debug`, then in the workspace's `target/debug`.
+/// Panics if the binary is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/deps/<test>-<hash>
+        if let Some(deps) = exe.parent() {
+            if deps.file_name() == Some(OsStr::new("deps")) {
+                if let Some(profile) = deps.parent() {
+                    dirs.push(profile.to_path_buf());
+                }
+            }
+        }
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        let t = PathBuf::from(t);
+        dirs.push(
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+            .join("debug"),
+        );
+    }
+    dirs.push(workspace.join("target/debug"));
+    for d in &dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("binary '{name}' not found in {dirs:?}: run `cargo build --workspace` first");
+}
+
+/// Poll `f` every `poll` until it returns true or `timeout` has passed.
+/// Returns whether it became true (checked once more at the deadline).
+pub fn wait_until(timeout: Duration, poll: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// Run a command to completion with the harness PATH and no stdin.
+fn run(cmd: &mut Command) -> Output {
+    cmd.env("PATH", PATH).stdin(Stdio::null());
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn describe(what: &str, out: &Output) -> String {
+    format!(
+        "{what} failed ({}):\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A unique, short lab prefix: `nh` + pid + counter + clock noise, at most 10 chars.
+fn new_prefix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    fn base36(mut n: u64, width: usize) -> String {
+        let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut s = Vec::with_capacity(width);
+        for _ in 0..width {
+            s.push(digits[(n % 36) as usize]);
+            n /= 36;
+        }
+        s.reverse();
+        String::from_utf8(s).expect("ascii")
+    }
+    let pid = u64::from(std::process::id());
+    let n = u64::from(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let noise = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) / 1000)
+        .unwrap_or(0);
+    // 2 + 3 + 2 + 3 = 10 characters.
+    format!("nh{}{}{}", base36(pid, 3), base36(n, 2), base36(noise, 3))
+}
+
+/// A running lab; dropped = torn down.
+pub struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    info: Value,
+}
+
+impl Lab {
+    /// Build a fresh lab with a unique prefix. Panics with lab.sh's reason if
+    /// it cannot be built (the test must fail, not skip).
+    pub fn up() -> Lab {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let prefix = new_prefix();
+            let out = run(Command::new(lab_script()).args(["up", &prefix]));
+            if out.status.success() {
+                return Lab::attach(prefix);
+            }
+            last = describe(&format!("lab.sh up {prefix}"), &out);
+            // A leftover lab with the same prefix: try another one.
+            if !String::from_utf8_lossy(&out.stderr).contains("already exists") {
+                break;
+            }
+        }
+        panic!("cannot build the lab (tests need root and `ip netns`): {last}");
+    }
+
+    fn attach(prefix: String) -> Lab {
+        let out = run(Command::new(lab_script()).args(["dir", &prefix]));
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let json = std::fs::read_to_string(dir.join("lab.json"))
+            .unwrap_or_else(|e| panic!("cannot read {}/lab.json: {e}", dir.display()));
+        let info = serde_json::from_str(&json).expect("lab.json is valid JSON");
+        Lab { prefix, dir, info }
+    }
+
+    /// The lab's prefix (namespace names start with it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The lab dir (holds `lab.json` and the node roots).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The contents of `lab.json` (prefix, namespaces, node roots, addresses).
+    pub fn info(&self) -> &Value {
+        &self.info
+    }
+
+    /// Namespace name of `node` (`fw1`, `fw2`, `lan`, `wan`, `sw`).
+    pub fn ns(&self, node: &str) -> String {
+        assert!(NODES.contains(&node), "unknown lab node '{node}'");
+        format!("{}{node}", self.prefix)
+    }
+
+    /// Node root of a firewall (its miniature `/`).
+    pub fn root(&self, node: &str) -> PathBuf {
+        assert!(FIREWALLS.contains(&node), "'{node}' has no node root");
+        self.dir.join(node)
+    }
+
+    /// Path of `rel` (like `/etc/ns-ha/cluster.json`) inside a firewall's root.
+    pub fn path(&self, node: &str, rel: &str) -> PathBuf {
+        self.root(node).join(rel.trim_start_matches('/'))
+    }
+
+    /// Write a file inside a firewall's root, creating its parent dirs.
+    pub fn write(&self, node: &str, rel: &str, contents: impl AsRef<[u8]>) {
+        let p = self.path(node, rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+        }
+        std::fs::write(&p, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+    }
+
+    /// Read a file inside a firewall's root (panics if missing).
+    pub fn read(&self, node: &str, rel: &str) -> String {
+        let p = self.path(node, rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+    }
+
+    /// Run `argv` inside `node`'s namespace (`ip netns exec NS argv...`).
+    /// Do not start daemons with it unless they close stdout/stderr: the call
+    /// waits for the pipes to close.
+    pub fn exec(&self, node: &str, argv: &[&str]) -> Output {
+        assert!(!argv.is_empty(), "exec needs a command");
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.ns(node)])
+            .args(argv))
+    }
+
+    /// Like [`Lab::exec`], panicking with stdout and stderr unless it exits 0;
+    /// returns stdout.
+    pub fn exec_ok(&self, node: &str, argv: &[&str]) -> String {
+        let out = self.exec(node, argv);
+        if !out.status.success() {
+            panic!("{}", describe(&format!("[{node}] {argv:?}"), &out));
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run a shell script (`sh -c`) inside `node`'s namespace, for test-only plumbing.
+    pub fn sh(&self, node: &str, script: &str) -> Output {
+        self.exec(node, &["sh", "-c", script])
+    }
+
+    /// Like [`Lab::sh`], panicking unless it exits 0; returns stdout.
+    pub fn sh_ok(&self, node: &str, script: &str) -> String {
+        self.exec_ok(node, &["sh", "-c", script])
+    }
+
+    /// Run `NODEROOT/etc/init.d/SERVICE VERB` inside the node's namespace.
+    pub fn service(&self, node: &str, service: &str, verb: &str) -> Output {
+        let script = self.path(node, &format!("/etc/init.d/{service}"));
+        let script = script.to_string_lossy();
+        self.exec(node, &[&script, verb])
+    }
+
+    /// Start a service on a firewall (panics with the script's output on failure).
+    pub fn start(&self, node: &str, service: &str) {
+        let out = self.service(node, service, "start");
+        assert!(
+            out.status.success(),
+            "{}",
+            describe(&format!("[{node}] {service} start"), &out)
+        );
+    }
+
+    /// Stop a service on a firewall (panics on failure).
+    pub fn stop(&self, node: &str, service: &str) {
+        let out = self.service(node, service, "stop");
+        assert!(
+            out.status.success(),
+            "{}",
+            describe(&format!("[{node}] {service} stop"), &out)
+        );
+    }
+
+    /// Whether a service runs on a firewall (init script `status`: 0 yes, 3 no;
+    /// anything else panics).
+    pub fn status(&self, node: &str, service: &str) -> bool {
+        let out = self.service(node, service, "status");
+        match out.status.code() {
+            Some(0) => true,
+            Some(3) => false,
+            _ => panic!("{}", describe(&format!("[{node}] {service} status"), &out)),
+        }
+    }
+
+    /// Simulate a dead box: freeze and kill its keepalived (no priority-0
+    /// advert, VIPs stay configured), then take all its links down.
+    pub fn crash(&self, node: &str) {
+        assert!(FIREWALLS.contains(&node), "only a firewall can crash");
+        let out = run(Command::new(lab_script()).args(["crash", &self.prefix, node]));
+        assert!(out.status.success(), "{}", describe("lab.sh crash", &out));
+    }
+
+    /// Set an interface of a node administratively down (the peer sees carrier loss).
+    pub fn link_down(&self, node: &str, iface: &str) {
+        self.ip(node, &["link", "set", iface, "down"]);
+    }
+
+    /// Set an interface of a node up.
+    pub fn link_up(&self, node: &str, iface: &str) {
+        self.ip(node, &["link", "set", iface, "up"]);
+    }
+
+    fn ip(&self, node: &str, args: &[&str]) -> String {
+        let out = run(Command::new("ip").args(["-n", &self.ns(node)]).args(args));
+        assert!(
+            out.status.success(),
+            "{}",
+            describe(&format!("ip -n {node} {args:?}"), &out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn cut_table(iface: &str) -> String {
+        let safe: String = iface
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("nsha_cut_{safe}")
+    }
+
+    /// Silently drop all traffic (IP, ARP, VRRP, both ways) on one interface
+    /// of a node, while the link stays up: the peer sees no carrier change,
+    /// just silence. Uses a netdev table of its own with ingress and egress
+    /// hooks on the device. Idempotent.
+    pub fn cut(&self, node: &str, iface: &str) {
+        let table = Lab::cut_table(iface);
+        let rules = format!(
+            "table netdev {table} {{\n\
+             \x20 chain ingress {{ type filter hook ingress device \"{iface}\" priority -500; policy drop; }}\n\
+             \x20 chain egress {{ type filter hook egress device \"{iface}\" priority -500; policy drop; }}\n\
+             }}\n"
+        );
+        let path = self.dir.join(format!("{node}-{table}.nft"));
+        std::fs::write(&path, rules).expect("write nft rules");
+        let path = path.to_string_lossy();
+        self.exec_ok(node, &["nft", "-f", &path]);
+    }
+
+    /// Undo [`Lab::cut`]. Idempotent.
+    pub fn heal(&self, node: &str, iface: &str) {
+        let table = Lab::cut_table(iface);
+        let out = self.exec(node, &["nft", "delete", "table", "netdev", &table]);
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("No such file") {
+            panic!("{}", describe(&format!("[{node}] heal {iface}"), &out));
+        }
+    }
+
+    /// IPv4 and IPv6 addresses configured on a node, as `(ifname, address)`.
+    pub fn addrs(&self, node: &str) -> Vec<(String, String)> {
+        let json = self.ip(node, &["-j", "addr", "show"]);
+        let v: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("bad `ip -j addr` output from {node}: {e}: {json}"));
+        let mut out = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            let ifname = link["ifname"].as_str().unwrap_or_default();
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                if let Some(local) = a["local"].as_str() {
+                    out.push((ifname.to_string(), local.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `node` has `addr` (with or without `/len`) on any interface.
+    pub fn has_addr(&self, node: &str, addr: &str) -> bool {
+        let want = addr.split('/').next().unwrap_or(addr);
+        self.addrs(node).iter().any(|(_, a)| a == want)
+    }
+
+    /// Which firewalls have `addr` configured right now (two = split brain).
+    pub fn holders(&self, addr: &str) -> Vec<&'static str> {
+        FIREWALLS
+            .into_iter()
+            .filter(|fw| self.has_addr(fw, addr))
+            .collect()
+    }
+
+    /// Whether `from` gets at least one reply to `count` pings to `addr`
+    /// (0.2 s apart, 1 s timeout each).
+    pub fn ping(&self, from: &str, addr: &str, count: u32) -> bool {
+        let count = count.max(1).to_string();
+        self.exec(
+            from,
+            &[
+                "ping", "-q", "-n", "-c", &count, "-i", "0.2", "-W", "1", addr,
+            ],
+        )
+        .status
+        .success()
+    }
+
+    /// The first line a TCP server at `addr:port` sends to a client in `from`
+    /// (e.g. an SSH banner), or None if nothing answers within 3 s.
+    pub fn tcp_banner(&self, from: &str, addr: &str, port: u16) -> Option<String> {
+        let port = port.to_string();
+        let out = self.exec(
+            from,
+            &[
+                "timeout",
+                "3",
+                "bash",
+                "-c",
+                "exec 3<>\"/dev/tcp/$0/$1\" && head -n 1 <&3",
+                addr,
+                &port,
+            ],
+        );
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !line.is_empty()).then_some(line)
+    }
+
+    /// Tear the lab down now (also done on drop).
+    pub fn down(&self) -> Result<(), String> {
+        let out = run(Command::new(lab_script()).args(["down", &self.prefix]));
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(describe(&format!("lab.sh down {}", self.prefix), &out))
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::env::var_os("NS_HA_LAB_KEEP").is_some_and(|v| v == "1") {
+            eprintln!(
+                "NS_HA_LAB_KEEP=1: keeping lab {} in {} (remove: lab/lab.sh down {})",
+                self.prefix,
+                self.dir.display(),
+                self.prefix
+            );
+            return;
+        }
+        if let Err(e) = self.down() {
+            // Never panic in drop (it would abort a test that is already panicking).
+            eprintln!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_short_unique_and_valid() {
+        let a = new_prefix();
+        let b = new_prefix();
+        assert_ne!(a, b);
+        for p in [&a, &b] {
+            assert!(p.len() <= 10, "{p}");
+            assert!(p.starts_with("nh"));
+            assert!(p
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        }
+    }
+
+    #[test]
+    fn wait_until_reports_success_and_timeout() {
+        let mut n = 0;
+        assert!(wait_until(
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                n == 3
+            }
+        ));
+        assert!(!wait_until(
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || false
+        ));
+    }
+
+    #[test]
+    fn cut_table_names_are_nft_identifiers() {
+        assert_eq!(Lab::cut_table("ha0"), "nsha_cut_ha0");
+        assert_eq!(Lab::cut_table("eth0.10"), "nsha_cut_eth0_10");
+    }
+}
