@@ -21,7 +21,10 @@ fn sample_holders(lab: &Lab, vip: &str, n: usize, every: Duration) -> Vec<Vec<&'
 fn paired_cluster_fails_over_when_the_primary_is_lost() {
     let lab = Lab::up();
     pair(&lab);
-    assert!(lab.ping("lan", net::LAN_VIP, 3), "client cannot ping the VIP on fw1");
+    assert!(
+        lab.ping("lan", net::LAN_VIP, 3),
+        "client cannot ping the VIP on fw1"
+    );
 
     // While both run, exactly one node holds the VIP.
     for holders in sample_holders(&lab, net::LAN_VIP, 20, Duration::from_millis(100)) {
@@ -30,7 +33,10 @@ fn paired_cluster_fails_over_when_the_primary_is_lost() {
     // The backup got the cluster config and rendered its own side.
     let backup_conf = lab.read("fw2", "etc/keepalived/keepalived.conf");
     assert!(backup_conf.contains("priority 100"), "{backup_conf}");
-    assert!(backup_conf.contains("unicast_src_ip 10.99.1.2"), "{backup_conf}");
+    assert!(
+        backup_conf.contains("unicast_src_ip 10.99.1.2"),
+        "{backup_conf}"
+    );
 
     lab.crash("fw1");
     assert!(
@@ -38,7 +44,10 @@ fn paired_cluster_fails_over_when_the_primary_is_lost() {
             .has_addr("fw2", net::LAN_VIP)),
         "fw2 did not take the VIP after fw1 was lost"
     );
-    assert!(lab.ping("lan", net::LAN_VIP, 3), "client cannot reach the VIP on fw2");
+    assert!(
+        lab.ping("lan", net::LAN_VIP, 3),
+        "client cannot reach the VIP on fw2"
+    );
     let shown = init_ok(&lab, "fw2", &["show-config"]);
     assert!(shown.contains("role:        backup"), "{shown}");
 }
@@ -66,9 +75,11 @@ fn primary_returns_and_takes_the_vip_back() {
     pair(&lab);
     // A graceful stop of fw1's keepalived hands over at once (priority 0).
     lab.stop("fw1", "keepalived");
-    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(20), || lab
-        .holders(net::LAN_VIP)
-        == ["fw2"]));
+    assert!(wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || lab.holders(net::LAN_VIP) == ["fw2"]
+    ));
     lab.start("fw1", "keepalived");
     assert!(
         wait_until(Duration::from_secs(10), Duration::from_millis(20), || lab

@@ -44,9 +44,20 @@ fn assert_refused(lab: &Lab, what: &str, code: i32, needle: &str, run: impl FnOn
     let before = snapshot(lab);
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "{what}: exit code, stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("ns-ha-init:")).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected one error line, got: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: exit code, stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ns-ha-init:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected one error line, got: {stderr}"
+    );
     assert!(
         lines[0].contains(needle),
         "{what}: error does not mention '{needle}': {}",
@@ -66,18 +77,40 @@ fn assert_refused(lab: &Lab, what: &str, code: i32, needle: &str, run: impl FnOn
 fn bad_input_is_refused_and_changes_nothing() {
     let lab = Lab::up();
     pair(&lab);
-    let add = |iface: &str, vip: &str| init(&lab, "fw1", &["add-vip", "--interface", iface, "--vip", vip]);
+    let add = |iface: &str, vip: &str| {
+        init(
+            &lab,
+            "fw1",
+            &["add-vip", "--interface", iface, "--vip", vip],
+        )
+    };
 
-    assert_refused(&lab, "VIP outside the subnet", 3, "not a host address", || {
-        add(net::LAN_IF, "10.99.7.1/24")
+    assert_refused(
+        &lab,
+        "VIP outside the subnet",
+        3,
+        "not a host address",
+        || add(net::LAN_IF, "10.99.7.1/24"),
+    );
+    assert_refused(&lab, "VIP without prefix", 3, "10.99.1.250", || {
+        add(net::LAN_IF, "10.99.1.250")
     });
-    assert_refused(&lab, "VIP without prefix", 3, "10.99.1.250", || add(net::LAN_IF, "10.99.1.250"));
-    assert_refused(&lab, "IPv6 VIP", 3, "IPv6", || add(net::LAN_IF, "fd00::1/64"));
-    assert_refused(&lab, "VIP equal to a node address", 3, "node's own address", || {
-        add(net::LAN_IF, "10.99.1.2/24")
+    assert_refused(&lab, "IPv6 VIP", 3, "IPv6", || {
+        add(net::LAN_IF, "fd00::1/64")
     });
+    assert_refused(
+        &lab,
+        "VIP equal to a node address",
+        3,
+        "node's own address",
+        || add(net::LAN_IF, "10.99.1.2/24"),
+    );
     assert_refused(&lab, "unknown interface", 3, "nope0", || {
-        init(&lab, "fw1", &["add-lan", "--interface", "nope0", "--vip", "10.99.5.1/24"])
+        init(
+            &lab,
+            "fw1",
+            &["add-lan", "--interface", "nope0", "--vip", "10.99.5.1/24"],
+        )
     });
     assert_refused(&lab, "interface name too long", 3, "at most 12", || {
         init(&lab, "fw1", &["add-lan", "--interface", "averylongname0"])
@@ -95,13 +128,30 @@ fn bad_input_is_refused_and_changes_nothing() {
 
     // Pinned host key mismatch: the backup got a new host key.
     let key = lab.root("fw2").join("etc/ssh/ssh_host_ed25519_key");
-    let saved = (std::fs::read(&key).unwrap(), std::fs::read(key.with_extension("pub")).unwrap());
+    let saved = (
+        std::fs::read(&key).unwrap(),
+        std::fs::read(key.with_extension("pub")).unwrap(),
+    );
     std::fs::remove_file(&key).unwrap();
     std::fs::remove_file(key.with_extension("pub")).unwrap();
-    lab.exec_ok("fw2", &["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+    lab.exec_ok(
+        "fw2",
+        &[
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            key.to_str().unwrap(),
+        ],
+    );
     lab.stop("fw2", "sshd");
     lab.start("fw2", "sshd");
-    assert_refused(&lab, "host key mismatch", 7, "host key", || add(net::LAN_IF, "10.99.1.253/24"));
+    assert_refused(&lab, "host key mismatch", 7, "host key", || {
+        add(net::LAN_IF, "10.99.1.253/24")
+    });
     std::fs::write(&key, &saved.0).unwrap();
     std::fs::write(key.with_extension("pub"), &saved.1).unwrap();
     lab.stop("fw2", "sshd");
@@ -124,6 +174,12 @@ fn bad_input_is_refused_and_changes_nothing() {
 
     // After all that, a good edit still works end to end.
     let out = add(net::LAN_IF, "10.99.1.253/24");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(lab.read("fw2", "etc/keepalived/keepalived.conf").contains("10.99.1.253/24"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab
+        .read("fw2", "etc/keepalived/keepalived.conf")
+        .contains("10.99.1.253/24"));
 }
