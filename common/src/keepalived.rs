@@ -97,19 +97,28 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
     let lans: Vec<_> = c.lans.iter().filter(|l| !l.vips.is_empty()).collect();
     let mut members = vec![HA_INSTANCE.to_string()];
     members.extend(lans.iter().map(|l| lan_instance(&l.interface)));
-    writeln!(w, "vrrp_sync_group {SYNC_GROUP} {{")?;
-    writeln!(w, "    group {{")?;
-    for m in &members {
-        writeln!(w, "        {m}")?;
-    }
-    writeln!(w, "    }}")?;
     let mut notify = inp.role_tool.to_string_lossy().into_owned();
     for a in root.tool_args() {
         notify.push(' ');
         notify.push_str(&a);
     }
-    writeln!(w, "    notify \"{notify} notify\"")?;
-    writeln!(w, "}}")?;
+    let notify = format!("notify \"{notify} notify\"");
+    // keepalived refuses a sync group of one: until a LAN has a VIP, the
+    // HA-link instance stands alone and notifies for itself.
+    let grouped = members.len() > 1;
+    if grouped {
+        writeln!(w, "vrrp_sync_group {SYNC_GROUP} {{")?;
+        writeln!(w, "    group {{")?;
+        for m in &members {
+            writeln!(w, "        {m}")?;
+        }
+        writeln!(w, "    }}")?;
+        writeln!(w, "    {notify}")?;
+        // Every member tracks the same maintenance file, so a weight is safe
+        // here; keepalived otherwise ignores weighted tracking in a sync group.
+        writeln!(w, "    sync_group_tracking_weight")?;
+        writeln!(w, "}}")?;
+    }
     let instance = |w: &mut String,
                     name: &str,
                     iface: &str,
@@ -131,6 +140,9 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
         }
         if ha_link {
             writeln!(w, "    dont_track_primary")?;
+            if !grouped {
+                writeln!(w, "    {notify}")?;
+            }
         }
         writeln!(w, "    unicast_src_ip {src}")?;
         writeln!(w, "    unicast_peer {{")?;
@@ -289,6 +301,9 @@ mod tests {
         c.lans[0].vips.clear();
         let p = render_for(&c, Role::Primary);
         assert!(!p.contains("lan_lan0"));
+        // A group of one is refused by keepalived: the instance notifies itself.
+        assert!(!p.contains("vrrp_sync_group"));
+        assert!(p.contains("dont_track_primary\n    notify \""));
     }
 
     #[test]
