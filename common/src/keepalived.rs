@@ -58,6 +58,12 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
     let prio = c.priority(me);
     let adv = advert(c.vrrp.advert_interval_ms);
     let root = inp.root;
+    // `ns-ha-role [--root R]`, run by keepalived on state changes.
+    let mut role_cmd = inp.role_tool.to_string_lossy().into_owned();
+    for a in root.tool_args() {
+        role_cmd.push(' ');
+        role_cmd.push_str(&a);
+    }
     let mut out = String::new();
     let w = &mut out;
     writeln!(
@@ -76,6 +82,9 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
         "    notify_fifo {}",
         root.path(paths::NOTIFY_FIFO).display()
     )?;
+    // keepalived starts the FIFO's reader (ordered events; the FIFO path is
+    // its last argument) and stops it when keepalived exits.
+    writeln!(w, "    notify_fifo_script \"{role_cmd} fifo-reader\"")?;
     writeln!(w, "    vrrp_garp_master_delay 1")?;
     writeln!(w, "    vrrp_garp_master_repeat 3")?;
     writeln!(w, "    vrrp_garp_master_refresh 60")?;
@@ -97,12 +106,7 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
     let lans: Vec<_> = c.lans.iter().filter(|l| !l.vips.is_empty()).collect();
     let mut members = vec![HA_INSTANCE.to_string()];
     members.extend(lans.iter().map(|l| lan_instance(&l.interface)));
-    let mut notify = inp.role_tool.to_string_lossy().into_owned();
-    for a in root.tool_args() {
-        notify.push(' ');
-        notify.push_str(&a);
-    }
-    let notify = format!("notify \"{notify} notify\"");
+    let notify = format!("notify \"{role_cmd} notify\"");
     // keepalived refuses a sync group of one: until a LAN has a VIP, the
     // HA-link instance stands alone and notifies for itself.
     let grouped = members.len() > 1;
@@ -280,6 +284,9 @@ mod tests {
         assert!(b.contains("priority 100"));
         assert!(p.contains("10.99.1.254/24 dev lan0 label lan0:ha"));
         assert!(p.contains("notify \"/usr/bin/ns-ha-role --root /lab/fw1 notify\""));
+        assert!(
+            p.contains("notify_fifo_script \"/usr/bin/ns-ha-role --root /lab/fw1 fifo-reader\"")
+        );
         assert!(p.contains("advert_int 0.1\n"));
     }
 
