@@ -19,7 +19,7 @@ PING_PID=
 
 cleanup() {
 	[ -n "$PING_PID" ] && kill "$PING_PID" 2>/dev/null || true
-	"$LAB" down "$PREFIX" >/dev/null 2>&1 || true
+	[ -n "${DEMO_KEEP:-}" ] || "$LAB" down "$PREFIX" >/dev/null 2>&1 || true
 	rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
