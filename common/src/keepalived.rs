@@ -90,15 +90,19 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
     writeln!(w, "    vrrp_garp_master_refresh 60")?;
     writeln!(w, "}}")?;
     writeln!(w)?;
-    // Maintenance: a non-zero value drops this node below any peer, so the
-    // peer takes over gracefully (the master sends a lower priority, it does not vanish).
+    // Maintenance: `1` in the file drops this node below any peer, so the
+    // peer takes over gracefully (the master sends a lower priority, it does
+    // not vanish). The weight is -253, not -254: keepalived puts an instance
+    // whose value x weight is below -253 in FAULT (priority-0 advert, VIPs
+    // dropped before the peer has them: lost packets, and no master at all
+    // when the peer is down); -253 clamps the priority to 1 instead.
     writeln!(w, "vrrp_track_file {MAINTENANCE_TRACK} {{")?;
     writeln!(
         w,
         "    file \"{}\"",
         root.path(paths::MAINTENANCE_TRACK).display()
     )?;
-    writeln!(w, "    weight -254")?;
+    writeln!(w, "    weight -253")?;
     writeln!(w, "}}")?;
     writeln!(w)?;
     // VRRPv3 refuses an instance without a VIP, so a LAN gets an instance
@@ -288,6 +292,10 @@ mod tests {
             p.contains("notify_fifo_script \"/usr/bin/ns-ha-role --root /lab/fw1 fifo-reader\"")
         );
         assert!(p.contains("advert_int 0.1\n"));
+        assert!(
+            p.contains("weight -253\n"),
+            "maintenance must demote, not FAULT"
+        );
     }
 
     #[test]
