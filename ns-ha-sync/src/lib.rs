@@ -1,0 +1,458 @@
+//! ns-ha-sync: everything the administrator configures on the primary
+//! reaches the backup quickly, completely, and never half-applied.
+//!
+//! The library holds the whole tool so tests drive it without a binary:
+//! `rules` (the sync set as data), `manifest` (scan + hash cache + diff),
+//! `sender` (push over one SSH session), `receiver` (the forced command on the
+//! backup), `journal` (all-or-nothing apply and crash recovery), `state`
+//! (generation, status), `watch` (inotify trigger) and `crash` (test-only
+//! crash points). `run` maps the command line onto them.
+
+pub mod crash;
+pub mod journal;
+pub mod manifest;
+pub mod receiver;
+pub mod rules;
+pub mod sender;
+pub mod state;
+pub mod util;
+pub mod watch;
+pub mod wire;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ns_ha_common::cmd::SystemRunner;
+use ns_ha_common::config::{
+    load_cluster, load_cluster_opt, load_node, load_node_opt, ClusterConfig, NodeConfig, Role,
+};
+use ns_ha_common::exit::{fail, help_table, Code};
+use ns_ha_common::net::IpCommand;
+use ns_ha_common::sync_config::SyncSettings;
+use ns_ha_common::NodeRoot;
+
+use crate::manifest::{scan, HashCache};
+use crate::receiver::{local_view, Receiver};
+use crate::rules::SyncSet;
+use crate::sender::{holds_vips, PushOptions, SshLink};
+use crate::state::{Applied, Pushed, StateDir, Status, APPLIED, PUSHED, STATUS};
+
+/// Config sync of an ns-ha pair: the primary pushes its sync set to the
+/// backup over SSH; the backup verifies every path and hash and applies each
+/// generation whole, from a journal that survives crashes.
+#[derive(Debug, Parser)]
+#[command(name = "ns-ha-sync", version, after_help = help_table())]
+pub struct Cli {
+    /// Node root: every absolute path is resolved under it (default: env NS_HA_ROOT, else /).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub root: Option<PathBuf>,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logs on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every path met in the sync set, whether it is synced, and the rule that decided.
+    List {
+        /// Show the rules instead of the paths.
+        #[arg(long)]
+        rules: bool,
+    },
+    /// Send what changed to the backup (on the primary, while it holds the VIPs).
+    ///
+    /// Returns at once, silently, when nothing changed since the last clean
+    /// push (safe from cron every minute). Exit code 8 when files edited on
+    /// the backup were kept there.
+    Push {
+        /// Overwrite (or delete) files edited on the backup since the last sync.
+        #[arg(long)]
+        force: bool,
+        /// Show what would change, file by file; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Push even if this node does not hold the cluster's VIPs (not master),
+        /// e.g. for the first sync before HA is enabled.
+        #[arg(long)]
+        skip_master_check: bool,
+        /// Ask the backup even when nothing changed locally.
+        #[arg(long)]
+        recheck: bool,
+    },
+    /// What a push would change, file by file (same as push --dry-run).
+    Diff,
+    /// Serve the sync protocol on stdin/stdout: the forced command of the
+    /// pairing key on the backup. Not for interactive use.
+    Receive,
+    /// Report files edited on the backup since the last sync (exit 10 if any).
+    ///
+    /// On the backup it looks at its own files; on the primary it asks the backup.
+    Verify,
+    /// Last attempt, last success, generation, files and bytes, duration and
+    /// error, of this node and (from the primary) of the backup.
+    Status {
+        /// Do not ask the peer.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Finish an interrupted apply from its journal, or discard an uncommitted one.
+    Recover,
+    /// Push whenever a synced file changes (inotify), over one SSH session.
+    Watch {
+        /// Quiet time after a change before pushing, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        debounce_ms: u64,
+        /// Push even when this node does not hold the VIPs.
+        #[arg(long)]
+        skip_master_check: bool,
+    },
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human());
+    }
+    Ok(())
+}
+
+/// Run one command.
+pub fn run(cli: Cli) -> Result<()> {
+    ns_ha_common::logging::init(cli.verbose);
+    let root = NodeRoot::from_arg_or_env(cli.root.as_deref())?;
+    let json = cli.json;
+    match cli.command {
+        Command::List { rules } => list(&root, json, rules),
+        Command::Push {
+            force,
+            dry_run,
+            skip_master_check,
+            recheck,
+        } => run_push(
+            &root,
+            json,
+            PushOptions {
+                force,
+                dry_run,
+                recheck,
+            },
+            skip_master_check || dry_run,
+        ),
+        Command::Diff => run_push(
+            &root,
+            json,
+            PushOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+            true,
+        ),
+        Command::Receive => receive(&root),
+        Command::Verify => verify(&root, json),
+        Command::Status { local } => status(&root, json, local),
+        Command::Recover => recover(&root, json),
+        Command::Watch {
+            debounce_ms,
+            skip_master_check,
+        } => run_watch(&root, Duration::from_millis(debounce_ms), skip_master_check),
+    }
+}
+
+fn settings_of(cluster: Option<&ClusterConfig>) -> SyncSettings {
+    cluster.map(|c| c.sync.clone()).unwrap_or_default()
+}
+
+fn list(root: &NodeRoot, json: bool, rules: bool) -> Result<()> {
+    let cluster = load_cluster_opt(root)?;
+    let settings = settings_of(cluster.as_ref());
+    let set = SyncSet::load(root, &settings)?;
+    if rules {
+        return print(json, &set.rules, || {
+            let mut out = format!("profile {}\n", set.profile.as_str());
+            for r in &set.rules {
+                out.push_str(&format!("  {}\n", r.describe()));
+            }
+            out
+        });
+    }
+    // Listing does not touch the node's state: a throwaway cache.
+    let mut cache = HashCache::load(&StateDir::new(root, &settings).cache());
+    let s = scan(root, &set, &mut cache, true)?;
+    print(json, &s.listed, || {
+        let mut out = String::new();
+        for l in &s.listed {
+            let mark = if l.synced { "synced " } else { "skipped" };
+            out.push_str(&format!("{mark}  {}  [{}]\n", l.path, l.rule));
+        }
+        out
+    })
+}
+
+/// The node must be a configured primary.
+fn primary(root: &NodeRoot) -> Result<(NodeConfig, ClusterConfig)> {
+    let node = load_node(root)?;
+    if node.role != Role::Primary {
+        return Err(fail(
+            Code::State,
+            "this node is the backup: it is read-only and receives the primary's config; push from the primary",
+        ));
+    }
+    Ok((node, load_cluster(root)?))
+}
+
+fn check_master(cluster: &ClusterConfig) -> Result<()> {
+    let runner = SystemRunner;
+    if !holds_vips(cluster, &IpCommand { runner: &runner })? {
+        return Err(fail(
+            Code::State,
+            "this node does not hold the cluster's VIPs (not master): push from the master, or use --skip-master-check",
+        ));
+    }
+    Ok(())
+}
+
+fn run_push(root: &NodeRoot, json: bool, opts: PushOptions, skip_master_check: bool) -> Result<()> {
+    let (node, cluster) = primary(root)?;
+    if !skip_master_check {
+        check_master(&cluster)?;
+    }
+    crash::arm_from_env();
+    let mut link = SshLink::new(root, &node, &cluster);
+    let rep = sender::push(root, &cluster, &mut link, opts)?;
+    if json && (!rep.noop || opts.dry_run) {
+        print(true, &rep, String::new)?;
+    } else {
+        print(false, &rep, || rep.render())?;
+    }
+    if !rep.kept.is_empty() && !opts.dry_run {
+        return Err(fail(
+            Code::Conflict,
+            format!(
+                "{} path(s) edited on the backup were kept (first: {}): see ns-ha-sync verify; push --force overwrites them",
+                rep.kept.len(),
+                rep.kept[0]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn receive(root: &NodeRoot) -> Result<()> {
+    let runner = SystemRunner;
+    let mut rx = Receiver::new(root.clone(), &runner);
+    rx.startup();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, stdin.lock());
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    rx.serve(&mut r, &mut w)
+}
+
+fn verify(root: &NodeRoot, json: bool) -> Result<()> {
+    let node = load_node(root)?;
+    let cluster = load_cluster(root)?;
+    if node.role == Role::Primary {
+        let mut link = SshLink::new(root, &node, &cluster);
+        let rep = sender::peer_verify(root, &cluster, &mut link)?;
+        print(json, &rep, || {
+            let mut out = String::new();
+            for d in &rep.drift {
+                out.push_str(&format!("edited on the backup ({}): {}\n", d.what, d.path));
+            }
+            let pending = rep.lines.iter().filter(|l| l.action != "kept").count();
+            out.push_str(&format!(
+                "{} path(s) edited on the backup, {pending} change(s) waiting to be pushed\n",
+                rep.drift.len()
+            ));
+            out
+        })?;
+        if !rep.drift.is_empty() {
+            return Err(fail(
+                Code::Unhealthy,
+                format!(
+                    "{} path(s) edited on the backup since the last sync",
+                    rep.drift.len()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let set = SyncSet::load(root, &cluster.sync)?;
+    let state = StateDir::new(root, &cluster.sync);
+    let view = local_view(root, &set, &state)?;
+    print(json, &view.drift, || {
+        let mut out = String::new();
+        for d in &view.drift {
+            out.push_str(&format!(
+                "edited here since generation {} ({}): {}\n",
+                view.applied.generation, d.what, d.path
+            ));
+        }
+        if view.drift.is_empty() {
+            out.push_str(&format!(
+                "no local edits since generation {}\n",
+                view.applied.generation
+            ));
+        }
+        out
+    })?;
+    if !view.drift.is_empty() {
+        return Err(fail(
+            Code::Unhealthy,
+            format!("{} path(s) edited on this backup since the last sync: they are kept until push --force on the primary", view.drift.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Status of one node as `status` shows it.
+#[derive(Debug, Serialize)]
+struct NodeStatus {
+    role: Option<String>,
+    #[serde(flatten)]
+    status: Status,
+    /// An apply was interrupted and waits for recovery.
+    journal_pending: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    node: NodeStatus,
+    peer: Option<Status>,
+    peer_error: Option<String>,
+}
+
+fn render_status(name: &str, st: &Status) -> String {
+    let mut out = format!("{name}: generation {}\n", st.generation);
+    let run = |label: &str, r: &Option<state::Run>| {
+        match r {
+        None => format!("  {label}: never\n"),
+        Some(r) => format!(
+            "  {label}: {} at {} (generation {}, {} file(s), {} bytes, {} changed, {} deleted, {} ms){}{}\n",
+            if r.ok { "ok" } else { "FAILED" },
+            r.at,
+            r.generation,
+            r.files,
+            r.bytes,
+            r.changed,
+            r.deleted,
+            r.duration_ms,
+            r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default(),
+            if r.kept.is_empty() { String::new() } else { format!(", kept on backup: {}", r.kept.join(" ")) }
+        ),
+    }
+    };
+    out.push_str(&run("last attempt", &st.last_attempt));
+    out.push_str(&run("last success", &st.last_success));
+    if let Some(h) = &st.hook {
+        out.push_str(&format!("  reload hook: {h}\n"));
+    }
+    out
+}
+
+fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
+    let node = load_node_opt(root)?;
+    let cluster = load_cluster_opt(root)?;
+    let state = StateDir::of(root, cluster.as_ref());
+    let mut st: Status = state.read(STATUS)?.unwrap_or_default();
+    match node.as_ref().map(|n| n.role) {
+        Some(Role::Backup) => {
+            st.generation = state
+                .read::<Applied>(APPLIED)?
+                .unwrap_or_default()
+                .generation
+        }
+        _ => {
+            st.generation = st.generation.max(
+                state
+                    .read::<Pushed>(PUSHED)?
+                    .map(|p| p.generation)
+                    .unwrap_or(0),
+            )
+        }
+    }
+    let mut report = StatusReport {
+        node: NodeStatus {
+            role: node.as_ref().map(|n| n.role.to_string()),
+            status: st,
+            journal_pending: state.journal().exists(),
+        },
+        peer: None,
+        peer_error: None,
+    };
+    if let (Some(n), Some(c), false) = (&node, &cluster, local_only) {
+        if n.role == Role::Primary && n.peer_host_key.is_some() {
+            let mut link = SshLink::new(root, n, c);
+            match sender::peer_status(&mut link) {
+                Ok(p) => report.peer = Some(p),
+                Err(e) => report.peer_error = Some(format!("{e:#}")),
+            }
+        }
+    }
+    print(json, &report, || {
+        let mut out = render_status(
+            &format!(
+                "this node ({})",
+                report.node.role.as_deref().unwrap_or("not configured")
+            ),
+            &report.node.status,
+        );
+        if report.node.journal_pending {
+            out.push_str("  an interrupted apply waits for recovery: run ns-ha-sync recover\n");
+        }
+        if let Some(p) = &report.peer {
+            out.push_str(&render_status("backup", p));
+        }
+        if let Some(e) = &report.peer_error {
+            out.push_str(&format!("backup: unreachable: {e}\n"));
+        }
+        out
+    })
+}
+
+fn recover(root: &NodeRoot, json: bool) -> Result<()> {
+    let cluster = load_cluster_opt(root)?;
+    let settings = settings_of(cluster.as_ref());
+    let set = SyncSet::load(root, &settings)?;
+    let state = StateDir::new(root, &settings);
+    let _lock = state.lock(Duration::from_secs(30))?;
+    let r = journal::recover(root, &set, &state)?;
+    print(json, &r, || match (r.completed, r.discarded) {
+        (Some(g), _) => format!("completed the interrupted apply of generation {g}\n"),
+        (None, true) => "discarded an uncommitted transfer: live files untouched\n".into(),
+        (None, false) => "nothing to recover\n".into(),
+    })
+}
+
+fn run_watch(root: &NodeRoot, debounce: Duration, skip_master_check: bool) -> Result<()> {
+    let (node, cluster) = primary(root)?;
+    let mut link = SshLink::new(root, &node, &cluster);
+    let may_push = || -> Result<bool> { Ok(skip_master_check || check_master(&cluster).is_ok()) };
+    let mut on_push = |r: &Result<sender::PushReport>| {
+        if let Ok(rep) = r {
+            if !rep.noop {
+                print!("{}", rep.render());
+            }
+        }
+    };
+    watch::watch(
+        root,
+        &cluster,
+        &mut link,
+        watch::WatchOptions {
+            debounce,
+            may_push: &may_push,
+            on_push: &mut on_push,
+            max_pushes: None,
+        },
+    )
+}

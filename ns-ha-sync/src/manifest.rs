@@ -1,0 +1,617 @@
+//! The manifest of a node's sync set: every synced path with its kind,
+//! content hash, mode, owner and mtime.
+//!
+//! Both nodes build one the same way; comparing them tells the primary what
+//! to send and tells the backup what was edited locally since the last sync.
+//! Hashing is the expensive part, so a cache keyed by size, mtime, ctime and
+//! inode lets an unchanged file be recognised by one `lstat`.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use ns_ha_common::fsutil::atomic_write;
+use ns_ha_common::NodeRoot;
+
+use crate::rules::{check_path, resolve_link, Decision, SyncSet};
+use crate::util::{hex, now_secs, HashingWriter};
+
+/// What a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    #[serde(rename = "f")]
+    File,
+    #[serde(rename = "d")]
+    Dir,
+    #[serde(rename = "l")]
+    Symlink,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+        }
+    }
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+fn is_zero_u(v: &u64) -> bool {
+    *v == 0
+}
+
+/// One synced path. Field names are short: a manifest of a large tree crosses
+/// the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    #[serde(rename = "k")]
+    pub kind: Kind,
+    /// Permission bits (`0o7777`); 0 for symlinks.
+    #[serde(rename = "m")]
+    pub mode: u32,
+    #[serde(rename = "u")]
+    pub uid: u32,
+    #[serde(rename = "g")]
+    pub gid: u32,
+    /// Modification time in nanoseconds since the epoch (files only).
+    #[serde(rename = "t", default, skip_serializing_if = "is_zero")]
+    pub mtime_ns: i64,
+    /// Size in bytes (files only).
+    #[serde(rename = "s", default, skip_serializing_if = "is_zero_u")]
+    pub size: u64,
+    /// SHA-256 of the content, hex (files only).
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Link target (symlinks only).
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Entry {
+    /// Same content, type, mode and owner (mtime ignored): what drift compares.
+    pub fn same_state(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+            && self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.sha256 == other.sha256
+            && self.target == other.target
+    }
+
+    /// Whether the entry is internally consistent (checked on what the peer sends).
+    pub fn well_formed(&self) -> bool {
+        let sha_ok = |s: &Option<String>| {
+            s.as_ref().is_some_and(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+        };
+        self.mode <= 0o7777
+            && match self.kind {
+                Kind::File => sha_ok(&self.sha256) && self.target.is_none(),
+                Kind::Dir => self.sha256.is_none() && self.target.is_none() && self.size == 0,
+                Kind::Symlink => {
+                    self.sha256.is_none()
+                        && self.size == 0
+                        && self
+                            .target
+                            .as_ref()
+                            .is_some_and(|t| !t.is_empty() && t.len() < 4096 && !t.contains('\0'))
+                }
+            }
+    }
+}
+
+/// Every synced path of a node, sorted.
+pub type Manifest = BTreeMap<String, Entry>;
+
+/// A digest of a manifest (both nodes compute it the same way).
+pub fn digest(m: &Manifest) -> String {
+    let mut h = Sha256::new();
+    // Serializing a BTreeMap of plain structs is deterministic.
+    h.update(serde_json::to_vec(m).unwrap_or_default());
+    hex(&h.finalize())
+}
+
+/// A cached hash, valid while the file's identity and times are unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cached {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    sha256: String,
+}
+
+/// Hashes of unchanged files, persisted between runs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HashCache {
+    entries: HashMap<String, Cached>,
+    #[serde(skip)]
+    dirty: bool,
+    #[serde(skip)]
+    pub hashed: u64,
+}
+
+impl HashCache {
+    /// Load the cache; a missing or damaged cache is simply empty.
+    pub fn load(path: &Path) -> HashCache {
+        fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Write it back if anything changed.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        if self.dirty {
+            atomic_write(path, &serde_json::to_vec(self)?, 0o600)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn hash(&mut self, node_path: &str, file: &Path, md: &fs::Metadata) -> Result<String> {
+        let key = Cached {
+            size: md.size(),
+            mtime_ns: mtime_ns(md),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ino: md.ino(),
+            sha256: String::new(),
+        };
+        if let Some(c) = self.entries.get(node_path) {
+            let same = (c.size, c.mtime_ns, c.ctime_ns, c.ino)
+                == (key.size, key.mtime_ns, key.ctime_ns, key.ino);
+            if same {
+                return Ok(c.sha256.clone());
+            }
+        }
+        let sha = hash_file(file)?;
+        self.hashed += 1;
+        // A file changed within the same second it was hashed could change
+        // again without its times moving: do not trust the cache for it.
+        let recent = (now_secs() as i64).saturating_sub(md.ctime()) < 2;
+        if recent {
+            self.dirty |= self.entries.remove(node_path).is_some();
+        } else {
+            self.entries.insert(
+                node_path.to_string(),
+                Cached {
+                    sha256: sha.clone(),
+                    ..key
+                },
+            );
+            self.dirty = true;
+        }
+        Ok(sha)
+    }
+
+    /// Drop entries of paths no longer present.
+    fn retain(&mut self, m: &Manifest) {
+        let before = self.entries.len();
+        self.entries.retain(|k, _| m.contains_key(k));
+        self.dirty |= before != self.entries.len();
+    }
+}
+
+pub fn mtime_ns(md: &fs::Metadata) -> i64 {
+    md.mtime() * 1_000_000_000 + md.mtime_nsec()
+}
+
+/// SHA-256 of a file's content.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut w = HashingWriter::new(std::io::sink());
+    std::io::copy(&mut f, &mut w).with_context(|| format!("reading {}", path.display()))?;
+    Ok(w.digest().1)
+}
+
+/// One path met by a scan and what became of it (for `list`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub path: String,
+    pub synced: bool,
+    /// The rule that decided, or why the path was refused.
+    pub rule: String,
+}
+
+/// The result of scanning a node.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub manifest: Manifest,
+    /// Paths inside the set that cannot be synced, with the reason.
+    pub refused: Vec<(String, String)>,
+    /// Every path met, when asked for.
+    pub listed: Vec<Listed>,
+}
+
+/// The entry of a path as it is on disk, or `None` when it cannot be synced
+/// (the reason goes to `refused`).
+fn entry_of(
+    set: &SyncSet,
+    cache: &mut HashCache,
+    node_path: &str,
+    file: &Path,
+    md: &fs::Metadata,
+) -> Result<std::result::Result<Entry, String>> {
+    let ft = md.file_type();
+    let mut e = Entry {
+        kind: Kind::File,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_ns: 0,
+        size: 0,
+        sha256: None,
+        target: None,
+    };
+    if ft.is_file() {
+        e.mtime_ns = mtime_ns(md);
+        e.size = md.size();
+        e.sha256 = Some(cache.hash(node_path, file, md)?);
+    } else if ft.is_dir() {
+        e.kind = Kind::Dir;
+    } else if ft.is_symlink() {
+        e.kind = Kind::Symlink;
+        e.mode = 0;
+        let t = fs::read_link(file).with_context(|| format!("reading link {}", file.display()))?;
+        let Some(t) = t.to_str().map(str::to_string) else {
+            return Ok(Err("symlink target is not UTF-8".into()));
+        };
+        match resolve_link(node_path, &t) {
+            Some(r) if set.is_synced(&r) => e.target = Some(t),
+            _ => {
+                return Ok(Err(format!(
+                    "symlink target {t} is outside the sync set (never followed)"
+                )))
+            }
+        }
+    } else {
+        return Ok(Err("not a regular file, directory or symlink".into()));
+    }
+    Ok(Ok(e))
+}
+
+/// Scan the sync set of a node. Symlinks are never followed; excluded
+/// directories are not descended unless an include lies below them.
+pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -> Result<Scan> {
+    let mut out = Scan::default();
+    for start in set.walk_roots() {
+        let top = root.path(&start);
+        match fs::symlink_metadata(&top) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", top.display())),
+            Ok(_) => {}
+        }
+        let mut it = walkdir::WalkDir::new(&top)
+            .follow_links(false)
+            .follow_root_links(false)
+            .sort_by_file_name()
+            .into_iter();
+        while let Some(item) = it.next() {
+            let item = match item {
+                Ok(i) => i,
+                // Vanished while walking: it is simply not there.
+                Err(e) if e.io_error().map(|i| i.kind()) == Some(std::io::ErrorKind::NotFound) => {
+                    continue
+                }
+                Err(e) => return Err(e).context("walking the sync set"),
+            };
+            let is_dir = item.file_type().is_dir();
+            let rel = item.path().strip_prefix(root.base()).unwrap_or(item.path());
+            let Some(node_path) = rel
+                .to_str()
+                .map(|s| format!("/{}", s.trim_start_matches('/')))
+            else {
+                out.refused.push((
+                    item.path().to_string_lossy().into_owned(),
+                    "name is not UTF-8".into(),
+                ));
+                if is_dir {
+                    it.skip_current_dir();
+                }
+                continue;
+            };
+            if check_path(&node_path).is_err() {
+                continue;
+            }
+            let d: Decision = set.decide(&node_path);
+            if !d.synced {
+                if list {
+                    out.listed.push(Listed {
+                        path: node_path.clone(),
+                        synced: false,
+                        rule: d
+                            .rule
+                            .map(|r| r.describe())
+                            .unwrap_or_else(|| "no rule".into()),
+                    });
+                }
+                if is_dir && !set.has_include_below(&node_path) {
+                    it.skip_current_dir();
+                }
+                continue;
+            }
+            let md = match fs::symlink_metadata(item.path()) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("inspecting {}", item.path().display()))
+                }
+            };
+            let rule = d.rule.map(|r| r.describe()).unwrap_or_default();
+            match entry_of(set, cache, &node_path, item.path(), &md) {
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(e),
+                Ok(Ok(entry)) => {
+                    if list {
+                        out.listed.push(Listed {
+                            path: node_path.clone(),
+                            synced: true,
+                            rule,
+                        });
+                    }
+                    out.manifest.insert(node_path, entry);
+                }
+                Ok(Err(why)) => {
+                    if list {
+                        out.listed.push(Listed {
+                            path: node_path.clone(),
+                            synced: false,
+                            rule: why.clone(),
+                        });
+                    }
+                    out.refused.push((node_path, why));
+                }
+            }
+        }
+    }
+    cache.retain(&out.manifest);
+    Ok(out)
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+/// What a push would do to one path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub path: String,
+    pub entry: Entry,
+    /// Whether the content travels (new or changed file); else metadata only.
+    pub data: bool,
+}
+
+/// A human word for a change, given the peer's entry.
+pub fn describe(change: &Change, old: Option<&Entry>) -> String {
+    let e = &change.entry;
+    match old {
+        None => match e.kind {
+            Kind::File => format!("new file, {} bytes", e.size),
+            Kind::Symlink => format!("new symlink -> {}", e.target.as_deref().unwrap_or("")),
+            Kind::Dir => "new directory".into(),
+        },
+        Some(o) if o.kind != e.kind => format!("{} becomes {}", o.kind.as_str(), e.kind.as_str()),
+        Some(o) => {
+            let mut what = Vec::new();
+            if o.sha256 != e.sha256 || o.target != e.target {
+                what.push(match e.kind {
+                    Kind::Symlink => format!("target -> {}", e.target.as_deref().unwrap_or("")),
+                    _ => format!("content, {} bytes", e.size),
+                });
+            }
+            if o.mode != e.mode {
+                what.push(format!("mode {:04o} -> {:04o}", o.mode, e.mode));
+            }
+            if (o.uid, o.gid) != (e.uid, e.gid) {
+                what.push(format!("owner {}:{} -> {}:{}", o.uid, o.gid, e.uid, e.gid));
+            }
+            if what.is_empty() && o.mtime_ns != e.mtime_ns {
+                what.push("mtime".into());
+            }
+            what.join(", ")
+        }
+    }
+}
+
+/// Changes and deletions that bring `peer` to `local`.
+pub fn diff(local: &Manifest, peer: &Manifest) -> (Vec<Change>, Vec<String>) {
+    let mut changes = Vec::new();
+    for (path, e) in local {
+        let data = e.kind == Kind::File;
+        match peer.get(path) {
+            None => changes.push(Change {
+                path: path.clone(),
+                entry: e.clone(),
+                data,
+            }),
+            Some(p) if p == e => {}
+            Some(p) => changes.push(Change {
+                path: path.clone(),
+                entry: e.clone(),
+                data: data && (p.kind != Kind::File || p.sha256 != e.sha256),
+            }),
+        }
+    }
+    let deletes = peer
+        .keys()
+        .filter(|p| !local.contains_key(*p))
+        .cloned()
+        .collect();
+    (changes, deletes)
+}
+
+/// A path edited on the backup since the last sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    pub path: String,
+    /// `added`, `deleted` or `changed`.
+    pub what: String,
+}
+
+/// Paths whose state differs from what the last sync left (mtime ignored).
+pub fn drift(current: &Manifest, baseline: &Manifest) -> Vec<Drift> {
+    let mut out = Vec::new();
+    for (p, e) in current {
+        match baseline.get(p) {
+            None => out.push(Drift {
+                path: p.clone(),
+                what: "added".into(),
+            }),
+            Some(b) if !b.same_state(e) => out.push(Drift {
+                path: p.clone(),
+                what: "changed".into(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for p in baseline.keys().filter(|p| !current.contains_key(*p)) {
+        out.push(Drift {
+            path: p.clone(),
+            what: "deleted".into(),
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_ha_common::sync_config::{SyncProfile, SyncSettings};
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn setup() -> (tempfile::TempDir, NodeRoot, SyncSet) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let set = SyncSet::from_parts(
+            SyncProfile::None,
+            &[("/etc/config", "test"), ("/etc/passwd", "test")],
+            &SyncSettings::default(),
+        )
+        .unwrap();
+        (dir, root, set)
+    }
+
+    #[test]
+    fn scans_files_links_dirs_and_refuses_escapes() {
+        let (_d, root, set) = setup();
+        let cfg = root.path("/etc/config");
+        fs::create_dir_all(cfg.join("sub")).unwrap();
+        fs::write(cfg.join("firewall"), "x").unwrap();
+        fs::set_permissions(cfg.join("firewall"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::write(cfg.join("network"), "never").unwrap();
+        symlink("firewall", cfg.join("fw-link")).unwrap();
+        symlink("/etc/shadow", cfg.join("evil")).unwrap();
+        symlink("../../..", cfg.join("sub/up")).unwrap();
+        fs::write(root.path("/etc/passwd"), "root:x:0:0").unwrap();
+        let mut cache = HashCache::default();
+        let s = scan(&root, &set, &mut cache, true).unwrap();
+        let keys: Vec<&str> = s.manifest.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "/etc/config",
+                "/etc/config/firewall",
+                "/etc/config/fw-link",
+                "/etc/config/sub",
+                "/etc/passwd"
+            ]
+        );
+        assert_eq!(s.manifest["/etc/config/firewall"].mode, 0o640);
+        assert_eq!(s.refused.len(), 2, "{:?}", s.refused);
+        assert!(s
+            .listed
+            .iter()
+            .any(|l| l.path == "/etc/config/network" && !l.synced));
+        assert_eq!(cache.hashed, 2);
+    }
+
+    #[test]
+    fn cache_avoids_rehashing_unchanged_files() {
+        let (d, root, set) = setup();
+        let f = root.path("/etc/config/a");
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, "1").unwrap();
+        // Age the file so the cache trusts it.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let mut cache = HashCache::default();
+        scan(&root, &set, &mut cache, false).unwrap();
+        let cpath = d.path().join("cache.json");
+        // ctime is fresh right after the write: wait until it is "old".
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let mut cache = HashCache::default();
+        scan(&root, &set, &mut cache, false).unwrap();
+        cache.save(&cpath).unwrap();
+        let mut cache = HashCache::load(&cpath);
+        let s = scan(&root, &set, &mut cache, false).unwrap();
+        assert_eq!(cache.hashed, 0);
+        fs::write(&f, "2").unwrap();
+        let s2 = scan(&root, &set, &mut cache, false).unwrap();
+        assert_eq!(cache.hashed, 1);
+        assert_ne!(digest(&s.manifest), digest(&s2.manifest));
+    }
+
+    #[test]
+    fn diff_and_drift() {
+        let f = |sha: &str, mode| Entry {
+            kind: Kind::File,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1,
+            size: 1,
+            sha256: Some(sha.repeat(64)),
+            target: None,
+        };
+        let local: Manifest = [
+            ("/a".to_string(), f("1", 0o644)),
+            ("/b".into(), f("2", 0o600)),
+        ]
+        .into();
+        let peer: Manifest = [
+            ("/a".to_string(), f("1", 0o600)),
+            ("/c".into(), f("3", 0o644)),
+        ]
+        .into();
+        let (ch, del) = diff(&local, &peer);
+        assert_eq!(ch.len(), 2);
+        assert!(!ch[0].data && ch[0].path == "/a");
+        assert!(ch[1].data && ch[1].path == "/b");
+        assert_eq!(del, vec!["/c".to_string()]);
+        let dr = drift(&peer, &local);
+        let what: Vec<_> = dr
+            .iter()
+            .map(|d| (d.path.as_str(), d.what.as_str()))
+            .collect();
+        assert_eq!(
+            what,
+            vec![("/a", "changed"), ("/b", "deleted"), ("/c", "added")]
+        );
+        assert!(f("1", 0o644).well_formed());
+        let mut bad = f("1", 0o644);
+        bad.sha256 = Some("zz".into());
+        assert!(!bad.well_formed());
+    }
+}

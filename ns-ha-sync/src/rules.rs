@@ -1,0 +1,416 @@
+//! The sync set: which node paths are synced, and which rule decided it.
+//!
+//! Both nodes resolve the same rules from their own `cluster.json`: the
+//! primary to know what to send, the backup to know what it may accept. The
+//! receiver never takes the sender's word for what is in the set: a path is
+//! written only if the backup's own rules say it is synced.
+//!
+//! A rule is an absolute path pattern (`*` and `?` match inside one
+//! component) that covers the path and everything below it. The most specific
+//! rule (most components) wins; on a tie an exclude beats an include. The
+//! hard-coded never-sync list beats everything.
+
+use anyhow::Result;
+use ns_ha_common::exit::{fail, Code};
+use ns_ha_common::sync_config::{
+    profile_defaults, RuleData, SyncProfile, SyncSettings, NEVER_SYNC,
+};
+use ns_ha_common::NodeRoot;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::util::hex;
+
+/// Whether a rule adds paths to the set or removes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Include,
+    Exclude,
+}
+
+/// Where a rule comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Built in and not overridable.
+    Never,
+    /// The profile's default list.
+    Default,
+    /// `sync.include` / `sync.exclude` in cluster.json.
+    Custom,
+}
+
+/// One rule of the sync set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub pattern: String,
+    pub action: Action,
+    pub origin: Origin,
+    pub reason: String,
+    #[serde(skip)]
+    components: Vec<String>,
+}
+
+impl Rule {
+    fn new(pattern: &str, action: Action, origin: Origin, reason: &str) -> Result<Rule> {
+        check_pattern(pattern)?;
+        Ok(Rule {
+            pattern: pattern.to_string(),
+            action,
+            origin,
+            reason: reason.to_string(),
+            components: components(pattern).map(str::to_string).collect(),
+        })
+    }
+
+    /// Whether the rule covers `path` (the path itself or one of its ancestors matches).
+    fn covers(&self, path: &[&str]) -> bool {
+        path.len() >= self.components.len()
+            && self
+                .components
+                .iter()
+                .zip(path)
+                .all(|(p, c)| glob_match(p.as_bytes(), c.as_bytes()))
+    }
+
+    /// The leading components without wildcards: where a walk for this rule starts.
+    fn literal_prefix(&self) -> String {
+        let lit: Vec<&str> = self
+            .components
+            .iter()
+            .take_while(|c| !c.contains(['*', '?']))
+            .map(String::as_str)
+            .collect();
+        format!("/{}", lit.join("/"))
+    }
+
+    /// One-line description for `list`.
+    pub fn describe(&self) -> String {
+        let origin = match self.origin {
+            Origin::Never => "never-sync",
+            Origin::Default => "default",
+            Origin::Custom => "custom",
+        };
+        let action = match self.action {
+            Action::Include => "include",
+            Action::Exclude => "exclude",
+        };
+        format!("{origin} {action} {} ({})", self.pattern, self.reason)
+    }
+}
+
+/// The verdict on one path.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    pub synced: bool,
+    /// The rule that decided; `None` when no rule covers the path.
+    pub rule: Option<&'a Rule>,
+}
+
+/// The resolved rules of one node.
+#[derive(Debug, Clone)]
+pub struct SyncSet {
+    pub profile: SyncProfile,
+    pub rules: Vec<Rule>,
+}
+
+fn components(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|c| !c.is_empty())
+}
+
+/// A path or pattern as the sync channel accepts it: absolute, normalized, no
+/// `.`/`..`, no empty components, no NUL, sane lengths.
+pub fn check_path(path: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(fail(
+            Code::Security,
+            format!("path {path:?} refused: {why}"),
+        ))
+    };
+    if !path.starts_with('/') {
+        return bad("not absolute");
+    }
+    if path == "/" {
+        return bad("the root itself");
+    }
+    if path.len() > 4096 || path.contains('\0') {
+        return bad("too long or contains NUL");
+    }
+    if path.ends_with('/') || path.contains("//") {
+        return bad("not normalized");
+    }
+    for c in path[1..].split('/') {
+        if c == "." || c == ".." {
+            return bad("contains . or ..");
+        }
+        if c.len() > 255 {
+            return bad("component too long");
+        }
+    }
+    Ok(())
+}
+
+fn check_pattern(pattern: &str) -> Result<()> {
+    check_path(pattern).map_err(|e| {
+        fail(
+            Code::Config,
+            format!("sync rule {pattern:?} is invalid ({e}): use an absolute path such as /etc/config/firewall"),
+        )
+    })
+}
+
+/// Shell-style match of one component: `*` any run, `?` one byte.
+fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    match pat.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && glob_match(rest, &s[1..]),
+    }
+}
+
+/// Resolve `auto` by looking at the node.
+pub fn resolve_profile(root: &NodeRoot, profile: SyncProfile) -> SyncProfile {
+    match profile {
+        SyncProfile::Auto if root.path("/etc/openwrt_release").exists() => SyncProfile::Openwrt,
+        SyncProfile::Auto => SyncProfile::Debian,
+        p => p,
+    }
+}
+
+impl SyncSet {
+    /// The rules of this node from its settings.
+    pub fn load(root: &NodeRoot, settings: &SyncSettings) -> Result<SyncSet> {
+        let profile = resolve_profile(root, settings.profile);
+        SyncSet::from_parts(profile, profile_defaults(profile), settings)
+    }
+
+    /// Build from explicit parts (tests use their own default lists).
+    pub fn from_parts(
+        profile: SyncProfile,
+        defaults: &[RuleData],
+        settings: &SyncSettings,
+    ) -> Result<SyncSet> {
+        let mut rules = Vec::new();
+        for (p, why) in NEVER_SYNC {
+            rules.push(Rule::new(p, Action::Exclude, Origin::Never, why)?);
+        }
+        for (p, why) in defaults {
+            rules.push(Rule::new(p, Action::Include, Origin::Default, why)?);
+        }
+        for p in &settings.include {
+            rules.push(Rule::new(
+                p,
+                Action::Include,
+                Origin::Custom,
+                "sync.include",
+            )?);
+        }
+        for p in &settings.exclude {
+            rules.push(Rule::new(
+                p,
+                Action::Exclude,
+                Origin::Custom,
+                "sync.exclude",
+            )?);
+        }
+        Ok(SyncSet { profile, rules })
+    }
+
+    /// Decide whether `path` (a checked node path) is synced.
+    pub fn decide(&self, path: &str) -> Decision<'_> {
+        let comps: Vec<&str> = components(path).collect();
+        if let Some(r) = self
+            .rules
+            .iter()
+            .find(|r| r.origin == Origin::Never && r.covers(&comps))
+        {
+            return Decision {
+                synced: false,
+                rule: Some(r),
+            };
+        }
+        let best = self
+            .rules
+            .iter()
+            .filter(|r| r.covers(&comps))
+            .max_by_key(|r| (r.components.len(), r.action == Action::Exclude));
+        Decision {
+            synced: best.is_some_and(|r| r.action == Action::Include),
+            rule: best,
+        }
+    }
+
+    pub fn is_synced(&self, path: &str) -> bool {
+        self.decide(path).synced
+    }
+
+    /// Whether `path` lies at or below an include rule (inside the area the
+    /// sync manages, whatever excludes say). Directories there must be real
+    /// directories on the backup, never symlinks.
+    pub fn in_area(&self, path: &str) -> bool {
+        let comps: Vec<&str> = components(path).collect();
+        self.rules
+            .iter()
+            .any(|r| r.action == Action::Include && r.covers(&comps))
+    }
+
+    /// Whether an include rule starts strictly below `dir` (so an excluded
+    /// directory must still be walked).
+    pub fn has_include_below(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.rules
+            .iter()
+            .any(|r| r.action == Action::Include && r.pattern.starts_with(&prefix))
+    }
+
+    /// Where to start walking: the literal prefix of each include, without
+    /// those lying below another.
+    pub fn walk_roots(&self) -> Vec<String> {
+        let mut roots: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.action == Action::Include)
+            .map(Rule::literal_prefix)
+            .collect();
+        roots.sort();
+        roots.dedup();
+        let all = roots.clone();
+        roots.retain(|r| {
+            !all.iter()
+                .any(|o| o != r && (o == "/" || r.starts_with(&format!("{o}/"))))
+        });
+        roots
+    }
+
+    /// A digest of the rules, so the nodes can tell whether they agree.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for r in &self.rules {
+            h.update(format!("{:?} {}\n", r.action, r.pattern));
+        }
+        hex(&h.finalize())
+    }
+}
+
+/// Resolve `target` of a symlink at `link` lexically to a node path; `None`
+/// when it climbs above the root.
+pub fn resolve_link(link: &str, target: &str) -> Option<String> {
+    let mut stack: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        let mut s: Vec<&str> = components(link).collect();
+        s.pop();
+        s
+    };
+    for c in components(target) {
+        match c {
+            "." => {}
+            ".." => {
+                stack.pop()?;
+            }
+            c => stack.push(c),
+        }
+    }
+    Some(format!("/{}", stack.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(include: &[&str], exclude: &[&str]) -> SyncSet {
+        let settings = SyncSettings {
+            include: include.iter().map(|s| s.to_string()).collect(),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        SyncSet::from_parts(
+            SyncProfile::Openwrt,
+            ns_ha_common::sync_config::OPENWRT_DEFAULTS,
+            &settings,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn most_specific_rule_wins_and_never_list_beats_includes() {
+        let s = set(
+            &["/etc/config/network", "/etc/extra"],
+            &["/etc/config/secret*"],
+        );
+        assert!(s.is_synced("/etc/config/firewall"));
+        assert!(s.is_synced("/etc/config"));
+        let d = s.decide("/etc/config/network");
+        assert!(!d.synced);
+        assert_eq!(d.rule.unwrap().origin, Origin::Never);
+        assert!(!s.is_synced("/etc/config/secrets"));
+        assert!(s.is_synced("/etc/extra/a/b"));
+        assert!(!s.is_synced("/etc/ns-ha/cluster.json"));
+        assert!(!s.is_synced("/etc/ns-ha/id_ed25519"));
+        assert!(!s.is_synced("/root/.ssh/authorized_keys"));
+        assert!(!s.is_synced("/etc/ssh/ssh_host_ed25519_key"));
+        assert!(!s.is_synced("/etc/keepalived/keepalived.conf"));
+        assert!(!s.is_synced("/etc/conntrackd/conntrackd.conf"));
+        assert!(!s.is_synced("/etc/passwdx"));
+        assert!(s.decide("/usr/bin/x").rule.is_none());
+    }
+
+    #[test]
+    fn include_below_exclude_is_walked() {
+        let s = set(&["/etc/nginx/keep"], &["/etc/nginx"]);
+        assert!(!s.is_synced("/etc/nginx/a"));
+        assert!(s.is_synced("/etc/nginx/keep/x"));
+        assert!(s.has_include_below("/etc/nginx"));
+        assert!(s.walk_roots().contains(&"/etc/nginx".to_string()));
+        assert!(!s.walk_roots().contains(&"/etc/nginx/keep".to_string()));
+    }
+
+    #[test]
+    fn paths_are_checked() {
+        for bad in [
+            "etc/x",
+            "/",
+            "/etc/../x",
+            "/etc/./x",
+            "/etc//x",
+            "/etc/x/",
+            "/etc/\0",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+        check_path("/etc/config/firewall").unwrap();
+        assert!(SyncSet::from_parts(
+            SyncProfile::None,
+            &[],
+            &SyncSettings {
+                include: vec!["relative".into()],
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn symlinks_resolve_lexically() {
+        assert_eq!(resolve_link("/etc/a/l", "b").as_deref(), Some("/etc/a/b"));
+        assert_eq!(
+            resolve_link("/etc/a/l", "../../root/x").as_deref(),
+            Some("/root/x")
+        );
+        assert_eq!(
+            resolve_link("/etc/a/l", "/etc/shadow").as_deref(),
+            Some("/etc/shadow")
+        );
+        assert_eq!(resolve_link("/etc/l", "../../../x"), None);
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"ssh_host_*", b"ssh_host_ed25519_key"));
+        assert!(glob_match(b"a?c", b"abc"));
+        assert!(!glob_match(b"a?c", b"ac"));
+        assert!(glob_match(b"*", b""));
+    }
+}

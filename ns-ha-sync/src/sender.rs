@@ -1,0 +1,573 @@
+//! The primary's side: `push`, `diff`, and the peer half of `verify` and
+//! `status`.
+//!
+//! A push scans the local sync set (hash cache: unchanged files cost one
+//! `lstat`), and returns at once when nothing changed since the last clean
+//! push, so cron and the role engine can call it freely. Otherwise it asks
+//! the backup for its manifest (or only its digest, when the backup still
+//! holds exactly what was pushed last), sends what differs in one
+//! transaction, and lets the backup apply it whole.
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use ns_ha_common::config::{ClusterConfig, NodeConfig};
+use ns_ha_common::exit::{code_of, fail, Code};
+use ns_ha_common::net::InterfaceSource;
+use ns_ha_common::proto::{call, read_msg, write_msg, Reply};
+use ns_ha_common::ssh::PeerSession;
+use ns_ha_common::{peer, NodeRoot};
+
+use crate::crash;
+use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Manifest};
+use crate::rules::SyncSet;
+use crate::state::{Pushed, Run, StateDir, Status, PUSHED};
+use crate::util::{now_secs, Counted, HashingWriter};
+use crate::wire::{BeginReply, CommitReply, ManifestReply, SyncRequest};
+
+/// A byte stream to the backup's receiver.
+pub trait Channel: Read + Write {}
+impl<T: Read + Write> Channel for T {}
+
+/// How the sender reaches the backup's receiver: SSH in production, an
+/// in-process receiver in unit tests.
+pub trait Link {
+    /// A channel to a fresh receiver, already greeted with `hello`.
+    fn open(&mut self) -> Result<Box<dyn Channel>>;
+    /// Forget a connection that failed; the next `open` reconnects.
+    fn reset(&mut self) {}
+}
+
+/// The SSH link to the paired backup; one session serves every push.
+pub struct SshLink {
+    root: NodeRoot,
+    node: NodeConfig,
+    cluster: ClusterConfig,
+    session: Option<PeerSession>,
+}
+
+impl SshLink {
+    pub fn new(root: &NodeRoot, node: &NodeConfig, cluster: &ClusterConfig) -> SshLink {
+        SshLink {
+            root: root.clone(),
+            node: node.clone(),
+            cluster: cluster.clone(),
+            session: None,
+        }
+    }
+}
+
+impl Link for SshLink {
+    fn open(&mut self) -> Result<Box<dyn Channel>> {
+        if self.session.is_none() {
+            self.session = Some(peer::connect(&self.root, &self.node, &self.cluster)?);
+        }
+        let sess = self
+            .session
+            .as_ref()
+            .ok_or_else(|| fail(Code::Peer, "no session"))?;
+        match peer::open_channel(sess, &self.cluster.cluster_id) {
+            Ok((ch, _hello)) => Ok(Box::new(ch)),
+            Err(e) => {
+                // A session the peer dropped (restart, timeout) is useless: reconnect next time.
+                if code_of(&e) == Code::Failure || code_of(&e) == Code::Peer {
+                    self.session = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.session = None;
+    }
+}
+
+/// Whether this node holds the cluster's VIPs (the heartbeat VIP or a LAN VIP): it is master.
+pub fn holds_vips(cluster: &ClusterConfig, ifs: &dyn InterfaceSource) -> Result<bool> {
+    let have: BTreeSet<_> = ifs.all_ipv4()?.into_iter().map(|(_, c)| c.addr).collect();
+    Ok(have.contains(&cluster.ha.heartbeat_vip)
+        || cluster.all_vips().iter().any(|v| have.contains(&v.addr)))
+}
+
+/// Options of a push.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushOptions {
+    /// Overwrite files edited on the backup.
+    pub force: bool,
+    /// Show what would change, change nothing.
+    pub dry_run: bool,
+    /// Ask the backup even when nothing changed locally.
+    pub recheck: bool,
+}
+
+/// One line of a push or diff report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Line {
+    pub path: String,
+    /// `new`, `change`, `meta`, `delete` or `kept`.
+    pub action: &'static str,
+    pub detail: String,
+}
+
+/// What a push did (or would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushReport {
+    /// Nothing changed: the backup was not contacted.
+    pub noop: bool,
+    pub dry_run: bool,
+    pub generation: u64,
+    pub lines: Vec<Line>,
+    /// Paths edited on the backup since the last sync.
+    pub drift: Vec<Drift>,
+    /// Paths kept on the backup because they were edited there.
+    pub kept: Vec<String>,
+    /// Local paths inside the set that cannot be synced, and why.
+    pub refused: Vec<(String, String)>,
+    pub files: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration_ms: u64,
+}
+
+impl PushReport {
+    /// Human text; empty for a no-op.
+    pub fn render(&self) -> String {
+        if self.noop {
+            return String::new();
+        }
+        let mut out = String::new();
+        let changed = self
+            .lines
+            .iter()
+            .filter(|l| l.action != "delete" && l.action != "kept")
+            .count();
+        let deleted = self.lines.iter().filter(|l| l.action == "delete").count();
+        if self.dry_run {
+            out.push_str(&format!(
+                "would sync generation {}: {changed} to change, {deleted} to delete, {} kept (edited on the backup)\n",
+                self.generation,
+                self.kept.len()
+            ));
+        } else if self.lines.is_empty() {
+            out.push_str(&format!(
+                "backup is up to date at generation {}\n",
+                self.generation
+            ));
+        } else {
+            out.push_str(&format!(
+                "generation {}: {changed} changed, {deleted} deleted, {} kept; {} file(s), {} bytes sent in {:.2} s\n",
+                self.generation,
+                self.kept.len(),
+                self.files,
+                self.bytes_sent,
+                self.duration_ms as f64 / 1000.0
+            ));
+        }
+        for l in &self.lines {
+            let mark = match l.action {
+                "new" => "+",
+                "change" => "~",
+                "meta" => "m",
+                "delete" => "-",
+                _ => "!",
+            };
+            if l.detail.is_empty() {
+                out.push_str(&format!("  {mark} {}\n", l.path));
+            } else {
+                out.push_str(&format!("  {mark} {}  ({})\n", l.path, l.detail));
+            }
+        }
+        for (p, why) in &self.refused {
+            out.push_str(&format!("  not synced: {p}: {why}\n"));
+        }
+        out
+    }
+}
+
+fn lines_of(
+    changes: &[Change],
+    deletes: &[String],
+    peer: &Manifest,
+    kept: &BTreeSet<String>,
+) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for c in changes {
+        let old = peer.get(&c.path);
+        let action = if kept.contains(&c.path) {
+            "kept"
+        } else if old.is_none() {
+            "new"
+        } else if c.data
+            || old.is_some_and(|o| o.kind != c.entry.kind || o.target != c.entry.target)
+        {
+            "change"
+        } else {
+            "meta"
+        };
+        let mut detail = describe(c, old);
+        if action == "kept" {
+            detail = format!("edited on the backup, kept: {detail}; push --force overwrites");
+        }
+        lines.push(Line {
+            path: c.path.clone(),
+            action,
+            detail,
+        });
+    }
+    for d in deletes {
+        lines.push(Line {
+            path: d.clone(),
+            action: if kept.contains(d) { "kept" } else { "delete" },
+            detail: if kept.contains(d) {
+                "edited on the backup, kept: push --force deletes it".into()
+            } else {
+                String::new()
+            },
+        });
+    }
+    lines.sort_by(|a, b| a.path.cmp(&b.path));
+    lines
+}
+
+/// The local side of a push, prepared once per attempt.
+struct Local {
+    manifest: Manifest,
+    digest: String,
+    refused: Vec<(String, String)>,
+}
+
+fn scan_local(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<Local> {
+    let mut cache = HashCache::load(&state.cache());
+    let s = scan(root, set, &mut cache, false)?;
+    if let Err(e) = cache.save(&state.cache()) {
+        log::warn!("cannot save the hash cache: {e:#}");
+    }
+    for (p, why) in &s.refused {
+        log::info!("not synced: {p}: {why}");
+    }
+    Ok(Local {
+        digest: digest(&s.manifest),
+        manifest: s.manifest,
+        refused: s.refused,
+    })
+}
+
+/// A source file changed between the scan and its transfer: scan again.
+struct Retry;
+
+/// Push the sync set to the backup through `link`. The caller checked the
+/// role and mastership.
+pub fn push(
+    root: &NodeRoot,
+    cluster: &ClusterConfig,
+    link: &mut dyn Link,
+    opts: PushOptions,
+) -> Result<PushReport> {
+    let started = Instant::now();
+    let set = SyncSet::load(root, &cluster.sync)?;
+    let state = StateDir::new(root, &cluster.sync);
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(state.lock(Duration::from_secs(5))?)
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let local = scan_local(root, &set, &state)?;
+        let pushed: Pushed = state.read(PUSHED).ok().flatten().unwrap_or_default();
+        let fresh = now_secs().saturating_sub(pushed.at) < cluster.sync.peer_recheck_secs;
+        if !opts.dry_run
+            && !opts.force
+            && !opts.recheck
+            && pushed.clean
+            && pushed.digest == local.digest
+            && fresh
+        {
+            log::info!("nothing changed since generation {}", pushed.generation);
+            return Ok(PushReport {
+                noop: true,
+                generation: pushed.generation,
+                duration_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            });
+        }
+        let result = (|| -> Result<std::result::Result<PushReport, Retry>> {
+            let ch = link.open()?;
+            let mut ch = Counted::new(ch);
+            let ctx = PushCtx {
+                root,
+                cluster,
+                set: &set,
+                state: &state,
+            };
+            let r = transfer(&ctx, &mut ch, &local, &pushed, opts);
+            r.map(|x| {
+                x.map(|mut rep| {
+                    rep.bytes_sent = ch.sent;
+                    rep.bytes_received = ch.received;
+                    rep
+                })
+            })
+        })();
+        match result {
+            Ok(Ok(mut rep)) => {
+                rep.duration_ms = started.elapsed().as_millis() as u64;
+                if !opts.dry_run {
+                    record(&state, &rep, None);
+                }
+                return Ok(rep);
+            }
+            Ok(Err(Retry)) if attempts < 3 => {
+                log::info!("a file changed while it was sent: scanning again");
+                continue;
+            }
+            Ok(Err(Retry)) => {
+                let e = fail(
+                    Code::Conflict,
+                    "files keep changing while they are sent: retry later",
+                );
+                record(&state, &PushReport::default(), Some(&e));
+                return Err(e);
+            }
+            Err(e) => {
+                link.reset();
+                if !opts.dry_run {
+                    record(&state, &PushReport::default(), Some(&e));
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn record(state: &StateDir, rep: &PushReport, err: Option<&anyhow::Error>) {
+    let run = Run {
+        at: now_secs().saturating_sub(rep.duration_ms / 1000),
+        duration_ms: rep.duration_ms,
+        ok: err.is_none(),
+        code: err.map(|e| code_of(e).as_u8()).unwrap_or(0),
+        error: err.map(|e| format!("{e:#}")),
+        generation: rep.generation,
+        files: rep.files,
+        bytes: rep.bytes_sent,
+        changed: rep
+            .lines
+            .iter()
+            .filter(|l| !matches!(l.action, "delete" | "kept"))
+            .count() as u64,
+        deleted: rep.lines.iter().filter(|l| l.action == "delete").count() as u64,
+        kept: rep.kept.clone(),
+    };
+    if let Err(e) = state.record(&run) {
+        log::warn!("cannot record the sync status: {e:#}");
+    }
+}
+
+/// Ask the backup for its manifest (entries only when they differ from `known`).
+pub fn peer_manifest<C: Read + Write>(
+    ch: &mut C,
+    known: Option<&Pushed>,
+) -> Result<(ManifestReply, Manifest)> {
+    let m: ManifestReply = call(
+        ch,
+        &SyncRequest::Manifest {
+            known_digest: known.map(|p| p.digest.clone()),
+        },
+    )
+    .context("asking the backup for its manifest")?;
+    let peer = match (&m.entries, known) {
+        (Some(e), _) => e.clone(),
+        (None, Some(p)) => p.manifest.clone(),
+        (None, None) => return Err(fail(Code::Peer, "the backup sent no manifest")),
+    };
+    Ok((m, peer))
+}
+
+/// What a push attempt works with.
+struct PushCtx<'a> {
+    root: &'a NodeRoot,
+    cluster: &'a ClusterConfig,
+    set: &'a SyncSet,
+    state: &'a StateDir,
+}
+
+fn transfer<C: Read + Write>(
+    ctx: &PushCtx,
+    ch: &mut C,
+    local: &Local,
+    pushed: &Pushed,
+    opts: PushOptions,
+) -> Result<std::result::Result<PushReport, Retry>> {
+    let PushCtx {
+        root,
+        cluster,
+        set,
+        state,
+    } = *ctx;
+    let (m, peer) = peer_manifest(ch, pushed.clean.then_some(pushed))?;
+    if m.rules_digest != set.digest() {
+        log::warn!(
+            "the backup's sync rules differ from this node's: install the same cluster config on both (ns-ha-init) or paths may be refused"
+        );
+    }
+    if m.cluster_id
+        .as_deref()
+        .is_some_and(|c| c != cluster.cluster_id)
+    {
+        return Err(fail(
+            Code::Conflict,
+            format!(
+                "the backup holds the config of another cluster ({})",
+                m.cluster_id.unwrap_or_default()
+            ),
+        ));
+    }
+    crash::point("manifest");
+    let (changes, deletes) = diff(&local.manifest, &peer);
+    let drifted: BTreeSet<String> = m.drift.iter().map(|d| d.path.clone()).collect();
+    let kept: BTreeSet<String> = if opts.force {
+        BTreeSet::new()
+    } else {
+        changes
+            .iter()
+            .map(|c| &c.path)
+            .chain(deletes.iter())
+            .filter(|p| drifted.contains(*p))
+            .cloned()
+            .collect()
+    };
+    let generation = m.generation.max(pushed.generation) + 1;
+    let mut rep = PushReport {
+        dry_run: opts.dry_run,
+        generation,
+        lines: lines_of(&changes, &deletes, &peer, &kept),
+        drift: m.drift.clone(),
+        kept: kept.iter().cloned().collect(),
+        refused: local.refused.clone(),
+        ..Default::default()
+    };
+    if opts.dry_run {
+        return Ok(Ok(rep));
+    }
+    if changes.is_empty() && deletes.is_empty() {
+        rep.generation = m.generation;
+        save_pushed(state, m.generation, local, true)?;
+        return Ok(Ok(rep));
+    }
+    let begin: BeginReply = call(
+        ch,
+        &SyncRequest::Begin {
+            cluster_id: cluster.cluster_id.clone(),
+            generation,
+            base_generation: m.generation,
+            force: opts.force,
+            changes: changes.clone(),
+            deletes: deletes.clone(),
+        },
+    )
+    .context("opening the transaction on the backup")?;
+    crash::point("begin");
+    let kept: BTreeSet<String> = begin.kept.into_iter().collect();
+    for c in changes.iter().filter(|c| c.data && !kept.contains(&c.path)) {
+        if !send_file(root, ch, c)? {
+            write_msg(ch, &SyncRequest::Abort)?;
+            let _: Reply = read_msg(ch)?;
+            return Ok(Err(Retry));
+        }
+        rep.files += 1;
+        crash::point("file");
+    }
+    write_msg(ch, &SyncRequest::Commit)?;
+    crash::point("commit");
+    let reply: Reply = read_msg(ch).context("waiting for the backup to apply")?;
+    let c: CommitReply = reply.into_result().context("the backup refused the sync")?;
+    crash::point("committed");
+    rep.kept = c.kept.clone();
+    rep.lines = lines_of(&changes, &deletes, &peer, &c.kept.iter().cloned().collect());
+    save_pushed(state, c.generation, local, c.kept.is_empty())?;
+    Ok(Ok(rep))
+}
+
+fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) -> Result<()> {
+    state.write(
+        PUSHED,
+        &Pushed {
+            generation,
+            digest: local.digest.clone(),
+            clean,
+            at: now_secs(),
+            manifest: local.manifest.clone(),
+        },
+    )
+}
+
+/// Send one file frame. `false` when the file changed since the scan (the
+/// frame is completed with what was read; the caller aborts).
+fn send_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<bool> {
+    let size = c.entry.size;
+    let want = c.entry.sha256.clone().unwrap_or_default();
+    write_msg(
+        ch,
+        &SyncRequest::File {
+            path: c.path.clone(),
+            size,
+            sha256: want.clone(),
+        },
+    )?;
+    let path = root.path(&c.path);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path);
+    let mut w = HashingWriter::new(&mut *ch);
+    let mut sent = 0u64;
+    if let Ok(f) = file {
+        let half = crash::armed("file-half");
+        let limit = if half { size / 2 } else { size };
+        sent = std::io::copy(&mut f.take(limit), &mut w).context("sending file data")?;
+        if half {
+            w.flush()?;
+            crash::point("file-half");
+            sent += std::io::copy(&mut fs::File::open(&path)?.take(size - limit), &mut w)?;
+        }
+    }
+    // A file that shrank or vanished: fill the announced length; the hash tells.
+    let zeros = [0u8; 8192];
+    while sent < size {
+        let n = (size - sent).min(zeros.len() as u64) as usize;
+        w.write_all(&zeros[..n]).context("sending file data")?;
+        sent += n as u64;
+    }
+    let (_, got) = w.digest();
+    Ok(got == want)
+}
+
+/// The backup's status, asked over the channel.
+pub fn peer_status(link: &mut dyn Link) -> Result<Status> {
+    let mut ch = link.open()?;
+    call(&mut ch, &SyncRequest::Status)
+}
+
+/// The backup's drift and what a push would change, asked over the channel.
+pub fn peer_verify(
+    root: &NodeRoot,
+    cluster: &ClusterConfig,
+    link: &mut dyn Link,
+) -> Result<PushReport> {
+    push(
+        root,
+        cluster,
+        link,
+        PushOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+}

@@ -1,0 +1,249 @@
+//! `ns-ha-sync watch`: push within a moment of a change.
+//!
+//! inotify watches every directory of the sync set (and the parents of rule
+//! roots that do not exist yet, so their creation is seen). Events are
+//! filtered through the rules, coalesced for a short quiet period, and turned
+//! into an ordinary push over one SSH session kept open between pushes. The
+//! backup is also re-checked periodically, and failed pushes are retried with
+//! a growing delay.
+
+use anyhow::{Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ns_ha_common::config::ClusterConfig;
+use ns_ha_common::NodeRoot;
+
+use crate::rules::SyncSet;
+use crate::sender::{push, Link, PushOptions};
+
+/// Options of `watch`.
+pub struct WatchOptions<'a> {
+    /// Quiet time after the last event before pushing.
+    pub debounce: Duration,
+    /// Whether this node may push now (it is master); checked before each push.
+    pub may_push: &'a dyn Fn() -> Result<bool>,
+    /// Called after each push attempt (tests and logs).
+    pub on_push: &'a mut dyn FnMut(&Result<crate::sender::PushReport>),
+    /// Stop after this many push attempts (tests); `None` runs forever.
+    pub max_pushes: Option<u64>,
+}
+
+struct Watches {
+    inotify: Inotify,
+    dirs: HashMap<WatchDescriptor, String>,
+}
+
+const MASK: AddWatchFlags = AddWatchFlags::from_bits_truncate(
+    AddWatchFlags::IN_CLOSE_WRITE.bits()
+        | AddWatchFlags::IN_MODIFY.bits()
+        | AddWatchFlags::IN_ATTRIB.bits()
+        | AddWatchFlags::IN_CREATE.bits()
+        | AddWatchFlags::IN_DELETE.bits()
+        | AddWatchFlags::IN_MOVED_FROM.bits()
+        | AddWatchFlags::IN_MOVED_TO.bits()
+        | AddWatchFlags::IN_DELETE_SELF.bits()
+        | AddWatchFlags::IN_MOVE_SELF.bits()
+        | AddWatchFlags::IN_DONT_FOLLOW.bits()
+        | AddWatchFlags::IN_ONLYDIR.bits(),
+);
+
+impl Watches {
+    fn new() -> Result<Watches> {
+        Ok(Watches {
+            inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .context("starting inotify")?,
+            dirs: HashMap::new(),
+        })
+    }
+
+    fn add(&mut self, root: &NodeRoot, node_path: &str) {
+        match self.inotify.add_watch(&root.path(node_path), MASK) {
+            Ok(wd) => {
+                self.dirs.insert(wd, node_path.to_string());
+            }
+            Err(e) => log::debug!("cannot watch {node_path}: {e}"),
+        }
+    }
+
+    /// Watch every directory of the set, and the nearest existing parent of each rule root.
+    fn refresh(&mut self, root: &NodeRoot, set: &SyncSet) {
+        for start in set.walk_roots() {
+            let mut anc = Path::new(&start).parent();
+            while let Some(a) = anc {
+                if root.path(a).is_dir() {
+                    self.add(root, &a.to_string_lossy());
+                    break;
+                }
+                anc = a.parent();
+            }
+            let top = root.path(&start);
+            if !top.is_dir() || top.is_symlink() {
+                continue;
+            }
+            let mut it = walkdir::WalkDir::new(&top).follow_links(false).into_iter();
+            while let Some(Ok(e)) = it.next() {
+                if !e.file_type().is_dir() {
+                    continue;
+                }
+                let Some(rel) = e
+                    .path()
+                    .strip_prefix(root.base())
+                    .ok()
+                    .and_then(|r| r.to_str())
+                else {
+                    continue;
+                };
+                let p = format!("/{}", rel.trim_start_matches('/'));
+                if set.is_synced(&p) || set.has_include_below(&p) {
+                    self.add(root, &p);
+                } else {
+                    it.skip_current_dir();
+                }
+            }
+        }
+    }
+
+    /// Read pending events: (relevant to the set, a directory appeared or the queue overflowed).
+    fn drain(&mut self, set: &SyncSet) -> (bool, bool) {
+        let (mut relevant, mut rescan) = (false, false);
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for ev in events {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    relevant = true;
+                    rescan = true;
+                    continue;
+                }
+                let Some(dir) = self.dirs.get(&ev.wd) else {
+                    continue;
+                };
+                let path = match &ev.name {
+                    Some(n) => format!("{}/{}", dir.trim_end_matches('/'), n.to_string_lossy()),
+                    None => dir.clone(),
+                };
+                let hit = set.is_synced(&path)
+                    || set.in_area(&path)
+                    || set
+                        .walk_roots()
+                        .iter()
+                        .any(|r| r.starts_with(&format!("{path}/")) || *r == path);
+                if hit {
+                    relevant = true;
+                    if ev.mask.contains(AddWatchFlags::IN_ISDIR) || ev.name.is_none() {
+                        rescan = true;
+                    }
+                }
+                if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    self.dirs.remove(&ev.wd);
+                }
+            }
+        }
+        (relevant, rescan)
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<bool> {
+        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e).context("waiting for inotify events"),
+        }
+    }
+}
+
+/// Watch the sync set and push on change until stopped.
+pub fn watch(
+    root: &NodeRoot,
+    cluster: &ClusterConfig,
+    link: &mut dyn Link,
+    opts: WatchOptions,
+) -> Result<()> {
+    let set = SyncSet::load(root, &cluster.sync)?;
+    let mut w = Watches::new()?;
+    w.refresh(root, &set);
+    log::info!("watching {} directories", w.dirs.len());
+    let recheck = Duration::from_secs(cluster.sync.peer_recheck_secs.max(10));
+    let mut due = Some(Instant::now());
+    let mut recheck_at = Instant::now() + recheck;
+    let mut failures = 0u32;
+    let mut pushes = 0u64;
+    loop {
+        if opts.max_pushes.is_some_and(|m| pushes >= m) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let next = due.unwrap_or(recheck_at).min(recheck_at);
+        if next > now && w.wait(next - now)? {
+            let (relevant, rescan) = w.drain(&set);
+            if relevant {
+                // Coalesce a burst (an editor's temp file + rename, a tree copy).
+                let burst_end = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < burst_end && w.wait(opts.debounce)? {
+                    let (_, r) = w.drain(&set);
+                    if r {
+                        w.refresh(root, &set);
+                    }
+                }
+                if rescan {
+                    w.refresh(root, &set);
+                }
+                due = Some(Instant::now());
+            }
+            continue;
+        }
+        let now = Instant::now();
+        let recheck_now = now >= recheck_at;
+        if !(due.is_some_and(|d| now >= d) || recheck_now) {
+            continue;
+        }
+        if recheck_now {
+            recheck_at = now + recheck;
+        }
+        if !(opts.may_push)().unwrap_or(false) {
+            log::info!("not master: changes are not pushed now");
+            due = None;
+            continue;
+        }
+        pushes += 1;
+        let result = push(
+            root,
+            cluster,
+            link,
+            PushOptions {
+                recheck: recheck_now,
+                ..Default::default()
+            },
+        );
+        (opts.on_push)(&result);
+        match &result {
+            Ok(rep) => {
+                failures = 0;
+                due = None;
+                if !rep.noop {
+                    log::info!(
+                        "pushed generation {} ({} file(s))",
+                        rep.generation,
+                        rep.files
+                    );
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = Duration::from_secs((1u64 << failures.min(5)).min(30));
+                log::warn!("push failed ({e:#}): retrying in {delay:?}");
+                due = Some(Instant::now() + delay);
+            }
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Sender and receiver end to end in one process (a socket pair instead of
+//! SSH): what a push carries, what it refuses, and what a cut stream leaves.
+
+mod common;
+
+use common::*;
+use ns_ha_common::exit::{code_of, Code};
+use ns_ha_common::proto::{NS_HA_VERSION, PROTOCOL_VERSION};
+use ns_ha_sync::receiver::local_view;
+use ns_ha_sync::rules::SyncSet;
+use ns_ha_sync::sender::{push, PushOptions};
+use ns_ha_sync::state::{Applied, StateDir, APPLIED};
+use serde_json::json;
+use std::os::unix::fs::{symlink, MetadataExt};
+
+fn do_push(
+    p: &Pair,
+    link: &mut ThreadLink,
+    opts: PushOptions,
+) -> anyhow::Result<ns_ha_sync::sender::PushReport> {
+    let r = push(&p.primary, &p.cluster, link, opts);
+    link.join();
+    r
+}
+
+fn generation(root: &ns_ha_common::NodeRoot) -> u64 {
+    let c = cluster();
+    StateDir::new(root, &c.sync)
+        .read::<Applied>(APPLIED)
+        .unwrap()
+        .unwrap_or_default()
+        .generation
+}
+
+fn seed(p: &Pair) {
+    write(&p.primary, "/etc/config/firewall", "config zone\n");
+    write(&p.primary, "/etc/config/dhcp", "config dhcp lan\n");
+    write(&p.primary, "/etc/extra/a/b/deep", "deep\n");
+    write(&p.primary, "/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
+    write(&p.primary, "/etc/config/local-only", "excluded\n");
+    write(&p.primary, "/etc/config/network", "never\n");
+    symlink("firewall", p.primary.path("/etc/config/fw-alias")).unwrap();
+}
+
+#[test]
+fn create_change_chmod_delete_reach_the_backup() {
+    let p = pair();
+    seed(&p);
+    write(&p.backup, "/etc/config/network", "backup's own network\n");
+    write(
+        &p.backup,
+        "/etc/config/stale",
+        "only on the backup before the first sync\n",
+    );
+    let mut link = ThreadLink::new(&p.backup);
+    let rep = do_push(&p, &mut link, PushOptions::default()).unwrap();
+    assert_eq!(rep.generation, 1);
+    assert_eq!(read(&p.backup, "/etc/config/firewall"), "config zone\n");
+    assert_eq!(read(&p.backup, "/etc/extra/a/b/deep"), "deep\n");
+    assert_eq!(
+        std::fs::read_link(p.backup.path("/etc/config/fw-alias"))
+            .unwrap()
+            .to_str(),
+        Some("firewall")
+    );
+    assert!(
+        !exists(&p.backup, "/etc/config/local-only"),
+        "excluded path synced"
+    );
+    assert!(
+        !exists(&p.backup, "/etc/config/stale"),
+        "deletion not propagated"
+    );
+    assert_eq!(
+        read(&p.backup, "/etc/config/network"),
+        "backup's own network\n"
+    );
+    let pm = std::fs::metadata(p.primary.path("/etc/config/firewall")).unwrap();
+    let bm = std::fs::metadata(p.backup.path("/etc/config/firewall")).unwrap();
+    assert_eq!(
+        (pm.mtime(), pm.mtime_nsec()),
+        (bm.mtime(), bm.mtime_nsec()),
+        "mtime not preserved"
+    );
+
+    // Second push: nothing changed, the backup is not even contacted.
+    let opens = link.opens;
+    let rep = do_push(&p, &mut link, PushOptions::default()).unwrap();
+    assert!(rep.noop);
+    assert_eq!(link.opens, opens);
+
+    // Change, chmod, create, delete.
+    write(&p.primary, "/etc/config/firewall", "config zone wan\n");
+    chmod(&p.primary, "/etc/config/dhcp", 0o600);
+    write(&p.primary, "/etc/config/new", "new\n");
+    std::fs::remove_dir_all(p.primary.path("/etc/extra/a")).unwrap();
+    let rep = do_push(&p, &mut link, PushOptions::default()).unwrap();
+    assert_eq!(rep.generation, 2);
+    assert_eq!(rep.files, 2, "only changed contents travel: {rep:?}");
+    assert_eq!(read(&p.backup, "/etc/config/firewall"), "config zone wan\n");
+    assert_eq!(mode(&p.backup, "/etc/config/dhcp"), 0o600);
+    assert_eq!(read(&p.backup, "/etc/config/new"), "new\n");
+    assert!(!exists(&p.backup, "/etc/extra/a"));
+    assert_eq!(generation(&p.backup), 2);
+    let (a, b) = (snapshot(&p.primary, TOPS), snapshot(&p.backup, TOPS));
+    let strip = |s: Snapshot| -> Snapshot {
+        s.into_iter()
+            .filter(|(k, _)| !k.ends_with("local-only") && !k.ends_with("network"))
+            .collect()
+    };
+    assert_eq!(strip(a), strip(b));
+}
+
+#[test]
+fn dry_run_lists_changes_and_changes_nothing() {
+    let p = pair();
+    seed(&p);
+    let mut link = ThreadLink::new(&p.backup);
+    let rep = do_push(
+        &p,
+        &mut link,
+        PushOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(rep
+        .lines
+        .iter()
+        .any(|l| l.path == "/etc/config/firewall" && l.action == "new"));
+    assert!(rep.render().contains("+ /etc/config/firewall"));
+    assert!(!exists(&p.backup, "/etc/config/firewall"));
+    assert_eq!(generation(&p.backup), 0);
+}
+
+#[test]
+fn backup_edit_is_reported_and_survives_a_plain_push() {
+    let p = pair();
+    seed(&p);
+    let mut link = ThreadLink::new(&p.backup);
+    do_push(&p, &mut link, PushOptions::default()).unwrap();
+    write(&p.backup, "/etc/config/firewall", "edited on the backup\n");
+    write(&p.backup, "/etc/config/added-here", "x\n");
+    let set = SyncSet::load(&p.backup, &p.cluster.sync).unwrap();
+    let view = local_view(&p.backup, &set, &StateDir::new(&p.backup, &p.cluster.sync)).unwrap();
+    let drift: Vec<_> = view
+        .drift
+        .iter()
+        .map(|d| (d.path.as_str(), d.what.as_str()))
+        .collect();
+    assert_eq!(
+        drift,
+        vec![
+            ("/etc/config/added-here", "added"),
+            ("/etc/config/firewall", "changed")
+        ]
+    );
+
+    write(
+        &p.primary,
+        "/etc/config/firewall",
+        "primary's new version\n",
+    );
+    write(&p.primary, "/etc/config/dhcp", "dhcp v2\n");
+    let rep = do_push(&p, &mut link, PushOptions::default()).unwrap();
+    assert_eq!(
+        rep.kept,
+        vec!["/etc/config/added-here", "/etc/config/firewall"]
+    );
+    assert_eq!(
+        read(&p.backup, "/etc/config/firewall"),
+        "edited on the backup\n"
+    );
+    assert!(exists(&p.backup, "/etc/config/added-here"));
+    assert_eq!(
+        read(&p.backup, "/etc/config/dhcp"),
+        "dhcp v2\n",
+        "the rest still flows"
+    );
+    // Still reported after the push.
+    let view = local_view(&p.backup, &set, &StateDir::new(&p.backup, &p.cluster.sync)).unwrap();
+    assert_eq!(view.drift.len(), 2);
+
+    let rep = do_push(
+        &p,
+        &mut link,
+        PushOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(rep.kept.is_empty());
+    assert_eq!(
+        read(&p.backup, "/etc/config/firewall"),
+        "primary's new version\n"
+    );
+    assert!(!exists(&p.backup, "/etc/config/added-here"));
+    let view = local_view(&p.backup, &set, &StateDir::new(&p.backup, &p.cluster.sync)).unwrap();
+    assert!(view.drift.is_empty(), "{:?}", view.drift);
+}
+
+fn hello_frame(id: &str) -> Vec<u8> {
+    frame(
+        &json!({"op": "hello", "protocol": PROTOCOL_VERSION, "version": NS_HA_VERSION, "cluster_id": id}),
+        b"",
+    )
+}
+
+fn file_entry(content: &[u8]) -> serde_json::Value {
+    json!({"k": "f", "m": 0o644, "u": 0, "g": 0, "t": 1_000_000_000i64, "s": content.len(), "h": sha(content)})
+}
+
+fn begin(generation: u64, base: u64, changes: serde_json::Value) -> Vec<u8> {
+    frame(
+        &json!({"op": "begin", "cluster_id": CLUSTER_ID, "generation": generation,
+                "base_generation": base, "force": false, "changes": changes, "deletes": []}),
+        b"",
+    )
+}
+
+/// Run a scripted session and check that it was refused with `code` and left
+/// the backup exactly as it was.
+fn refused(p: &Pair, script: Vec<Vec<u8>>, code: Code, needle: &str) {
+    let before = snapshot(&p.backup, &["/etc", "/root"]);
+    let gen_before = generation(&p.backup);
+    let input: Vec<u8> = script.concat();
+    let replies = session(&p.backup, &input);
+    let failed: Vec<_> = replies.iter().filter(|r| !r.ok).collect();
+    assert!(!failed.is_empty(), "nothing refused: {replies:?}");
+    let err = failed[0]
+        .clone()
+        .into_result::<serde_json::Value>()
+        .unwrap_err();
+    assert_eq!(code_of(&err), code, "{err:#}");
+    assert!(
+        format!("{err:#}").contains(needle),
+        "{err:#} lacks {needle}"
+    );
+    let after: Snapshot = snapshot(&p.backup, &["/etc", "/root"])
+        .into_iter()
+        .filter(|(k, _)| !k.contains("var/lib/ns-ha"))
+        .collect();
+    let before: Snapshot = before
+        .into_iter()
+        .filter(|(k, _)| !k.contains("var/lib/ns-ha"))
+        .collect();
+    assert_eq!(before, after, "something was applied");
+    assert_eq!(generation(&p.backup), gen_before);
+}
+
+#[test]
+fn malicious_requests_are_refused_with_nothing_applied() {
+    let p = pair();
+    write(&p.backup, "/etc/config/firewall", "backup\n");
+    write(&p.backup, "/etc/shadow", "root:secret\n");
+    let good = b"x\n";
+    let h = || hello_frame(CLUSTER_ID);
+    let commit = frame(&json!({"op": "commit"}), b"");
+    let one = |path: &str| json!([{"path": path, "entry": file_entry(good), "data": true}]);
+    let file = |path: &str, body: &[u8], claimed: &[u8]| {
+        frame(
+            &json!({"op": "file", "path": path, "size": body.len(), "sha256": sha(claimed)}),
+            body,
+        )
+    };
+
+    // `..`, absolute paths outside the set, never-sync paths.
+    refused(
+        &p,
+        vec![h(), begin(1, 0, one("/etc/config/../shadow"))],
+        Code::Security,
+        "..",
+    );
+    refused(
+        &p,
+        vec![h(), begin(1, 0, one("/etc/shadow"))],
+        Code::Security,
+        "outside",
+    );
+    refused(
+        &p,
+        vec![h(), begin(1, 0, one("/root/.ssh/authorized_keys"))],
+        Code::Security,
+        "outside",
+    );
+    refused(
+        &p,
+        vec![h(), begin(1, 0, one("/etc/ns-ha/cluster.json"))],
+        Code::Security,
+        "outside",
+    );
+    refused(
+        &p,
+        vec![h(), begin(1, 0, one("etc/config/x"))],
+        Code::Security,
+        "absolute",
+    );
+    // Symlinks escaping the set, as an entry or as a parent on the backup.
+    let link = |t: &str| json!([{"path": "/etc/config/evil", "entry": {"k": "l", "m": 0, "u": 0, "g": 0, "l": t}, "data": false}]);
+    refused(
+        &p,
+        vec![h(), begin(1, 0, link("/etc/shadow"))],
+        Code::Security,
+        "outside the sync set",
+    );
+    refused(
+        &p,
+        vec![h(), begin(1, 0, link("../../root/.ssh/authorized_keys"))],
+        Code::Security,
+        "outside",
+    );
+    std::os::unix::fs::symlink("/tmp", p.backup.path("/etc/config/sub")).unwrap();
+    refused(
+        &p,
+        vec![h(), begin(1, 0, one("/etc/config/sub/x"))],
+        Code::Security,
+        "symlink escape",
+    );
+    std::fs::remove_file(p.backup.path("/etc/config/sub")).unwrap();
+    // Corrupted content: the hash does not match; a frame not announced.
+    refused(
+        &p,
+        vec![
+            h(),
+            begin(1, 0, one("/etc/config/new")),
+            file("/etc/config/new", b"y\n", good),
+            commit.clone(),
+        ],
+        Code::Security,
+        "hash mismatch",
+    );
+    refused(
+        &p,
+        vec![
+            h(),
+            begin(1, 0, one("/etc/config/new")),
+            file("/etc/config/other", good, good),
+            commit.clone(),
+        ],
+        Code::Security,
+        "not announced",
+    );
+    refused(
+        &p,
+        vec![h(), begin(1, 0, one("/etc/config/new")), commit.clone()],
+        Code::Peer,
+        "never arrived",
+    );
+    // Another cluster, and sync ops without a hello.
+    refused(
+        &p,
+        vec![
+            hello_frame(OTHER_CLUSTER),
+            begin(1, 0, one("/etc/config/new")),
+        ],
+        Code::Conflict,
+        "cluster",
+    );
+    refused(
+        &p,
+        vec![begin(1, 0, one("/etc/config/new"))],
+        Code::Security,
+        "hello",
+    );
+    // A frame that announces more than the limit.
+    let mut huge = (u32::MAX).to_be_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    refused(&p, vec![h(), huge], Code::Security, "limit");
+
+    // A real sync to generation 1, then older and equal generations are refused.
+    let ok = session(
+        &p.backup,
+        &[
+            h(),
+            begin(1, 0, one("/etc/config/new")),
+            file("/etc/config/new", good, good),
+            commit.clone(),
+        ]
+        .concat(),
+    );
+    assert!(ok.iter().all(|r| r.ok), "{ok:?}");
+    assert_eq!(read(&p.backup, "/etc/config/new"), "x\n");
+    refused(
+        &p,
+        vec![h(), begin(1, 1, one("/etc/config/n2"))],
+        Code::Conflict,
+        "not newer",
+    );
+    refused(
+        &p,
+        vec![h(), begin(0, 1, one("/etc/config/n2"))],
+        Code::Conflict,
+        "not newer",
+    );
+}
+
+#[test]
+fn the_primary_refuses_to_receive() {
+    let p = pair();
+    let replies = session(&p.primary, &hello_frame(CLUSTER_ID));
+    let err = replies[0]
+        .clone()
+        .into_result::<serde_json::Value>()
+        .unwrap_err();
+    assert_eq!(code_of(&err), Code::State);
+}
+
+/// A sender that dies at any byte: the backup holds the old or the new tree.
+#[test]
+fn a_stream_cut_anywhere_leaves_one_generation() {
+    let measure = pair();
+    seed(&measure);
+    let mut link = ThreadLink::new(&measure.backup);
+    do_push(&measure, &mut link, PushOptions::default()).unwrap();
+    let old = snapshot(&measure.backup, TOPS);
+    let change = |p: &Pair| {
+        write(&p.primary, "/etc/config/firewall", &"rule\n".repeat(5000));
+        write(&p.primary, "/etc/config/dhcp", "v2\n");
+        chmod(&p.primary, "/etc/passwd", 0o600);
+        std::fs::remove_file(p.primary.path("/etc/extra/a/b/deep")).unwrap();
+        write(&p.primary, "/etc/extra/c", "new\n");
+    };
+    change(&measure);
+    let rep = do_push(&measure, &mut link, PushOptions::default()).unwrap();
+    let new = snapshot(&measure.backup, TOPS);
+    let total = rep.bytes_sent;
+    assert!(total > 25_000, "{total}");
+    let mut saw = (0, 0);
+    let mut cut = 0u64;
+    while cut < total {
+        let p = pair();
+        seed(&p);
+        let mut link = ThreadLink::new(&p.backup);
+        do_push(&p, &mut link, PushOptions::default()).unwrap();
+        change(&p);
+        link.cut_after = Some(cut);
+        let r = do_push(&p, &mut link, PushOptions::default());
+        let set = SyncSet::load(&p.backup, &p.cluster.sync).unwrap();
+        ns_ha_sync::journal::recover(&p.backup, &set, &StateDir::new(&p.backup, &p.cluster.sync))
+            .unwrap();
+        let got = snapshot(&p.backup, TOPS);
+        if got == old {
+            assert!(
+                r.is_err(),
+                "cut at {cut}: push claims success but nothing applied"
+            );
+            assert_eq!(generation(&p.backup), 1);
+            saw.0 += 1;
+        } else {
+            assert_eq!(got, new, "cut at {cut}: mixed generations");
+            assert_eq!(generation(&p.backup), 2);
+            saw.1 += 1;
+        }
+        cut += if cut < 400 { 23 } else { 2999 };
+    }
+    assert!(saw.0 > 5, "{saw:?}");
+}
