@@ -86,6 +86,11 @@ pub fn set(ctx: &Ctx, on: bool, wait: Duration) -> Result<MaintenanceReport> {
         report.note = "the VIPs stay where they are (no preemption by this node)".into();
         return Ok(report);
     }
+    if wait.is_zero() {
+        report.vips = observe_vips(ctx, &cluster);
+        report.note = "not waiting for the VIPs to move".into();
+        return Ok(report);
+    }
     let start = Instant::now();
     loop {
         let v = observe_vips(ctx, &cluster);
