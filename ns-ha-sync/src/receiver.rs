@@ -37,6 +37,8 @@ use crate::wire::{BeginReply, CommitReply, ManifestReply, SyncRequest};
 pub const MAX_FILE: u64 = 1 << 30;
 /// Most changes accepted in one transaction.
 pub const MAX_CHANGES: usize = 1_000_000;
+/// Beyond this many changed paths the hook is told nothing (reload everything).
+const MAX_HOOK_PATHS: usize = 200;
 /// How long a receiver waits for another sync on this node to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -121,7 +123,8 @@ pub struct Receiver<'a> {
     /// The cluster named by a successful `hello`.
     greeted: Option<String>,
     txn: Option<Txn>,
-    hook_due: bool,
+    /// Paths changed by the last commit, for `ns-ha-role sync-applied`.
+    hook_due: Option<Vec<String>>,
 }
 
 impl<'a> Receiver<'a> {
@@ -131,7 +134,7 @@ impl<'a> Receiver<'a> {
             runner,
             greeted: None,
             txn: None,
-            hook_due: false,
+            hook_due: None,
         }
     }
 
@@ -193,9 +196,8 @@ impl<'a> Receiver<'a> {
                 }
             };
             write_msg(w, &reply)?;
-            if self.hook_due {
-                self.hook_due = false;
-                self.run_hook();
+            if let Some(paths) = self.hook_due.take() {
+                self.run_hook(&paths);
             }
         }
     }
@@ -636,7 +638,14 @@ impl<'a> Receiver<'a> {
         if let Err(e) = ctx.state.record(&run) {
             log::warn!("cannot record the sync status: {e:#}");
         }
-        self.hook_due = true;
+        self.hook_due = Some(
+            journal
+                .changed
+                .iter()
+                .chain(&journal.deleted)
+                .cloned()
+                .collect(),
+        );
         crash::point("done");
         Ok(reply)
     }
@@ -671,12 +680,19 @@ impl<'a> Receiver<'a> {
 
     /// Tell the role engine that files changed (`ns-ha-role sync-applied`).
     /// Its failure does not undo the sync; it is logged and shown in status.
-    fn run_hook(&self) {
+    fn run_hook(&self, paths: &[String]) {
         let Ok(ctx) = self.ctx() else { return };
         let outcome = match tool_path("ns-ha-role") {
             Ok(tool) if tool.exists() => {
                 let mut args = self.root.tool_args();
                 args.push("sync-applied".into());
+                // Name what changed; too many names: let it reload everything.
+                if paths.len() <= MAX_HOOK_PATHS {
+                    for p in paths {
+                        args.push("--changed".into());
+                        args.push(p.clone());
+                    }
+                }
                 let timeout = Duration::from_secs(ctx.cluster.sync.hook_timeout_secs.max(1));
                 match self.runner.run(&tool.to_string_lossy(), &args, timeout) {
                     Ok(out) if out.success() => "ok".to_string(),
