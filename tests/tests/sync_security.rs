@@ -1,0 +1,194 @@
+//! Issue 3 acceptance: the sync channel as a security boundary, over the real
+//! sshd and forced command. Crafted requests (sent with the primary's real
+//! key through the `ssh` client) and impostors are refused, with nothing
+//! applied on fw2.
+
+#[path = "sync_support.rs"]
+mod sync_support;
+
+use ns_ha_tests::Lab;
+use serde_json::{json, Value};
+use sync_support::*;
+
+/// What must not move on fw2 when a request is refused.
+fn guarded(lab: &Lab) -> (Tree, String, String, u64) {
+    (
+        tree(lab, "fw2"),
+        std::fs::read_to_string(lab.path("fw2", "/etc/init.d/sshd")).unwrap_or_default(),
+        std::fs::read_to_string(lab.path("fw2", "/root/.ssh/authorized_keys")).unwrap_or_default(),
+        generation(lab, "fw2"),
+    )
+}
+
+fn frame(msg: &Value, blob: &[u8]) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).unwrap();
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(blob);
+    out
+}
+
+fn sha256(lab: &Lab, data: &[u8]) -> String {
+    let p = lab.dir().join("sha-input");
+    std::fs::write(&p, data).unwrap();
+    let out = std::process::Command::new("sha256sum").arg(&p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn cluster_id(lab: &Lab) -> String {
+    let c: Value = serde_json::from_str(&lab.read("fw1", "/etc/ns-ha/cluster.json")).unwrap();
+    c["cluster_id"].as_str().unwrap().to_string()
+}
+
+fn hello(id: &str) -> Vec<u8> {
+    frame(
+        &json!({"op": "hello", "protocol": 1, "version": env!("CARGO_PKG_VERSION"), "cluster_id": id}),
+        b"",
+    )
+}
+
+/// Send raw frames through ssh with `key` to fw2's forced command; the replies.
+fn raw_session(lab: &Lab, key: &str, frames: &[Vec<u8>]) -> (i32, Vec<Value>) {
+    let input = lab.dir().join("frames.bin");
+    let output = lab.dir().join("replies.bin");
+    std::fs::write(&input, frames.concat()).unwrap();
+    let script = format!(
+        "ssh -T -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         -o LogLevel=ERROR root@10.99.0.2 receive < {} > {}",
+        input.display(),
+        output.display()
+    );
+    let out = lab.sh("fw1", &script);
+    let bytes = std::fs::read(&output).unwrap_or_default();
+    let mut replies = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 4 {
+        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        replies.push(serde_json::from_slice(&rest[4..4 + n]).unwrap());
+        rest = &rest[4 + n..];
+    }
+    (out.status.code().unwrap_or(-1), replies)
+}
+
+fn begin(id: &str, generation: u64, changes: Value) -> Vec<u8> {
+    frame(
+        &json!({"op": "begin", "cluster_id": id, "generation": generation,
+                "base_generation": generation - 1, "force": false, "changes": changes, "deletes": []}),
+        b"",
+    )
+}
+
+/// The first failed reply must carry `code` and mention `needle`.
+fn assert_refused(replies: &[Value], code: u64, needle: &str) {
+    let failed = replies
+        .iter()
+        .find(|r| r["ok"] == false)
+        .unwrap_or_else(|| panic!("nothing refused: {replies:?}"));
+    assert_eq!(failed["code"], code, "{failed}");
+    assert!(failed["error"].as_str().unwrap_or("").contains(needle), "{failed} lacks {needle}");
+}
+
+#[test]
+fn crafted_requests_and_impostors_are_refused_with_nothing_applied() {
+    let lab = paired_lab();
+    sync_ok(&lab, "fw1", &["push"]);
+    let before = guarded(&lab);
+    let g = before.3;
+    let id = cluster_id(&lab);
+    let key = lab.path("fw1", "/etc/ns-ha/id_ed25519").display().to_string();
+    let good = b"evil content\n";
+    let sha_good = sha256(&lab, good);
+    let entry = json!({"k": "f", "m": 0o644, "u": 0, "g": 0, "t": 1_000_000_000i64, "s": good.len(), "h": sha_good});
+    let one = |path: &str| json!([{"path": path, "entry": entry.clone(), "data": true}]);
+    let commit = frame(&json!({"op": "commit"}), b"");
+    let file = |path: &str, body: &[u8]| {
+        frame(&json!({"op": "file", "path": path, "size": body.len(), "sha256": sha_good}), body)
+    };
+
+    let cases: Vec<(&str, Vec<Vec<u8>>, u64, &str)> = vec![
+        ("dot-dot", vec![hello(&id), begin(&id, g + 1, one("/etc/config/../shadow"))], 7, ".."),
+        ("absolute outside", vec![hello(&id), begin(&id, g + 1, one("/etc/init.d/sshd"))], 7, "outside"),
+        (
+            "authorized_keys",
+            vec![hello(&id), begin(&id, g + 1, one("/root/.ssh/authorized_keys"))],
+            7,
+            "outside",
+        ),
+        (
+            "symlink escape",
+            vec![
+                hello(&id),
+                begin(
+                    &id,
+                    g + 1,
+                    json!([{"path": "/etc/nginx/evil", "entry": {"k": "l", "m": 0, "u": 0, "g": 0, "l": "../../etc/ns-ha/id_ed25519"}, "data": false}]),
+                ),
+            ],
+            7,
+            "outside the sync set",
+        ),
+        (
+            "hash mismatch",
+            vec![
+                hello(&id),
+                begin(&id, g + 1, one("/etc/nginx/conf.d/x.conf")),
+                file("/etc/nginx/conf.d/x.conf", b"EVIL CONTENT\n"),
+                commit.clone(),
+            ],
+            7,
+            "hash mismatch",
+        ),
+        ("older generation", vec![hello(&id), begin(&id, g, one("/etc/nginx/conf.d/x.conf"))], 8, "not newer"),
+        (
+            "another cluster",
+            vec![hello("fedcba9876543210fedcba9876543210"), begin(&id, g + 1, one("/etc/nginx/x"))],
+            8,
+            "cluster",
+        ),
+    ];
+    for (name, frames, code, needle) in cases {
+        let (_, replies) = raw_session(&lab, &key, &frames);
+        assert_refused(&replies, code, needle);
+        assert_eq!(guarded(&lab), before, "{name}: something was applied");
+    }
+    // The same channel accepts a well-formed request (the cases above failed for their reason).
+    let (_, replies) = raw_session(
+        &lab,
+        &key,
+        &[hello(&id), begin(&id, g + 1, one("/etc/nginx/conf.d/x.conf")), file("/etc/nginx/conf.d/x.conf", good), commit],
+    );
+    assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    assert_eq!(lab.read("fw2", "/etc/nginx/conf.d/x.conf"), "evil content\n");
+
+    // Another cluster's key: sshd does not even start the receiver.
+    let other = lab.dir().join("other_key");
+    lab.sh_ok("fw1", &format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
+    let before = guarded(&lab);
+    let (status, replies) = raw_session(&lab, &other.display().to_string(), &[hello(&id)]);
+    assert_eq!(status, 255, "ssh with a foreign key must fail");
+    assert!(replies.is_empty());
+    // ns-ha-sync with a foreign key: a peer error, nothing applied.
+    let key_path = lab.path("fw1", "/etc/ns-ha/id_ed25519");
+    let saved = std::fs::read(&key_path).unwrap();
+    std::fs::copy(&other, &key_path).unwrap();
+    lab.write("fw1", "/etc/nginx/conf.d/new.conf", "x\n");
+    let out = sync(&lab, "fw1", &["push"]);
+    assert_eq!(code(&out), 6, "{}", describe(&out));
+    std::fs::write(&key_path, &saved).unwrap();
+    assert_eq!(guarded(&lab), before);
+
+    // Unknown host key: the pin does not match what fw2 presents.
+    let node_path = lab.path("fw1", "/etc/ns-ha/node.json");
+    let saved = lab.read("fw1", "/etc/ns-ha/node.json");
+    let mut node: Value = serde_json::from_str(&saved).unwrap();
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    node["peer_host_key"]["key_base64"] = json!(other_pub.split_whitespace().nth(1).unwrap());
+    std::fs::write(&node_path, serde_json::to_string_pretty(&node).unwrap()).unwrap();
+    let out = sync(&lab, "fw1", &["push"]);
+    assert_eq!(code(&out), 7, "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host key"), "{}", describe(&out));
+    assert_eq!(guarded(&lab), before);
+    std::fs::write(&node_path, saved).unwrap();
+    sync_ok(&lab, "fw1", &["push"]);
+    assert_eq!(lab.read("fw2", "/etc/nginx/conf.d/new.conf"), "x\n");
+}
