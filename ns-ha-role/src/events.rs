@@ -226,12 +226,17 @@ impl EventLog {
         candidates.max_by_key(|e| e.seq)
     }
 
-    /// Group/instance events after `seq` whose state differs from `state`:
-    /// the node went elsewhere and came back in between.
-    pub fn flapped_since(&self, seq: u64, state: KaState) -> bool {
-        self.recent
-            .iter()
-            .any(|e| e.seq > seq && e.state != state && e.name == SYNC_GROUP)
+    /// Whether a sync-group event after `seq` says another state than
+    /// `state`: the node went elsewhere and came back in between, so the
+    /// one-shot actions of `state` are due again. With `fifo_only` (a reader
+    /// is alive) only FIFO events count: a late notify script may be stale.
+    pub fn flapped_since(&self, seq: u64, state: KaState, fifo_only: bool) -> bool {
+        self.recent.iter().any(|e| {
+            e.seq > seq
+                && e.state != state
+                && e.name == SYNC_GROUP
+                && (!fifo_only || e.source == Source::Fifo)
+        })
     }
 }
 
@@ -399,8 +404,9 @@ mod tests {
         let log = s.load().unwrap();
         assert_eq!(log.current(true).unwrap().state, KaState::Master);
         assert_eq!(log.current(false).unwrap().state, KaState::Backup);
-        assert!(log.flapped_since(0, KaState::Master));
-        assert!(!log.flapped_since(2, KaState::Master));
+        assert!(log.flapped_since(0, KaState::Master, false));
+        assert!(!log.flapped_since(0, KaState::Master, true));
+        assert!(!log.flapped_since(2, KaState::Master, false));
     }
 
     #[test]

@@ -63,7 +63,9 @@ pub struct ActionRecord {
 pub struct Transition {
     /// When the pass started (Unix ms).
     pub unix_ms: u64,
-    /// When the event that caused it was recorded (Unix ms), if an event did.
+    /// When the first event this pass handled was recorded (Unix ms), if an
+    /// event caused it. keepalived adds the VIPs before it notifies, so for a
+    /// takeover `done_unix_ms - event_unix_ms` is VIP takeover to actions done.
     #[serde(default)]
     pub event_unix_ms: Option<u64>,
     /// When the last action finished (Unix ms).

@@ -155,16 +155,24 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
         )?;
     }
     let vips = cluster.as_ref().and_then(|c| observe_vips(ctx, c));
-    let target: Target = plan::decide(cluster.as_ref(), &log, reader_alive(&ctx.root), vips);
+    let fifo = reader_alive(&ctx.root);
+    let target: Target = plan::decide(cluster.as_ref(), &log, fifo, vips);
     let mut applied = load_applied(&ctx.root)?;
+    // The first event this pass answers: takeover-to-done is measured from it.
+    let trigger_ms = log
+        .recent
+        .iter()
+        .filter(|e| e.seq > applied.handled_seq)
+        .map(|e| e.unix_ms)
+        .min();
     let from = if applied.label.is_empty() {
         "NONE".to_string()
     } else {
         applied.label.clone()
     };
-    let flapped = target
-        .state
-        .is_some_and(|s| applied.label == s.as_str() && log.flapped_since(applied.epoch_seq, s));
+    let flapped = target.state.is_some_and(|s| {
+        applied.label == s.as_str() && log.flapped_since(applied.epoch_seq, s, fifo)
+    });
     let transition = applied.label != target.label || flapped;
     if transition {
         applied.label = target.label.clone();
@@ -250,11 +258,7 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
     if worth {
         let t = Transition {
             unix_ms: start_ms,
-            event_unix_ms: if transition {
-                target.event.as_ref().map(|e| e.unix_ms)
-            } else {
-                None
-            },
+            event_unix_ms: trigger_ms,
             done_unix_ms: applied.last_pass_ms,
             from: from.clone(),
             to: target.label.clone(),
