@@ -197,3 +197,15 @@ impl FakeNode {
         save_cluster(&self.root, &c).expect("save");
     }
 }
+
+/// Poll `f` for up to 5 s.
+pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
