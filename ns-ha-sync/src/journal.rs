@@ -27,6 +27,9 @@ use crate::rules::SyncSet;
 use crate::state::{Applied, StateDir, APPLIED, BASELINE, LAST_APPLIED};
 use crate::util::now_secs;
 
+/// Up to this many files (or directories), fsync each; beyond, one syncfs.
+const FSYNC_EACH_MAX: usize = 64;
+
 /// One idempotent step of an apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -240,30 +243,56 @@ fn apply_op(root: &NodeRoot, set: &SyncSet, state: &StateDir, op: &Op) -> Result
 
 /// Write the journal (the commit point), then apply it.
 pub fn commit(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -> Result<()> {
-    sync_dir(&state.staging())?;
-    state.write("journal.json", journal)?;
+    // Staged files must be durable before the journal names them: an fsync
+    // each for a small sync, one syncfs of their filesystem for a large one.
+    let staged: Vec<&String> = journal
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Replace { staged, .. } => Some(staged),
+            _ => None,
+        })
+        .collect();
+    if staged.len() > FSYNC_EACH_MAX {
+        sync_fs(&state.staging())?;
+    } else {
+        for name in staged {
+            let p = state.staging().join(name);
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                fs::File::open(&p)
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("syncing {}", p.display()))?;
+            }
+        }
+        sync_dir(&state.staging())?;
+    }
+    state.write_compact("journal.json", journal)?;
     crash::point("journal");
     replay(root, set, state, journal)
 }
 
 /// Apply every op of a journal, then record the generation and drop the journal.
 fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -> Result<()> {
-    let mut dirs = std::collections::BTreeSet::new();
     for op in &journal.ops {
         apply_op(root, set, state, op)
             .with_context(|| format!("applying generation {}", journal.generation))?;
-        if let Some(p) = root.path(op.path()).parent() {
-            dirs.insert(p.to_path_buf());
-        }
         crash::point("op");
     }
-    // Make the renames durable before the generation says they happened.
-    for d in dirs {
-        if d.is_dir() {
-            sync_dir(&d)?;
+    // Make the renames durable before the generation says they happened (the
+    // targets share the staging dir's filesystem: checked at begin).
+    let dirs: std::collections::BTreeSet<_> = journal
+        .ops
+        .iter()
+        .filter_map(|op| root.path(op.path()).parent().map(Path::to_path_buf))
+        .collect();
+    if dirs.len() > FSYNC_EACH_MAX {
+        sync_fs(&state.dir)?;
+    } else {
+        for d in dirs.iter().filter(|d| d.is_dir()) {
+            sync_dir(d)?;
         }
     }
-    state.write(BASELINE, &journal.baseline)?;
+    state.write_compact(BASELINE, &journal.baseline)?;
     crash::point("baseline");
     state.write(
         APPLIED,
@@ -287,6 +316,14 @@ fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -
         log::warn!("cannot record the applied paths: {e:#}");
     }
     Ok(())
+}
+
+/// Flush the whole filesystem holding `dir` (syncfs).
+fn sync_fs(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    nix::unistd::syncfs(d.as_raw_fd())
+        .with_context(|| format!("syncing the filesystem of {}", dir.display()))
 }
 
 /// Empty the staging directory (an aborted or finished transaction).

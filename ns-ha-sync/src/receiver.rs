@@ -43,6 +43,7 @@ const MAX_HOOK_PATHS: usize = 200;
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The sync state of this node as its own files say (used by `verify` too).
+#[derive(Debug, Clone)]
 pub struct LocalView {
     pub current: Manifest,
     pub applied: Applied,
@@ -123,6 +124,9 @@ pub struct Receiver<'a> {
     /// The cluster named by a successful `hello`.
     greeted: Option<String>,
     txn: Option<Txn>,
+    /// The view read by `manifest`, with the lock held since, so that `begin`
+    /// does not scan again.
+    view: Option<(NodeLock, LocalView)>,
     /// Paths changed by the last commit, for `ns-ha-role sync-applied`.
     hook_due: Option<Vec<String>>,
 }
@@ -134,6 +138,7 @@ impl<'a> Receiver<'a> {
             runner,
             greeted: None,
             txn: None,
+            view: None,
             hook_due: None,
         }
     }
@@ -318,23 +323,27 @@ impl<'a> Receiver<'a> {
         })
     }
 
-    fn manifest(&self, known_digest: Option<String>) -> Result<ManifestReply> {
+    fn manifest(&mut self, known_digest: Option<String>) -> Result<ManifestReply> {
         let ctx = self.ctx()?;
-        recover_if_needed(&self.root, &ctx.set, &ctx.state, Duration::from_secs(2))?;
+        self.view = None;
+        let lock = ctx.state.lock(LOCK_WAIT)?;
+        journal::recover(&self.root, &ctx.set, &ctx.state)?;
         let view = local_view(&self.root, &ctx.set, &ctx.state)?;
         let d = digest(&view.current);
-        Ok(ManifestReply {
+        let reply = ManifestReply {
             cluster_id: view.applied.cluster_id.clone(),
             generation: view.applied.generation,
             entries: if known_digest.as_deref() == Some(d.as_str()) {
                 None
             } else {
-                Some(view.current)
+                Some(view.current.clone())
             },
             digest: d,
             rules_digest: ctx.set.digest(),
-            drift: view.drift,
-        })
+            drift: view.drift.clone(),
+        };
+        self.view = Some((lock, view));
+        Ok(reply)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -367,9 +376,14 @@ impl<'a> Receiver<'a> {
         if changes.len() + deletes.len() > MAX_CHANGES {
             return Err(fail(Code::Security, "too many changes in one transaction"));
         }
-        let lock = ctx.state.lock(LOCK_WAIT)?;
-        journal::recover(&self.root, &ctx.set, &ctx.state)?;
-        let view = local_view(&self.root, &ctx.set, &ctx.state)?;
+        let (lock, view) = match self.view.take() {
+            Some(v) => v,
+            None => {
+                let lock = ctx.state.lock(LOCK_WAIT)?;
+                journal::recover(&self.root, &ctx.set, &ctx.state)?;
+                (lock, local_view(&self.root, &ctx.set, &ctx.state)?)
+            }
+        };
         if let Some(c) = &view.applied.cluster_id {
             if c != cluster_id {
                 return Err(fail(
@@ -567,10 +581,8 @@ impl<'a> Receiver<'a> {
             }
             let f = file.ok_or_else(|| fail(Code::Failure, "staging file vanished"))?;
             let e = &txn.changes[&path].entry;
-            set_file_meta(&f, &dest, e.mode, e.uid, e.gid, e.mtime_ns)?;
-            f.sync_all()
-                .with_context(|| format!("syncing {}", dest.display()))?;
-            Ok(())
+            // Made durable all at once (syncfs) before the journal is written.
+            set_file_meta(&f, &dest, e.mode, e.uid, e.gid, e.mtime_ns)
         })();
         match outcome {
             Ok(()) => {

@@ -300,6 +300,7 @@ pub fn push(
         }
         let result = (|| -> Result<std::result::Result<PushReport, Retry>> {
             let ch = link.open()?;
+            log::debug!("channel open");
             let mut ch = Counted::new(ch);
             let ctx = PushCtx {
                 root,
@@ -429,6 +430,11 @@ fn transfer<C: Read + Write>(
             ),
         ));
     }
+    log::debug!(
+        "peer manifest: generation {}, {} drift",
+        m.generation,
+        m.drift.len()
+    );
     crash::point("manifest");
     let (changes, deletes) = diff(&local.manifest, &peer);
     let drifted: BTreeSet<String> = m.drift.iter().map(|d| d.path.clone()).collect();
@@ -473,21 +479,41 @@ fn transfer<C: Read + Write>(
         },
     )
     .context("opening the transaction on the backup")?;
+    log::debug!(
+        "transaction open: {} changes, {} deletes",
+        changes.len(),
+        deletes.len()
+    );
     crash::point("begin");
     let kept: BTreeSet<String> = begin.kept.into_iter().collect();
+    // Frames are coalesced: one SSH packet per small file would cost a
+    // round of the channel machinery each.
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut *ch);
+    let mut changed_meanwhile = false;
     for c in changes.iter().filter(|c| c.data && !kept.contains(&c.path)) {
-        if !send_file(root, ch, c)? {
-            write_msg(ch, &SyncRequest::Abort)?;
-            let _: Reply = read_msg(ch)?;
-            return Ok(Err(Retry));
+        if !send_file(root, &mut out, c)? {
+            changed_meanwhile = true;
+            break;
         }
         rep.files += 1;
-        crash::point("file");
+        if crash::armed("file") {
+            out.flush()?;
+            crash::point("file");
+        }
     }
+    out.flush().context("sending file data")?;
+    drop(out);
+    if changed_meanwhile {
+        write_msg(ch, &SyncRequest::Abort)?;
+        let _: Reply = read_msg(ch)?;
+        return Ok(Err(Retry));
+    }
+    log::debug!("{} file(s) sent", rep.files);
     write_msg(ch, &SyncRequest::Commit)?;
     crash::point("commit");
     let reply: Reply = read_msg(ch).context("waiting for the backup to apply")?;
     let c: CommitReply = reply.into_result().context("the backup refused the sync")?;
+    log::debug!("backup applied generation {}", c.generation);
     crash::point("committed");
     rep.kept = c.kept.clone();
     rep.lines = lines_of(&changes, &deletes, &peer, &c.kept.iter().cloned().collect());
@@ -496,7 +522,7 @@ fn transfer<C: Read + Write>(
 }
 
 fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) -> Result<()> {
-    state.write(
+    state.write_compact(
         PUSHED,
         &Pushed {
             generation,
@@ -513,14 +539,17 @@ fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) ->
 fn send_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<bool> {
     let size = c.entry.size;
     let want = c.entry.sha256.clone().unwrap_or_default();
+    // The header goes through a buffer: write_msg flushes, which would defeat coalescing.
+    let mut header = Vec::new();
     write_msg(
-        ch,
+        &mut header,
         &SyncRequest::File {
             path: c.path.clone(),
             size,
             sha256: want.clone(),
         },
     )?;
+    ch.write_all(&header).context("sending file header")?;
     let path = root.path(&c.path);
     let file = fs::OpenOptions::new()
         .read(true)

@@ -76,6 +76,11 @@ impl StateDir {
         }
     }
 
+    /// Write a large JSON record (manifests) atomically, without indentation.
+    pub fn write_compact<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        atomic_write(&self.file(name), &serde_json::to_vec(value)?, 0o600)
+    }
+
     /// Write a JSON record atomically.
     pub fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let mut b = serde_json::to_vec_pretty(value)?;
