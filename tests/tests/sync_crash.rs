@@ -30,7 +30,11 @@ fn recover(lab: &Lab, explicit: bool) {
     } else {
         let exe = bin("ns-ha-sync");
         let root = lab.root("fw2");
-        let script = format!("{} --root {} receive </dev/null", exe.display(), root.display());
+        let script = format!(
+            "{} --root {} receive </dev/null",
+            exe.display(),
+            root.display()
+        );
         let out = lab.sh("fw2", &script);
         assert!(out.status.success(), "{}", describe(&out));
     }
@@ -52,9 +56,18 @@ fn check(lab: &Lab, what: &str, old: &Tree, new: &Tree, g_old: u64) -> bool {
 #[test]
 fn a_push_killed_anywhere_leaves_fw2_wholly_at_one_generation() {
     let lab = paired_lab();
-    let sender_steps = ["manifest", "begin", "file:1", "file-half:1", "file:2", "commit", "committed"];
+    let sender_steps = [
+        "manifest",
+        "begin",
+        "file:1",
+        "file-half:1",
+        "file:2",
+        "commit",
+        "committed",
+    ];
     let receiver_steps = [
-        "begin", "file:1", "file:2", "staged", "journal", "op:1", "op:3", "op:5", "baseline", "applied", "done",
+        "begin", "file:1", "file:2", "staged", "journal", "op:1", "op:3", "op:5", "baseline",
+        "applied", "done",
     ];
     let crash_file = lab.path("fw2", "/var/lib/ns-ha/sync/crash-at");
     let mut report = Vec::new();
@@ -74,19 +87,36 @@ fn a_push_killed_anywhere_leaves_fw2_wholly_at_one_generation() {
             let env = format!("NS_HA_SYNC_CRASH_AT={step}");
             lab.exec(
                 "fw1",
-                &["env", &env, exe.to_str().unwrap(), "--root", root.to_str().unwrap(), "push"],
+                &[
+                    "env",
+                    &env,
+                    exe.to_str().unwrap(),
+                    "--root",
+                    root.to_str().unwrap(),
+                    "push",
+                ],
             )
         } else {
             std::fs::write(&crash_file, step).unwrap();
             tool(&lab, "fw1", "ns-ha-sync", &["push"])
         };
-        assert!(!out.status.success(), "{side} {step}: the push did not fail: {}", describe(&out));
+        assert!(
+            !out.status.success(),
+            "{side} {step}: the push did not fail: {}",
+            describe(&out)
+        );
         if side == "receiver" {
-            assert!(!crash_file.exists(), "receiver {step}: crash point never reached");
+            assert!(
+                !crash_file.exists(),
+                "receiver {step}: crash point never reached"
+            );
         }
         recover(&lab, i % 2 == 0);
         let applied = check(&lab, &format!("{side} {step}"), &old, &new, g_old);
-        report.push(format!("{side:8} {step:12} -> {}", if applied { "new" } else { "old" }));
+        report.push(format!(
+            "{side:8} {step:12} -> {}",
+            if applied { "new" } else { "old" }
+        ));
         // The next push converges.
         sync_ok(&lab, "fw1", &["push"]);
         assert_eq!(tree(&lab, "fw2"), new, "{side} {step}: did not converge");

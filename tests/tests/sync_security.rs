@@ -31,8 +31,15 @@ fn frame(msg: &Value, blob: &[u8]) -> Vec<u8> {
 fn sha256(lab: &Lab, data: &[u8]) -> String {
     let p = lab.dir().join("sha-input");
     std::fs::write(&p, data).unwrap();
-    let out = std::process::Command::new("sha256sum").arg(&p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    let out = std::process::Command::new("sha256sum")
+        .arg(&p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn cluster_id(lab: &Lab) -> String {
@@ -85,7 +92,10 @@ fn assert_refused(replies: &[Value], code: u64, needle: &str) {
         .find(|r| r["ok"] == false)
         .unwrap_or_else(|| panic!("nothing refused: {replies:?}"));
     assert_eq!(failed["code"], code, "{failed}");
-    assert!(failed["error"].as_str().unwrap_or("").contains(needle), "{failed} lacks {needle}");
+    assert!(
+        failed["error"].as_str().unwrap_or("").contains(needle),
+        "{failed} lacks {needle}"
+    );
 }
 
 #[test]
@@ -95,22 +105,41 @@ fn crafted_requests_and_impostors_are_refused_with_nothing_applied() {
     let before = guarded(&lab);
     let g = before.3;
     let id = cluster_id(&lab);
-    let key = lab.path("fw1", "/etc/ns-ha/id_ed25519").display().to_string();
+    let key = lab
+        .path("fw1", "/etc/ns-ha/id_ed25519")
+        .display()
+        .to_string();
     let good = b"evil content\n";
     let sha_good = sha256(&lab, good);
     let entry = json!({"k": "f", "m": 0o644, "u": 0, "g": 0, "t": 1_000_000_000i64, "s": good.len(), "h": sha_good});
     let one = |path: &str| json!([{"path": path, "entry": entry.clone(), "data": true}]);
     let commit = frame(&json!({"op": "commit"}), b"");
     let file = |path: &str, body: &[u8]| {
-        frame(&json!({"op": "file", "path": path, "size": body.len(), "sha256": sha_good}), body)
+        frame(
+            &json!({"op": "file", "path": path, "size": body.len(), "sha256": sha_good}),
+            body,
+        )
     };
 
     let cases: Vec<(&str, Vec<Vec<u8>>, u64, &str)> = vec![
-        ("dot-dot", vec![hello(&id), begin(&id, g + 1, one("/etc/config/../shadow"))], 7, ".."),
-        ("absolute outside", vec![hello(&id), begin(&id, g + 1, one("/etc/init.d/sshd"))], 7, "outside"),
+        (
+            "dot-dot",
+            vec![hello(&id), begin(&id, g + 1, one("/etc/config/../shadow"))],
+            7,
+            "..",
+        ),
+        (
+            "absolute outside",
+            vec![hello(&id), begin(&id, g + 1, one("/etc/init.d/sshd"))],
+            7,
+            "outside",
+        ),
         (
             "authorized_keys",
-            vec![hello(&id), begin(&id, g + 1, one("/root/.ssh/authorized_keys"))],
+            vec![
+                hello(&id),
+                begin(&id, g + 1, one("/root/.ssh/authorized_keys")),
+            ],
             7,
             "outside",
         ),
@@ -138,10 +167,18 @@ fn crafted_requests_and_impostors_are_refused_with_nothing_applied() {
             7,
             "hash mismatch",
         ),
-        ("older generation", vec![hello(&id), begin(&id, g, one("/etc/nginx/conf.d/x.conf"))], 8, "not newer"),
+        (
+            "older generation",
+            vec![hello(&id), begin(&id, g, one("/etc/nginx/conf.d/x.conf"))],
+            8,
+            "not newer",
+        ),
         (
             "another cluster",
-            vec![hello("fedcba9876543210fedcba9876543210"), begin(&id, g + 1, one("/etc/nginx/x"))],
+            vec![
+                hello("fedcba9876543210fedcba9876543210"),
+                begin(&id, g + 1, one("/etc/nginx/x")),
+            ],
             8,
             "cluster",
         ),
@@ -155,14 +192,25 @@ fn crafted_requests_and_impostors_are_refused_with_nothing_applied() {
     let (_, replies) = raw_session(
         &lab,
         &key,
-        &[hello(&id), begin(&id, g + 1, one("/etc/nginx/conf.d/x.conf")), file("/etc/nginx/conf.d/x.conf", good), commit],
+        &[
+            hello(&id),
+            begin(&id, g + 1, one("/etc/nginx/conf.d/x.conf")),
+            file("/etc/nginx/conf.d/x.conf", good),
+            commit,
+        ],
     );
     assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
-    assert_eq!(lab.read("fw2", "/etc/nginx/conf.d/x.conf"), "evil content\n");
+    assert_eq!(
+        lab.read("fw2", "/etc/nginx/conf.d/x.conf"),
+        "evil content\n"
+    );
 
     // Another cluster's key: sshd does not even start the receiver.
     let other = lab.dir().join("other_key");
-    lab.sh_ok("fw1", &format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
+    lab.sh_ok(
+        "fw1",
+        &format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()),
+    );
     let before = guarded(&lab);
     let (status, replies) = raw_session(&lab, &other.display().to_string(), &[hello(&id)]);
     assert_eq!(status, 255, "ssh with a foreign key must fail");
@@ -186,7 +234,11 @@ fn crafted_requests_and_impostors_are_refused_with_nothing_applied() {
     std::fs::write(&node_path, serde_json::to_string_pretty(&node).unwrap()).unwrap();
     let out = sync(&lab, "fw1", &["push"]);
     assert_eq!(code(&out), 7, "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("host key"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("host key"),
+        "{}",
+        describe(&out)
+    );
     assert_eq!(guarded(&lab), before);
     std::fs::write(&node_path, saved).unwrap();
     sync_ok(&lab, "fw1", &["push"]);

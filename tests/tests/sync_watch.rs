@@ -40,7 +40,10 @@ fn watch_pushes_a_change_on_fw1_to_fw2_promptly() {
     let (_w, log) = start_watch(&lab);
     // Ready once the first push (the seed) reached fw2.
     assert!(
-        wait_until(Duration::from_secs(20), Duration::from_millis(50), || tree(&lab, "fw2") == tree(&lab, "fw1")),
+        wait_until(Duration::from_secs(20), Duration::from_millis(50), || tree(
+            &lab, "fw2"
+        )
+            == tree(&lab, "fw1")),
         "watch did not do its first push: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
@@ -50,9 +53,14 @@ fn watch_pushes_a_change_on_fw1_to_fw2_promptly() {
         let t0 = Instant::now();
         lab.write("fw1", "/etc/config/firewall", &content);
         let seen = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
-            std::fs::read_to_string(lab.path("fw2", "/etc/config/firewall")).unwrap_or_default() == content
+            std::fs::read_to_string(lab.path("fw2", "/etc/config/firewall")).unwrap_or_default()
+                == content
         });
-        assert!(seen, "change {i} did not reach fw2 within 10 s: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            seen,
+            "change {i} did not reach fw2 within 10 s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         delays.push(t0.elapsed());
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -72,5 +80,8 @@ fn watch_pushes_a_change_on_fw1_to_fw2_promptly() {
         "a change inside a directory created while watching did not reach fw2"
     );
     delays.sort();
-    println!("watch delay fw1 write -> fw2 file: median {:?}, max {:?} ({delays:?})", delays[2], delays[4]);
+    println!(
+        "watch delay fw1 write -> fw2 file: median {:?}, max {:?} ({delays:?})",
+        delays[2], delays[4]
+    );
 }
