@@ -10,6 +10,22 @@
 //! is not installed on a node is skipped, so one default set fits every node.
 
 use anyhow::Result;
+
+/// Prefix the role engine puts before a crontab line it disabled. The sync
+/// treats it as annotation, not content (see [`strip_cron_markers`]).
+pub const CRON_DISABLED_MARKER: &str = "#ns-ha-disabled# ";
+
+/// A crontab as the sync compares it: without the role engine's markers.
+/// The backup keeps master-only jobs disabled in the same synced file; without
+/// this, every backup would look locally edited and block plain pushes.
+pub fn strip_cron_markers(text: &[u8]) -> Vec<u8> {
+    let marker = CRON_DISABLED_MARKER.as_bytes();
+    let mut out = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(marker).unwrap_or(line));
+    }
+    out
+}
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{fail, Code};
@@ -374,5 +390,21 @@ mod tests {
         assert!(!link_matches("wg*", "wan0"));
         assert!(link_matches("wan0", "wan0"));
         assert!(!link_matches("wan0", "wan0.1"));
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_stripped_only_at_line_starts() {
+        let marked =
+            b"#ns-ha-disabled# 0 3 * * * acme\n# keep #ns-ha-disabled# here\n*/5 * * * * x";
+        assert_eq!(
+            strip_cron_markers(marked),
+            b"0 3 * * * acme\n# keep #ns-ha-disabled# here\n*/5 * * * * x".to_vec()
+        );
+        assert_eq!(strip_cron_markers(b""), Vec::<u8>::new());
     }
 }

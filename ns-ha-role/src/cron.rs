@@ -13,7 +13,7 @@ use std::path::Path;
 use ns_ha_common::fsutil::atomic_write;
 
 /// Prefix of a crontab line disabled by ns-ha.
-pub const MARKER: &str = "#ns-ha-disabled# ";
+pub const MARKER: &str = ns_ha_common::role_config::CRON_DISABLED_MARKER;
 
 /// What a crontab rewrite changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -76,8 +76,13 @@ pub fn apply(path: &Path, enable: &[String], disable: &[String]) -> Result<CronC
     let (new, change) = rewrite(&text, enable, disable);
     if !change.is_empty() {
         // crond notices the new file by the directory's mtime (busybox) or
-        // the file's (cronie); a rename changes both.
-        atomic_write(path, new.as_bytes(), 0o600)?;
+        // the file's (cronie); a rename changes both. The mode stays as it
+        // was: the crontab is synced, and a changed mode is a local edit.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o600);
+        atomic_write(path, new.as_bytes(), mode)?;
     }
     Ok(change)
 }
@@ -105,6 +110,19 @@ mod tests {
         let (on, c3) = rewrite(&off, &pats(&["acme", "send-heartbeat"]), &[]);
         assert_eq!(c3.enabled, 2);
         assert_eq!(on, TAB);
+    }
+
+    #[test]
+    fn rewrite_keeps_the_crontab_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("root");
+        std::fs::write(&p, "0 3 * * * acme renew\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let change = apply(&p, &[], &pats(&["acme"])).unwrap();
+        assert_eq!(change.disabled, 1);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
     }
 
     #[test]

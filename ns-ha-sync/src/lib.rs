@@ -174,7 +174,7 @@ fn settings_of(cluster: Option<&ClusterConfig>) -> SyncSettings {
 fn list(root: &NodeRoot, json: bool, rules: bool) -> Result<()> {
     let cluster = load_cluster_opt(root)?;
     let settings = settings_of(cluster.as_ref());
-    let set = SyncSet::load(root, &settings)?;
+    let set = SyncSet::for_cluster(root, cluster.as_ref())?;
     if rules {
         return print(json, &set.rules, || {
             let mut out = format!("profile {}\n", set.profile.as_str());
@@ -286,7 +286,7 @@ fn verify(root: &NodeRoot, json: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let set = SyncSet::load(root, &cluster.sync)?;
+    let set = SyncSet::for_cluster(root, Some(&cluster))?;
     let state = StateDir::new(root, &cluster.sync);
     let view = local_view(root, &set, &state)?;
     print(json, &view.drift, || {
@@ -316,12 +316,12 @@ fn verify(root: &NodeRoot, json: bool) -> Result<()> {
 
 /// Status of one node as `status` shows it.
 #[derive(Debug, Serialize)]
-struct NodeStatus {
-    role: Option<String>,
+pub struct NodeStatus {
+    pub role: Option<String>,
     #[serde(flatten)]
-    status: Status,
+    pub status: Status,
     /// An apply was interrupted and waits for recovery.
-    journal_pending: bool,
+    pub journal_pending: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -359,12 +359,21 @@ fn render_status(name: &str, st: &Status) -> String {
     out
 }
 
-fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
+/// This node's sync status without asking the peer (also read by ns-ha-check).
+pub fn node_status(root: &NodeRoot) -> Result<NodeStatus> {
     let node = load_node_opt(root)?;
     let cluster = load_cluster_opt(root)?;
-    let state = StateDir::of(root, cluster.as_ref());
+    local_status(root, node.as_ref(), cluster.as_ref())
+}
+
+fn local_status(
+    root: &NodeRoot,
+    node: Option<&NodeConfig>,
+    cluster: Option<&ClusterConfig>,
+) -> Result<NodeStatus> {
+    let state = StateDir::of(root, cluster);
     let mut st: Status = state.read(STATUS)?.unwrap_or_default();
-    match node.as_ref().map(|n| n.role) {
+    match node.map(|n| n.role) {
         Some(Role::Backup) => {
             st.generation = state
                 .read::<Applied>(APPLIED)?
@@ -380,12 +389,18 @@ fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
             )
         }
     }
+    Ok(NodeStatus {
+        role: node.map(|n| n.role.to_string()),
+        status: st,
+        journal_pending: state.journal().exists(),
+    })
+}
+
+fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
+    let node = load_node_opt(root)?;
+    let cluster = load_cluster_opt(root)?;
     let mut report = StatusReport {
-        node: NodeStatus {
-            role: node.as_ref().map(|n| n.role.to_string()),
-            status: st,
-            journal_pending: state.journal().exists(),
-        },
+        node: local_status(root, node.as_ref(), cluster.as_ref())?,
         peer: None,
         peer_error: None,
     };
@@ -422,7 +437,7 @@ fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
 fn recover(root: &NodeRoot, json: bool) -> Result<()> {
     let cluster = load_cluster_opt(root)?;
     let settings = settings_of(cluster.as_ref());
-    let set = SyncSet::load(root, &settings)?;
+    let set = SyncSet::for_cluster(root, cluster.as_ref())?;
     let state = StateDir::new(root, &settings);
     let _lock = state.lock(Duration::from_secs(30))?;
     let r = journal::recover(root, &set, &state)?;

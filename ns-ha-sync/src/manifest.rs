@@ -208,6 +208,13 @@ pub fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
 
+/// The content of a role-managed file as the sync sees it: without the role
+/// engine's markers (small files only: crontabs).
+pub fn role_managed_content(path: &Path) -> Result<Vec<u8>> {
+    let raw = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(ns_ha_common::role_config::strip_cron_markers(&raw))
+}
+
 /// SHA-256 of a file's content.
 pub fn hash_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -255,7 +262,12 @@ fn entry_of(
         sha256: None,
         target: None,
     };
-    if ft.is_file() {
+    if ft.is_file() && set.is_role_managed(node_path) {
+        e.mtime_ns = mtime_ns(md);
+        let data = role_managed_content(file)?;
+        e.size = data.len() as u64;
+        e.sha256 = Some(hex(&Sha256::digest(&data)));
+    } else if ft.is_file() {
         e.mtime_ns = mtime_ns(md);
         e.size = md.size();
         e.sha256 = Some(cache.hash(node_path, file, md)?);

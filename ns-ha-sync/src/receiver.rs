@@ -149,7 +149,7 @@ impl<'a> Receiver<'a> {
         let state = StateDir::of(&self.root, cluster.as_ref());
         crash::arm_from_file(&state.dir);
         if let Some(c) = cluster {
-            match SyncSet::load(&self.root, &c.sync) {
+            match SyncSet::for_cluster(&self.root, Some(&c)) {
                 Ok(set) => {
                     if let Err(e) =
                         recover_if_needed(&self.root, &set, &state, Duration::from_secs(1))
@@ -314,7 +314,7 @@ impl<'a> Receiver<'a> {
                 ),
             ));
         }
-        let set = SyncSet::load(&self.root, &cluster.sync)?;
+        let set = SyncSet::for_cluster(&self.root, Some(&cluster))?;
         let state = StateDir::new(&self.root, &cluster.sync);
         Ok(Ctx {
             cluster,

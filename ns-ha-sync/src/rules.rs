@@ -11,6 +11,7 @@
 //! hard-coded never-sync list beats everything.
 
 use anyhow::Result;
+use ns_ha_common::config::ClusterConfig;
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::sync_config::{
     profile_defaults, RuleData, SyncProfile, SyncSettings, NEVER_SYNC,
@@ -113,6 +114,9 @@ pub struct Decision<'a> {
 pub struct SyncSet {
     pub profile: SyncProfile,
     pub rules: Vec<Rule>,
+    /// Files the role engine annotates on the backup (the crontab): compared
+    /// and sent without its markers, see `role_config::strip_cron_markers`.
+    pub role_managed: Vec<String>,
 }
 
 fn components(path: &str) -> impl Iterator<Item = &str> {
@@ -186,6 +190,21 @@ impl SyncSet {
         SyncSet::from_parts(profile, profile_defaults(profile), settings)
     }
 
+    /// The rules of a node from its cluster config (defaults without one),
+    /// with the role engine's crontab marked as role-managed.
+    pub fn for_cluster(root: &NodeRoot, cluster: Option<&ClusterConfig>) -> Result<SyncSet> {
+        let settings = cluster.map(|c| c.sync.clone()).unwrap_or_default();
+        let mut set = SyncSet::load(root, &settings)?;
+        let roles = cluster.map(|c| c.roles.clone()).unwrap_or_default();
+        set.role_managed = vec![roles.crontab];
+        Ok(set)
+    }
+
+    /// Whether `path` is compared and sent without the role engine's markers.
+    pub fn is_role_managed(&self, path: &str) -> bool {
+        self.role_managed.iter().any(|p| p == path)
+    }
+
     /// Build from explicit parts (tests use their own default lists).
     pub fn from_parts(
         profile: SyncProfile,
@@ -215,7 +234,11 @@ impl SyncSet {
                 "sync.exclude",
             )?);
         }
-        Ok(SyncSet { profile, rules })
+        Ok(SyncSet {
+            profile,
+            rules,
+            role_managed: Vec::new(),
+        })
     }
 
     /// Decide whether `path` (a checked node path) is synced.

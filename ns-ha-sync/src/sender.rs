@@ -270,7 +270,7 @@ pub fn push(
     opts: PushOptions,
 ) -> Result<PushReport> {
     let started = Instant::now();
-    let set = SyncSet::load(root, &cluster.sync)?;
+    let set = SyncSet::for_cluster(root, Some(cluster))?;
     let state = StateDir::new(root, &cluster.sync);
     let _lock = if opts.dry_run {
         None
@@ -491,7 +491,7 @@ fn transfer<C: Read + Write>(
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut *ch);
     let mut changed_meanwhile = false;
     for c in changes.iter().filter(|c| c.data && !kept.contains(&c.path)) {
-        if !send_file(root, &mut out, c)? {
+        if !send_file(root, &mut out, c, set.is_role_managed(&c.path))? {
             changed_meanwhile = true;
             break;
         }
@@ -536,7 +536,13 @@ fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) ->
 
 /// Send one file frame. `false` when the file changed since the scan (the
 /// frame is completed with what was read; the caller aborts).
-fn send_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<bool> {
+/// A role-managed file is sent as the scan saw it, without the role engine's markers.
+fn send_file<C: Write>(
+    root: &NodeRoot,
+    ch: &mut C,
+    c: &Change,
+    role_managed: bool,
+) -> Result<bool> {
     let size = c.entry.size;
     let want = c.entry.sha256.clone().unwrap_or_default();
     // The header goes through a buffer: write_msg flushes, which would defeat coalescing.
@@ -557,7 +563,12 @@ fn send_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<bool> 
         .open(&path);
     let mut w = HashingWriter::new(&mut *ch);
     let mut sent = 0u64;
-    if let Ok(f) = file {
+    if role_managed {
+        let data = crate::manifest::role_managed_content(&path).unwrap_or_default();
+        let n = data.len().min(size as usize);
+        w.write_all(&data[..n]).context("sending file data")?;
+        sent = n as u64;
+    } else if let Ok(f) = file {
         let half = crash::armed("file-half");
         let limit = if half { size / 2 } else { size };
         sent = std::io::copy(&mut f.take(limit), &mut w).context("sending file data")?;
