@@ -58,6 +58,22 @@ step "Building the lab: fw1, fw2, a LAN client and a WAN host (prefix $PREFIX)"
 DIR=$("$LAB" dir "$PREFIX")
 echo "node roots: $DIR/fw1 $DIR/fw2; sshd runs on both firewalls"
 
+step "The administrator's existing config on fw1: dnsmasq serves DHCP and DNS on the LAN VIP"
+cat >"$DIR/fw1/etc/dnsmasq.conf" <<CONF
+# DHCP and DNS for the LAN, on the VIP (bind-dynamic: it answers once the VIP appears)
+interface=lan0
+listen-address=$LAN_VIP
+bind-dynamic
+except-interface=lo
+no-hosts
+dhcp-range=10.99.1.150,10.99.1.199,255.255.255.0,1h
+dhcp-option=option:router,$LAN_VIP
+dhcp-option=option:dns-server,$LAN_VIP
+dhcp-authoritative
+address=/gw.lab/10.99.2.100
+CONF
+echo "wrote /etc/dnsmasq.conf on fw1 only: the sync will bring it to fw2"
+
 step "Pairing with ns-ha-init (no password crosses the network)"
 KEY=$(tool fw1 ns-ha-init --json init-primary --ha-interface ha0 --peer 10.99.0.2 |
 	sed -n 's/.*"public_key":"\([^"]*\)".*/\1/p')
@@ -74,6 +90,58 @@ echo "fw1 is MASTER and holds $LAN_VIP; fw2 is BACKUP"
 tool fw1 ns-ha-init show-config
 ip netns exec "$(ns lan)" ping -q -c 3 -i 0.2 $LAN_VIP | tail -2
 
+running() { ip netns exec "$(ns "$1")" "$DIR/$1/etc/init.d/$2" status >/dev/null 2>&1; }
+where_runs() {
+	local who=""
+	for fw in fw1 fw2; do running $fw "$1" && who="$who $fw"; done
+	echo "${who# }"
+}
+wait_runs() { # wait_runs SERVICE NODES SECONDS
+	local end=$((SECONDS + $3))
+	while [ "$(where_runs "$1")" != "$2" ]; do
+		[ $SECONDS -lt $end ] || { echo "demo: $1 runs on '$(where_runs "$1")', expected '$2'" >&2; return 1; }
+		sleep 0.05
+	done
+}
+
+step "Role engine: fw1 became MASTER, so it runs the master-only services"
+tool fw1 ns-ha-role apply --wait 60 >/dev/null
+wait_runs dnsmasq fw1 20
+echo "dnsmasq runs on: $(where_runs dnsmasq)"
+tool fw1 ns-ha-role status --history 3
+
+step "Config sync: the MASTER transition pushed fw1's config to fw2"
+cmp -s "$DIR/fw1/etc/dnsmasq.conf" "$DIR/fw2/etc/dnsmasq.conf" && echo "fw2 has fw1's /etc/dnsmasq.conf"
+echo "an administrator changes a DNS name on fw1:"
+sed -i 's|address=/gw.lab/10.99.2.100|address=/gw.lab/10.99.2.100\naddress=/vpn.lab/10.99.2.100|' "$DIR/fw1/etc/dnsmasq.conf"
+tool fw1 ns-ha-sync diff
+tool fw1 ns-ha-sync push
+grep -q 'vpn.lab' "$DIR/fw2/etc/dnsmasq.conf" && echo "fw2 has the change"
+tool fw1 ns-ha-sync status
+tool fw1 ns-ha-sync verify && echo "no edits on the backup"
+
+step "Maintenance: hand the VIPs to fw2 while the client pings every 5 ms"
+# lost_pings FILE: how many of the pings sent got no reply.
+lost_pings() { awk '/packets transmitted/ { print $1 - $4 }' "$1"; }
+ip netns exec "$(ns lan)" ping -n -q -i 0.005 -W 1 $LAN_VIP >"$SCRATCH/maint-on" 2>&1 &
+PING_PID=$!
+sleep 0.5
+tool fw1 ns-ha-role maintenance on
+wait_holder $LAN_VIP fw2 10
+wait_runs dnsmasq fw2 20
+sleep 0.5
+kill -INT "$PING_PID"; wait "$PING_PID" 2>/dev/null || true; PING_PID=
+echo "VIP on $(holders $LAN_VIP), dnsmasq on $(where_runs dnsmasq); pings lost during the handover: $(lost_pings "$SCRATCH/maint-on") of $(awk '/packets transmitted/ { print $1 }' "$SCRATCH/maint-on")"
+ip netns exec "$(ns lan)" ping -n -q -i 0.005 -W 1 $LAN_VIP >"$SCRATCH/maint-off" 2>&1 &
+PING_PID=$!
+sleep 0.5
+tool fw1 ns-ha-role maintenance off
+wait_holder $LAN_VIP fw1 10
+wait_runs dnsmasq fw1 20
+sleep 0.5
+kill -INT "$PING_PID"; wait "$PING_PID" 2>/dev/null || true; PING_PID=
+echo "VIP back on $(holders $LAN_VIP) (preempt), dnsmasq on $(where_runs dnsmasq); pings lost: $(lost_pings "$SCRATCH/maint-off") of $(awk '/packets transmitted/ { print $1 }' "$SCRATCH/maint-off")"
+
 step "Failover: fw1 lost (keepalived frozen and killed, links down) while the client pings the VIP every 10 ms"
 # outage_ms FILE: the longest gap between two consecutive replies, in ms.
 outage_ms() {
@@ -81,7 +149,12 @@ outage_ms() {
 		awk 'NR > 1 { g = ($1 - p) * 1000; if (g > m) m = g } { p = $1 } END { printf "%d\n", m }'
 }
 revive_fw1() {
-	# A rebooted box comes back without the VIPs a killed keepalived left behind.
+	# A rebooted box comes back with nothing running, an empty /run, and
+	# without the VIPs a killed keepalived left behind.
+	for svc in dnsmasq conntrackd; do
+		ip netns exec "$(ns fw1)" "$DIR/fw1/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+	done
+	rm -rf "$DIR/fw1/run/ns-ha"
 	for a in $LAN_VIP/24:lan0 $WAN_VIP/24:wan0 10.99.0.254/32:ha0; do
 		ip -n "$(ns fw1)" addr del "${a%%:*}" dev "${a##*:}" 2>/dev/null || true
 	done
@@ -102,10 +175,21 @@ for round in $(seq 1 "$ROUNDS"); do
 	PING_PID=
 	ms=$(outage_ms "$SCRATCH/ping.$round")
 	results+=("$ms")
-	echo "round $round: fw2 took over, client outage ${ms} ms"
+	end=$((SECONDS + 20))
+	until running fw2 dnsmasq; do
+		[ $SECONDS -lt $end ] || { echo "demo: dnsmasq did not start on fw2" >&2; exit 1; }
+		sleep 0.05
+	done
+	echo "round $round: fw2 took over, client outage ${ms} ms; dnsmasq runs on fw2"
 	revive_fw1
 done
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 echo "failover outage over $ROUNDS rounds: ${results[*]} ms; median ${median} ms (incumbent: ~3550 ms)"
+
+step "Status after the failovers"
+for fw in fw1 fw2; do ip netns exec "$(ns $fw)" "$BIN/ns-ha-role" --root "$DIR/$fw" apply --wait 30 >/dev/null || true; done
+tool fw1 ns-ha-role status --history 4
+tool fw2 ns-ha-role status --history 4
+tool fw1 ns-ha-sync status
 
 step "Done: tearing the lab down"

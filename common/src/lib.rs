@@ -7,11 +7,14 @@
 //! here once so the tools stay small and agree with each other.
 
 pub mod activate;
+pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod conntrackd;
 pub mod control;
 pub mod exit;
+pub mod fixtures;
 pub mod fsutil;
 pub mod keepalived;
 pub mod logging;

@@ -25,7 +25,9 @@ pub mod paths {
     pub const LOCK: &str = "/run/ns-ha/ns-ha.lock";
     pub const MAINTENANCE_TRACK: &str = "/etc/ns-ha/maintenance.track";
     pub const HEALTH_TRACK: &str = "/run/ns-ha/health.track";
-    pub const NOTIFY_FIFO: &str = "/run/ns-ha/keepalived.fifo";
+    /// Directly under /run: keepalived creates it at boot, before any ns-ha
+    /// tool has made /run/ns-ha.
+    pub const NOTIFY_FIFO: &str = "/run/ns-ha-keepalived.fifo";
 }
 
 /// The root directory under which a node's absolute paths are resolved.

@@ -77,7 +77,7 @@ pub enum Command {
     },
     /// Read keepalived's notify FIFO until keepalived closes it (keepalived starts this).
     FifoReader {
-        /// The FIFO (default: /run/ns-ha/keepalived.fifo under the root).
+        /// The FIFO (default: /run/ns-ha-keepalived.fifo under the root).
         fifo: Option<PathBuf>,
     },
     /// Reconcile now, waiting for a running reconciler; exit 9/11 if an action failed.

@@ -339,7 +339,7 @@ fn render_status(name: &str, st: &Status) -> String {
         Some(r) => format!(
             "  {label}: {} at {} (generation {}, {} file(s), {} bytes, {} changed, {} deleted, {} ms){}{}\n",
             if r.ok { "ok" } else { "FAILED" },
-            r.at,
+            ns_ha_common::clock::fmt_utc(r.at.saturating_mul(1000)),
             r.generation,
             r.files,
             r.bytes,
