@@ -123,24 +123,24 @@ tool fw1 ns-ha-sync verify && echo "no edits on the backup"
 step "Maintenance: hand the VIPs to fw2 while the client pings every 5 ms"
 # lost_pings FILE: how many of the pings sent got no reply.
 lost_pings() { awk '/packets transmitted/ { print $1 - $4 }' "$1"; }
-ip netns exec "$(ns lan)" ping -n -q -i 0.005 -W 1 $LAN_VIP >"$SCRATCH/maint-on" 2>&1 &
-PING_PID=$!
-sleep 0.5
-tool fw1 ns-ha-role maintenance on
-wait_holder $LAN_VIP fw2 10
-wait_runs dnsmasq fw2 20
-sleep 0.5
-kill -INT "$PING_PID"; wait "$PING_PID" 2>/dev/null || true; PING_PID=
-echo "VIP on $(holders $LAN_VIP), dnsmasq on $(where_runs dnsmasq); pings lost during the handover: $(lost_pings "$SCRATCH/maint-on") of $(awk '/packets transmitted/ { print $1 }' "$SCRATCH/maint-on")"
-ip netns exec "$(ns lan)" ping -n -q -i 0.005 -W 1 $LAN_VIP >"$SCRATCH/maint-off" 2>&1 &
-PING_PID=$!
-sleep 0.5
-tool fw1 ns-ha-role maintenance off
-wait_holder $LAN_VIP fw1 10
-wait_runs dnsmasq fw1 20
-sleep 0.5
-kill -INT "$PING_PID"; wait "$PING_PID" 2>/dev/null || true; PING_PID=
-echo "VIP back on $(holders $LAN_VIP) (preempt), dnsmasq on $(where_runs dnsmasq); pings lost: $(lost_pings "$SCRATCH/maint-off") of $(awk '/packets transmitted/ { print $1 }' "$SCRATCH/maint-off")"
+# handover MODE HOLDER: maintenance MODE on fw1 while the client pings every
+# 5 ms; wait until HOLDER has the VIP and runs dnsmasq; report lost pings.
+handover() {
+	local log="$SCRATCH/maint-$1"
+	ip netns exec "$(ns lan)" ping -n -q -i 0.005 -W 1 $LAN_VIP >"$log" 2>&1 &
+	PING_PID=$!
+	sleep 0.5
+	tool fw1 ns-ha-role maintenance "$1"
+	wait_holder $LAN_VIP "$2" 10
+	wait_runs dnsmasq "$2" 20
+	sleep 0.5
+	kill -INT "$PING_PID"
+	wait "$PING_PID" 2>/dev/null || true
+	PING_PID=
+	echo "VIP on $(holders $LAN_VIP), dnsmasq on $(where_runs dnsmasq); pings lost: $(lost_pings "$log") of $(awk '/packets transmitted/ { print $1 }' "$log")"
+}
+handover on fw2
+handover off fw1
 
 step "Failover: fw1 lost (keepalived frozen and killed, links down) while the client pings the VIP every 10 ms"
 # outage_ms FILE: the longest gap between two consecutive replies, in ms.
