@@ -15,11 +15,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub use ns_ha_common::cli::Report;
+use ns_ha_common::cli::{self, GlobalArgs};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
-use ns_ha_common::exit::{code_of, help_table, Code};
+use ns_ha_common::exit::help_table;
 use ns_ha_common::net::Ipv4Cidr;
 use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::NodeRoot;
@@ -35,15 +36,8 @@ use ns_ha_common::NodeRoot;
 #[derive(Debug, Parser)]
 #[command(name = "ns-ha-init", version, after_help = help_table())]
 pub struct Cli {
-    /// Root directory of the node's filesystem (default: $NS_HA_ROOT or /).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub root: Option<PathBuf>,
-    /// Print results as JSON on stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// More logging on stderr (-v info, -vv debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -185,24 +179,6 @@ impl From<BackendArg> for ServiceBackend {
     }
 }
 
-/// What a command tells the administrator: text for people, JSON for scripts.
-pub struct Report {
-    pub human: String,
-    pub json: serde_json::Value,
-    /// Exit code after printing (a check that found problems still prints them all).
-    pub code: Code,
-}
-
-impl Report {
-    pub fn new(human: impl Into<String>, json: serde_json::Value) -> Report {
-        Report {
-            human: human.into(),
-            json,
-            code: Code::Ok,
-        }
-    }
-}
-
 /// Everything a command needs about the node it runs on.
 pub struct Ctx<'a> {
     pub root: NodeRoot,
@@ -217,7 +193,7 @@ pub fn parse_vip(s: &str) -> Result<Ipv4Cidr> {
 /// Run one parsed command.
 pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
     let ctx = Ctx {
-        root: NodeRoot::from_arg_or_env(cli.root.as_deref())?,
+        root: NodeRoot::from_arg_or_env(cli.global.root.as_deref())?,
         runner,
     };
     match cli.command {
@@ -275,34 +251,11 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
 
 /// The whole program: parse, run, print the result or the error once, exit with its code.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    ns_ha_common::logging::init(cli.verbose);
-    let json = cli.json;
-    match run(cli, &SystemRunner) {
-        Ok(report) => {
-            if json {
-                println!("{}", report.json);
-            } else if !report.human.is_empty() {
-                println!("{}", report.human.trim_end());
-            }
-            ExitCode::from(report.code.as_u8())
-        }
-        Err(err) => {
-            let code = code_of(&err);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"error": format!("{err:#}"), "code": code.as_u8()})
-                );
-            }
-            eprintln!("ns-ha-init: {err:#}");
-            ExitCode::from(code.as_u8())
-        }
+    cli::main("ns-ha-init", args, |cli: Cli| run(cli, &SystemRunner))
+}
+
+impl cli::ToolCli for Cli {
+    fn global(&self) -> &GlobalArgs {
+        &self.global
     }
 }

@@ -1,0 +1,650 @@
+//! `ns-ha-check doctor`: everything that can be wrong with a pair, each
+//! finding with its fix.
+//!
+//! After a failover, an upgrade or a hand edit, an administrator wants one
+//! command that says what is broken and what to type. Each check is small
+//! and independent; a check that cannot run (the peer is unreachable, the
+//! config does not load) says so instead of hiding the others.
+
+use serde::Serialize;
+use std::fmt::Write as _;
+
+use ns_ha_common::activate::tool_path;
+use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, NodeConfig, Role};
+use ns_ha_common::keepalived::{self, RenderInputs};
+use ns_ha_common::proto::NS_HA_VERSION;
+use ns_ha_common::root::paths;
+use ns_ha_role::reconcile::load_applied;
+use ns_ha_sync::receiver::local_view;
+use ns_ha_sync::rules::SyncSet;
+use ns_ha_sync::state::StateDir;
+use ns_ha_vip::held::{self, LiveState};
+
+use crate::{health, status, Ctx};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Ok,
+    /// Worth knowing, not broken (maintenance on).
+    Warning,
+    /// Broken: `doctor` exits 10.
+    Problem,
+    /// Could not be checked here or now (the note says why).
+    Skipped,
+}
+
+impl Severity {
+    fn label(self) -> &'static str {
+        match self {
+            Severity::Ok => "ok",
+            Severity::Warning => "WARNING",
+            Severity::Problem => "PROBLEM",
+            Severity::Skipped => "skipped",
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub severity: Severity,
+    pub detail: String,
+    /// What to do about it (problems and warnings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn ok(check: &'static str, detail: impl Into<String>) -> Finding {
+    Finding {
+        check,
+        severity: Severity::Ok,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn bad(
+    check: &'static str,
+    severity: Severity,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Finding {
+    Finding {
+        check,
+        severity,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+fn skipped(check: &'static str, why: impl Into<String>) -> Finding {
+    Finding {
+        check,
+        severity: Severity::Skipped,
+        detail: why.into(),
+        fix: None,
+    }
+}
+
+const RERENDER: &str = "run `ns-ha-init enable` on the primary (or `ns-ha-init disable` if HA should stay off): it re-renders keepalived.conf on both nodes";
+
+/// Run every check.
+pub fn run(ctx: &Ctx) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let loaded = load_node(&ctx.root).and_then(|n| Ok((n, load_cluster(&ctx.root)?)));
+    let (node, cluster) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            out.push(bad(
+                "config",
+                Severity::Problem,
+                format!("{e:#}"),
+                "initialize or pair this node with ns-ha-init (see ns-ha-init --help), or restore the file",
+            ));
+            return out;
+        }
+    };
+    out.push(ok(
+        "config",
+        format!("node ({}) and cluster config load and validate", node.role),
+    ));
+    out.push(rendered_config(ctx, &node, &cluster));
+    let running = status::keepalived_running(ctx, &node);
+    out.push(match (&running, cluster.enabled) {
+        (Ok(true), true) => ok("keepalived", "running (HA enabled)"),
+        (Ok(false), false) => ok("keepalived", "not running (HA disabled)"),
+        (Ok(false), true) => bad(
+            "keepalived",
+            Severity::Problem,
+            "HA is enabled but keepalived is not running",
+            "start it: run `ns-ha-init enable` on the primary (check its log if it stops again)",
+        ),
+        (Ok(true), false) => bad(
+            "keepalived",
+            Severity::Problem,
+            "HA is disabled but keepalived runs",
+            "run `ns-ha-init disable` on the primary",
+        ),
+        (Err(e), _) => bad(
+            "keepalived",
+            Severity::Problem,
+            format!("cannot tell whether keepalived runs: {e:#}"),
+            "install keepalived and its service (init script or systemd unit)",
+        ),
+    });
+    out.extend(vips(ctx, &cluster, running.ok()));
+    out.push(match health::problems(&cluster, node.role, ctx.ifs) {
+        Ok(p) if p.is_empty() => ok("interfaces", "every cluster interface is up with its address"),
+        Ok(p) => bad(
+            "interfaces",
+            Severity::Problem,
+            p.join("; "),
+            "bring the interfaces up with their static addresses (network config), then run `ns-ha-check health`",
+        ),
+        Err(e) => bad("interfaces", Severity::Problem, format!("{e:#}"), "check `ip addr`"),
+    });
+    out.push(if ns_ha_role::maintenance::is_on(&ctx.root) {
+        bad(
+            "maintenance",
+            Severity::Warning,
+            "maintenance is on: this node hands the VIPs to the peer",
+            "when done: `ns-ha-role maintenance off`",
+        )
+    } else {
+        ok("maintenance", "off")
+    });
+    out.push(match load_applied(&ctx.root) {
+        Ok(a) if a.pending.is_empty() => ok("role engine", "no failed action pending"),
+        Ok(a) => bad(
+            "role engine",
+            Severity::Problem,
+            format!(
+                "{} failed action(s) pending: {}",
+                a.pending.len(),
+                a.pending
+                    .iter()
+                    .map(|p| format!("{} ({})", p.action, p.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            "fix the cause (see `ns-ha-role status`), then `ns-ha-role apply`",
+        ),
+        Err(e) => bad(
+            "role engine",
+            Severity::Problem,
+            format!("{e:#}"),
+            "see `ns-ha-role status`",
+        ),
+    });
+    out.extend(sync_checks(ctx, &node, &cluster));
+    out
+}
+
+/// The keepalived.conf on disk against what the cluster config renders now.
+fn rendered_config(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Finding {
+    const CHECK: &str = "keepalived.conf";
+    let path = ctx.root.path(paths::KEEPALIVED_CONF);
+    let want = tool_path("ns-ha-role").and_then(|role_tool| {
+        keepalived::render(&RenderInputs {
+            cluster,
+            role: node.role,
+            root: &ctx.root,
+            role_tool,
+        })
+    });
+    let want = match want {
+        Ok(w) => w,
+        Err(e) => {
+            return bad(
+                CHECK,
+                Severity::Problem,
+                format!("{e:#}"),
+                "pair the nodes: ns-ha-init pair",
+            )
+        }
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have == want => ok(CHECK, "matches the cluster config"),
+        Ok(have) => {
+            let first = have
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
+            bad(
+                CHECK,
+                Severity::Problem,
+                format!(
+                    "{} differs from what cluster.json renders (first difference at line {})",
+                    path.display(),
+                    first + 1
+                ),
+                RERENDER,
+            )
+        }
+        Err(e) => bad(
+            CHECK,
+            Severity::Problem,
+            format!("cannot read {}: {e}", path.display()),
+            RERENDER,
+        ),
+    }
+}
+
+/// Stale VIPs (held with keepalived stopped) and a half-held group.
+fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Finding> {
+    let vips = match held::observe(cluster, ctx.ifs) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![bad(
+                "VIPs",
+                Severity::Problem,
+                format!("{e:#}"),
+                "check `ip addr`",
+            )]
+        }
+    };
+    let held: Vec<_> = vips.iter().filter(|v| v.held).collect();
+    if running == Some(false) && !held.is_empty() {
+        let list: Vec<String> = held
+            .iter()
+            .map(|v| format!("{} on {}", v.vip, v.interface))
+            .collect();
+        let cmds: Vec<String> = held
+            .iter()
+            .map(|v| format!("ip addr del {} dev {}", v.vip, v.interface))
+            .collect();
+        return vec![bad(
+            "VIPs",
+            Severity::Problem,
+            format!(
+                "keepalived is not running but this node holds {} (stale after a crash)",
+                list.join(", ")
+            ),
+            format!(
+                "start keepalived (`ns-ha-init enable` on the primary), or remove them: {}",
+                cmds.join("; ")
+            ),
+        )];
+    }
+    match held::live_state(&vips) {
+        LiveState::Mixed => vec![bad(
+            "VIPs",
+            Severity::Warning,
+            format!("this node holds {} of {} VIPs", held.len(), vips.len()),
+            "if it lasts, check keepalived's log: a sync group member is in another state",
+        )],
+        s => vec![ok(
+            "VIPs",
+            format!("{} ({} of {} held)", s.as_str(), held.len(), vips.len()),
+        )],
+    }
+}
+
+/// The peer (from the primary), drift on the backup, and the last sync.
+fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let drift_fix = "see `ns-ha-sync verify`; copy wanted edits to the primary, then `ns-ha-sync push --force` on the primary overwrites the backup";
+    match node.role {
+        Role::Primary => {
+            let hello = ctx.peer.hello(&ctx.root, node, cluster);
+            let reachable = match hello {
+                Ok(h) if h.version != NS_HA_VERSION => {
+                    out.push(bad(
+                        "peer",
+                        Severity::Problem,
+                        format!(
+                            "the backup runs ns-ha {} but this node runs {NS_HA_VERSION}",
+                            h.version
+                        ),
+                        "install the same ns-ha release on both nodes",
+                    ));
+                    true
+                }
+                Ok(h) if h.cluster_id.as_deref() != Some(cluster.cluster_id.as_str()) => {
+                    out.push(bad(
+                        "peer",
+                        Severity::Problem,
+                        format!(
+                            "the backup belongs to cluster {}, not {}",
+                            h.cluster_id.as_deref().unwrap_or("none"),
+                            cluster.cluster_id
+                        ),
+                        "re-pair: ns-ha-init init-backup on the backup, then ns-ha-init pair here",
+                    ));
+                    false
+                }
+                Ok(h) => {
+                    out.push(ok(
+                        "peer",
+                        format!(
+                            "backup {} answers over the pinned SSH channel (ns-ha {})",
+                            node.peer_address, h.version
+                        ),
+                    ));
+                    true
+                }
+                Err(e) => {
+                    out.push(bad(
+                        "peer",
+                        Severity::Problem,
+                        format!("{e:#}"),
+                        "check the HA link, the backup's sshd and `ns-ha-init check` on both nodes",
+                    ));
+                    false
+                }
+            };
+            out.push(if !reachable {
+                skipped("backup drift", "the backup cannot be asked")
+            } else {
+                match ctx.peer.drift(&ctx.root, node, cluster) {
+                    Ok(d) if d.is_empty() => ok(
+                        "backup drift",
+                        "no file edited on the backup since the last sync",
+                    ),
+                    Ok(d) => bad(
+                        "backup drift",
+                        Severity::Problem,
+                        format!(
+                            "{} path(s) edited on the backup: {}",
+                            d.len(),
+                            d.iter()
+                                .map(|x| format!("{} ({})", x.path, x.what))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        drift_fix,
+                    ),
+                    Err(e) => skipped("backup drift", format!("verify failed: {e:#}")),
+                }
+            });
+        }
+        Role::Backup => {
+            out.push(skipped(
+                "peer",
+                "checked from the primary (ns-ha-check doctor there)",
+            ));
+            let view = SyncSet::load(&ctx.root, &cluster.sync).and_then(|set| {
+                local_view(&ctx.root, &set, &StateDir::new(&ctx.root, &cluster.sync))
+            });
+            out.push(match view {
+                Ok(v) if v.drift.is_empty() => ok(
+                    "backup drift",
+                    format!("no local edit since generation {}", v.applied.generation),
+                ),
+                Ok(v) => bad(
+                    "backup drift",
+                    Severity::Problem,
+                    format!(
+                        "{} path(s) edited here since generation {}: {}",
+                        v.drift.len(),
+                        v.applied.generation,
+                        v.drift
+                            .iter()
+                            .map(|x| x.path.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    drift_fix,
+                ),
+                Err(e) => skipped("backup drift", format!("cannot scan the sync set: {e:#}")),
+            });
+        }
+    }
+    out.push(match ns_ha_sync::node_status(&ctx.root) {
+        Ok(s) if s.journal_pending => bad(
+            "sync",
+            Severity::Problem,
+            "an interrupted apply waits for recovery",
+            "run `ns-ha-sync recover` on this node",
+        ),
+        Ok(s) => match &s.status.last_attempt {
+            Some(r) if !r.ok => bad(
+                "sync",
+                Severity::Warning,
+                format!(
+                    "the last sync (generation {}) failed: {}",
+                    r.generation,
+                    r.error.as_deref().unwrap_or("no reason recorded")
+                ),
+                "see `ns-ha-sync status`; on the primary `ns-ha-sync push` retries",
+            ),
+            Some(_) => ok(
+                "sync",
+                format!("generation {}, last attempt ok", s.status.generation),
+            ),
+            None => ok("sync", "no sync yet"),
+        },
+        Err(e) => bad(
+            "sync",
+            Severity::Problem,
+            format!("{e:#}"),
+            "see `ns-ha-sync status`",
+        ),
+    });
+    out
+}
+
+/// Whether any finding is a problem.
+pub fn unhealthy(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity == Severity::Problem)
+}
+
+/// The human form: one line a check, the fix under each problem or warning.
+pub fn render(findings: &[Finding]) -> String {
+    let mut w = String::new();
+    for f in findings {
+        let _ = writeln!(w, "{:<8} {:<16} {}", f.severity.label(), f.check, f.detail);
+        if let Some(fix) = &f.fix {
+            let _ = writeln!(w, "{:<8} {:<16} fix: {fix}", "", "");
+        }
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Problem)
+        .count();
+    let _ = writeln!(
+        w,
+        "{}",
+        if problems == 0 {
+            "no problem found".to_string()
+        } else {
+            format!("{problems} problem(s) found")
+        }
+    );
+    w
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::peer::PeerProbe;
+    use anyhow::Result;
+    use ns_ha_common::cmd::{CmdOutput, RecordingRunner};
+    use ns_ha_common::config::{save_cluster, save_node, PinnedHostKey, SCHEMA_VERSION};
+    use ns_ha_common::exit::{fail, Code};
+    use ns_ha_common::fixtures::{interface, sample_cluster};
+    use ns_ha_common::net::StaticInterfaces;
+    use ns_ha_common::proto::HelloReply;
+    use ns_ha_common::NodeRoot;
+    use ns_ha_sync::manifest::Drift;
+
+    /// A backup that answers with fixed facts (or not at all).
+    pub struct FakePeer {
+        pub up: bool,
+        pub version: String,
+        pub drift: Vec<Drift>,
+    }
+
+    impl FakePeer {
+        pub fn healthy() -> FakePeer {
+            FakePeer {
+                up: true,
+                version: NS_HA_VERSION.into(),
+                drift: Vec::new(),
+            }
+        }
+    }
+
+    impl PeerProbe for FakePeer {
+        fn hello(&self, _: &NodeRoot, _: &NodeConfig, c: &ClusterConfig) -> Result<HelloReply> {
+            if !self.up {
+                return Err(fail(Code::Peer, "peer 10.99.0.2:22 does not answer on SSH"));
+            }
+            Ok(HelloReply {
+                protocol: 1,
+                version: self.version.clone(),
+                role: "backup".into(),
+                cluster_id: Some(c.cluster_id.clone()),
+            })
+        }
+        fn drift(&self, _: &NodeRoot, _: &NodeConfig, _: &ClusterConfig) -> Result<Vec<Drift>> {
+            Ok(self.drift.clone())
+        }
+    }
+
+    /// An enabled, paired primary with its rendered keepalived.conf and an init script.
+    pub fn primary_root() -> (tempfile::TempDir, NodeRoot) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let mut c = sample_cluster();
+        c.enabled = true;
+        save_cluster(&root, &c).unwrap();
+        save_node(
+            &root,
+            &NodeConfig {
+                schema_version: SCHEMA_VERSION,
+                role: Role::Primary,
+                peer_address: "10.99.0.2".parse().unwrap(),
+                peer_host_key: Some(PinnedHostKey {
+                    key_type: "ssh-ed25519".into(),
+                    key_base64: "AAAA".into(),
+                    fingerprint: "SHA256:x".into(),
+                }),
+                authorized_key_fingerprint: None,
+                service_backend: Default::default(),
+            },
+        )
+        .unwrap();
+        let text = keepalived::render(&RenderInputs {
+            cluster: &c,
+            role: Role::Primary,
+            root: &root,
+            role_tool: tool_path("ns-ha-role").unwrap(),
+        })
+        .unwrap();
+        std::fs::create_dir_all(root.path("/etc/keepalived")).unwrap();
+        std::fs::write(root.path(paths::KEEPALIVED_CONF), text).unwrap();
+        std::fs::create_dir_all(root.path("/etc/init.d")).unwrap();
+        std::fs::write(root.path("/etc/init.d/keepalived"), "#!/bin/sh\n").unwrap();
+        (dir, root)
+    }
+
+    pub fn master_ifs() -> StaticInterfaces {
+        StaticInterfaces(vec![
+            interface("ha0", &["10.99.0.1/24", "10.99.0.254/32"]),
+            interface("lan0", &["10.99.1.1/24", "10.99.1.254/24"]),
+        ])
+    }
+
+    fn severity(f: &[Finding], check: &str) -> Severity {
+        f.iter()
+            .find(|x| x.check == check)
+            .unwrap_or_else(|| panic!("no {check} in {f:?}"))
+            .severity
+    }
+
+    #[test]
+    fn a_healthy_primary_has_no_problem() {
+        let (_d, root) = primary_root();
+        let r = RecordingRunner::new();
+        let ifs = master_ifs();
+        let peer = FakePeer::healthy();
+        let ctx = Ctx {
+            root,
+            runner: &r,
+            ifs: &ifs,
+            peer: &peer,
+        };
+        let f = run(&ctx);
+        assert!(!unhealthy(&f), "{}", render(&f));
+        assert_eq!(severity(&f, "peer"), Severity::Ok);
+        assert_eq!(severity(&f, "backup drift"), Severity::Ok);
+    }
+
+    #[test]
+    fn drift_stale_vips_peer_and_maintenance_are_found() {
+        let (_d, root) = primary_root();
+        let conf = root.path(paths::KEEPALIVED_CONF);
+        let text = std::fs::read_to_string(&conf)
+            .unwrap()
+            .replace("priority 200", "priority 1");
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(root.path(paths::MAINTENANCE_TRACK), "1\n").unwrap();
+        let r = RecordingRunner::new();
+        // keepalived's init script says: not running.
+        r.answer(
+            "keepalived status",
+            CmdOutput {
+                status: Some(3),
+                ..Default::default()
+            },
+        );
+        let ifs = master_ifs();
+        let peer = FakePeer {
+            up: false,
+            ..FakePeer::healthy()
+        };
+        let ctx = Ctx {
+            root,
+            runner: &r,
+            ifs: &ifs,
+            peer: &peer,
+        };
+        let f = run(&ctx);
+        assert!(unhealthy(&f));
+        assert_eq!(severity(&f, "keepalived.conf"), Severity::Problem);
+        assert_eq!(severity(&f, "keepalived"), Severity::Problem);
+        assert_eq!(severity(&f, "VIPs"), Severity::Problem, "stale VIPs");
+        assert_eq!(severity(&f, "maintenance"), Severity::Warning);
+        assert_eq!(severity(&f, "peer"), Severity::Problem);
+        assert_eq!(severity(&f, "backup drift"), Severity::Skipped);
+        let text = render(&f);
+        assert!(text.contains("fix: run `ns-ha-init enable`"), "{text}");
+        assert!(
+            text.contains("ip addr del 10.99.1.254/24 dev lan0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn version_mismatch_drift_and_missing_config() {
+        let (_d, root) = primary_root();
+        let r = RecordingRunner::new();
+        let ifs = master_ifs();
+        let peer = FakePeer {
+            version: "0.0.1".into(),
+            drift: vec![Drift {
+                path: "/etc/config/x".into(),
+                what: "changed".into(),
+            }],
+            ..FakePeer::healthy()
+        };
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &r,
+            ifs: &ifs,
+            peer: &peer,
+        };
+        let f = run(&ctx);
+        assert_eq!(severity(&f, "peer"), Severity::Problem);
+        assert_eq!(severity(&f, "backup drift"), Severity::Problem);
+        std::fs::remove_file(root.path(paths::CLUSTER_CONFIG)).unwrap();
+        let f = run(&ctx);
+        assert_eq!(f.len(), 1);
+        assert_eq!(severity(&f, "config"), Severity::Problem);
+    }
+}

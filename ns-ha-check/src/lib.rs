@@ -1,0 +1,223 @@
+//! `ns-ha-check`: is this node, and the pair, healthy?
+//!
+//! Three audiences, three commands: `status` for an administrator or a
+//! monitoring script (one view of role, VRRP, VIPs, sync and transitions),
+//! `doctor` for someone fixing a pair (every problem with its fix), and
+//! `health` for keepalived or cron (an exit code, optionally a track file).
+//! Facts come from the libraries of the tools that own them; this crate
+//! adds only the checks.
+
+pub mod doctor;
+pub mod health;
+pub mod peer;
+pub mod status;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use ns_ha_common::cli::{self, GlobalArgs, Report};
+use ns_ha_common::cmd::{CommandRunner, SystemRunner};
+use ns_ha_common::config::{load_cluster, load_node};
+use ns_ha_common::exit::{fail, help_table, Code};
+use ns_ha_common::net::{InterfaceSource, IpCommand};
+use ns_ha_common::root::paths;
+use ns_ha_common::NodeRoot;
+
+use crate::peer::{PeerProbe, SshProbe};
+
+/// Status, doctor and health checks of an ns-ha node.
+///
+///   ns-ha-check status          role, VRRP state, VIPs, sync, transitions
+///   ns-ha-check doctor          every problem of the pair with its fix (exit 10 if any)
+///   ns-ha-check health          can this node serve as master? (exit 0 or 10)
+#[derive(Debug, Parser)]
+#[command(name = "ns-ha-check", version, after_help = help_table())]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One view of the node: role, cluster, keepalived, live VRRP state, VIPs, sync, last transitions.
+    Status,
+    /// Everything that can be wrong with the pair, each with its fix; exit 10 if any problem.
+    ///
+    /// On the primary it also asks the backup over the pinned SSH channel
+    /// (version, cluster, files edited there).
+    Doctor,
+    /// Exit 0 if this node can serve as master (every cluster interface up
+    /// with its static address), else 10 with the reason on stderr.
+    Health {
+        /// Also write 0 (healthy) or 1 into /run/ns-ha/health.track for keepalived's track_file.
+        #[arg(long)]
+        track_file: bool,
+    },
+}
+
+/// Everything a command needs about the node it runs on.
+pub struct Ctx<'a> {
+    pub root: NodeRoot,
+    pub runner: &'a dyn CommandRunner,
+    pub ifs: &'a dyn InterfaceSource,
+    pub peer: &'a dyn PeerProbe,
+}
+
+/// Run one parsed command.
+pub fn run(
+    cli: Cli,
+    runner: &dyn CommandRunner,
+    ifs: &dyn InterfaceSource,
+    peer: &dyn PeerProbe,
+) -> Result<Report> {
+    let ctx = Ctx {
+        root: NodeRoot::from_arg_or_env(cli.global.root.as_deref())?,
+        runner,
+        ifs,
+        peer,
+    };
+    match cli.command {
+        Command::Status => {
+            let s = status::collect(&ctx)?;
+            Ok(Report::new(status::render(&s), serde_json::to_value(&s)?))
+        }
+        Command::Doctor => {
+            let findings = doctor::run(&ctx);
+            let report = Report::new(
+                doctor::render(&findings),
+                json!({"healthy": !doctor::unhealthy(&findings), "findings": findings}),
+            );
+            Ok(if doctor::unhealthy(&findings) {
+                report.with_code(Code::Unhealthy)
+            } else {
+                report
+            })
+        }
+        Command::Health { track_file } => health(&ctx, track_file),
+    }
+}
+
+/// `health`: the reasons go into the error (stderr), so keepalived's and
+/// cron's logs say why.
+pub fn health(ctx: &Ctx, track_file: bool) -> Result<Report> {
+    let problems = load_node(&ctx.root)
+        .and_then(|n| Ok((n.role, load_cluster(&ctx.root)?)))
+        .and_then(|(role, c)| health::problems(&c, role, ctx.ifs))
+        .unwrap_or_else(|e| vec![format!("{e:#}")]);
+    if track_file {
+        health::write_track(&ctx.root, problems.is_empty())?;
+    }
+    if !problems.is_empty() {
+        return Err(fail(
+            Code::Unhealthy,
+            format!("cannot serve as master: {}", problems.join("; ")),
+        ));
+    }
+    let track = if track_file {
+        format!(
+            " (0 written to {})",
+            ctx.root.path(paths::HEALTH_TRACK).display()
+        )
+    } else {
+        String::new()
+    };
+    Ok(Report::new(
+        format!("healthy: every cluster interface is up with its address{track}\n"),
+        json!({"healthy": true}),
+    ))
+}
+
+/// The whole program: parse, run, print the result or the error once, exit with its code.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    cli::main("ns-ha-check", args, |cli: Cli| {
+        let runner = SystemRunner;
+        run(cli, &runner, &IpCommand { runner: &runner }, &SshProbe)
+    })
+}
+
+impl cli::ToolCli for Cli {
+    fn global(&self) -> &GlobalArgs {
+        &self.global
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::tests::{master_ifs, primary_root, FakePeer};
+    use ns_ha_common::cmd::RecordingRunner;
+    use ns_ha_common::fixtures::interface;
+    use ns_ha_common::net::StaticInterfaces;
+
+    fn cli(root: &NodeRoot, args: &[&str]) -> Cli {
+        let root = root.base().to_string_lossy().into_owned();
+        let mut argv = vec!["ns-ha-check", "--root", &root];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn status_shows_a_master_primary() {
+        let (_d, root) = primary_root();
+        let r = RecordingRunner::new();
+        let ifs = master_ifs();
+        let rep = run(
+            cli(&root, &["--json", "status"]),
+            &r,
+            &ifs,
+            &FakePeer::healthy(),
+        )
+        .unwrap();
+        assert_eq!(rep.json["node_role"], "primary");
+        assert_eq!(rep.json["vrrp_state"], "MASTER");
+        assert_eq!(rep.json["keepalived_running"], true);
+        assert_eq!(rep.json["vips"][0]["held"], true);
+        assert_eq!(rep.json["sync"]["lag_secs"], serde_json::Value::Null);
+        assert!(
+            rep.human.contains("VRRP:        MASTER (2/2 VIPs held)"),
+            "{}",
+            rep.human
+        );
+        let backup = StaticInterfaces(vec![interface("lan0", &["10.99.1.1/24"])]);
+        let rep = run(cli(&root, &["status"]), &r, &backup, &FakePeer::healthy()).unwrap();
+        assert!(rep.human.contains("BACKUP (0/2"), "{}", rep.human);
+    }
+
+    #[test]
+    fn doctor_exit_code_follows_problems() {
+        let (_d, root) = primary_root();
+        let r = RecordingRunner::new();
+        let ifs = master_ifs();
+        let rep = run(cli(&root, &["doctor"]), &r, &ifs, &FakePeer::healthy()).unwrap();
+        assert_eq!(rep.code, Code::Ok, "{}", rep.human);
+        let down = FakePeer {
+            up: false,
+            ..FakePeer::healthy()
+        };
+        let rep = run(cli(&root, &["doctor"]), &r, &ifs, &down).unwrap();
+        assert_eq!(rep.code, Code::Unhealthy);
+        assert_eq!(rep.json["healthy"], false);
+    }
+
+    #[test]
+    fn health_writes_the_track_file_and_fails_with_the_reason() {
+        let (_d, root) = primary_root();
+        let r = RecordingRunner::new();
+        let ifs = master_ifs();
+        let peer = FakePeer::healthy();
+        run(cli(&root, &["health", "--track-file"]), &r, &ifs, &peer).unwrap();
+        let track = root.path(paths::HEALTH_TRACK);
+        assert_eq!(std::fs::read_to_string(&track).unwrap(), "0\n");
+        let mut down = ifs.clone();
+        down.0[1].up = false;
+        let e = run(cli(&root, &["health", "--track-file"]), &r, &down, &peer).unwrap_err();
+        assert_eq!(ns_ha_common::code_of(&e), Code::Unhealthy);
+        assert!(e.to_string().contains("lan0 is down"), "{e}");
+        assert_eq!(std::fs::read_to_string(&track).unwrap(), "1\n");
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    ns_ha_check::main_with_args(std::env::args_os())
+}

@@ -1,0 +1,294 @@
+//! `ns-ha-check status`: one view of the node for an administrator or a
+//! monitoring script.
+//!
+//! The facts live in several places (the configs, keepalived's service, the
+//! addresses the node holds, the role engine's state and history, the sync's
+//! status). Each is read through the library of the tool that owns it
+//! (`ns-ha-role`, `ns-ha-sync`, `ns-ha-vip`), so this view can never disagree
+//! with theirs; this module only puts them side by side.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ns_ha_common::clock::fmt_utc;
+use ns_ha_common::config::{load_cluster_opt, load_node_opt, NodeConfig};
+use ns_ha_common::service::manager;
+use ns_ha_role::reconcile::Ctx as RoleCtx;
+use ns_ha_sync::state::Run;
+use ns_ha_vip::held::{self, LiveState, VipState};
+
+use crate::Ctx;
+
+/// How many role transitions the status shows.
+pub const TRANSITIONS: usize = 5;
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the role engine recorded (from `ns-ha-role`'s status).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleEngine {
+    /// State of the last keepalived event that counts (MASTER, BACKUP, ...).
+    pub last_event: Option<String>,
+    pub last_event_at: Option<String>,
+    /// What the node should be now, by the role engine.
+    pub target: String,
+    /// What the role engine applied last (empty before the first pass).
+    pub applied: String,
+    pub fifo_reader: bool,
+    /// Failed actions waiting for a retry.
+    pub pending: Vec<String>,
+}
+
+/// The sync as this node last saw it (from `ns-ha-sync`'s status).
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncView {
+    pub generation: u64,
+    /// Seconds since the epoch.
+    pub last_attempt: Option<u64>,
+    pub last_attempt_ok: Option<bool>,
+    pub last_success: Option<u64>,
+    pub error: Option<String>,
+    /// Seconds since the last success (None: never synced).
+    pub lag_secs: Option<u64>,
+    pub journal_pending: bool,
+}
+
+/// One role transition (from `ns-ha-role`'s history).
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionView {
+    pub at: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub duration_ms: u64,
+    pub failed: usize,
+}
+
+/// The whole status of a node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// primary or backup; None before init.
+    pub node_role: Option<String>,
+    pub cluster_id: Option<String>,
+    pub enabled: bool,
+    /// None: cannot tell (no node config, no init script).
+    pub keepalived_running: Option<bool>,
+    /// By the VIPs the node holds now.
+    pub vrrp_state: Option<LiveState>,
+    pub role_engine: RoleEngine,
+    pub maintenance: bool,
+    pub vips: Vec<VipState>,
+    pub sync: SyncView,
+    pub transitions: Vec<TransitionView>,
+}
+
+/// Whether keepalived runs, by the node's service backend.
+pub fn keepalived_running(ctx: &Ctx, node: &NodeConfig) -> Result<bool> {
+    manager(node.service_backend, &ctx.root, ctx.runner).is_running("keepalived", SERVICE_TIMEOUT)
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn sync_view(s: ns_ha_sync::NodeStatus) -> SyncView {
+    let at = |r: &Option<Run>| r.as_ref().map(|r| r.at);
+    SyncView {
+        generation: s.status.generation,
+        last_attempt: at(&s.status.last_attempt),
+        last_attempt_ok: s.status.last_attempt.as_ref().map(|r| r.ok),
+        last_success: at(&s.status.last_success),
+        error: s.status.last_attempt.as_ref().and_then(|r| r.error.clone()),
+        lag_secs: at(&s.status.last_success).map(|t| now_secs().saturating_sub(t)),
+        journal_pending: s.journal_pending,
+    }
+}
+
+/// Gather the status of this node.
+pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
+    let node = load_node_opt(&ctx.root)?;
+    let cluster = load_cluster_opt(&ctx.root)?;
+    let role_ctx = RoleCtx {
+        root: ctx.root.clone(),
+        runner: ctx.runner,
+        sync_tool: None,
+    };
+    let role = ns_ha_role::status::collect(&role_ctx, TRANSITIONS)?;
+    let keepalived_running = match &node {
+        Some(n) => match keepalived_running(ctx, n) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("cannot tell whether keepalived runs: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    let vips = match &cluster {
+        Some(c) => held::observe(c, ctx.ifs)?,
+        None => Vec::new(),
+    };
+    let sync = sync_view(ns_ha_sync::node_status(&ctx.root)?);
+    Ok(NodeStatus {
+        node_role: node.map(|n| n.role.to_string()),
+        cluster_id: cluster.as_ref().map(|c| c.cluster_id.clone()),
+        enabled: role.enabled,
+        keepalived_running,
+        vrrp_state: cluster.as_ref().map(|_| held::live_state(&vips)),
+        role_engine: RoleEngine {
+            last_event: role.last_event.as_ref().map(|e| e.state.to_string()),
+            last_event_at: role.last_event.as_ref().map(|e| fmt_utc(e.unix_ms)),
+            target: role.target.label.clone(),
+            applied: role.applied.label.clone(),
+            fifo_reader: role.fifo_reader,
+            pending: role
+                .applied
+                .pending
+                .iter()
+                .map(|p| format!("{} {}: {}", p.action, p.outcome.as_str(), p.detail))
+                .collect(),
+        },
+        maintenance: role.maintenance,
+        vips,
+        sync,
+        transitions: role
+            .history
+            .iter()
+            .map(|t| TransitionView {
+                at: fmt_utc(t.unix_ms),
+                from: t.from.clone(),
+                to: t.to.clone(),
+                reason: t.reason.clone(),
+                duration_ms: t.done_unix_ms.saturating_sub(t.unix_ms),
+                failed: t.failures().count(),
+            })
+            .collect(),
+    })
+}
+
+fn or_dash(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+fn ago(at: Option<u64>) -> String {
+    match at {
+        Some(t) => format!(
+            "{} ({} s ago)",
+            fmt_utc(t.saturating_mul(1000)),
+            now_secs().saturating_sub(t)
+        ),
+        None => "never".into(),
+    }
+}
+
+/// The human form: short, one fact a line, aligned.
+pub fn render(s: &NodeStatus) -> String {
+    let mut w = String::new();
+    let line = |w: &mut String, k: &str, v: String| {
+        let _ = writeln!(w, "{:<13}{v}", format!("{k}:"));
+    };
+    line(
+        &mut w,
+        "node",
+        format!(
+            "{}, cluster {}, HA {}",
+            s.node_role.as_deref().unwrap_or("not initialized"),
+            or_dash(&s.cluster_id),
+            if s.enabled { "enabled" } else { "disabled" }
+        ),
+    );
+    line(
+        &mut w,
+        "keepalived",
+        match s.keepalived_running {
+            Some(true) => "running".into(),
+            Some(false) => "not running".into(),
+            None => "unknown".into(),
+        },
+    );
+    let held = s.vips.iter().filter(|v| v.held).count();
+    let re = &s.role_engine;
+    line(
+        &mut w,
+        "VRRP",
+        format!(
+            "{} ({held}/{} VIPs held); role engine: last event {}{}, applied {}",
+            s.vrrp_state.map(|v| v.as_str()).unwrap_or("-"),
+            s.vips.len(),
+            or_dash(&re.last_event),
+            re.last_event_at
+                .as_ref()
+                .map(|a| format!(" at {a}"))
+                .unwrap_or_default(),
+            if re.applied.is_empty() {
+                "nothing yet"
+            } else {
+                &re.applied
+            }
+        ),
+    );
+    line(
+        &mut w,
+        "maintenance",
+        if s.maintenance { "ON" } else { "off" }.into(),
+    );
+    for (i, v) in s.vips.iter().enumerate() {
+        line(
+            &mut w,
+            if i == 0 { "VIPs" } else { "" },
+            format!(
+                "{:<18} {:<8} {}{}",
+                v.vip.to_string(),
+                v.interface,
+                if v.held { "held" } else { "not held" },
+                if v.heartbeat { " (heartbeat)" } else { "" }
+            ),
+        );
+    }
+    let sy = &s.sync;
+    line(
+        &mut w,
+        "sync",
+        format!(
+            "generation {}, last success {}, last attempt {}{}",
+            sy.generation,
+            ago(sy.last_success),
+            match sy.last_attempt_ok {
+                Some(true) => "ok",
+                Some(false) => "FAILED",
+                None => "never",
+            },
+            sy.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+    );
+    if !re.pending.is_empty() {
+        line(&mut w, "pending", re.pending.join("; "));
+    }
+    for (i, t) in s.transitions.iter().rev().enumerate() {
+        line(
+            &mut w,
+            if i == 0 { "transitions" } else { "" },
+            format!(
+                "{} {} -> {} in {} ms{} ({})",
+                t.at,
+                t.from,
+                t.to,
+                t.duration_ms,
+                if t.failed > 0 {
+                    format!(", {} failed", t.failed)
+                } else {
+                    String::new()
+                },
+                t.reason
+            ),
+        );
+    }
+    w
+}

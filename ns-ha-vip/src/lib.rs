@@ -1,0 +1,426 @@
+//! `ns-ha-vip`: the cluster's VIPs from the LAN's point of view.
+//!
+//! keepalived adds and removes the VIPs; `ns-ha-init` edits them in the
+//! cluster config. What is left, and what an administrator needs when the
+//! LAN misbehaves after a failover or a healed split brain, is here: which
+//! VIPs exist and which this node holds (`list`), a fresh gratuitous ARP for
+//! the ones it holds (`announce`), and who answers ARP for a VIP on the wire
+//! (`who-holds`).
+
+pub mod arp;
+pub mod held;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+
+use ns_ha_common::cli::{self, GlobalArgs, Report};
+use ns_ha_common::cmd::{CommandRunner, SystemRunner};
+use ns_ha_common::config::{load_cluster, load_cluster_opt, load_node_opt, ClusterConfig, Role};
+use ns_ha_common::exit::{fail, help_table, Code};
+use ns_ha_common::net::{check_ifname, InterfaceSource, IpCommand};
+use ns_ha_common::NodeRoot;
+
+use crate::held::VipState;
+
+/// The VIPs of an ns-ha pair: list them, re-announce them, find who holds one.
+///
+/// VIPs are added and removed with ns-ha-init (add-vip, remove-vip); this
+/// tool reads the same /etc/ns-ha/cluster.json.
+#[derive(Debug, Parser)]
+#[command(name = "ns-ha-vip", version, after_help = help_table())]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The cluster's VIPs and the HA heartbeat VIP: interface, VRID, held by this node now.
+    List,
+    /// Send gratuitous ARP for every VIP this node holds (after a split brain heals).
+    ///
+    /// keepalived announces only on a transition; a LAN whose ARP caches still
+    /// point at the other node (after a partition) learns the holder again.
+    /// Holding nothing is not an error: nothing is sent.
+    Announce {
+        /// Only the VIPs of this interface.
+        #[arg(long, value_name = "IF")]
+        interface: Option<String>,
+    },
+    /// Whether this node holds VIP, and which MAC answers ARP for it on the LAN.
+    ///
+    /// Prints `local`, `remote MAC` or `nobody` (exit 10).
+    WhoHolds {
+        /// The VIP (with or without /prefix).
+        vip: String,
+        /// Ask on this interface (default: the VIP's interface in the cluster).
+        #[arg(long, value_name = "IF")]
+        interface: Option<String>,
+    },
+}
+
+/// What a command needs about the node it runs on.
+pub struct Ctx<'a> {
+    pub root: NodeRoot,
+    pub runner: &'a dyn CommandRunner,
+    pub ifs: &'a dyn InterfaceSource,
+}
+
+/// Run one parsed command.
+pub fn run(cli: Cli, runner: &dyn CommandRunner, ifs: &dyn InterfaceSource) -> Result<Report> {
+    let ctx = Ctx {
+        root: NodeRoot::from_arg_or_env(cli.global.root.as_deref())?,
+        runner,
+        ifs,
+    };
+    match cli.command {
+        Command::List => list(&ctx),
+        Command::Announce { interface } => announce(&ctx, interface.as_deref()),
+        Command::WhoHolds { vip, interface } => who_holds(&ctx, &vip, interface.as_deref()),
+    }
+}
+
+/// The whole program: parse, run, print the result or the error once, exit with its code.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    cli::main("ns-ha-vip", args, |cli: Cli| {
+        let runner = SystemRunner;
+        run(cli, &runner, &IpCommand { runner: &runner })
+    })
+}
+
+impl cli::ToolCli for Cli {
+    fn global(&self) -> &GlobalArgs {
+        &self.global
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// `list`.
+pub fn list(ctx: &Ctx) -> Result<Report> {
+    let cluster = load_cluster(&ctx.root)?;
+    let vips = held::observe(&cluster, ctx.ifs)?;
+    let mut h = format!(
+        "{:<20} {:<12} {:>4}  {:<4}  {}\n",
+        "VIP", "INTERFACE", "VRID", "HELD", "KIND"
+    );
+    for v in &vips {
+        h.push_str(&format!(
+            "{:<20} {:<12} {:>4}  {:<4}  {}\n",
+            v.vip.to_string(),
+            v.interface,
+            v.vrid,
+            yes_no(v.held),
+            if v.heartbeat { "heartbeat" } else { "lan" }
+        ));
+    }
+    Ok(Report::new(h, json!({ "vips": vips })))
+}
+
+/// The interfaces that carry VIPs in the cluster; anything else is refused.
+fn require_cluster_interface(cluster: &ClusterConfig, iface: &str) -> Result<()> {
+    check_ifname(iface)?;
+    if iface == cluster.ha.interface || cluster.lan(iface).is_some() {
+        return Ok(());
+    }
+    let known: Vec<&str> = std::iter::once(cluster.ha.interface.as_str())
+        .chain(cluster.lans.iter().map(|l| l.interface.as_str()))
+        .collect();
+    Err(fail(
+        Code::InvalidInput,
+        format!(
+            "interface {iface} is not in the cluster (known: {}): see ns-ha-vip list",
+            known.join(", ")
+        ),
+    ))
+}
+
+/// `announce`.
+pub fn announce(ctx: &Ctx, interface: Option<&str>) -> Result<Report> {
+    let cluster = load_cluster(&ctx.root)?;
+    if let Some(i) = interface {
+        require_cluster_interface(&cluster, i)?;
+    }
+    let held: Vec<VipState> = held::observe(&cluster, ctx.ifs)?
+        .into_iter()
+        .filter(|v| v.held && interface.is_none_or(|i| v.interface == i))
+        .collect();
+    if held.is_empty() {
+        let scope = interface.map(|i| format!(" on {i}")).unwrap_or_default();
+        return Ok(Report::new(
+            format!("this node holds no VIP{scope}: nothing to announce\n"),
+            json!({"announced": [], "note": "holds no VIP"}),
+        ));
+    }
+    // One arping per VIP, in parallel: each takes a second (two packets).
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = held
+            .iter()
+            .map(|v| s.spawn(|| arp::announce(ctx.runner, &v.interface, v.vip.addr)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(fail(Code::Failure, "announcing thread panicked")))
+            })
+            .collect()
+    });
+    let mut h = String::new();
+    let mut failed = Vec::new();
+    for (v, r) in held.iter().zip(results) {
+        match r {
+            Ok(()) => h.push_str(&format!(
+                "announced {} on {} (gratuitous ARP x2)\n",
+                v.vip.addr, v.interface
+            )),
+            Err(e) => failed.push(e),
+        }
+    }
+    if let Some(first) = failed.into_iter().next() {
+        // The others were sent; the first failure explains the exit code.
+        log::warn!("{}", h.trim_end());
+        return Err(first);
+    }
+    let announced: Vec<serde_json::Value> = held
+        .iter()
+        .map(|v| json!({"vip": v.vip.addr.to_string(), "interface": v.interface}))
+        .collect();
+    Ok(Report::new(h, json!({ "announced": announced })))
+}
+
+fn parse_addr(s: &str) -> Result<Ipv4Addr> {
+    s.split('/').next().unwrap_or(s).parse().map_err(|_| {
+        fail(
+            Code::InvalidInput,
+            format!("'{s}' is not an IPv4 address: give the VIP like 192.168.1.254"),
+        )
+    })
+}
+
+/// This node's own address on `iface` by its role, as the ARP source.
+fn own_address(
+    cluster: Option<&ClusterConfig>,
+    role: Option<Role>,
+    iface: &str,
+) -> Option<Ipv4Addr> {
+    let (c, role) = (cluster?, role?);
+    if iface == c.ha.interface {
+        return c.ha_address(role).map(|a| a.addr);
+    }
+    let lan = c.lan(iface)?;
+    Some(match role {
+        Role::Primary => lan.primary_address.addr,
+        Role::Backup => lan.backup_address.addr,
+    })
+}
+
+/// `who-holds`.
+pub fn who_holds(ctx: &Ctx, vip: &str, interface: Option<&str>) -> Result<Report> {
+    let addr = parse_addr(vip)?;
+    let cluster = load_cluster_opt(&ctx.root)?;
+    let role = load_node_opt(&ctx.root)?.map(|n| n.role);
+    let configured = cluster.as_ref().and_then(|c| {
+        held::cluster_vips(c)
+            .into_iter()
+            .find(|v| v.vip.addr == addr)
+    });
+    let iface = match (interface, &configured) {
+        (Some(i), _) => {
+            check_ifname(i)?;
+            i.to_string()
+        }
+        (None, Some(v)) => v.interface.clone(),
+        (None, None) => {
+            return Err(fail(
+                Code::InvalidInput,
+                format!(
+                "{addr} is not a VIP of the cluster: give --interface IF to ask on a LAN anyway"
+            ),
+            ))
+        }
+    };
+    let own_mac = arp::link_mac(ctx.runner, &iface)?.ok_or_else(|| {
+        fail(
+            Code::InvalidInput,
+            format!("interface {iface} does not exist on this node"),
+        )
+    })?;
+    let held_here = ctx.ifs.all_ipv4()?.iter().any(|(_, c)| c.addr == addr);
+    let source = own_address(cluster.as_ref(), role, &iface);
+    let answers = arp::probe(ctx.runner, &iface, addr, source)?;
+    let remote: Vec<&String> = answers.iter().filter(|m| **m != own_mac).collect();
+    let (holder, mac) = match remote.first() {
+        Some(m) => ("remote", Some((*m).clone())),
+        None if held_here || answers.contains(&own_mac) => ("local", Some(own_mac.clone())),
+        None => ("nobody", None),
+    };
+    // Held here and answered by another MAC: two holders (split brain).
+    let conflict = held_here && !remote.is_empty();
+    let mut h = match (&holder, &mac) {
+        (&"remote", Some(m)) => format!("remote {m}\n"),
+        (&"local", _) => "local\n".to_string(),
+        _ => "nobody\n".to_string(),
+    };
+    if conflict {
+        h.push_str(&format!(
+            "warning: this node holds {addr} too: two holders (split brain); run ns-ha-vip announce on the node that should keep it\n"
+        ));
+    }
+    let report = Report::new(
+        h,
+        json!({
+            "vip": addr.to_string(),
+            "interface": iface,
+            "held_here": held_here,
+            "own_mac": own_mac,
+            "answers": answers,
+            "holder": holder,
+            "mac": mac,
+            "conflict": conflict,
+        }),
+    );
+    Ok(if holder == "nobody" {
+        report.with_code(Code::Unhealthy)
+    } else {
+        report
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_ha_common::cmd::{CmdOutput, RecordingRunner};
+    use ns_ha_common::config::save_cluster;
+    use ns_ha_common::fixtures::{interface as iface, sample_cluster as cluster};
+    use ns_ha_common::net::StaticInterfaces;
+
+    fn node_root() -> (tempfile::TempDir, NodeRoot) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        save_cluster(&root, &cluster()).unwrap();
+        (dir, root)
+    }
+
+    fn ok(stdout: &str) -> CmdOutput {
+        CmdOutput {
+            status: Some(0),
+            stdout: stdout.into(),
+            ..Default::default()
+        }
+    }
+
+    fn no_reply() -> CmdOutput {
+        CmdOutput {
+            status: Some(1),
+            ..Default::default()
+        }
+    }
+
+    fn master() -> StaticInterfaces {
+        StaticInterfaces(vec![
+            iface("lan0", &["10.99.1.1/24", "10.99.1.254/24"]),
+            iface("ha0", &["10.99.0.1/24", "10.99.0.254/32"]),
+        ])
+    }
+
+    #[test]
+    fn list_marks_what_is_held() {
+        let (_d, root) = node_root();
+        let r = RecordingRunner::new();
+        let backup = StaticInterfaces(vec![iface("lan0", &["10.99.1.2/24"])]);
+        let ctx = Ctx {
+            root,
+            runner: &r,
+            ifs: &backup,
+        };
+        let rep = list(&ctx).unwrap();
+        assert_eq!(rep.json["vips"][0]["held"], false);
+        assert_eq!(rep.json["vips"][0]["vrid"], 51);
+        assert_eq!(rep.json["vips"][1]["heartbeat"], true);
+        assert!(rep.human.contains("10.99.1.254/24"), "{}", rep.human);
+    }
+
+    #[test]
+    fn announce_sends_for_held_vips_only_and_refuses_unknown_interfaces() {
+        let (_d, root) = node_root();
+        let r = RecordingRunner::new();
+        let ifs = master();
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &r,
+            ifs: &ifs,
+        };
+        let rep = announce(&ctx, Some("lan0")).unwrap();
+        assert_eq!(rep.json["announced"].as_array().unwrap().len(), 1);
+        assert_eq!(r.calls().len(), 1);
+        assert!(r.calls()[0].contains(&"10.99.1.254".to_string()));
+        let e = announce(&ctx, Some("eth7")).unwrap_err();
+        assert_eq!(ns_ha_common::code_of(&e), Code::InvalidInput);
+        let none = StaticInterfaces(vec![iface("lan0", &["10.99.1.2/24"])]);
+        let ctx = Ctx {
+            root,
+            runner: &r,
+            ifs: &none,
+        };
+        let rep = announce(&ctx, None).unwrap();
+        assert_eq!(rep.code, Code::Ok);
+        assert!(rep.human.contains("nothing to announce"));
+        assert_eq!(r.calls().len(), 1, "nothing sent when nothing is held");
+    }
+
+    #[test]
+    fn who_holds_tells_local_remote_and_nobody() {
+        let (_d, root) = node_root();
+        let own = r#"[{"ifname":"lan0","address":"02:00:00:00:00:01"}]"#;
+        let backup = StaticInterfaces(vec![iface("lan0", &["10.99.1.2/24"])]);
+        // Another MAC answers: remote.
+        let r = RecordingRunner::new();
+        r.answer("link show", ok(own));
+        r.answer(
+            "arping",
+            ok("Unicast reply from 10.99.1.254 [02:00:00:00:00:02]  0.5ms\n"),
+        );
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &r,
+            ifs: &backup,
+        };
+        let rep = who_holds(&ctx, "10.99.1.254", None).unwrap();
+        assert_eq!(rep.human, "remote 02:00:00:00:00:02\n");
+        assert_eq!(rep.json["holder"], "remote");
+        // Nobody answers and we do not hold it: exit 10.
+        r.answer("link show", ok(own));
+        r.answer("arping", no_reply());
+        let rep = who_holds(&ctx, "10.99.1.254/24", None).unwrap();
+        assert_eq!(rep.json["holder"], "nobody");
+        assert_eq!(rep.code, Code::Unhealthy);
+        // We hold it and nobody else answers: local.
+        let ifs = master();
+        let ctx = Ctx {
+            root,
+            runner: &r,
+            ifs: &ifs,
+        };
+        r.answer("link show", ok(own));
+        r.answer("arping", no_reply());
+        let rep = who_holds(&ctx, "10.99.1.254", None).unwrap();
+        assert_eq!(rep.human, "local\n");
+        // Unknown VIP without --interface: invalid input.
+        let e = who_holds(&ctx, "10.99.1.77", None).unwrap_err();
+        assert_eq!(ns_ha_common::code_of(&e), Code::InvalidInput);
+        assert!(who_holds(&ctx, "not-an-ip", None).is_err());
+    }
+}

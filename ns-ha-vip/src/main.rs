@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    ns_ha_vip::main_with_args(std::env::args_os())
+}
