@@ -34,7 +34,7 @@ use crate::peer::{PeerProbe, SshProbe};
 ///   ns-ha-check doctor          every problem of the pair with its fix (exit 10 if any)
 ///   ns-ha-check health          can this node serve as master? (exit 0 or 10)
 #[derive(Debug, Parser)]
-#[command(name = "ns-ha-check", version, after_help = help_table())]
+#[command(name = "ns-ha-check", version, verbatim_doc_comment, after_help = help_table())]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
