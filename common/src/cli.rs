@@ -46,6 +46,11 @@ impl Report {
         }
     }
 
+    /// A command that printed its own output (streaming tools): nothing more to print.
+    pub fn printed() -> Report {
+        Report::new("", serde_json::Value::Null)
+    }
+
     /// The same report, ending with `code`.
     pub fn with_code(mut self, code: Code) -> Report {
         self.code = code;
@@ -94,7 +99,9 @@ pub fn finish(tool: &str, json: bool, result: Result<Report>) -> ExitCode {
     match result {
         Ok(report) => {
             if json {
-                println!("{}", report.json);
+                if !report.json.is_null() {
+                    println!("{}", report.json);
+                }
             } else if !report.human.is_empty() {
                 println!("{}", report.human.trim_end());
             }

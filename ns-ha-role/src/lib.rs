@@ -30,8 +30,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ns_ha_common::activate::tool_path;
+use ns_ha_common::cli::{GlobalArgs, Report, ToolCli};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
-use ns_ha_common::exit::{code_of, fail, help_table, Code};
+use ns_ha_common::exit::{fail, help_table, Code};
 use ns_ha_common::NodeRoot;
 
 use crate::events::{EventStore, NewEvent, Source};
@@ -48,17 +49,16 @@ use crate::reconcile::{reconcile, Ctx, PassReport};
 #[derive(Debug, Parser)]
 #[command(name = "ns-ha-role", version, after_help = help_table())]
 pub struct Cli {
-    /// Root directory of the node's filesystem (default: $NS_HA_ROOT or /).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub root: Option<PathBuf>,
-    /// Print results as JSON on stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// More logging on stderr (-v info, -vv debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl ToolCli for Cli {
+    fn global(&self) -> &GlobalArgs {
+        &self.global
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,29 +118,9 @@ pub enum MaintenanceMode {
 
 /// Parse arguments, run, print errors once; the binary's whole `main`.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                Code::Usage.as_u8()
-            } else {
-                0
-            });
-        }
-    };
-    ns_ha_common::logging::init(cli.verbose);
-    let json = cli.json;
-    match run(cli, &SystemRunner) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            if json {
-                println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
-            }
-            eprintln!("ns-ha-role: {err:#}");
-            ExitCode::from(code_of(&err).as_u8())
-        }
-    }
+    ns_ha_common::cli::main("ns-ha-role", args, |cli: Cli| {
+        run(cli, &SystemRunner).map(|()| Report::printed())
+    })
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -200,7 +180,7 @@ fn failures_error(reports: &[PassReport]) -> Result<()> {
 
 /// Run a parsed command line with `runner` for every external program.
 pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<()> {
-    let root = NodeRoot::from_arg_or_env(cli.root.as_deref())?;
+    let root = NodeRoot::from_arg_or_env(cli.global.root.as_deref())?;
     let ctx = Ctx {
         root: root.clone(),
         runner,
@@ -229,7 +209,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<()> {
         }
         Command::Apply { wait } => {
             let reports = reconcile(&ctx, "apply", Some(Duration::from_secs(wait)))?;
-            if cli.json {
+            if cli.global.json {
                 print_json(&reports)?;
             } else {
                 for r in &reports {
@@ -257,7 +237,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<()> {
         }
         Command::Status { history } => {
             let s = status::collect(&ctx, history)?;
-            if cli.json {
+            if cli.global.json {
                 print_json(&s)
             } else {
                 print!("{}", status::render(&s));
@@ -269,7 +249,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<()> {
             // The node's own role state follows keepalived's events; a pass
             // now makes sure it is applied even if an event was lost.
             reconcile(&ctx, "maintenance", None)?;
-            if cli.json {
+            if cli.global.json {
                 print_json(&r)?;
             } else {
                 let vips = r

@@ -22,9 +22,9 @@ pub mod wire;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use ns_ha_common::cli::{GlobalArgs, Report, ToolCli};
 use ns_ha_common::cmd::SystemRunner;
 use ns_ha_common::config::{
     load_cluster, load_cluster_opt, load_node, load_node_opt, ClusterConfig, NodeConfig, Role,
@@ -46,17 +46,25 @@ use crate::state::{Applied, Pushed, StateDir, Status, APPLIED, PUSHED, STATUS};
 #[derive(Debug, Parser)]
 #[command(name = "ns-ha-sync", version, after_help = help_table())]
 pub struct Cli {
-    /// Node root: every absolute path is resolved under it (default: env NS_HA_ROOT, else /).
-    #[arg(long, global = true, value_name = "PATH")]
-    pub root: Option<PathBuf>,
-    /// Print results as JSON on stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// More logs on stderr (-v info, -vv debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl ToolCli for Cli {
+    fn global(&self) -> &GlobalArgs {
+        &self.global
+    }
+}
+
+/// The whole program: parse, run, print the error once, exit with its code.
+pub fn main_with_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> std::process::ExitCode {
+    ns_ha_common::cli::main("ns-ha-sync", args, |cli: Cli| {
+        run(cli).map(|()| Report::printed())
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,9 +135,8 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) ->
 
 /// Run one command.
 pub fn run(cli: Cli) -> Result<()> {
-    ns_ha_common::logging::init(cli.verbose);
-    let root = NodeRoot::from_arg_or_env(cli.root.as_deref())?;
-    let json = cli.json;
+    let root = NodeRoot::from_arg_or_env(cli.global.root.as_deref())?;
+    let json = cli.global.json;
     match cli.command {
         Command::List { rules } => list(&root, json, rules),
         Command::Push {
