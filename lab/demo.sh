@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for t in ns-ha-init ns-ha-sync ns-ha-role; do
+for t in ns-ha-init ns-ha-sync ns-ha-role ns-ha-check ns-ha-vip; do
 	[ -x "$BIN/$t" ] || { echo "demo: $BIN/$t is missing: run 'make build' first" >&2; exit 1; }
 done
 
@@ -54,8 +54,10 @@ wait_holder() { # wait_holder VIP NODE SECONDS
 }
 
 step "Building the lab: fw1, fw2, a LAN client and a WAN host (prefix $PREFIX)"
-"$LAB" up "$PREFIX"
+NS_HA_BIN_SRC=$BIN "$LAB" up "$PREFIX"
 DIR=$("$LAB" dir "$PREFIX")
+# The tools as installed in the lab (root-owned), which keepalived will run.
+BIN=$DIR/bin
 echo "node roots: $DIR/fw1 $DIR/fw2; sshd runs on both firewalls"
 
 step "The administrator's existing config on fw1: dnsmasq serves DHCP and DNS on the LAN VIP"
@@ -188,8 +190,11 @@ echo "failover outage over $ROUNDS rounds: ${results[*]} ms; median ${median} ms
 
 step "Status after the failovers"
 for fw in fw1 fw2; do ip netns exec "$(ns $fw)" "$BIN/ns-ha-role" --root "$DIR/$fw" apply --wait 30 >/dev/null || true; done
-tool fw1 ns-ha-role status --history 4
-tool fw2 ns-ha-role status --history 4
-tool fw1 ns-ha-sync status
+tool fw1 ns-ha-check status
+tool fw2 ns-ha-check status
+tool fw1 ns-ha-vip list
+tool fw2 ns-ha-vip who-holds $LAN_VIP
+tool fw1 ns-ha-check doctor
+tool fw1 ns-ha-role status --history 2
 
 step "Done: tearing the lab down"

@@ -15,8 +15,11 @@
 #   lab.sh crash PREFIX NODE  simulate a dead box (freeze+kill keepalived, links down)
 #   lab.sh dir PREFIX         print the lab dir
 #
-# Environment: NS_HA_LAB_BASE (default /var/lib/ns-ha-lab) holds one lab dir
-# per prefix. It must not be under /tmp: sshd's StrictModes wants every path
+# Environment: NS_HA_BIN_SRC, if set, is a directory of built ns-ha-* tools
+# that `up` installs into LABDIR/bin (root-owned, 0755), as a package would:
+# keepalived runs notify scripts only from paths no other user can write, and
+# a checkout may live under /tmp. NS_HA_LAB_BASE (default /var/lib/ns-ha-lab)
+# holds one lab dir per prefix. It must not be under /tmp: sshd's StrictModes wants every path
 # component root-owned and not group/world writable.
 set -Eeuo pipefail
 
@@ -294,6 +297,11 @@ cmd_up() {
 	for fw in "${FIREWALLS[@]}"; do
 		make_node_root "$fw"
 	done
+	if [[ -n ${NS_HA_BIN_SRC:-} ]]; then
+		install -d -m 0755 "$dir/bin"
+		install -m 0755 "$NS_HA_BIN_SRC"/ns-ha-* -t "$dir/bin"
+		rm -f "$dir"/bin/*.d
+	fi
 	write_lab_json
 	for fw in "${FIREWALLS[@]}"; do
 		ip netns exec "$(ns_of "$fw")" "$dir/$fw/etc/init.d/sshd" start >/dev/null

@@ -7,11 +7,11 @@
 use std::process::Output;
 use std::time::Duration;
 
-use crate::{bin, net, wait_until, Lab};
+use crate::{net, wait_until, Lab};
 
 /// Run an ns-ha tool on a firewall against that firewall's node root.
 pub fn tool(lab: &Lab, node: &str, name: &str, args: &[&str]) -> Output {
-    let exe = bin(name);
+    let exe = lab.bin(name);
     let root = lab.root(node);
     let mut argv = vec![
         exe.to_str().expect("utf-8 path"),

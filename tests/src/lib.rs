@@ -175,7 +175,14 @@ impl Lab {
         let mut last = String::new();
         for _ in 0..3 {
             let prefix = new_prefix();
-            let out = run(Command::new(lab_script()).args(["up", &prefix]));
+            // The tools are installed into the lab (LABDIR/bin) as a package
+            // would install them: keepalived runs notify scripts only from
+            // paths no other user can write, and a checkout may be in /tmp.
+            let tools = bin("ns-ha-init");
+            let tools = tools.parent().expect("binary has a directory");
+            let out = run(Command::new(lab_script())
+                .args(["up", &prefix])
+                .env("NS_HA_BIN_SRC", tools));
             if out.status.success() {
                 return Lab::attach(prefix);
             }
@@ -195,6 +202,13 @@ impl Lab {
             .unwrap_or_else(|e| panic!("cannot read {}/lab.json: {e}", dir.display()));
         let info = serde_json::from_str(&json).expect("lab.json is valid JSON");
         Lab { prefix, dir, info }
+    }
+
+    /// Path of an ns-ha tool as installed in this lab (`LABDIR/bin/NAME`).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        let p = self.dir.join("bin").join(name);
+        assert!(p.is_file(), "{} is not installed in the lab", p.display());
+        p
     }
 
     /// The lab's prefix (namespace names start with it).

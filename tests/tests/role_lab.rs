@@ -608,7 +608,7 @@ fn fire_events(lab: &Lab, node: &str, seed: u64) {
             .wrapping_add(1442695040888963407);
         states.swap(i, (x >> 33) as usize % (i + 1));
     }
-    let exe = ns_ha_tests::bin("ns-ha-role");
+    let exe = lab.bin("ns-ha-role");
     let root = lab.root(node);
     let children: Vec<Child> = states
         .iter()

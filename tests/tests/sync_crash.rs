@@ -6,7 +6,7 @@
 mod sync_support;
 
 use ns_ha_tests::cluster::tool;
-use ns_ha_tests::{bin, Lab};
+use ns_ha_tests::Lab;
 use sync_support::*;
 
 /// Put fw1's test tree back to the first generation and sync it.
@@ -28,7 +28,7 @@ fn recover(lab: &Lab, explicit: bool) {
     if explicit {
         sync_ok(lab, "fw2", &["recover"]);
     } else {
-        let exe = bin("ns-ha-sync");
+        let exe = lab.bin("ns-ha-sync");
         let root = lab.root("fw2");
         let script = format!(
             "{} --root {} receive </dev/null",
@@ -82,7 +82,7 @@ fn a_push_killed_anywhere_leaves_fw2_wholly_at_one_generation() {
         change(&lab, "fw1");
         let new = tree(&lab, "fw1");
         let out = if side == "sender" {
-            let exe = bin("ns-ha-sync");
+            let exe = lab.bin("ns-ha-sync");
             let root = lab.root("fw1");
             let env = format!("NS_HA_SYNC_CRASH_AT={step}");
             lab.exec(

@@ -7,7 +7,7 @@ mod sync_support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ns_ha_tests::{bin, wait_until, Lab};
+use ns_ha_tests::{wait_until, Lab};
 use sync_support::*;
 
 /// The watcher process, killed (by its own pid) when dropped.
@@ -24,7 +24,7 @@ fn start_watch(lab: &Lab) -> (Watcher, std::path::PathBuf) {
     let log = lab.dir().join("watch.log");
     let child = Command::new("ip")
         .args(["netns", "exec", &lab.ns("fw1")])
-        .arg(bin("ns-ha-sync"))
+        .arg(lab.bin("ns-ha-sync"))
         .args(["--root", lab.root("fw1").to_str().unwrap(), "-v", "watch"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,0 +1,154 @@
+//! ns-ha-init beyond pairing, against the real daemons: pre-flight `check`,
+//! VIP and interface removal, disable/enable, and `reset` on both nodes
+//! followed by a fresh pairing.
+
+use std::time::Duration;
+
+use ns_ha_tests::cluster::{init, init_ok, pair, pair_only};
+use ns_ha_tests::{net, wait_until, Lab};
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn vip_is(lab: &Lab, vip: &str, holders: &[&str]) -> bool {
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        lab.holders(vip) == holders
+    })
+}
+
+#[test]
+fn check_reports_each_problem_with_its_fix() {
+    let lab = Lab::up();
+    let ok = init_ok(
+        &lab,
+        "fw1",
+        &[
+            "check",
+            "--role",
+            "primary",
+            "--ha-interface",
+            net::HA_IF,
+            "--peer",
+            net::FW2_HA,
+            "--lan",
+            "lan0=10.99.1.254/24",
+        ],
+    );
+    assert!(ok.contains("0 failed"), "{ok}");
+    assert!(ok.contains("peer 10.99.0.2 SSH: SSH-2.0-"), "{ok}");
+
+    let bad = init(
+        &lab,
+        "fw1",
+        &[
+            "check",
+            "--ha-interface",
+            "lan0x",
+            "--peer",
+            "10.99.0.9",
+            "--lan",
+            "lan0=10.99.7.1/24",
+        ],
+    );
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(code(&bad), Some(3), "{text}");
+    assert!(
+        text.contains("FAIL  HA interface lan0x: HA interface lan0x does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL  VIP 10.99.7.1/24 on lan0"), "{text}");
+
+    // The peer's sshd is down: the SSH check fails with the peer code.
+    lab.stop("fw2", "sshd");
+    let out = init(
+        &lab,
+        "fw1",
+        &["check", "--ha-interface", net::HA_IF, "--peer", net::FW2_HA],
+    );
+    assert_eq!(
+        code(&out),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn vips_and_interfaces_are_removed_and_ha_disabled_on_both_nodes() {
+    let lab = Lab::up();
+    pair(&lab);
+    init_ok(&lab, "fw1", &["remove-vip", "--vip", net::WAN_VIP]);
+    assert!(vip_is(&lab, net::WAN_VIP, &[]), "WAN VIP still held");
+    assert!(!lab
+        .read("fw2", "etc/keepalived/keepalived.conf")
+        .contains(net::WAN_VIP));
+    init_ok(
+        &lab,
+        "fw1",
+        &["remove-interface", "--interface", net::WAN_IF],
+    );
+    assert!(!lab.read("fw2", "etc/ns-ha/cluster.json").contains("wan0"));
+    assert!(
+        lab.has_addr("fw1", net::LAN_VIP),
+        "LAN VIP lost by an unrelated edit"
+    );
+
+    init_ok(&lab, "fw1", &["disable"]);
+    assert!(vip_is(&lab, net::LAN_VIP, &[]), "VIP held after disable");
+    assert!(!lab.status("fw1", "keepalived") && !lab.status("fw2", "keepalived"));
+    init_ok(&lab, "fw1", &["enable"]);
+    assert!(
+        vip_is(&lab, net::LAN_VIP, &["fw1"]),
+        "fw1 is not MASTER after enable"
+    );
+    assert!(lab.status("fw2", "keepalived"));
+}
+
+#[test]
+fn reset_nodes_can_be_paired_again() {
+    let lab = Lab::up();
+    pair(&lab);
+    let refused = init(&lab, "fw1", &["reset"]);
+    assert_eq!(
+        code(&refused),
+        Some(2),
+        "reset without --yes must be refused"
+    );
+    for fw in ["fw1", "fw2"] {
+        init_ok(&lab, fw, &["reset", "--yes"]);
+        assert!(!lab.status(fw, "keepalived"), "{fw}: keepalived still runs");
+        for f in [
+            "etc/ns-ha/cluster.json",
+            "etc/ns-ha/node.json",
+            "etc/ns-ha/id_ed25519",
+            "etc/keepalived/keepalived.conf",
+        ] {
+            assert!(!lab.path(fw, f).exists(), "{fw}: {f} left behind");
+        }
+    }
+    assert!(!lab
+        .read("fw2", "root/.ssh/authorized_keys")
+        .contains("ns-ha-primary"));
+    // A reset node is not part of a pair any more.
+    let out = init(&lab, "fw1", &["show-config"]);
+    assert_eq!(code(&out), Some(5));
+
+    pair_only(&lab);
+    init_ok(
+        &lab,
+        "fw1",
+        &[
+            "add-lan",
+            "--interface",
+            net::LAN_IF,
+            "--vip",
+            &format!("{}/24", net::LAN_VIP),
+        ],
+    );
+    init_ok(&lab, "fw1", &["enable"]);
+    assert!(
+        vip_is(&lab, net::LAN_VIP, &["fw1"]),
+        "re-paired cluster has no MASTER"
+    );
+}
