@@ -189,7 +189,9 @@ fn ago(at: Option<u64>) -> String {
 pub fn render(s: &NodeStatus) -> String {
     let mut w = String::new();
     let line = |w: &mut String, k: &str, v: String| {
-        let _ = writeln!(w, "{:<13}{v}", format!("{k}:"));
+        // An empty key continues the previous line's list.
+        let key = if k.is_empty() { String::new() } else { format!("{k}:") };
+        let _ = writeln!(w, "{key:<13}{v}");
     };
     line(
         &mut w,
