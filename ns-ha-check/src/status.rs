@@ -190,7 +190,11 @@ pub fn render(s: &NodeStatus) -> String {
     let mut w = String::new();
     let line = |w: &mut String, k: &str, v: String| {
         // An empty key continues the previous line's list.
-        let key = if k.is_empty() { String::new() } else { format!("{k}:") };
+        let key = if k.is_empty() {
+            String::new()
+        } else {
+            format!("{k}:")
+        };
         let _ = writeln!(w, "{key:<13}{v}");
     };
     line(
