@@ -469,22 +469,8 @@ pub fn save_node(root: &NodeRoot, node: &NodeConfig) -> Result<()> {
 mod tests {
     use super::*;
 
-    pub(crate) fn sample() -> ClusterConfig {
-        let mut c = ClusterConfig::new(
-            "0123456789abcdef0123456789abcdef".into(),
-            "ha0".into(),
-            "10.99.0.1/24".parse().unwrap(),
-            Ipv4Addr::new(10, 99, 0, 254),
-        );
-        c.ha.backup_address = Some("10.99.0.2/24".parse().unwrap());
-        c.lans.push(LanInterface {
-            interface: "lan0".into(),
-            vrid: 51,
-            primary_address: "10.99.1.1/24".parse().unwrap(),
-            backup_address: "10.99.1.2/24".parse().unwrap(),
-            vips: vec!["10.99.1.254/24".parse().unwrap()],
-        });
-        c
+    fn sample() -> ClusterConfig {
+        crate::fixtures::sample_cluster()
     }
 
     #[test]

@@ -93,24 +93,10 @@ pub fn render(cluster: &ClusterConfig, role: Role, root: &NodeRoot) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LanInterface;
 
     #[test]
     fn ignores_vips_and_node_addresses_and_points_at_peer() {
-        let mut c = ClusterConfig::new(
-            "0123456789abcdef0123456789abcdef".into(),
-            "ha0".into(),
-            "10.99.0.1/24".parse().unwrap(),
-            "10.99.0.254".parse().unwrap(),
-        );
-        c.ha.backup_address = Some("10.99.0.2/24".parse().unwrap());
-        c.lans.push(LanInterface {
-            interface: "lan0".into(),
-            vrid: 51,
-            primary_address: "10.99.1.1/24".parse().unwrap(),
-            backup_address: "10.99.1.2/24".parse().unwrap(),
-            vips: vec!["10.99.1.254/24".parse().unwrap()],
-        });
+        let c = crate::fixtures::sample_cluster();
         let root = NodeRoot::new("/lab/fw2").unwrap();
         let text = render(&c, Role::Backup, &root).unwrap();
         assert!(text.contains("IPv4_address 10.99.0.2\n        IPv4_Destination_Address 10.99.0.1"));

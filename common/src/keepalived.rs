@@ -246,24 +246,9 @@ fn tempfile_in(dir: &Path, text: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LanInterface;
 
     fn cluster() -> ClusterConfig {
-        let mut c = ClusterConfig::new(
-            "0123456789abcdef0123456789abcdef".into(),
-            "ha0".into(),
-            "10.99.0.1/24".parse().unwrap(),
-            "10.99.0.254".parse().unwrap(),
-        );
-        c.ha.backup_address = Some("10.99.0.2/24".parse().unwrap());
-        c.lans.push(LanInterface {
-            interface: "lan0".into(),
-            vrid: 51,
-            primary_address: "10.99.1.1/24".parse().unwrap(),
-            backup_address: "10.99.1.2/24".parse().unwrap(),
-            vips: vec!["10.99.1.254/24".parse().unwrap()],
-        });
-        c
+        crate::fixtures::sample_cluster()
     }
 
     fn render_for(c: &ClusterConfig, role: Role) -> String {

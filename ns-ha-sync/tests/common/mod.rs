@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use ns_ha_common::cmd::RecordingRunner;
 use ns_ha_common::config::{
-    save_cluster, save_node, ClusterConfig, LanInterface, NodeConfig, Role, SCHEMA_VERSION,
+    save_cluster, save_node, ClusterConfig, NodeConfig, Role, SCHEMA_VERSION,
 };
 use ns_ha_common::proto::{
     call, write_msg, ControlRequest, HelloReply, Reply, NS_HA_VERSION, PROTOCOL_VERSION,
@@ -35,20 +35,8 @@ pub struct Pair {
 }
 
 pub fn cluster() -> ClusterConfig {
-    let mut c = ClusterConfig::new(
-        CLUSTER_ID.into(),
-        "ha0".into(),
-        "10.99.0.1/24".parse().unwrap(),
-        Ipv4Addr::new(10, 99, 0, 254),
-    );
-    c.ha.backup_address = Some("10.99.0.2/24".parse().unwrap());
-    c.lans.push(LanInterface {
-        interface: "lan0".into(),
-        vrid: 51,
-        primary_address: "10.99.1.1/24".parse().unwrap(),
-        backup_address: "10.99.1.2/24".parse().unwrap(),
-        vips: vec!["10.99.1.254/24".parse().unwrap()],
-    });
+    let mut c = ns_ha_common::fixtures::sample_cluster();
+    c.cluster_id = CLUSTER_ID.into();
     c.sync.profile = SyncProfile::None;
     c.sync.include = vec![
         "/etc/config".into(),
