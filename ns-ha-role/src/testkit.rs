@@ -6,9 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ns_ha_common::cmd::{CmdOutput, CommandRunner};
-use ns_ha_common::config::{
-    save_cluster, save_node, ClusterConfig, LanInterface, NodeConfig, Role,
-};
+use ns_ha_common::config::{save_cluster, save_node, ClusterConfig, NodeConfig, Role};
 use ns_ha_common::root::paths;
 use ns_ha_common::NodeRoot;
 
@@ -142,21 +140,8 @@ impl FakeNode {
     pub fn new(role: Role, services: &[&str]) -> FakeNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = NodeRoot::new(dir.path()).expect("root");
-        let mut c = ClusterConfig::new(
-            "0123456789abcdef0123456789abcdef".into(),
-            "ha0".into(),
-            "10.99.0.1/24".parse().expect("cidr"),
-            "10.99.0.254".parse().expect("ip"),
-        );
-        c.ha.backup_address = Some("10.99.0.2/24".parse().expect("cidr"));
+        let mut c = ns_ha_common::fixtures::sample_cluster();
         c.enabled = true;
-        c.lans.push(LanInterface {
-            interface: "lan0".into(),
-            vrid: 51,
-            primary_address: "10.99.1.1/24".parse().expect("cidr"),
-            backup_address: "10.99.1.2/24".parse().expect("cidr"),
-            vips: vec!["10.99.1.254/24".parse().expect("cidr")],
-        });
         save_cluster(&root, &c).expect("save cluster");
         save_node(
             &root,
