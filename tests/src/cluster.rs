@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::{net, wait_until, Lab};
+use serde_json::Value;
 
 /// Run an ns-ha tool on a firewall against that firewall's node root.
 pub fn tool(lab: &Lab, node: &str, name: &str, args: &[&str]) -> Output {
@@ -105,10 +106,34 @@ pub fn pair(lab: &Lab) {
     );
     init_ok(lab, "fw1", &["enable"]);
     assert!(
-        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
-            lab.holders(net::LAN_VIP) == ["fw1"] && lab.holders(net::WAN_VIP) == ["fw1"]
-        }),
+        lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(15))
+            && lab.wait_holders(net::WAN_VIP, &["fw1"], Duration::from_secs(5)),
         "fw1 did not become MASTER: LAN VIP holders {:?}",
         lab.holders(net::LAN_VIP)
     );
+}
+
+/// `ns-ha-role status --json` of a firewall, with a long history.
+pub fn role_status(lab: &Lab, node: &str) -> Value {
+    let out = tool_ok(
+        lab,
+        node,
+        "ns-ha-role",
+        &["--json", "status", "--history", "50"],
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+}
+
+/// Wait until `node`'s role engine has applied `label` with no recorded event
+/// left to handle.
+pub fn role_settled(lab: &Lab, node: &str, label: &str, limit: Duration) -> bool {
+    wait_until(limit, Duration::from_millis(100), || {
+        let s = role_status(lab, node);
+        let events: u64 = std::fs::read_to_string(lab.path(node, "/run/ns-ha/role/events.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0);
+        s["applied"]["label"] == label && s["applied"]["handled_seq"].as_u64() == Some(events)
+    })
 }

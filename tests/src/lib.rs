@@ -422,6 +422,13 @@ impl Lab {
             .collect()
     }
 
+    /// Wait up to `timeout` until exactly `want` hold `addr` (polled every 20 ms).
+    pub fn wait_holders(&self, addr: &str, want: &[&str], timeout: Duration) -> bool {
+        wait_until(timeout, Duration::from_millis(20), || {
+            self.holders(addr) == want
+        })
+    }
+
     /// Whether `from` gets at least one reply to `count` pings to `addr`
     /// (0.2 s apart, 1 s timeout each).
     pub fn ping(&self, from: &str, addr: &str, count: u32) -> bool {

@@ -171,9 +171,7 @@ fn check_and_vip_tools_follow_the_pair() {
     assert_eq!(lab.read("fw1", "/run/ns-ha/health.track"), "1\n");
     lab.link_up("fw1", net::LAN_IF);
     assert!(
-        wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
-            lab.holders(net::LAN_VIP) == ["fw1"]
-        }),
+        lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(15)),
         "fw1 did not take the VIPs back: {:?}",
         lab.holders(net::LAN_VIP)
     );

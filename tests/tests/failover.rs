@@ -75,16 +75,10 @@ fn primary_returns_and_takes_the_vip_back() {
     pair(&lab);
     // A graceful stop of fw1's keepalived hands over at once (priority 0).
     lab.stop("fw1", "keepalived");
-    assert!(wait_until(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || lab.holders(net::LAN_VIP) == ["fw2"]
-    ));
+    assert!(lab.wait_holders(net::LAN_VIP, &["fw2"], Duration::from_secs(5)));
     lab.start("fw1", "keepalived");
     assert!(
-        wait_until(Duration::from_secs(10), Duration::from_millis(20), || lab
-            .holders(net::LAN_VIP)
-            == ["fw1"]),
+        lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(10)),
         "fw1 did not preempt: holders {:?}",
         lab.holders(net::LAN_VIP)
     );

@@ -5,16 +5,10 @@
 use std::time::Duration;
 
 use ns_ha_tests::cluster::{init, init_ok, pair, pair_only};
-use ns_ha_tests::{net, wait_until, Lab};
+use ns_ha_tests::{net, Lab};
 
 fn code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
-}
-
-fn vip_is(lab: &Lab, vip: &str, holders: &[&str]) -> bool {
-    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        lab.holders(vip) == holders
-    })
 }
 
 #[test]
@@ -79,7 +73,10 @@ fn vips_and_interfaces_are_removed_and_ha_disabled_on_both_nodes() {
     let lab = Lab::up();
     pair(&lab);
     init_ok(&lab, "fw1", &["remove-vip", "--vip", net::WAN_VIP]);
-    assert!(vip_is(&lab, net::WAN_VIP, &[]), "WAN VIP still held");
+    assert!(
+        lab.wait_holders(net::WAN_VIP, &[], Duration::from_secs(10)),
+        "WAN VIP still held"
+    );
     assert!(!lab
         .read("fw2", "etc/keepalived/keepalived.conf")
         .contains(net::WAN_VIP));
@@ -95,11 +92,14 @@ fn vips_and_interfaces_are_removed_and_ha_disabled_on_both_nodes() {
     );
 
     init_ok(&lab, "fw1", &["disable"]);
-    assert!(vip_is(&lab, net::LAN_VIP, &[]), "VIP held after disable");
+    assert!(
+        lab.wait_holders(net::LAN_VIP, &[], Duration::from_secs(10)),
+        "VIP held after disable"
+    );
     assert!(!lab.status("fw1", "keepalived") && !lab.status("fw2", "keepalived"));
     init_ok(&lab, "fw1", &["enable"]);
     assert!(
-        vip_is(&lab, net::LAN_VIP, &["fw1"]),
+        lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(10)),
         "fw1 is not MASTER after enable"
     );
     assert!(lab.status("fw2", "keepalived"));
@@ -148,7 +148,7 @@ fn reset_nodes_can_be_paired_again() {
     );
     init_ok(&lab, "fw1", &["enable"]);
     assert!(
-        vip_is(&lab, net::LAN_VIP, &["fw1"]),
+        lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(10)),
         "re-paired cluster has no MASTER"
     );
 }

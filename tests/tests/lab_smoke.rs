@@ -155,11 +155,7 @@ fn keepalived_starts_from_its_init_script_and_takes_the_vip() {
     lab.start("fw2", "keepalived");
     lab.start("fw1", "keepalived"); // idempotent
     assert!(lab.status("fw1", "keepalived") && lab.status("fw2", "keepalived"));
-    let one_holder = |who: &str| {
-        wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
-            lab.holders(net::LAN_VIP) == vec![who]
-        })
-    };
+    let one_holder = |who: &str| lab.wait_holders(net::LAN_VIP, &[who], Duration::from_secs(5));
     assert!(
         one_holder("fw1"),
         "fw1 holds the VIP: {:?}",

@@ -8,7 +8,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ns_ha_tests::cluster::{pair, tool_ok};
+use ns_ha_tests::cluster::{pair, role_status, tool_ok};
 use ns_ha_tests::{net, wait_until, Lab};
 
 fn now_ms() -> u64 {
@@ -16,16 +16,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn status(lab: &Lab, node: &str) -> Value {
-    let out = tool_ok(
-        lab,
-        node,
-        "ns-ha-role",
-        &["--json", "status", "--history", "50"],
-    );
-    serde_json::from_str(&out).expect("status JSON")
 }
 
 fn median(v: &mut [u64]) -> u64 {
@@ -58,7 +48,10 @@ fn round() -> Round {
     assert!(wait_until(
         Duration::from_secs(20),
         Duration::from_millis(100),
-        || { status(&lab, "fw2")["applied"]["label"] == "BACKUP" && !lab.status("fw2", "dnsmasq") }
+        || {
+            role_status(&lab, "fw2")["applied"]["label"] == "BACKUP"
+                && !lab.status("fw2", "dnsmasq")
+        }
     ));
     let crash = now_ms();
     lab.crash("fw1");
@@ -71,7 +64,7 @@ fn round() -> Round {
     let mut last = Value::Null;
     assert!(
         wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
-            let s = status(&lab, "fw2");
+            let s = role_status(&lab, "fw2");
             last = s["history"]
                 .as_array()
                 .and_then(|h| h.iter().rev().find(|t| t["to"] == "MASTER").cloned())

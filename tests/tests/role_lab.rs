@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ns_ha_tests::cluster::{pair, tool, tool_ok};
+use ns_ha_tests::cluster::{pair, role_settled, role_status, tool};
 use ns_ha_tests::{net, wait_until, Lab};
 
 // ---------------------------------------------------------------- helpers in the lab
@@ -376,29 +376,6 @@ fn role(lab: &Lab, node: &str, args: &[&str]) -> Output {
     tool(lab, node, "ns-ha-role", args)
 }
 
-fn role_status(lab: &Lab, node: &str) -> Value {
-    let out = tool_ok(
-        lab,
-        node,
-        "ns-ha-role",
-        &["--json", "status", "--history", "50"],
-    );
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
-}
-
-/// Wait until `node`'s role engine has applied `label` with nothing left to handle.
-fn settled(lab: &Lab, node: &str, label: &str, limit: Duration) -> bool {
-    wait_until(limit, Duration::from_millis(100), || {
-        let s = role_status(lab, node);
-        let events: u64 = std::fs::read_to_string(lab.path(node, "/run/ns-ha/role/events.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["seq"].as_u64())
-            .unwrap_or(0);
-        s["applied"]["label"] == label && s["applied"]["handled_seq"].as_u64() == Some(events)
-    })
-}
-
 fn dnsmasq_only_on(lab: &Lab, node: &str) -> bool {
     let other = if node == "fw1" { "fw2" } else { "fw1" };
     lab.status(node, "dnsmasq") && !lab.status(other, "dnsmasq")
@@ -433,12 +410,12 @@ fn client_gets_lease_and_name(lab: &Lab, when: &str) {
 fn dnsmasq_serves_dhcp_and_dns_only_on_the_master_and_moves_with_the_vip() {
     let lab = paired_lab();
     assert!(
-        settled(&lab, "fw1", "MASTER", Duration::from_secs(20)),
+        role_settled(&lab, "fw1", "MASTER", Duration::from_secs(20)),
         "{:#}",
         role_status(&lab, "fw1")
     );
     assert!(
-        settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)),
+        role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)),
         "{:#}",
         role_status(&lab, "fw2")
     );
@@ -452,7 +429,7 @@ fn dnsmasq_serves_dhcp_and_dns_only_on_the_master_and_moves_with_the_vip() {
         "fw2 did not take the VIP"
     );
     assert!(
-        settled(&lab, "fw2", "MASTER", Duration::from_secs(20)),
+        role_settled(&lab, "fw2", "MASTER", Duration::from_secs(20)),
         "{:#}",
         role_status(&lab, "fw2")
     );
@@ -522,7 +499,7 @@ fn connection_across_fw1_loss(commit_on_takeover: bool) -> String {
         c["roles"]["master"]["conntrackd"] = serde_json::json!([]);
         lab.write("fw2", "/etc/ns-ha/cluster.json", c.to_string());
     }
-    assert!(settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)));
+    assert!(role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)));
     let _server = Background::spawn(&lab, "wan", &helper_argv("echo-server", &["7000"]));
     let flag_dir = tempfile::tempdir_in(lab.dir()).expect("flag dir");
     let target = format!("{}:7000", net::WAN_HOST);
@@ -563,7 +540,7 @@ fn connection_across_fw1_loss(commit_on_takeover: bool) -> String {
         "fw2 did not take the VIPs"
     );
     assert!(
-        settled(&lab, "fw2", "MASTER", Duration::from_secs(20)),
+        role_settled(&lab, "fw2", "MASTER", Duration::from_secs(20)),
         "{:#}",
         role_status(&lab, "fw2")
     );
@@ -633,8 +610,8 @@ fn fire_events(lab: &Lab, node: &str, seed: u64) {
 #[test]
 fn twenty_concurrent_out_of_order_events_end_in_the_state_keepalived_reports() {
     let lab = paired_lab();
-    assert!(settled(&lab, "fw1", "MASTER", Duration::from_secs(20)));
-    assert!(settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)));
+    assert!(role_settled(&lab, "fw1", "MASTER", Duration::from_secs(20)));
+    assert!(role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)));
     for seed in [3u64, 11] {
         std::thread::scope(|s| {
             s.spawn(|| fire_events(&lab, "fw1", seed));
@@ -643,12 +620,12 @@ fn twenty_concurrent_out_of_order_events_end_in_the_state_keepalived_reports() {
         // keepalived's truth: who holds the VIPs.
         assert_eq!(lab.holders(net::LAN_VIP), ["fw1"]);
         assert!(
-            settled(&lab, "fw1", "MASTER", Duration::from_secs(30)),
+            role_settled(&lab, "fw1", "MASTER", Duration::from_secs(30)),
             "{:#}",
             role_status(&lab, "fw1")
         );
         assert!(
-            settled(&lab, "fw2", "BACKUP", Duration::from_secs(30)),
+            role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(30)),
             "{:#}",
             role_status(&lab, "fw2")
         );
@@ -706,7 +683,7 @@ fn ping_during(lab: &Lab, count: u32, during: impl FnOnce()) -> (u64, u64) {
 #[test]
 fn maintenance_hands_the_vips_over_without_losing_pings_and_survives_a_restart() {
     let lab = paired_lab();
-    assert!(settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)));
+    assert!(role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(20)));
     let (sent, got) = ping_during(&lab, 1200, || {
         let out = role(&lab, "fw1", &["maintenance", "on"]);
         assert!(
@@ -726,12 +703,12 @@ fn maintenance_hands_the_vips_over_without_losing_pings_and_survives_a_restart()
         sent - got
     );
     assert!(
-        settled(&lab, "fw2", "MASTER", Duration::from_secs(20)),
+        role_settled(&lab, "fw2", "MASTER", Duration::from_secs(20)),
         "{:#}",
         role_status(&lab, "fw2")
     );
     assert!(
-        settled(&lab, "fw1", "BACKUP", Duration::from_secs(20)),
+        role_settled(&lab, "fw1", "BACKUP", Duration::from_secs(20)),
         "{:#}",
         role_status(&lab, "fw1")
     );
@@ -762,6 +739,6 @@ fn maintenance_hands_the_vips_over_without_losing_pings_and_survives_a_restart()
         sent - got
     );
     assert_eq!(lab.holders(net::LAN_VIP), ["fw1"]);
-    assert!(settled(&lab, "fw1", "MASTER", Duration::from_secs(20)));
+    assert!(role_settled(&lab, "fw1", "MASTER", Duration::from_secs(20)));
     assert!(dnsmasq_only_on(&lab, "fw1"));
 }
