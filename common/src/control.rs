@@ -29,20 +29,25 @@ fn backup_node(root: &NodeRoot) -> Result<NodeConfig> {
     Ok(node)
 }
 
-/// Refuse data of another cluster than the one this node already belongs to.
-pub fn check_cluster_id(root: &NodeRoot, cluster_id: &str) -> Result<()> {
-    if let Some(local) = load_cluster_opt(root)? {
-        if local.cluster_id != cluster_id {
-            return Err(fail(
-                Code::Conflict,
-                format!(
-                    "this node belongs to cluster {} not {cluster_id}: run ns-ha-init reset on it before pairing it again",
-                    local.cluster_id
-                ),
-            ));
-        }
+/// Refuse data of cluster `incoming` on a node that belongs to cluster `local`.
+pub fn refuse_other_cluster(local: &str, incoming: &str) -> Result<()> {
+    if local != incoming {
+        return Err(fail(
+            Code::Conflict,
+            format!(
+                "this node belongs to cluster {local} not {incoming}: run ns-ha-init reset on it before pairing it again"
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Refuse data of another cluster than the one this node already belongs to.
+pub fn check_cluster_id(root: &NodeRoot, cluster_id: &str) -> Result<()> {
+    match load_cluster_opt(root)? {
+        Some(local) => refuse_other_cluster(&local.cluster_id, cluster_id),
+        None => Ok(()),
+    }
 }
 
 /// Answer `hello`: same protocol and release on both nodes, and the same cluster.

@@ -364,15 +364,7 @@ impl<'a> Receiver<'a> {
             ));
         }
         let ctx = self.ctx()?;
-        if cluster_id != ctx.cluster.cluster_id {
-            return Err(fail(
-                Code::Conflict,
-                format!(
-                    "data of cluster {cluster_id} refused: this node belongs to {}",
-                    ctx.cluster.cluster_id
-                ),
-            ));
-        }
+        ns_ha_common::control::refuse_other_cluster(&ctx.cluster.cluster_id, cluster_id)?;
         if changes.len() + deletes.len() > MAX_CHANGES {
             return Err(fail(Code::Security, "too many changes in one transaction"));
         }
@@ -385,14 +377,7 @@ impl<'a> Receiver<'a> {
             }
         };
         if let Some(c) = &view.applied.cluster_id {
-            if c != cluster_id {
-                return Err(fail(
-                    Code::Conflict,
-                    format!(
-                        "this node holds the config of cluster {c}: refusing cluster {cluster_id}"
-                    ),
-                ));
-            }
+            ns_ha_common::control::refuse_other_cluster(c, cluster_id)?;
         }
         if generation <= view.applied.generation {
             return Err(fail(
