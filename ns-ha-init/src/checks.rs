@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use ns_ha_common::config::{self, check_vip, LanInterface, Role};
 use ns_ha_common::exit::{code_of, fail, Code};
-use ns_ha_common::net::{check_ifname, InterfaceSource, IpCommand, Ipv4Cidr, LinkKind};
-use ns_ha_common::peer;
+use ns_ha_common::net::{check_ifname, InterfaceSource, Ipv4Cidr, LinkKind};
 use ns_ha_common::proto::{NS_HA_VERSION, PROTOCOL_VERSION};
 
 use crate::{Ctx, Report};
@@ -130,7 +129,7 @@ pub fn run_check(
     peer_arg: Option<Ipv4Addr>,
     lan_args: &[String],
 ) -> Result<Report> {
-    let ifs = IpCommand { runner: ctx.runner };
+    let ifs = ctx.ifs;
     let node = config::load_node_opt(&ctx.root)?;
     let cluster = config::load_cluster_opt(&ctx.root)?;
     let role = role.or(node.as_ref().map(|n| n.role));
@@ -139,7 +138,7 @@ pub fn run_check(
     let mut outcomes = Vec::new();
     let mut own_ha = None;
     if let Some(ha) = &ha {
-        let r = ha_interface(&ifs, ha);
+        let r = ha_interface(ifs, ha);
         own_ha = r.as_ref().ok().copied();
         outcomes.push(Outcome {
             name: format!("HA interface {ha}"),
@@ -175,7 +174,7 @@ pub fn run_check(
         }
     }
     for (name, vip) in &lans {
-        let r = lan_interface(&ifs, name);
+        let r = lan_interface(ifs, name);
         let addr = r.as_ref().ok().copied();
         outcomes.push(Outcome {
             name: format!("LAN interface {name}"),
@@ -221,8 +220,10 @@ pub fn run_check(
     // Once paired, the primary also asks the backup for its version.
     if let (Some(node), Some(cluster)) = (&node, &cluster) {
         if node.role == Role::Primary && node.peer_host_key.is_some() {
-            let r = peer::connect(&ctx.root, node, cluster)
-                .and_then(|s| peer::open_channel(&s, &cluster.cluster_id).map(|(_, h)| h))
+            let r = ctx
+                .link
+                .connect_pinned(&ctx.root, node, cluster)
+                .map(|c| c.hello)
                 .map(|h| format!("backup runs ns-ha {} (protocol {})", h.version, h.protocol));
             outcomes.push(Outcome {
                 name: "peer version".into(),

@@ -1,48 +1,24 @@
-//! Changing the cluster: LANs, VIPs, enable/disable, and showing it.
+//! Changing the cluster: LANs, VIPs, enable/disable.
 //!
-//! Every edit follows one path, [`commit_cluster`]: validate and render on
-//! the primary (nothing written), install on the backup (which checks its own
-//! interfaces and lets keepalived validate its side), then install on the
-//! primary. A refused edit therefore changes neither node.
+//! Every edit is validated on the primary before the backup is contacted,
+//! then installed on both nodes by [`commit_cluster`] (backup first, except
+//! the backup's keepalived start when HA is switched on), so a refused edit
+//! changes neither node. The backup is reached through [`crate::backup`],
+//! which unit tests replace with a fake.
 
 use anyhow::Result;
 use serde_json::json;
 
-use ns_ha_common::activate::{self, Activation};
+use ns_ha_common::activate::Activation;
 use ns_ha_common::config::{
     load_cluster, load_node, ClusterConfig, LanInterface, NodeConfig, Role,
 };
 use ns_ha_common::exit::{fail, Code};
-use ns_ha_common::net::{IpCommand, Ipv4Cidr};
-use ns_ha_common::peer;
-use ns_ha_common::proto::{call, ControlRequest};
-use ns_ha_common::ssh::PeerChannel;
+use ns_ha_common::net::Ipv4Cidr;
 
-use crate::pairing::{backup_address, lock};
+use crate::backup::{backup_address, lock, Backup};
+use crate::install::commit_cluster;
 use crate::{checks, parse_vip, Ctx, Report};
-
-/// Install `cluster` on the backup (over `ch`) and then on this primary.
-pub fn commit_cluster(
-    ctx: &Ctx,
-    node: &NodeConfig,
-    cluster: &ClusterConfig,
-    ch: &mut PeerChannel,
-) -> Result<Activation> {
-    let prepared = activate::prepare(&ctx.root, ctx.runner, Role::Primary, cluster)?;
-    let _remote: serde_json::Value = call(
-        ch,
-        &ControlRequest::InstallCluster {
-            config: Box::new(cluster.clone()),
-        },
-    )?;
-    activate::install(
-        &ctx.root,
-        ctx.runner,
-        node.service_backend,
-        cluster,
-        prepared,
-    )
-}
 
 /// Load the primary's node and cluster config; edits are made on the primary only.
 fn primary(ctx: &Ctx) -> Result<(NodeConfig, ClusterConfig)> {
@@ -63,20 +39,19 @@ fn primary(ctx: &Ctx) -> Result<(NodeConfig, ClusterConfig)> {
     Ok((node, cluster))
 }
 
-/// Validate locally, connect to the backup, let `edit` finish the change
-/// with the channel (to ask the backup), then commit on both nodes.
+/// Connect to the backup, let `edit` finish the change (it may ask the
+/// backup), validate it, then commit on both nodes.
 fn edit_with_peer(
     ctx: &Ctx,
     node: &NodeConfig,
     cluster: &ClusterConfig,
-    edit: impl FnOnce(&mut PeerChannel, &mut ClusterConfig) -> Result<()>,
+    edit: impl FnOnce(&mut dyn Backup, &mut ClusterConfig) -> Result<()>,
 ) -> Result<(ClusterConfig, Activation)> {
-    let session = peer::connect(&ctx.root, node, cluster)?;
-    let (mut ch, _) = peer::open_channel(&session, &cluster.cluster_id)?;
+    let mut peer = ctx.link.connect_pinned(&ctx.root, node, cluster)?;
     let mut next = cluster.clone();
-    edit(&mut ch, &mut next)?;
+    edit(peer.backup.as_mut(), &mut next)?;
     next.validate()?;
-    let act = commit_cluster(ctx, node, &next, &mut ch)?;
+    let act = commit_cluster(ctx, node, cluster, &next, peer.backup.as_mut())?;
     Ok((next, act))
 }
 
@@ -97,8 +72,7 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
             ),
         ));
     }
-    let ifs = IpCommand { runner: ctx.runner };
-    let ours = checks::lan_interface(&ifs, interface)?;
+    let ours = checks::lan_interface(ctx.ifs, interface)?;
     let mut lan = LanInterface {
         interface: interface.to_string(),
         vrid: cluster.free_vrid()?,
@@ -110,8 +84,8 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
     for v in &lan.vips {
         ns_ha_common::config::check_vip(&lan, v)?;
     }
-    let (next, act) = edit_with_peer(ctx, &node, &cluster, |ch, next| {
-        lan.backup_address = backup_address(ch, interface, &ours)?;
+    let (next, act) = edit_with_peer(ctx, &node, &cluster, |backup, next| {
+        lan.backup_address = backup_address(backup, interface, &ours)?;
         next.lans.push(lan);
         Ok(())
     })?;
@@ -244,52 +218,268 @@ pub fn set_enabled(ctx: &Ctx, enabled: bool) -> Result<Report> {
     ))
 }
 
-/// `show-config`.
-pub fn show_config(ctx: &Ctx) -> Result<Report> {
-    let node = load_node(&ctx.root)?;
-    let cluster = ns_ha_common::config::load_cluster_opt(&ctx.root)?;
-    let mut h = String::new();
-    h.push_str(&format!("role:        {}\n", node.role));
-    h.push_str(&format!("peer:        {}\n", node.peer_address));
-    match (&node.peer_host_key, &node.authorized_key_fingerprint) {
-        (Some(k), _) => h.push_str(&format!("peer key:    {} (pinned)\n", k.fingerprint)),
-        (None, Some(fp)) => h.push_str(&format!(
-            "primary key: {fp} (authorized for ns-ha-sync receive)\n"
-        )),
-        _ => h.push_str("peer key:    not paired\n"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::fake::FakeLink;
+    use ns_ha_common::cmd::{CmdOutput, CommandRunner};
+    use ns_ha_common::config::{save_cluster, save_node, SCHEMA_VERSION};
+    use ns_ha_common::exit::code_of;
+    use ns_ha_common::fixtures::{interface, sample_cluster};
+    use ns_ha_common::net::StaticInterfaces;
+    use ns_ha_common::root::paths;
+    use ns_ha_common::service::ServiceBackend;
+    use ns_ha_common::NodeRoot;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    type Journal = Arc<Mutex<Vec<String>>>;
+
+    /// The primary's commands, journaled next to the fake backup's installs:
+    /// `primary keepalived start`, `primary ns-ha-vip list`, ... keepalived's
+    /// init script tracks whether it runs, ns-ha-vip says the VIPs are held
+    /// while it does.
+    struct PrimaryRunner {
+        journal: Journal,
+        keepalived_runs: Mutex<bool>,
     }
-    if let Some(c) = &cluster {
-        h.push_str(&format!("cluster:     {}\n", c.cluster_id));
-        h.push_str(&format!("enabled:     {}\n", c.enabled));
-        h.push_str(&format!(
-            "HA link:     {} primary {} backup {} heartbeat VIP {}\n",
-            c.ha.interface,
-            c.ha.primary_address,
-            c.ha.backup_address
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "unknown".into()),
-            c.ha.heartbeat_vip
-        ));
-        h.push_str(&format!(
-            "VRRP:        v3 advert {} ms, priorities {}/{}, preempt {}\n",
-            c.vrrp.advert_interval_ms,
-            c.vrrp.priority_primary,
-            c.vrrp.priority_backup,
-            c.vrrp.preempt
-        ));
-        for l in &c.lans {
-            let vips: Vec<String> = l.vips.iter().map(|v| v.to_string()).collect();
-            h.push_str(&format!(
-                "LAN {:<8} primary {} backup {} VRID {} VIPs [{}]\n",
-                l.interface,
-                l.primary_address,
-                l.backup_address,
-                l.vrid,
-                vips.join(", ")
-            ));
+
+    impl CommandRunner for PrimaryRunner {
+        fn run(&self, program: &str, args: &[String], _t: Duration) -> Result<CmdOutput> {
+            let name = program.rsplit('/').next().unwrap_or(program);
+            let verb = args.last().cloned().unwrap_or_default();
+            let mut runs = self.keepalived_runs.lock().unwrap();
+            let mut out = CmdOutput {
+                status: Some(0),
+                ..Default::default()
+            };
+            if program.ends_with("/etc/init.d/keepalived") {
+                match verb.as_str() {
+                    "status" => out.status = Some(if *runs { 0 } else { 3 }),
+                    "start" => *runs = true,
+                    "stop" => *runs = false,
+                    _ => {}
+                }
+            }
+            if name == "ns-ha-vip" {
+                out.stdout = format!(r#"{{"vips":[{{"vip":"10.99.1.254/24","held":{runs}}}]}}"#);
+            }
+            let validating = args.first().map(String::as_str) == Some("-t");
+            let shown = if validating { "-t" } else { &verb };
+            self.journal
+                .lock()
+                .unwrap()
+                .push(format!("primary {name} {shown}"));
+            Ok(out)
         }
-    } else {
-        h.push_str("cluster:     not received from the primary yet\n");
     }
-    Ok(Report::new(h, json!({"node": node, "cluster": cluster})))
+
+    /// A paired primary (fw1 of the sample cluster) in a scratch root, and its fake backup.
+    struct Pair {
+        _dir: tempfile::TempDir,
+        root: NodeRoot,
+        runner: PrimaryRunner,
+        ifs: StaticInterfaces,
+        link: FakeLink,
+        journal: Journal,
+    }
+
+    impl Pair {
+        fn new(enabled: bool) -> Pair {
+            let dir = tempfile::tempdir().unwrap();
+            let root = NodeRoot::new(dir.path()).unwrap();
+            let mut cluster = sample_cluster();
+            cluster.enabled = enabled;
+            save_cluster(&root, &cluster).unwrap();
+            let link = FakeLink::default();
+            save_node(
+                &root,
+                &NodeConfig {
+                    schema_version: SCHEMA_VERSION,
+                    role: Role::Primary,
+                    peer_address: "10.99.0.2".parse().unwrap(),
+                    peer_host_key: Some(crate::backup::fake::backup_host_key()),
+                    authorized_key_fingerprint: None,
+                    service_backend: ServiceBackend::Initd,
+                },
+            )
+            .unwrap();
+            let initd = root.path("/etc/init.d/keepalived");
+            std::fs::create_dir_all(initd.parent().unwrap()).unwrap();
+            std::fs::write(&initd, "#!/bin/sh\n").unwrap();
+            let ka = root.path(paths::KEEPALIVED_CONF);
+            std::fs::create_dir_all(ka.parent().unwrap()).unwrap();
+            std::fs::write(&ka, "# the running config\n").unwrap();
+            let journal = link.state().journal.clone();
+            link.state().interfaces = vec![
+                interface("ha0", &["10.99.0.2/24"]),
+                interface("lan0", &["10.99.1.2/24"]),
+                interface("wan0", &["10.99.2.2/24"]),
+            ];
+            Pair {
+                _dir: dir,
+                root,
+                runner: PrimaryRunner {
+                    journal: journal.clone(),
+                    keepalived_runs: Mutex::new(enabled),
+                },
+                ifs: StaticInterfaces(vec![
+                    interface("ha0", &["10.99.0.1/24"]),
+                    interface("lan0", &["10.99.1.1/24"]),
+                    interface("wan0", &["10.99.2.1/24"]),
+                ]),
+                link,
+                journal,
+            }
+        }
+
+        fn ctx(&self) -> Ctx<'_> {
+            Ctx {
+                root: self.root.clone(),
+                runner: &self.runner,
+                ifs: &self.ifs,
+                link: &self.link,
+            }
+        }
+
+        /// The journal without the validation and status calls.
+        fn steps(&self) -> Vec<String> {
+            let j = self.journal.lock().unwrap().clone();
+            let mut out: Vec<String> = j
+                .into_iter()
+                .filter(|l| !l.ends_with(" -t") && !l.ends_with(" status"))
+                .collect();
+            out.dedup();
+            out
+        }
+
+        /// (cluster.json, keepalived.conf) of the primary, byte for byte.
+        fn primary_files(&self) -> (String, String) {
+            let read = |p: &str| std::fs::read_to_string(self.root.path(p)).unwrap();
+            (read(paths::CLUSTER_CONFIG), read(paths::KEEPALIVED_CONF))
+        }
+
+        fn primary_cluster(&self) -> ClusterConfig {
+            load_cluster(&self.root).unwrap()
+        }
+    }
+
+    #[test]
+    fn add_lan_installs_on_the_backup_then_on_the_primary() {
+        let p = Pair::new(true);
+        add_lan(&p.ctx(), "wan0", &["10.99.2.254/24".into()]).unwrap();
+        assert_eq!(
+            p.steps(),
+            ["backup install enabled=true", "primary keepalived reload"]
+        );
+        let wan = p.primary_cluster().lan("wan0").cloned().unwrap();
+        assert_eq!(wan.backup_address.to_string(), "10.99.2.2/24");
+        assert_eq!(wan.vips[0].to_string(), "10.99.2.254/24");
+        let installed = p.link.state().installed.clone();
+        assert_eq!(installed, vec![p.primary_cluster()]);
+        assert!(p.primary_files().1.contains("10.99.2.254/24 dev wan0"));
+    }
+
+    #[test]
+    fn a_refused_edit_leaves_both_nodes_untouched() {
+        let p = Pair::new(true);
+        let before = p.primary_files();
+        p.link.state().refuse = Some("keepalived rejected the rendered config".into());
+        let e = add_vip(&p.ctx(), "lan0", "10.99.1.253/24").unwrap_err();
+        assert_eq!(code_of(&e), Code::Peer, "{e:#}");
+        assert!(e.to_string().contains("keepalived rejected"), "{e:#}");
+        assert_eq!(p.primary_files(), before);
+        assert!(p.link.state().installed.is_empty());
+        assert!(p.steps().is_empty(), "{:?}", p.steps());
+    }
+
+    #[test]
+    fn a_lan_the_backup_lacks_is_refused_before_any_install() {
+        let p = Pair::new(true);
+        let before = p.primary_files();
+        p.link.state().interfaces.retain(|i| i.name != "wan0");
+        let e = add_lan(&p.ctx(), "wan0", &["10.99.2.254/24".into()]).unwrap_err();
+        assert_eq!(code_of(&e), Code::InvalidInput);
+        assert!(
+            e.to_string().contains("does not exist on the backup"),
+            "{e}"
+        );
+        assert_eq!(p.primary_files(), before);
+        assert!(p.link.state().installed.is_empty());
+    }
+
+    #[test]
+    fn enable_starts_the_primary_before_the_backup() {
+        let p = Pair::new(false);
+        set_enabled(&p.ctx(), true).unwrap();
+        assert_eq!(
+            p.steps(),
+            [
+                // The backup validates and stores the config, keepalived held stopped.
+                "backup install enabled=false",
+                "primary keepalived start",
+                // Waits until the primary holds its VIPs...
+                "primary ns-ha-vip list",
+                // ...then the backup starts and hears a MASTER at once.
+                "backup install enabled=true",
+            ]
+        );
+        assert!(p.primary_cluster().enabled);
+        assert!(p.link.state().installed.last().unwrap().enabled);
+    }
+
+    #[test]
+    fn enable_refused_by_the_backup_starts_nothing() {
+        let p = Pair::new(false);
+        let before = p.primary_files();
+        p.link.state().refuse = Some(
+            "interface lan0 on the backup does not have the static address 10.99.1.2/24".into(),
+        );
+        assert!(set_enabled(&p.ctx(), true).is_err());
+        assert_eq!(p.primary_files(), before);
+        assert!(!p.primary_cluster().enabled);
+        assert!(p.steps().is_empty(), "{:?}", p.steps());
+    }
+
+    #[test]
+    fn disable_stops_the_backup_first() {
+        let p = Pair::new(true);
+        set_enabled(&p.ctx(), false).unwrap();
+        assert_eq!(
+            p.steps(),
+            ["backup install enabled=false", "primary keepalived stop"]
+        );
+    }
+
+    #[test]
+    fn removals_reach_both_nodes() {
+        let p = Pair::new(true);
+        remove_vip(&p.ctx(), "10.99.1.254").unwrap();
+        assert!(p.primary_cluster().all_vips().is_empty());
+        assert!(p.link.state().installed[0].all_vips().is_empty());
+        remove_interface(&p.ctx(), "lan0").unwrap();
+        assert!(p.primary_cluster().lans.is_empty());
+        assert!(p.link.state().installed[1].lans.is_empty());
+        let e = remove_interface(&p.ctx(), "lan0").unwrap_err();
+        assert_eq!(code_of(&e), Code::InvalidInput);
+        assert_eq!(p.link.state().installed.len(), 2);
+    }
+
+    #[test]
+    fn edits_are_refused_on_the_backup_and_before_pairing() {
+        let p = Pair::new(true);
+        let mut node = load_node(&p.root).unwrap();
+        node.peer_host_key = None;
+        save_node(&p.root, &node).unwrap();
+        let e = add_vip(&p.ctx(), "lan0", "10.99.1.253/24").unwrap_err();
+        assert_eq!(code_of(&e), Code::State);
+        assert!(e.to_string().contains("run ns-ha-init pair first"), "{e}");
+        node.role = Role::Backup;
+        save_node(&p.root, &node).unwrap();
+        let e = set_enabled(&p.ctx(), true).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("make cluster changes on the primary"));
+        assert!(p.link.state().installed.is_empty());
+    }
 }

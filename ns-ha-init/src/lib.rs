@@ -7,9 +7,12 @@
 //! installed on the backup before the primary, so a refused change leaves
 //! both nodes as they were.
 
+pub mod backup;
 pub mod checks;
 pub mod edit;
+pub mod install;
 pub mod pairing;
+pub mod show;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,9 +24,11 @@ pub use ns_ha_common::cli::Report;
 use ns_ha_common::cli::{self, GlobalArgs};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::exit::help_table;
-use ns_ha_common::net::Ipv4Cidr;
+use ns_ha_common::net::{InterfaceSource, IpCommand, Ipv4Cidr};
 use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::NodeRoot;
+
+use crate::backup::{BackupLink, SshLink};
 
 /// Pair two firewalls into one highly available gateway and manage the cluster.
 ///
@@ -179,10 +184,14 @@ impl From<BackendArg> for ServiceBackend {
     }
 }
 
-/// Everything a command needs about the node it runs on.
+/// Everything a command needs about the node it runs on and its peer.
 pub struct Ctx<'a> {
     pub root: NodeRoot,
     pub runner: &'a dyn CommandRunner,
+    /// This node's interfaces.
+    pub ifs: &'a dyn InterfaceSource,
+    /// How this (primary) node reaches the backup.
+    pub link: &'a dyn BackupLink,
 }
 
 /// Parse a VIP argument; IPv6 and malformed prefixes are refused with the fix.
@@ -190,11 +199,13 @@ pub fn parse_vip(s: &str) -> Result<Ipv4Cidr> {
     s.parse()
 }
 
-/// Run one parsed command.
-pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
+/// Run one parsed command on this node, reaching the backup over `link`.
+pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Result<Report> {
     let ctx = Ctx {
         root: NodeRoot::from_arg_or_env(cli.global.root.as_deref())?,
         runner,
+        ifs: &IpCommand { runner },
+        link,
     };
     match cli.command {
         Command::Check {
@@ -242,7 +253,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
         Command::RemoveInterface { interface } => edit::remove_interface(&ctx, &interface),
         Command::AddVip { interface, vip } => edit::add_vip(&ctx, &interface, &vip),
         Command::RemoveVip { vip } => edit::remove_vip(&ctx, &vip),
-        Command::ShowConfig => edit::show_config(&ctx),
+        Command::ShowConfig => show::show_config(&ctx),
         Command::Enable => edit::set_enabled(&ctx, true),
         Command::Disable => edit::set_enabled(&ctx, false),
         Command::Reset { yes } => pairing::reset(&ctx, yes),
@@ -251,7 +262,9 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
 
 /// The whole program: parse, run, print the result or the error once, exit with its code.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
-    cli::main("ns-ha-init", args, |cli: Cli| run(cli, &SystemRunner))
+    cli::main("ns-ha-init", args, |cli: Cli| {
+        run(cli, &SystemRunner, &SshLink)
+    })
 }
 
 impl cli::ToolCli for Cli {

@@ -19,27 +19,20 @@ use ns_ha_common::config::{
     SCHEMA_VERSION,
 };
 use ns_ha_common::exit::{fail, Code};
-use ns_ha_common::fsutil::{atomic_write, remove_if_exists, NodeLock};
-use ns_ha_common::net::{IpCommand, Ipv4Cidr};
-use ns_ha_common::peer;
-use ns_ha_common::proto::{call, ControlRequest, InspectReply};
+use ns_ha_common::fsutil::{atomic_write, remove_if_exists};
+use ns_ha_common::net::Ipv4Cidr;
 use ns_ha_common::root::paths;
 use ns_ha_common::service::ServiceBackend;
-use ns_ha_common::ssh::{self, HostKeyCheck, PeerSession};
+use ns_ha_common::ssh::{self, HostKeyCheck};
 use ns_ha_common::NodeRoot;
 
+use crate::backup::{backup_address, lock};
 use crate::checks;
-use crate::edit::commit_cluster;
+use crate::install::commit_cluster;
 use crate::{Ctx, Report};
 
 /// Comment that marks the authorized_keys line ns-ha owns.
 pub const KEY_COMMENT: &str = "ns-ha-primary";
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Take the node lock for a configuration change.
-pub fn lock(root: &NodeRoot) -> Result<NodeLock> {
-    NodeLock::acquire(&root.path(paths::LOCK), LOCK_WAIT)
-}
 
 fn refuse_if_initialized(root: &NodeRoot) -> Result<()> {
     if let Some(node) = load_node_opt(root)? {
@@ -130,8 +123,7 @@ fn generate_key(ctx: &Ctx, comment: &str) -> Result<PinnedHostKey> {
 pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     refuse_if_initialized(&ctx.root)?;
-    let ifs = IpCommand { runner: ctx.runner };
-    let own = checks::ha_interface(&ifs, &opts.ha_interface)?;
+    let own = checks::ha_interface(ctx.ifs, &opts.ha_interface)?;
     checks::peer_address(&own, opts.peer)?;
     let hb = match opts.heartbeat_vip {
         Some(a) => a,
@@ -226,6 +218,21 @@ fn write_authorized_keys(root: &NodeRoot, line: Option<&str>) -> Result<()> {
     )
 }
 
+/// This node's sshd host key: what the primary pins when it pairs with this backup.
+pub fn own_host_key(root: &NodeRoot) -> Result<PinnedHostKey> {
+    ssh::read_public_key(&root.path(paths::SSH_HOST_KEY_PUB)).map_err(|e| {
+        fail(
+            Code::Dependency,
+            format!("this node's sshd has no usable ed25519 host key ({e:#}): generate it with ssh-keygen -A and start sshd"),
+        )
+    })
+}
+
+/// The command to run on the primary to pin this backup's host key.
+pub fn pair_command(fingerprint: &str) -> String {
+    format!("ns-ha-init pair --host-key-fingerprint {fingerprint}")
+}
+
 /// `init-backup`.
 pub fn init_backup(
     ctx: &Ctx,
@@ -236,17 +243,10 @@ pub fn init_backup(
 ) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     refuse_if_initialized(&ctx.root)?;
-    let ifs = IpCommand { runner: ctx.runner };
-    let own = checks::ha_interface(&ifs, ha_interface)?;
+    let own = checks::ha_interface(ctx.ifs, ha_interface)?;
     checks::peer_address(&own, peer)?;
     let key = ssh::parse_public_key(primary_key)?;
-    let host_key_path = ctx.root.path(paths::SSH_HOST_KEY_PUB);
-    let host_key = ssh::read_public_key(&host_key_path).map_err(|e| {
-        fail(
-            Code::Dependency,
-            format!("this node's sshd has no usable ed25519 host key ({e:#}): generate it with ssh-keygen -A and start sshd"),
-        )
-    })?;
+    let host_key = own_host_key(&ctx.root)?;
     let line = authorized_line(&ctx.root, &key)?;
     let node = NodeConfig {
         schema_version: SCHEMA_VERSION,
@@ -259,52 +259,15 @@ pub fn init_backup(
     write_authorized_keys(&ctx.root, Some(&line))?;
     config::save_node(&ctx.root, &node)?;
     let human = format!(
-        "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only.\nOn the primary run:\n  ns-ha-init pair --host-key-fingerprint {}\n",
-        host_key.fingerprint, key.fingerprint, host_key.fingerprint
+        "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only.\nOn the primary run:\n  {}\n(ns-ha-init show-config on this node prints it again.)\n",
+        host_key.fingerprint,
+        key.fingerprint,
+        pair_command(&host_key.fingerprint)
     );
     Ok(Report::new(
         human,
         json!({"host_key_fingerprint": host_key.fingerprint, "authorized_key_fingerprint": key.fingerprint}),
     ))
-}
-
-/// Learn the backup's static address of `interface` (same subnet as ours).
-pub fn backup_address(
-    ch: &mut ssh::PeerChannel,
-    interface: &str,
-    ours: &Ipv4Cidr,
-) -> Result<Ipv4Cidr> {
-    let reply: InspectReply = call(
-        ch,
-        &ControlRequest::Inspect {
-            interfaces: vec![interface.to_string()],
-        },
-    )?;
-    let iface = reply.interfaces.into_iter().next().flatten().ok_or_else(|| {
-        fail(
-            Code::InvalidInput,
-            format!("interface {interface} does not exist on the backup: both nodes need the same interface names"),
-        )
-    })?;
-    let addr = iface.static_ipv4().ok_or_else(|| {
-        fail(
-            Code::InvalidInput,
-            format!(
-                "interface {interface} on the backup has no static IPv4 address: configure one"
-            ),
-        )
-    })?;
-    if !ours.contains(addr.addr) || addr.prefix != ours.prefix || addr.addr == ours.addr {
-        return Err(fail(
-            Code::InvalidInput,
-            format!(
-                "interface {interface}: the backup's address {addr} is not another host of this node's subnet {}/{}: fix the addressing",
-                ours.network(),
-                ours.prefix
-            ),
-        ));
-    }
-    Ok(addr)
 }
 
 /// `pair`.
@@ -339,13 +302,10 @@ pub fn pair(ctx: &Ctx, fingerprint: Option<String>, trust_on_first_use: bool) ->
             ))
         }
     };
-    let sess = PeerSession::connect(&peer::endpoint(&ctx.root, &node, &cluster), &check)?;
-    let (mut ch, hello) = peer::open_channel(&sess, &cluster.cluster_id)?;
-    let b_ha = backup_address(
-        &mut ch,
-        &cluster.ha.interface.clone(),
-        &cluster.ha.primary_address,
-    )?;
+    let previous = cluster.clone();
+    let mut peer = ctx.link.connect(&ctx.root, &node, &cluster, &check)?;
+    let backup = peer.backup.as_mut();
+    let b_ha = backup_address(backup, &cluster.ha.interface, &cluster.ha.primary_address)?;
     if b_ha.addr != node.peer_address {
         return Err(fail(
             Code::InvalidInput,
@@ -364,18 +324,18 @@ pub fn pair(ctx: &Ctx, fingerprint: Option<String>, trust_on_first_use: bool) ->
             cluster.lans[i].interface.clone(),
             cluster.lans[i].primary_address,
         );
-        cluster.lans[i].backup_address = backup_address(&mut ch, &name, &ours)?;
+        cluster.lans[i].backup_address = backup_address(backup, &name, &ours)?;
     }
-    let act = commit_cluster(ctx, &node, &cluster, &mut ch)?;
-    node.peer_host_key = Some(sess.host_key.clone());
+    let act = commit_cluster(ctx, &node, &previous, &cluster, backup)?;
+    node.peer_host_key = Some(peer.host_key.clone());
     config::save_node(&ctx.root, &node)?;
     let human = format!(
         "paired with backup {} (ns-ha {}), host key {} pinned\nbackup HA address {}\nkeepalived: {} on this node\nNext: ns-ha-init add-lan --interface IF --vip CIDR, then ns-ha-init enable\n",
-        node.peer_address, hello.version, sess.host_key.fingerprint, b_ha, act.keepalived
+        node.peer_address, peer.hello.version, peer.host_key.fingerprint, b_ha, act.keepalived
     );
     Ok(Report::new(
         human,
-        json!({"peer": node.peer_address.to_string(), "host_key_fingerprint": sess.host_key.fingerprint, "backup_ha_address": b_ha.to_string(), "peer_version": hello.version}),
+        json!({"peer": node.peer_address.to_string(), "host_key_fingerprint": peer.host_key.fingerprint, "backup_ha_address": b_ha.to_string(), "peer_version": peer.hello.version}),
     ))
 }
 

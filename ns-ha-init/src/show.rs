@@ -1,0 +1,89 @@
+//! `show-config`: the node's and the cluster's configuration as this node has it.
+//!
+//! On the backup it also prints the sshd host-key fingerprint and the exact
+//! `pair` command for the primary, so a fingerprint lost after `init-backup`
+//! (which refuses to run twice) can be read again.
+
+use anyhow::Result;
+use serde_json::json;
+
+use ns_ha_common::config::{load_cluster_opt, load_node, Role};
+
+use crate::pairing::{own_host_key, pair_command};
+use crate::{Ctx, Report};
+
+/// `show-config`.
+pub fn show_config(ctx: &Ctx) -> Result<Report> {
+    let node = load_node(&ctx.root)?;
+    let cluster = load_cluster_opt(&ctx.root)?;
+    let mut h = String::new();
+    h.push_str(&format!("role:        {}\n", node.role));
+    h.push_str(&format!("peer:        {}\n", node.peer_address));
+    match (&node.peer_host_key, &node.authorized_key_fingerprint) {
+        (Some(k), _) => h.push_str(&format!("peer key:    {} (pinned)\n", k.fingerprint)),
+        (None, Some(fp)) => h.push_str(&format!(
+            "primary key: {fp} (authorized for ns-ha-sync receive)\n"
+        )),
+        _ => h.push_str("peer key:    not paired\n"),
+    }
+    // The backup's own host key: what the primary pins (again) with `pair`.
+    let host_key = match node.role {
+        Role::Backup => match own_host_key(&ctx.root) {
+            Ok(k) => {
+                h.push_str(&format!("host key:    {}\n", k.fingerprint));
+                h.push_str(&format!(
+                    "             to pair, run on the primary: {}\n",
+                    pair_command(&k.fingerprint)
+                ));
+                Some(k.fingerprint)
+            }
+            Err(e) => {
+                h.push_str(&format!("host key:    {e:#}\n"));
+                None
+            }
+        },
+        Role::Primary => None,
+    };
+    if let Some(c) = &cluster {
+        h.push_str(&format!("cluster:     {}\n", c.cluster_id));
+        h.push_str(&format!("enabled:     {}\n", c.enabled));
+        h.push_str(&format!(
+            "HA link:     {} primary {} backup {} heartbeat VIP {}\n",
+            c.ha.interface,
+            c.ha.primary_address,
+            c.ha.backup_address
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            c.ha.heartbeat_vip
+        ));
+        h.push_str(&format!(
+            "VRRP:        v3 advert {} ms, priorities {}/{}, preempt {}\n",
+            c.vrrp.advert_interval_ms,
+            c.vrrp.priority_primary,
+            c.vrrp.priority_backup,
+            c.vrrp.preempt
+        ));
+        for l in &c.lans {
+            let vips: Vec<String> = l.vips.iter().map(|v| v.to_string()).collect();
+            h.push_str(&format!(
+                "LAN {:<8} primary {} backup {} VRID {} VIPs [{}]\n",
+                l.interface,
+                l.primary_address,
+                l.backup_address,
+                l.vrid,
+                vips.join(", ")
+            ));
+        }
+    } else {
+        h.push_str("cluster:     not received from the primary yet\n");
+    }
+    Ok(Report::new(
+        h,
+        json!({
+            "node": node,
+            "cluster": cluster,
+            "host_key_fingerprint": host_key,
+            "pair_command": host_key.as_deref().map(pair_command),
+        }),
+    ))
+}
