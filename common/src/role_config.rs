@@ -48,6 +48,72 @@ pub const MASTER_ONLY_SERVICES: &[&str] = &[
     "acme",    // ACME certificates
 ];
 
+/// Node paths that configure a master-only service (any one is enough): the
+/// OpenWrt/NethSecurity UCI file and the daemon's own file. A service not
+/// listed here is taken as configured (there is no way to tell).
+pub const SERVICE_CONFIGS: &[(&str, &[&str])] = &[
+    ("dnsmasq", &["/etc/dnsmasq.conf", "/etc/config/dhcp"]),
+    ("openvpn", &["/etc/config/openvpn", "/etc/openvpn/"]),
+    (
+        "swanctl",
+        &["/etc/swanctl/swanctl.conf", "/etc/config/ipsec"],
+    ),
+    ("ipsec", &["/etc/ipsec.conf", "/etc/config/ipsec"]),
+    ("mwan3", &["/etc/config/mwan3"]),
+    ("snort", &["/etc/config/snort"]),
+    ("adblock", &["/etc/config/adblock"]),
+    ("banip", &["/etc/config/banip"]),
+    ("dedalo", &["/etc/config/dedalo"]),
+    ("netifyd", &["/etc/netifyd.conf", "/etc/config/netifyd"]),
+    ("ddns", &["/etc/config/ddns"]),
+    ("ns-plug", &["/etc/config/ns-plug"]),
+    ("acme", &["/etc/config/acme"]),
+];
+
+/// A service the MASTER role starts, installed on the node (its init script
+/// exists) but with none of its config files: starting it on MASTER fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnconfiguredService {
+    pub service: String,
+    /// Any one of these node paths would configure it.
+    pub config_paths: Vec<String>,
+}
+
+impl UnconfiguredService {
+    /// One line: the problem and its fix.
+    pub fn message(&self) -> String {
+        format!(
+            "{s} is started on MASTER (roles.master.start) but not configured on this node: write {paths} before ns-ha-init enable, or remove {s} from roles.master.start in /etc/ns-ha/cluster.json",
+            s = self.service,
+            paths = self.config_paths.join(" or ")
+        )
+    }
+}
+
+/// The master-only services of `roles` installed under `root` (init.d
+/// script) but not configured there. Nodes managed by systemd have no
+/// init scripts under the root, so nothing is reported for them.
+pub fn unconfigured_master_services(
+    root: &crate::root::NodeRoot,
+    roles: &RoleSettings,
+) -> Vec<UnconfiguredService> {
+    roles
+        .master
+        .start
+        .iter()
+        .filter(|s| !s.is_empty() && !s.contains('/') && !s.starts_with('.'))
+        .filter(|s| root.path(format!("/etc/init.d/{s}")).is_file())
+        .filter_map(|s| {
+            let (_, paths) = SERVICE_CONFIGS.iter().find(|(name, _)| name == s)?;
+            let configured = paths.iter().any(|p| root.path(p).exists());
+            (!configured).then(|| UnconfiguredService {
+                service: s.clone(),
+                config_paths: paths.iter().map(|p| p.to_string()).collect(),
+            })
+        })
+        .collect()
+}
+
 /// Services reloaded on MASTER (they run on both nodes, the active one must
 /// pick up what only it serves): nginx is the web UI and the reverse proxy.
 pub const MASTER_RELOADS: &[&str] = &["nginx"];
@@ -382,6 +448,34 @@ mod tests {
         let mut r = RoleSettings::default();
         r.master.stop.push("dnsmasq".into());
         assert!(r.validate(&[]).is_err());
+    }
+
+    #[test]
+    fn unconfigured_master_services_are_the_installed_ones_without_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::root::NodeRoot::new(dir.path()).unwrap();
+        let roles = RoleSettings::default();
+        // Nothing installed: nothing to report.
+        assert!(unconfigured_master_services(&root, &roles).is_empty());
+        for s in ["dnsmasq", "openvpn", "my-own"] {
+            let p = root.path(format!("/etc/init.d/{s}"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "#!/bin/sh\n").unwrap();
+        }
+        let mut roles = roles;
+        roles.master.start.push("my-own".into());
+        let found = unconfigured_master_services(&root, &roles);
+        let names: Vec<&str> = found.iter().map(|u| u.service.as_str()).collect();
+        // my-own has no known config file: taken as configured.
+        assert_eq!(names, ["dnsmasq", "openvpn"]);
+        assert!(found[0]
+            .message()
+            .contains("write /etc/dnsmasq.conf or /etc/config/dhcp"));
+        // The UCI file alone configures dnsmasq; a service not started on MASTER is not reported.
+        std::fs::create_dir_all(root.path("/etc/config")).unwrap();
+        std::fs::write(root.path("/etc/config/dhcp"), "").unwrap();
+        roles.master.start.retain(|s| s != "openvpn");
+        assert!(unconfigured_master_services(&root, &roles).is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use ns_ha_common::config::{self, check_vip, LanInterface, Role};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::net::{check_ifname, InterfaceSource, Ipv4Cidr, LinkKind};
 use ns_ha_common::proto::{NS_HA_VERSION, PROTOCOL_VERSION};
+use ns_ha_common::role_config::unconfigured_master_services;
 
 use crate::{Ctx, Report};
 
@@ -217,6 +218,28 @@ pub fn run_check(
             });
         }
     }
+    // The primary starts the master-only services when it becomes MASTER:
+    // each one installed here needs its config before enable (the backup
+    // gets it with the sync).
+    if role == Some(Role::Primary) {
+        let roles = cluster
+            .as_ref()
+            .map(|c| c.roles.clone())
+            .unwrap_or_default();
+        let missing = unconfigured_master_services(&ctx.root, &roles);
+        if missing.is_empty() {
+            outcomes.push(Outcome {
+                name: "master-only services".into(),
+                result: Ok("every one installed here is configured".into()),
+            });
+        }
+        for m in missing {
+            outcomes.push(Outcome {
+                name: format!("master-only service {}", m.service),
+                result: Err(fail(Code::Config, m.message())),
+            });
+        }
+    }
     // Once paired, the primary also asks the backup for its version.
     if let (Some(node), Some(cluster)) = (&node, &cluster) {
         if node.role == Role::Primary && node.peer_host_key.is_some() {
@@ -330,5 +353,48 @@ mod tests {
                 .to_string(),
             "10.99.1.254/24"
         );
+    }
+
+    #[test]
+    fn check_names_master_only_services_that_are_not_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = ns_ha_common::NodeRoot::new(dir.path()).unwrap();
+        let initd = root.path("/etc/init.d/dnsmasq");
+        std::fs::create_dir_all(initd.parent().unwrap()).unwrap();
+        std::fs::write(&initd, "#!/bin/sh\n").unwrap();
+        let runner = ns_ha_common::cmd::RecordingRunner::new();
+        let link = crate::backup::fake::FakeLink::default();
+        let ifs = node();
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &runner,
+            ifs: &ifs,
+            link: &link,
+        };
+        let check =
+            || run_check(&ctx, Some(Role::Primary), Some("eth2".into()), None, &[]).unwrap();
+        let r = check();
+        assert_eq!(r.code, Code::Config, "{}", r.human);
+        assert!(
+            r.human
+                .contains("FAIL  master-only service dnsmasq: dnsmasq is started on MASTER")
+                && r.human.contains(
+                    "write /etc/dnsmasq.conf or /etc/config/dhcp before ns-ha-init enable"
+                ),
+            "{}",
+            r.human
+        );
+        std::fs::write(root.path("/etc/dnsmasq.conf"), "interface=lan0\n").unwrap();
+        let r = check();
+        assert_eq!(r.code, Code::Ok, "{}", r.human);
+        assert!(
+            r.human.contains("ok    master-only services"),
+            "{}",
+            r.human
+        );
+        // A backup gets the config with the sync: not checked there.
+        std::fs::remove_file(root.path("/etc/dnsmasq.conf")).unwrap();
+        let r = run_check(&ctx, Some(Role::Backup), Some("eth2".into()), None, &[]).unwrap();
+        assert!(!r.human.contains("master-only"), "{}", r.human);
     }
 }

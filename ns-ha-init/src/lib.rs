@@ -31,15 +31,8 @@ use ns_ha_common::NodeRoot;
 use crate::backup::{BackupLink, SshLink};
 
 /// Pair two firewalls into one highly available gateway and manage the cluster.
-///
-/// Typical pairing (run each line on the node named, as root):
-///   primary: ns-ha-init init-primary --ha-interface eth2 --peer 10.99.0.2
-///   backup:  ns-ha-init init-backup --ha-interface eth2 --peer 10.99.0.1 --primary-key 'ssh-ed25519 AAAA...'
-///   primary: ns-ha-init pair --host-key-fingerprint SHA256:...   (printed by init-backup)
-///   primary: ns-ha-init add-lan --interface lan0 --vip 192.168.1.254/24
-///   primary: ns-ha-init enable
 #[derive(Debug, Parser)]
-#[command(name = "ns-ha-init", version, after_help = help_table())]
+#[command(name = "ns-ha-init", version, after_help = after_help())]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -96,9 +89,10 @@ pub enum Command {
         /// The primary's address on the HA link.
         #[arg(long, value_name = "ADDR")]
         peer: Ipv4Addr,
-        /// The public key line printed by init-primary.
-        #[arg(long, value_name = "KEY")]
-        primary_key: String,
+        /// The public key line printed by init-primary, quoted: 'ssh-ed25519 AAAA... ns-ha-primary'
+        /// (pasted unquoted, its words are taken together as the key).
+        #[arg(long, value_name = "KEY", num_args = 1.., required = true)]
+        primary_key: Vec<String>,
         /// How this node manages services.
         #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
         service_backend: BackendArg,
@@ -115,8 +109,19 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Add a LAN interface (same name on both nodes) with optional VIPs.
+    /// Add a LAN interface (same name on both nodes) with optional VIPs; also how a WAN is added today.
+    ///
+    /// Both nodes need the interface with a static address of the same subnet;
+    /// the VIP is the address clients use (gateway, DNS, VPN endpoint) and moves
+    /// with the MASTER.
+    ///
+    /// A WAN is configured the same way until WAN takeover lands: a WAN with a
+    /// static address on each node plus a shared public VIP is added with
+    /// add-lan (ns-ha-vip list shows its VIP as KIND lan). WANs by DHCP or PPPoE
+    /// and a WAN address that only the MASTER holds are not supported yet.
     AddLan {
+        /// The interface, same name on both nodes, with a static IPv4 address of
+        /// the same subnet on each (e.g. lan0, br-lan, or a WAN such as eth1).
         #[arg(long, value_name = "IF")]
         interface: String,
         /// A VIP in the LAN subnet, e.g. 192.168.1.254/24. Repeatable.
@@ -125,13 +130,16 @@ pub enum Command {
     },
     /// Remove a LAN interface and its VIPs from the cluster.
     RemoveInterface {
+        /// A LAN (or WAN added with add-lan) of the cluster, as show-config lists it.
         #[arg(long, value_name = "IF")]
         interface: String,
     },
-    /// Add a VIP to a LAN interface of the cluster.
+    /// Add a VIP to a LAN interface of the cluster (a WAN added with add-lan too).
     AddVip {
+        /// A LAN of the cluster (added with add-lan; a WAN is added as a LAN today).
         #[arg(long, value_name = "IF")]
         interface: String,
+        /// The VIP with its prefix, in that interface's subnet, e.g. 192.168.1.253/24.
         #[arg(long, value_name = "CIDR")]
         vip: String,
     },
@@ -182,6 +190,25 @@ impl From<BackendArg> for ServiceBackend {
             BackendArg::Systemd => ServiceBackend::Systemd,
         }
     }
+}
+
+/// Pairing, as README.md walks through it (each line on the node named, as root).
+pub const PAIRING_EXAMPLE: &str = "\
+Pairing (each line on the node named, as root):
+  primary: ns-ha-init check --role primary --ha-interface eth2 --peer 10.0.0.2 --lan lan0=192.168.1.254/24
+  primary: ns-ha-init init-primary --ha-interface eth2 --peer 10.0.0.2
+  backup:  ns-ha-init init-backup --ha-interface eth2 --peer 10.0.0.1 --primary-key 'ssh-ed25519 AAAA... ns-ha-primary'
+  primary: ns-ha-init pair --host-key-fingerprint SHA256:...   (printed by init-backup; again: show-config on the backup)
+  primary: ns-ha-init add-lan --interface lan0 --vip 192.168.1.254/24
+  primary: ns-ha-init add-lan --interface wan0 --vip 203.0.113.10/24   (a WAN, today: see add-lan --help)
+  primary: ns-ha-init enable
+Before enable, the master-only services the roles start must be configured on
+the primary (e.g. /etc/dnsmasq.conf); `ns-ha-init check` names the missing ones.";
+
+/// Text after the options in `-h` and `--help`: the pairing example, printed
+/// verbatim (line by line) in both, and the exit codes.
+fn after_help() -> String {
+    format!("{PAIRING_EXAMPLE}\n\n{}", help_table())
 }
 
 /// Everything a command needs about the node it runs on and its peer.
@@ -241,7 +268,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
             &ctx,
             &ha_interface,
             peer,
-            &primary_key,
+            &primary_key.join(" "),
             service_backend.into(),
         ),
         Command::Pair {
@@ -270,5 +297,79 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
 impl cli::ToolCli for Cli {
     fn global(&self) -> &GlobalArgs {
         &self.global
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn short_and_long_help_show_the_pairing_example_line_by_line() {
+        let short = Cli::command().render_help().to_string();
+        let long = Cli::command().render_long_help().to_string();
+        for help in [&short, &long] {
+            let lines: Vec<&str> = help.lines().collect();
+            for line in PAIRING_EXAMPLE.lines() {
+                assert!(lines.contains(&line), "missing line {line:?} in:\n{help}");
+            }
+            assert!(help.contains("Exit codes:"));
+        }
+    }
+
+    #[test]
+    fn a_primary_key_pasted_without_quotes_is_taken_whole() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEt1Ig8czKwgR7Z9el8tb0tUfSP1AJewPrV9zoXG26FS ns-ha-primary";
+        let base = ["ns-ha-init", "init-backup", "--ha-interface", "eth2"];
+        let unquoted: Vec<&str> = base
+            .iter()
+            .copied()
+            .chain(["--primary-key"])
+            .chain(key.split(' '))
+            .chain(["--peer", "10.0.0.1"])
+            .collect();
+        let quoted: Vec<&str> = base
+            .iter()
+            .copied()
+            .chain(["--primary-key", key, "--peer", "10.0.0.1"])
+            .collect();
+        for argv in [unquoted, quoted] {
+            let cli = Cli::try_parse_from(&argv).unwrap();
+            let Command::InitBackup { primary_key, .. } = cli.command else {
+                panic!("not init-backup");
+            };
+            assert_eq!(primary_key.join(" "), key);
+            assert!(ns_ha_common::ssh::parse_public_key(&primary_key.join(" ")).is_ok());
+        }
+        let e = Cli::try_parse_from(base.iter().chain(&["--primary-key"])).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn interface_options_and_the_wan_are_explained() {
+        for sub in ["add-lan", "add-vip", "remove-interface"] {
+            let mut cmd = Cli::command();
+            let help = cmd
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string();
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with("--interface <IF>"))
+                .unwrap_or_else(|| panic!("{sub}: no --interface in\n{help}"));
+            assert!(
+                line.len() > "      --interface <IF>".len() + 10,
+                "{sub}: --interface has no help text: {line:?}"
+            );
+        }
+        let mut cmd = Cli::command();
+        let long = cmd
+            .find_subcommand_mut("add-lan")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(long.contains("A WAN is configured the same way until WAN takeover lands"));
     }
 }

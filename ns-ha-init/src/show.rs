@@ -87,3 +87,58 @@ pub fn show_config(ctx: &Ctx) -> Result<Report> {
         }),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_ha_common::config::{save_node, NodeConfig, SCHEMA_VERSION};
+    use ns_ha_common::root::paths;
+    use ns_ha_common::service::ServiceBackend;
+    use ns_ha_common::NodeRoot;
+
+    #[test]
+    fn the_backup_prints_its_fingerprint_and_the_pair_command_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        save_node(
+            &root,
+            &NodeConfig {
+                schema_version: SCHEMA_VERSION,
+                role: Role::Backup,
+                peer_address: "10.99.0.1".parse().unwrap(),
+                peer_host_key: None,
+                authorized_key_fingerprint: Some("SHA256:primary".into()),
+                service_backend: ServiceBackend::Initd,
+            },
+        )
+        .unwrap();
+        let key = crate::backup::fake::backup_host_key();
+        let pubfile = root.path(paths::SSH_HOST_KEY_PUB);
+        std::fs::create_dir_all(pubfile.parent().unwrap()).unwrap();
+        std::fs::write(
+            &pubfile,
+            format!("{} {} root@fw2\n", key.key_type, key.key_base64),
+        )
+        .unwrap();
+        let runner = ns_ha_common::cmd::RecordingRunner::new();
+        let link = crate::backup::fake::FakeLink::default();
+        let ifs = ns_ha_common::net::StaticInterfaces::default();
+        let ctx = Ctx {
+            root,
+            runner: &runner,
+            ifs: &ifs,
+            link: &link,
+        };
+        let r = show_config(&ctx).unwrap();
+        let cmd = format!("ns-ha-init pair --host-key-fingerprint {}", key.fingerprint);
+        assert!(
+            r.human
+                .contains(&format!("host key:    {}\n", key.fingerprint)),
+            "{}",
+            r.human
+        );
+        assert!(r.human.contains(&cmd), "{}", r.human);
+        assert_eq!(r.json["host_key_fingerprint"], key.fingerprint.as_str());
+        assert_eq!(r.json["pair_command"], cmd.as_str());
+    }
+}

@@ -14,21 +14,27 @@ fn code(out: &std::process::Output) -> Option<i32> {
 #[test]
 fn check_reports_each_problem_with_its_fix() {
     let lab = Lab::up();
-    let ok = init_ok(
-        &lab,
-        "fw1",
-        &[
-            "check",
-            "--role",
-            "primary",
-            "--ha-interface",
-            net::HA_IF,
-            "--peer",
-            net::FW2_HA,
-            "--lan",
-            "lan0=10.99.1.254/24",
-        ],
+    let planned = [
+        "check",
+        "--role",
+        "primary",
+        "--ha-interface",
+        net::HA_IF,
+        "--peer",
+        net::FW2_HA,
+        "--lan",
+        "lan0=10.99.1.254/24",
+    ];
+    // fw1 has dnsmasq installed but not configured: the MASTER role would fail to start it.
+    let out = init(&lab, "fw1", &planned);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), Some(4), "{text}");
+    assert!(
+        text.contains("FAIL  master-only service dnsmasq:") && text.contains("/etc/dnsmasq.conf"),
+        "{text}"
     );
+    lab.write("fw1", "/etc/dnsmasq.conf", "interface=lan0\nbind-dynamic\n");
+    let ok = init_ok(&lab, "fw1", &planned);
     assert!(ok.contains("0 failed"), "{ok}");
     assert!(ok.contains("peer 10.99.0.2 SSH: SSH-2.0-"), "{ok}");
 
