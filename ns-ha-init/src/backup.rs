@@ -56,21 +56,13 @@ pub trait BackupLink {
         check: &HostKeyCheck,
     ) -> Result<Connected>;
 
-    /// Connect with the pinned host key (every command after `pair`).
+    /// Connect with the host key pinned in `node` (every command after `pair`).
     fn connect_pinned(
         &self,
         root: &NodeRoot,
         node: &NodeConfig,
         cluster: &ClusterConfig,
-    ) -> Result<Connected> {
-        let pin = node.peer_host_key.clone().ok_or_else(|| {
-            fail(
-                Code::State,
-                "the backup is not paired yet: run ns-ha-init pair first",
-            )
-        })?;
-        self.connect(root, node, cluster, &HostKeyCheck::Pinned(pin))
-    }
+    ) -> Result<Connected>;
 }
 
 /// The real backup: the sync receiver behind the pinned SSH channel.
@@ -91,17 +83,32 @@ impl BackupLink for SshLink {
         check: &HostKeyCheck,
     ) -> Result<Connected> {
         let session = PeerSession::connect(&peer::endpoint(root, node, cluster), check)?;
-        let (ch, hello) = peer::open_channel(&session, &cluster.cluster_id)?;
-        let host_key = session.host_key.clone();
-        Ok(Connected {
-            backup: Box::new(SshBackup {
-                ch,
-                _session: session,
-            }),
-            host_key,
-            hello,
-        })
+        greet(session, cluster)
     }
+
+    fn connect_pinned(
+        &self,
+        root: &NodeRoot,
+        node: &NodeConfig,
+        cluster: &ClusterConfig,
+    ) -> Result<Connected> {
+        // The one pinned connect every tool uses (common::peer).
+        greet(peer::connect(root, node, cluster)?, cluster)
+    }
+}
+
+/// Open the receiver channel on `session` and greet the backup.
+fn greet(session: PeerSession, cluster: &ClusterConfig) -> Result<Connected> {
+    let (ch, hello) = peer::open_channel(&session, &cluster.cluster_id)?;
+    let host_key = session.host_key.clone();
+    Ok(Connected {
+        backup: Box::new(SshBackup {
+            ch,
+            _session: session,
+        }),
+        host_key,
+        hello,
+    })
 }
 
 impl Backup for SshBackup {
@@ -216,6 +223,21 @@ pub mod fake {
                     cluster_id: Some(cluster.cluster_id.clone()),
                 },
             })
+        }
+
+        fn connect_pinned(
+            &self,
+            root: &NodeRoot,
+            node: &NodeConfig,
+            cluster: &ClusterConfig,
+        ) -> Result<Connected> {
+            let pin = node.peer_host_key.clone().ok_or_else(|| {
+                fail(
+                    Code::State,
+                    "the backup is not paired yet: run ns-ha-init pair",
+                )
+            })?;
+            self.connect(root, node, cluster, &HostKeyCheck::Pinned(pin))
         }
     }
 

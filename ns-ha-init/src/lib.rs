@@ -4,8 +4,8 @@
 //! pre-flight checks, keys and host-key pinning, the cluster config (LANs,
 //! VIPs, enable/disable), and rendering the keepalived and conntrackd configs
 //! on both nodes. Every change is validated before anything is written, and
-//! installed on the backup before the primary, so a refused change leaves
-//! both nodes as they were.
+//! offered to the backup before the primary, so a refused change leaves
+//! both nodes as they were (see `install` for the order of `enable`).
 
 pub mod backup;
 pub mod checks;
