@@ -13,6 +13,8 @@ pub mod edit;
 pub mod install;
 pub mod pairing;
 pub mod show;
+#[cfg(test)]
+mod testkit;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -426,4 +426,58 @@ mod tests {
         assert!(line.contains("ns-ha-sync --root /lab/fw2 receive\" ssh-ed25519 AAAAC3"));
         assert!(line.ends_with(" ns-ha-primary"));
     }
+
+    /// The test kit's primary, before `pair`: no pinned key, no backup address.
+    fn unpaired() -> crate::testkit::Pair {
+        let p = crate::testkit::Pair::new(false);
+        let mut node = load_node(&p.root).unwrap();
+        node.peer_host_key = None;
+        config::save_node(&p.root, &node).unwrap();
+        let mut cluster = load_cluster(&p.root).unwrap();
+        cluster.ha.backup_address = None;
+        config::save_cluster(&p.root, &cluster).unwrap();
+        p
+    }
+
+    #[test]
+    fn pair_learns_the_backup_installs_it_first_and_pins_its_key() {
+        let p = unpaired();
+        let key = crate::backup::fake::backup_host_key();
+        pair(&p.ctx(), Some(key.fingerprint.clone()), false).unwrap();
+        assert_eq!(load_node(&p.root).unwrap().peer_host_key, Some(key));
+        let cluster = p.primary_cluster();
+        assert_eq!(
+            cluster.ha.backup_address.map(|a| a.to_string()),
+            Some("10.99.0.2/24".into())
+        );
+        assert_eq!(cluster.lans[0].backup_address.to_string(), "10.99.1.2/24");
+        assert_eq!(p.link.state().installed, vec![cluster]);
+        assert_eq!(
+            p.steps(),
+            ["backup install enabled=false", "primary keepalived stop"]
+        );
+    }
+
+    #[test]
+    fn pair_with_a_backup_at_another_address_changes_nothing() {
+        let p = unpaired();
+        let before = std::fs::read(p.root.path(paths::CLUSTER_CONFIG)).unwrap();
+        p.link.state().interfaces[0] = ns_ha_common::fixtures::interface("ha0", &["10.99.0.3/24"]);
+        let fp = crate::backup::fake::backup_host_key().fingerprint;
+        let e = pair(&p.ctx(), Some(fp), false).unwrap_err();
+        assert_eq!(ns_ha_common::exit::code_of(&e), Code::InvalidInput);
+        assert!(
+            e.to_string()
+                .contains("re-run init-primary with the right --peer"),
+            "{e}"
+        );
+        assert!(load_node(&p.root).unwrap().peer_host_key.is_none());
+        assert_eq!(
+            std::fs::read(p.root.path(paths::CLUSTER_CONFIG)).unwrap(),
+            before
+        );
+        assert!(p.link.state().installed.is_empty());
+        let e = pair(&p.ctx(), Some("SHA256:short".into()), false).unwrap_err();
+        assert_eq!(ns_ha_common::exit::code_of(&e), Code::InvalidInput);
+    }
 }
