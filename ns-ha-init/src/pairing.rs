@@ -39,8 +39,12 @@ fn refuse_if_initialized(root: &NodeRoot) -> Result<()> {
         return Err(fail(
             Code::State,
             format!(
-                "this node is already initialized as {}: run ns-ha-init reset --yes first to start over",
-                node.role
+                "this node is already initialized as {}: {}run ns-ha-init reset --yes first to start over",
+                node.role,
+                match node.role {
+                    Role::Backup => "ns-ha-init show-config prints its host-key fingerprint and the pair command again; to redo init, ",
+                    Role::Primary => "",
+                }
             ),
         ));
     }
