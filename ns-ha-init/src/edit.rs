@@ -110,6 +110,8 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
     for v in &lan.vips {
         ns_ha_common::config::check_vip(&lan, v)?;
     }
+    // Subnet overlaps, the heartbeat VIP, instance-name clashes: before the peer too.
+    cluster.check_new_lan(&lan)?;
     let (next, act) = edit_with_peer(ctx, &node, &cluster, |ch, next| {
         lan.backup_address = backup_address(ch, interface, &ours)?;
         next.lans.push(lan);
