@@ -277,16 +277,9 @@ impl ClusterConfig {
                 "vrrp.vrid 0 is out of range: use a VRRP router id in 1..255".into(),
             ));
         }
-        let mut vrids = BTreeSet::from([v.vrid]);
         let mut vips = BTreeSet::new();
         for (i, lan) in self.lans.iter().enumerate() {
             self.check_lan_against(lan, &self.lans[..i])?;
-            if lan.vrid == 0 || !vrids.insert(lan.vrid) {
-                return Err(cfg_err(format!(
-                    "LAN {} has VRID {} which is 0 or already used",
-                    lan.interface, lan.vrid
-                )));
-            }
             check_pair_addresses(&lan.interface, &lan.primary_address, &lan.backup_address)?;
             for vip in &lan.vips {
                 if !vips.insert(vip.addr) {
@@ -341,8 +334,20 @@ impl ClusterConfig {
                 self.ha.interface
             ));
         }
+        if lan.vrid == 0 || lan.vrid == self.vrrp.vrid {
+            return bad(format!(
+                "LAN {} has VRID {}, which is 0 or the HA link's (vrrp.vrid): pick another VRID in 1..255 (add-lan --vrid)",
+                lan.interface, lan.vrid
+            ));
+        }
         let instance = lan_instance(&lan.interface);
         for o in others {
+            if o.vrid == lan.vrid {
+                return bad(format!(
+                    "LANs {} and {} both have VRID {}: pick another VRID in 1..255 (add-lan --vrid)",
+                    o.interface, lan.interface, lan.vrid
+                ));
+            }
             if o.interface == lan.interface {
                 return bad(format!(
                     "interface {} is listed twice: each LAN once",

@@ -85,7 +85,7 @@ fn parse_vips(vips: &[String]) -> Result<Vec<Ipv4Cidr>> {
 }
 
 /// `add-lan`.
-pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
+pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String], vrid: Option<u8>) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     let vips = parse_vips(vips)?;
     let (node, cluster) = primary(ctx)?;
@@ -101,7 +101,10 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
     let ours = checks::lan_interface(&ifs, interface)?;
     let mut lan = LanInterface {
         interface: interface.to_string(),
-        vrid: cluster.free_vrid()?,
+        vrid: match vrid {
+            Some(v) => v,
+            None => cluster.free_vrid()?,
+        },
         primary_address: ours,
         backup_address: ours,
         vips,

@@ -47,7 +47,9 @@ pub enum Command {
     /// Pre-flight checks for a node, each failure with its fix.
     ///
     /// Without options it checks what this node's config names; options check
-    /// a planned setup before init.
+    /// a planned setup before init. It also listens 3 s on the HA link and
+    /// each LAN for other VRRP routers (as root) and fails (exit 8) when one
+    /// uses the cluster's VRID there.
     Check {
         /// The role the node will have (default: its configured role).
         #[arg(long, value_enum)]
@@ -79,6 +81,9 @@ pub enum Command {
         /// VRRP advertisement interval in milliseconds (multiple of 10).
         #[arg(long, default_value_t = 100)]
         advert_interval_ms: u32,
+        /// VRRP router id of the HA-link instance (1..255, default 50); `check` reports the ones other routers use.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+        vrid: Option<u8>,
         /// How this node manages services.
         #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
         service_backend: BackendArg,
@@ -117,6 +122,9 @@ pub enum Command {
         /// A VIP in the LAN subnet, e.g. 192.168.1.254/24. Repeatable.
         #[arg(long = "vip", value_name = "CIDR")]
         vips: Vec<String>,
+        /// VRRP router id of this LAN's instance (1..255, unique in the cluster; default: the next free one). `check` reports the ones other routers on the LAN use.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+        vrid: Option<u8>,
     },
     /// Remove a LAN interface and its VIPs from the cluster.
     RemoveInterface {
@@ -209,6 +217,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
             heartbeat_vip,
             ssh_port,
             advert_interval_ms,
+            vrid,
             service_backend,
         } => pairing::init_primary(
             &ctx,
@@ -218,6 +227,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
                 heartbeat_vip,
                 ssh_port,
                 advert_interval_ms,
+                vrid,
                 service_backend: service_backend.into(),
             },
         ),
@@ -238,7 +248,11 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
             trust_on_first_use,
             yes: _,
         } => pairing::pair(&ctx, host_key_fingerprint, trust_on_first_use),
-        Command::AddLan { interface, vips } => edit::add_lan(&ctx, &interface, &vips),
+        Command::AddLan {
+            interface,
+            vips,
+            vrid,
+        } => edit::add_lan(&ctx, &interface, &vips, vrid),
         Command::RemoveInterface { interface } => edit::remove_interface(&ctx, &interface),
         Command::AddVip { interface, vip } => edit::add_vip(&ctx, &interface, &vip),
         Command::RemoveVip { vip } => edit::remove_vip(&ctx, &vip),
