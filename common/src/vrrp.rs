@@ -8,17 +8,15 @@
 //! behind [`AdvertListener`] so the check's logic is tested with canned
 //! adverts; [`RawSocketListener`] is the real one (a raw IPv4 socket for
 //! protocol 112, bound to the interface, member of 224.0.0.18 there, so it
-//! hears multicast adverts as well as unicast ones addressed to the node).
+//! hears multicast adverts as well as unicast ones addressed to the node;
+//! `socket2`, so no unsafe code).
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::ffi::OsString;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{ErrorKind, Read};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
-
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recv, setsockopt, sockopt, IpMembershipRequest, MsgFlags};
 
 use crate::exit::{fail, Code};
 
@@ -82,35 +80,17 @@ pub struct RawSocketListener;
 
 impl AdvertListener for RawSocketListener {
     fn listen(&self, interface: &str, local: Ipv4Addr, duration: Duration) -> Result<Vec<Advert>> {
-        use nix::libc;
-        // SAFETY: socket(2) with constant arguments; the descriptor it
-        // returns is owned by `sock` at once and closed on every path.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                IPPROTO_VRRP,
-            )
-        };
-        if fd < 0 {
-            return Err(fail(
-                Code::Dependency,
-                format!(
-                    "cannot listen for VRRP on {interface}: {}: run as root",
-                    std::io::Error::last_os_error()
-                ),
-            ));
-        }
-        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        setsockopt(&sock, sockopt::BindToDevice, &OsString::from(interface))
+        let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_VRRP)))
+            .map_err(|e| {
+                fail(
+                    Code::Dependency,
+                    format!("cannot listen for VRRP on {interface}: {e}: run as root"),
+                )
+            })?;
+        sock.bind_device(Some(interface.as_bytes()))
             .with_context(|| format!("binding the VRRP listener to {interface}"))?;
-        setsockopt(
-            &sock,
-            sockopt::IpAddMembership,
-            &IpMembershipRequest::new(VRRP_GROUP, Some(local)),
-        )
-        .with_context(|| format!("joining {VRRP_GROUP} on {interface}"))?;
+        sock.join_multicast_v4(&VRRP_GROUP, &local)
+            .with_context(|| format!("joining {VRRP_GROUP} on {interface}"))?;
         let deadline = Instant::now() + duration;
         let mut heard = Vec::new();
         let mut buf = [0u8; 2048];
@@ -119,16 +99,16 @@ impl AdvertListener for RawSocketListener {
             if left.is_zero() {
                 break;
             }
-            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(e).context("waiting for VRRP adverts"),
-            }
-            match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            // A zero read timeout would mean "block forever".
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .context("setting the VRRP listener's timeout")?;
+            match (&sock).read(&mut buf) {
                 Ok(n) => heard.extend(parse_advert(&buf[..n])),
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(e).context("reading VRRP adverts"),
             }
         }
