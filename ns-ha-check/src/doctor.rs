@@ -5,6 +5,11 @@
 //! command that says what is broken and what to type. Each check is small
 //! and independent; a check that cannot run (the peer is unreachable, the
 //! config does not load) says so instead of hiding the others.
+//!
+//! Facts owned by other tools are their answers, interpreted here: the role
+//! engine's maintenance and pending actions come from `ns-ha-role status
+//! --json`, the backup's drift from `ns-ha-sync verify --json`, the last sync
+//! from `ns-ha-sync status --json` (see [`crate::tools`]).
 
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -14,12 +19,9 @@ use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, NodeConfig, R
 use ns_ha_common::keepalived::{self, RenderInputs};
 use ns_ha_common::proto::NS_HA_VERSION;
 use ns_ha_common::root::paths;
-use ns_ha_role::reconcile::load_applied;
-use ns_ha_sync::receiver::local_view;
-use ns_ha_sync::rules::SyncSet;
-use ns_ha_sync::state::StateDir;
-use ns_ha_vip::held::{self, LiveState};
+use ns_ha_common::vips::{self, LiveState};
 
+use crate::tools::{self, Drift};
 use crate::{health, status, Ctx};
 
 /// How bad a finding is.
@@ -146,41 +148,62 @@ pub fn run(ctx: &Ctx) -> Vec<Finding> {
         ),
         Err(e) => bad("interfaces", Severity::Problem, format!("{e:#}"), "check `ip addr`"),
     });
-    out.push(if ns_ha_role::maintenance::is_on(&ctx.root) {
-        bad(
-            "maintenance",
-            Severity::Warning,
-            "maintenance is on: this node hands the VIPs to the peer",
-            "when done: `ns-ha-role maintenance off`",
-        )
-    } else {
-        ok("maintenance", "off")
-    });
-    out.push(match load_applied(&ctx.root) {
-        Ok(a) if a.pending.is_empty() => ok("role engine", "no failed action pending"),
-        Ok(a) => bad(
-            "role engine",
-            Severity::Problem,
-            format!(
-                "{} failed action(s) pending: {}",
-                a.pending.len(),
-                a.pending
-                    .iter()
-                    .map(|p| format!("{} ({})", p.action, p.detail))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            "fix the cause (see `ns-ha-role status`), then `ns-ha-role apply`",
-        ),
-        Err(e) => bad(
-            "role engine",
-            Severity::Problem,
-            format!("{e:#}"),
-            "see `ns-ha-role status`",
-        ),
-    });
+    out.extend(role_checks(ctx));
     out.extend(sync_checks(ctx, &node, &cluster));
     out
+}
+
+/// Maintenance and pending actions, as `ns-ha-role status --json` says.
+fn role_checks(ctx: &Ctx) -> Vec<Finding> {
+    let role = match tools::role_status(ctx.tools, &ctx.root, 0) {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![bad(
+                "role engine",
+                Severity::Problem,
+                format!("{e:#}"),
+                "see `ns-ha-role status`",
+            )]
+        }
+    };
+    let a = role.applied;
+    vec![
+        if role.maintenance {
+            bad(
+                "maintenance",
+                Severity::Warning,
+                "maintenance is on: this node hands the VIPs to the peer",
+                "when done: `ns-ha-role maintenance off`",
+            )
+        } else {
+            ok("maintenance", "off")
+        },
+        if a.pending.is_empty() {
+            ok("role engine", "no failed action pending")
+        } else {
+            bad(
+                "role engine",
+                Severity::Problem,
+                format!(
+                    "{} failed action(s) pending: {}",
+                    a.pending.len(),
+                    a.pending
+                        .iter()
+                        .map(|p| format!("{} ({})", p.action, p.detail))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                "fix the cause (see `ns-ha-role status`), then `ns-ha-role apply`",
+            )
+        },
+    ]
+}
+
+fn drift_list(d: &[Drift]) -> String {
+    d.iter()
+        .map(|x| format!("{} ({})", x.path, x.what))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The keepalived.conf on disk against what the cluster config renders now.
@@ -236,7 +259,7 @@ fn rendered_config(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Fin
 
 /// Stale VIPs (held with keepalived stopped) and a half-held group.
 fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Finding> {
-    let vips = match held::observe(cluster, ctx.ifs) {
+    let vips = match vips::observe(cluster, ctx.ifs) {
         Ok(v) => v,
         Err(e) => {
             return vec![bad(
@@ -270,7 +293,7 @@ fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Findin
             ),
         )];
     }
-    match held::live_state(&vips) {
+    match vips::live_state(&vips) {
         LiveState::Mixed => vec![bad(
             "VIPs",
             Severity::Warning,
@@ -287,6 +310,7 @@ fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Findin
 /// The peer (from the primary), drift on the backup, and the last sync.
 fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Finding> {
     let mut out = Vec::new();
+    let sync = tools::sync_status(ctx.tools, &ctx.root);
     let drift_fix = "see `ns-ha-sync verify`; copy wanted edits to the primary, then `ns-ha-sync push --force` on the primary overwrites the backup";
     match node.role {
         Role::Primary => {
@@ -340,7 +364,7 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             out.push(if !reachable {
                 skipped("backup drift", "the backup cannot be asked")
             } else {
-                match ctx.peer.drift(&ctx.root, node, cluster) {
+                match tools::sync_verify(ctx.tools, &ctx.root) {
                     Ok(d) if d.is_empty() => ok(
                         "backup drift",
                         "no file edited on the backup since the last sync",
@@ -351,10 +375,7 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
                         format!(
                             "{} path(s) edited on the backup: {}",
                             d.len(),
-                            d.iter()
-                                .map(|x| format!("{} ({})", x.path, x.what))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            drift_list(&d)
                         ),
                         drift_fix,
                     ),
@@ -367,26 +388,23 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
                 "peer",
                 "checked from the primary (ns-ha-check doctor there)",
             ));
-            let view = SyncSet::load(&ctx.root, &cluster.sync).and_then(|set| {
-                local_view(&ctx.root, &set, &StateDir::new(&ctx.root, &cluster.sync))
-            });
-            out.push(match view {
-                Ok(v) if v.drift.is_empty() => ok(
+            // The backup's generation is the one it applied last.
+            let generation = sync
+                .as_ref()
+                .map(|s| s.generation.to_string())
+                .unwrap_or_else(|_| "?".into());
+            out.push(match tools::sync_verify(ctx.tools, &ctx.root) {
+                Ok(d) if d.is_empty() => ok(
                     "backup drift",
-                    format!("no local edit since generation {}", v.applied.generation),
+                    format!("no local edit since generation {generation}"),
                 ),
-                Ok(v) => bad(
+                Ok(d) => bad(
                     "backup drift",
                     Severity::Problem,
                     format!(
-                        "{} path(s) edited here since generation {}: {}",
-                        v.drift.len(),
-                        v.applied.generation,
-                        v.drift
-                            .iter()
-                            .map(|x| x.path.clone())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "{} path(s) edited here since generation {generation}: {}",
+                        d.len(),
+                        drift_list(&d)
                     ),
                     drift_fix,
                 ),
@@ -394,14 +412,14 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             });
         }
     }
-    out.push(match ns_ha_sync::node_status(&ctx.root) {
+    out.push(match &sync {
         Ok(s) if s.journal_pending => bad(
             "sync",
             Severity::Problem,
             "an interrupted apply waits for recovery",
             "run `ns-ha-sync recover` on this node",
         ),
-        Ok(s) => match &s.status.last_attempt {
+        Ok(s) => match &s.last_attempt {
             Some(r) if !r.ok => bad(
                 "sync",
                 Severity::Warning,
@@ -414,7 +432,7 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             ),
             Some(_) => ok(
                 "sync",
-                format!("generation {}, last attempt ok", s.status.generation),
+                format!("generation {}, last attempt ok", s.generation),
             ),
             None => ok("sync", "no sync yet"),
         },
@@ -462,7 +480,9 @@ pub fn render(findings: &[Finding]) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::peer::PeerProbe;
+    use crate::tools::tests::ReplayTools;
     use anyhow::Result;
+    use ns_ha_common::clock::FixedClock;
     use ns_ha_common::cmd::{CmdOutput, RecordingRunner};
     use ns_ha_common::config::{save_cluster, save_node, PinnedHostKey, SCHEMA_VERSION};
     use ns_ha_common::exit::{fail, Code};
@@ -470,13 +490,12 @@ pub(crate) mod tests {
     use ns_ha_common::net::StaticInterfaces;
     use ns_ha_common::proto::HelloReply;
     use ns_ha_common::NodeRoot;
-    use ns_ha_sync::manifest::Drift;
+    use serde_json::{json, Value};
 
     /// A backup that answers with fixed facts (or not at all).
     pub struct FakePeer {
         pub up: bool,
         pub version: String,
-        pub drift: Vec<Drift>,
     }
 
     impl FakePeer {
@@ -484,10 +503,59 @@ pub(crate) mod tests {
             FakePeer {
                 up: true,
                 version: NS_HA_VERSION.into(),
-                drift: Vec::new(),
             }
         }
     }
+
+    /// A recorded fixture, edited: `edit` changes the parsed document.
+    pub fn fixture_with(text: &str, edit: impl FnOnce(&mut Value)) -> String {
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        edit(&mut v);
+        v.to_string()
+    }
+
+    /// What the primary's tools answered on the lab pair after pairing.
+    pub fn primary_tools() -> ReplayTools {
+        let t = ReplayTools::default();
+        t.answer(
+            "ns-ha-role status",
+            0,
+            include_str!("../tests/fixtures/fw1-role-status.json"),
+        )
+        .answer(
+            "ns-ha-sync status",
+            0,
+            include_str!("../tests/fixtures/fw1-sync-status.json"),
+        )
+        .answer(
+            "ns-ha-sync verify",
+            0,
+            include_str!("../tests/fixtures/fw1-sync-verify.json"),
+        );
+        t
+    }
+
+    /// `ns-ha-sync verify` on the primary finding `path` edited on the
+    /// backup, printed the way the tool does today: its report, then the
+    /// error line, exit 10.
+    pub fn verify_with_drift(t: &ReplayTools, path: &str) {
+        let report = fixture_with(
+            include_str!("../tests/fixtures/fw1-sync-verify.json"),
+            |v| {
+                v["drift"] = json!([{"path": path, "what": "changed"}]);
+            },
+        );
+        t.answer(
+            "ns-ha-sync verify",
+            10,
+            &format!(
+                "{report}\n{}\n",
+                json!({"error": "1 path(s) edited on the backup since the last sync", "code": 10})
+            ),
+        );
+    }
+
+    pub const CLOCK_MS: u64 = 1_796_028_026_000;
 
     impl PeerProbe for FakePeer {
         fn hello(&self, _: &NodeRoot, _: &NodeConfig, c: &ClusterConfig) -> Result<HelloReply> {
@@ -500,9 +568,6 @@ pub(crate) mod tests {
                 role: "backup".into(),
                 cluster_id: Some(c.cluster_id.clone()),
             })
-        }
-        fn drift(&self, _: &NodeRoot, _: &NodeConfig, _: &ClusterConfig) -> Result<Vec<Drift>> {
-            Ok(self.drift.clone())
         }
     }
 
@@ -563,11 +628,14 @@ pub(crate) mod tests {
         let r = RecordingRunner::new();
         let ifs = master_ifs();
         let peer = FakePeer::healthy();
+        let tools = primary_tools();
         let ctx = Ctx {
             root,
             runner: &r,
             ifs: &ifs,
             peer: &peer,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
         };
         let f = run(&ctx);
         assert!(!unhealthy(&f), "{}", render(&f));
@@ -583,7 +651,15 @@ pub(crate) mod tests {
             .unwrap()
             .replace("priority 200", "priority 1");
         std::fs::write(&conf, text).unwrap();
-        std::fs::write(root.path(paths::MAINTENANCE_TRACK), "1\n").unwrap();
+        let tools = primary_tools();
+        tools.answer(
+            "ns-ha-role status",
+            0,
+            &fixture_with(
+                include_str!("../tests/fixtures/fw1-role-status.json"),
+                |v| v["maintenance"] = json!(true),
+            ),
+        );
         let r = RecordingRunner::new();
         // keepalived's init script says: not running.
         r.answer(
@@ -603,6 +679,8 @@ pub(crate) mod tests {
             runner: &r,
             ifs: &ifs,
             peer: &peer,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
         };
         let f = run(&ctx);
         assert!(unhealthy(&f));
@@ -627,21 +705,42 @@ pub(crate) mod tests {
         let ifs = master_ifs();
         let peer = FakePeer {
             version: "0.0.1".into(),
-            drift: vec![Drift {
-                path: "/etc/config/x".into(),
-                what: "changed".into(),
-            }],
             ..FakePeer::healthy()
         };
+        let tools = primary_tools();
+        verify_with_drift(&tools, "/etc/config/x");
+        tools.answer(
+            "ns-ha-role status",
+            0,
+            include_str!("../tests/fixtures/fw1-role-status-pending.json"),
+        );
         let ctx = Ctx {
             root: root.clone(),
             runner: &r,
             ifs: &ifs,
             peer: &peer,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
         };
         let f = run(&ctx);
         assert_eq!(severity(&f, "peer"), Severity::Problem);
         assert_eq!(severity(&f, "backup drift"), Severity::Problem);
+        assert_eq!(severity(&f, "role engine"), Severity::Problem);
+        let text = render(&f);
+        assert!(
+            text.contains("1 path(s) edited on the backup: /etc/config/x (changed)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "1 failed action(s) pending: service dnsmasq running (start dnsmasq failed"
+            ),
+            "{text}"
+        );
+        // A tool that fails outright is a problem of its own, not a crash.
+        tools.answer("ns-ha-role status", 1, "");
+        let f = run(&ctx);
+        assert_eq!(severity(&f, "role engine"), Severity::Problem);
         std::fs::remove_file(root.path(paths::CLUSTER_CONFIG)).unwrap();
         let f = run(&ctx);
         assert_eq!(f.len(), 1);

@@ -1,8 +1,10 @@
-//! What `doctor` asks the backup, behind a trait.
+//! What `doctor` asks the paired backup directly, behind a trait.
 //!
-//! The real answers come over the pinned SSH channel (`common::peer`) and
-//! from `ns-ha-sync`'s verify; unit tests answer with a fake, so every
-//! doctor finding about the peer can be tested without an sshd.
+//! The greeting goes over the pinned SSH channel (`common::peer`): it tells
+//! whether the backup answers and runs the same release in the same
+//! cluster. Everything else about the backup (its drift) is `ns-ha-sync
+//! verify`'s answer (see [`crate::tools`]). Unit tests answer with a fake,
+//! so every doctor finding about the peer can be tested without an sshd.
 
 use anyhow::Result;
 
@@ -10,8 +12,6 @@ use ns_ha_common::config::{ClusterConfig, NodeConfig};
 use ns_ha_common::peer;
 use ns_ha_common::proto::HelloReply;
 use ns_ha_common::NodeRoot;
-use ns_ha_sync::manifest::Drift;
-use ns_ha_sync::sender::{peer_verify, SshLink};
 
 /// Questions for the paired backup (asked from the primary).
 pub trait PeerProbe {
@@ -22,13 +22,6 @@ pub trait PeerProbe {
         node: &NodeConfig,
         cluster: &ClusterConfig,
     ) -> Result<HelloReply>;
-    /// Paths edited on the backup since the last sync (ns-ha-sync verify).
-    fn drift(
-        &self,
-        root: &NodeRoot,
-        node: &NodeConfig,
-        cluster: &ClusterConfig,
-    ) -> Result<Vec<Drift>>;
 }
 
 /// The real peer, over SSH.
@@ -45,15 +38,5 @@ impl PeerProbe for SshProbe {
         let (ch, hello) = peer::open_channel(&session, &cluster.cluster_id)?;
         let _ = ch.finish();
         Ok(hello)
-    }
-
-    fn drift(
-        &self,
-        root: &NodeRoot,
-        node: &NodeConfig,
-        cluster: &ClusterConfig,
-    ) -> Result<Vec<Drift>> {
-        let mut link = SshLink::new(root, node, cluster);
-        Ok(peer_verify(root, cluster, &mut link)?.drift)
     }
 }

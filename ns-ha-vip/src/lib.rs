@@ -8,7 +8,6 @@
 //! (`who-holds`).
 
 pub mod arp;
-pub mod held;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -17,14 +16,14 @@ use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
+use ns_ha_common::addresses::static_address;
 use ns_ha_common::cli::{self, GlobalArgs, Report};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::config::{load_cluster, load_cluster_opt, load_node_opt, ClusterConfig, Role};
 use ns_ha_common::exit::{fail, help_table, Code};
 use ns_ha_common::net::{check_ifname, InterfaceSource, IpCommand};
+use ns_ha_common::vips::{self, VipState};
 use ns_ha_common::NodeRoot;
-
-use crate::held::VipState;
 
 /// The VIPs of an ns-ha pair: list them, re-announce them, find who holds one.
 ///
@@ -111,7 +110,7 @@ fn yes_no(b: bool) -> &'static str {
 /// `list`.
 pub fn list(ctx: &Ctx) -> Result<Report> {
     let cluster = load_cluster(&ctx.root)?;
-    let vips = held::observe(&cluster, ctx.ifs)?;
+    let vips = vips::observe(&cluster, ctx.ifs)?;
     let mut h = format!(
         "{:<20} {:<12} {:>4}  {:<4}  {}\n",
         "VIP", "INTERFACE", "VRID", "HELD", "KIND"
@@ -153,7 +152,7 @@ pub fn announce(ctx: &Ctx, interface: Option<&str>) -> Result<Report> {
     if let Some(i) = interface {
         require_cluster_interface(&cluster, i)?;
     }
-    let held: Vec<VipState> = held::observe(&cluster, ctx.ifs)?
+    let held: Vec<VipState> = vips::observe(&cluster, ctx.ifs)?
         .into_iter()
         .filter(|v| v.held && interface.is_none_or(|i| v.interface == i))
         .collect();
@@ -216,15 +215,7 @@ fn own_address(
     role: Option<Role>,
     iface: &str,
 ) -> Option<Ipv4Addr> {
-    let (c, role) = (cluster?, role?);
-    if iface == c.ha.interface {
-        return c.ha_address(role).map(|a| a.addr);
-    }
-    let lan = c.lan(iface)?;
-    Some(match role {
-        Role::Primary => lan.primary_address.addr,
-        Role::Backup => lan.backup_address.addr,
-    })
+    static_address(cluster?, role?, iface).map(|a| a.addr)
 }
 
 /// `who-holds`.
@@ -233,7 +224,7 @@ pub fn who_holds(ctx: &Ctx, vip: &str, interface: Option<&str>) -> Result<Report
     let cluster = load_cluster_opt(&ctx.root)?;
     let role = load_node_opt(&ctx.root)?.map(|n| n.role);
     let configured = cluster.as_ref().and_then(|c| {
-        held::cluster_vips(c)
+        vips::cluster_vips(c)
             .into_iter()
             .find(|v| v.vip.addr == addr)
     });
