@@ -74,14 +74,24 @@ pub fn cluster_vips(cluster: &ClusterConfig) -> Vec<VipState> {
     out
 }
 
+fn held_addresses(ifs: &dyn InterfaceSource) -> Result<Vec<Ipv4Addr>> {
+    Ok(ifs.all_ipv4()?.into_iter().map(|(_, c)| c.addr).collect())
+}
+
 /// The cluster's VIPs with `held` filled in from the node's addresses.
 pub fn observe(cluster: &ClusterConfig, ifs: &dyn InterfaceSource) -> Result<Vec<VipState>> {
-    let have: Vec<Ipv4Addr> = ifs.all_ipv4()?.into_iter().map(|(_, c)| c.addr).collect();
+    let have = held_addresses(ifs)?;
     let mut vips = cluster_vips(cluster);
     for v in &mut vips {
         v.held = have.contains(&v.vip.addr);
     }
     Ok(vips)
+}
+
+/// Whether this node holds `addr` on any interface (a VIP, or an address
+/// someone asks about that is not in the cluster).
+pub fn holds_address(ifs: &dyn InterfaceSource, addr: Ipv4Addr) -> Result<bool> {
+    Ok(held_addresses(ifs)?.contains(&addr))
 }
 
 /// How many of the observed VIPs this node holds.
@@ -129,6 +139,8 @@ mod tests {
         assert!(v.iter().all(|x| x.held));
         assert_eq!(live_state(&v), LiveState::Master);
         assert_eq!(serde_json::to_value(LiveState::Mixed).unwrap(), "MIXED");
+        assert!(holds_address(&all, "10.99.0.254".parse().unwrap()).unwrap());
+        assert!(!holds_address(&none, "10.99.1.254".parse().unwrap()).unwrap());
         let back: LiveState = serde_json::from_value("MASTER".into()).unwrap();
         assert_eq!(back, LiveState::Master);
     }

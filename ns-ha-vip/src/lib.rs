@@ -41,6 +41,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The cluster's VIPs and the HA heartbeat VIP: interface, VRID, held by this node now.
+    ///
+    /// KIND is how the VIP's interface is configured in cluster.json:
+    /// `heartbeat` for the HA link's VIP (VRRP and sync only, not a gateway),
+    /// `add-lan` for a VIP of an interface added with `ns-ha-init add-lan`.
+    /// Until WAN takeover lands, WAN interfaces with a VIP are added the same
+    /// way, so `add-lan` does not tell a LAN from a WAN.
     List,
     /// Send gratuitous ARP for every VIP this node holds (after a split brain heals).
     ///
@@ -107,6 +113,15 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
+/// The KIND column of `list`: how the VIP's interface is configured (see `list --help`).
+fn kind(v: &VipState) -> &'static str {
+    if v.heartbeat {
+        "heartbeat"
+    } else {
+        "add-lan"
+    }
+}
+
 /// `list`.
 pub fn list(ctx: &Ctx) -> Result<Report> {
     let cluster = load_cluster(&ctx.root)?;
@@ -122,7 +137,7 @@ pub fn list(ctx: &Ctx) -> Result<Report> {
             v.interface,
             v.vrid,
             yes_no(v.held),
-            if v.heartbeat { "heartbeat" } else { "lan" }
+            kind(v)
         ));
     }
     Ok(Report::new(h, json!({ "vips": vips })))
@@ -249,7 +264,7 @@ pub fn who_holds(ctx: &Ctx, vip: &str, interface: Option<&str>) -> Result<Report
             format!("interface {iface} does not exist on this node"),
         )
     })?;
-    let held_here = ctx.ifs.all_ipv4()?.iter().any(|(_, c)| c.addr == addr);
+    let held_here = vips::holds_address(ctx.ifs, addr)?;
     let source = own_address(cluster.as_ref(), role, &iface);
     let answers = arp::probe(ctx.runner, &iface, addr, source)?;
     let remote: Vec<&String> = answers.iter().filter(|m| **m != own_mac).collect();
@@ -341,7 +356,11 @@ mod tests {
         assert_eq!(rep.json["vips"][0]["held"], false);
         assert_eq!(rep.json["vips"][0]["vrid"], 51);
         assert_eq!(rep.json["vips"][1]["heartbeat"], true);
-        assert!(rep.human.contains("10.99.1.254/24"), "{}", rep.human);
+        let lines: Vec<&str> = rep.human.lines().collect();
+        assert!(lines[1].starts_with("10.99.1.254/24"), "{}", rep.human);
+        assert!(lines[1].ends_with("  add-lan"), "{}", rep.human);
+        assert!(lines[2].ends_with("  heartbeat"), "{}", rep.human);
+        assert!(!rep.human.contains(" lan\n"), "{}", rep.human);
     }
 
     #[test]
