@@ -29,6 +29,7 @@ pub fn strip_cron_markers(text: &[u8]) -> Vec<u8> {
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{fail, Code};
+use crate::root::NodeRoot;
 
 /// Services only the active node runs: started on MASTER, stopped otherwise.
 /// Names of the OpenWrt/NethSecurity init scripts (systemd: unit names).
@@ -333,6 +334,76 @@ impl RoleSettings {
     }
 }
 
+/// Config files a service needs before it can start, any one of them
+/// (node paths; a trailing `/` is a directory): Debian's and the lab's
+/// file, then OpenWrt's UCI file the init script renders from. Services not
+/// listed are not checked.
+pub const SERVICE_CONFIGS: &[(&str, &[&str])] = &[
+    ("dnsmasq", &["/etc/dnsmasq.conf", "/etc/config/dhcp"]),
+    ("openvpn", &["/etc/openvpn/", "/etc/config/openvpn"]),
+    ("swanctl", &["/etc/swanctl/swanctl.conf"]),
+    ("ipsec", &["/etc/ipsec.conf"]),
+    ("mwan3", &["/etc/config/mwan3"]),
+    ("snort", &["/etc/config/snort"]),
+    ("adblock", &["/etc/config/adblock"]),
+    ("banip", &["/etc/config/banip"]),
+    ("dedalo", &["/etc/config/dedalo"]),
+    ("netifyd", &["/etc/netifyd.conf"]),
+    ("ddns", &["/etc/config/ddns"]),
+    ("ns-plug", &["/etc/config/ns-plug"]),
+    ("acme", &["/etc/config/acme"]),
+];
+
+/// A service the MASTER role starts, installed on this node, with none of
+/// its config files: its start fails on every takeover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnconfiguredService {
+    pub service: String,
+    /// The files it needs (any one of them), node paths.
+    pub wants: Vec<String>,
+}
+
+impl UnconfiguredService {
+    /// What to do about it, for `doctor` and `check`.
+    pub fn fix(&self) -> String {
+        format!(
+            "create {} on the primary (the sync copies it to the backup), or remove {} from roles.master.start in cluster.json",
+            self.wants.join(" or "),
+            self.service
+        )
+    }
+}
+
+/// The master-only services of `roles` that `installed` says are on this
+/// node but have no config file under `root` (one implementation for
+/// `ns-ha-check doctor` and `ns-ha-init check`).
+pub fn unconfigured_master_services(
+    roles: &RoleSettings,
+    root: &NodeRoot,
+    installed: &dyn Fn(&str) -> bool,
+) -> Vec<UnconfiguredService> {
+    roles
+        .master
+        .start
+        .iter()
+        .filter_map(|s| {
+            let (_, files) = SERVICE_CONFIGS.iter().find(|(name, _)| name == s)?;
+            let present = files.iter().any(|f| {
+                let p = root.path(f);
+                if f.ends_with('/') {
+                    p.is_dir()
+                } else {
+                    p.is_file()
+                }
+            });
+            (!present && installed(s)).then(|| UnconfiguredService {
+                service: s.clone(),
+                wants: files.iter().map(|f| f.to_string()).collect(),
+            })
+        })
+        .collect()
+}
+
 /// Whether interface `name` matches `pattern` (exact, or prefix with a trailing `*`).
 pub fn link_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -390,6 +461,49 @@ mod tests {
         assert!(!link_matches("wg*", "wan0"));
         assert!(link_matches("wan0", "wan0"));
         assert!(!link_matches("wan0", "wan0.1"));
+    }
+}
+
+#[cfg(test)]
+mod configured_tests {
+    use super::*;
+
+    #[test]
+    fn installed_master_services_without_config_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(d.path()).unwrap();
+        let roles = RoleSettings::default();
+        let only_dnsmasq = |s: &str| s == "dnsmasq";
+        let u = unconfigured_master_services(&roles, &root, &only_dnsmasq);
+        assert_eq!(
+            u,
+            vec![UnconfiguredService {
+                service: "dnsmasq".into(),
+                wants: vec!["/etc/dnsmasq.conf".into(), "/etc/config/dhcp".into()],
+            }]
+        );
+        assert!(u[0]
+            .fix()
+            .contains("create /etc/dnsmasq.conf or /etc/config/dhcp"));
+        // Either file is enough.
+        std::fs::create_dir_all(root.path("/etc/config")).unwrap();
+        std::fs::write(root.path("/etc/config/dhcp"), "").unwrap();
+        assert!(unconfigured_master_services(&roles, &root, &only_dnsmasq).is_empty());
+        // Not installed, or not started by MASTER: not named.
+        let names: Vec<String> = unconfigured_master_services(&roles, &root, &|s| s == "mwan3")
+            .into_iter()
+            .map(|u| u.service)
+            .collect();
+        assert_eq!(names, vec!["mwan3"]);
+        let mut none = roles.clone();
+        none.master.start.retain(|s| s != "mwan3");
+        assert!(unconfigured_master_services(&none, &root, &|s| s == "mwan3").is_empty());
+        // A directory config needs the directory.
+        std::fs::write(root.path("/etc/openvpn"), "").unwrap();
+        assert_eq!(
+            unconfigured_master_services(&roles, &root, &|s| s == "openvpn").len(),
+            1
+        );
     }
 }
 

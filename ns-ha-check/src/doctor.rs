@@ -15,11 +15,15 @@ use serde::Serialize;
 use std::fmt::Write as _;
 
 use ns_ha_common::activate::tool_path;
+use ns_ha_common::cmd::args;
 use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, NodeConfig, Role};
 use ns_ha_common::keepalived::{self, RenderInputs};
 use ns_ha_common::proto::NS_HA_VERSION;
+use ns_ha_common::role_config::unconfigured_master_services;
 use ns_ha_common::root::paths;
+use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::vips::{self, LiveState};
+use std::time::Duration;
 
 use crate::tools::{self, Drift};
 use crate::{health, status, Ctx};
@@ -148,9 +152,58 @@ pub fn run(ctx: &Ctx) -> Vec<Finding> {
         ),
         Err(e) => bad("interfaces", Severity::Problem, format!("{e:#}"), "check `ip addr`"),
     });
+    out.push(services_configured(ctx, &node, &cluster));
     out.extend(role_checks(ctx));
     out.extend(sync_checks(ctx, &node, &cluster));
     out
+}
+
+/// Whether a service is installed here, the way the role engine decides to
+/// skip it: an init script under the root, or a unit systemd has loaded.
+fn installed(ctx: &Ctx, node: &NodeConfig, service: &str) -> bool {
+    match node.service_backend {
+        ServiceBackend::Initd => ctx.root.path(format!("/etc/init.d/{service}")).is_file(),
+        ServiceBackend::Systemd => ctx
+            .runner
+            .run(
+                "systemctl",
+                &args(&["show", "--property=LoadState", "--value", service]),
+                Duration::from_secs(10),
+            )
+            .map(|o| o.stdout.trim() == "loaded")
+            .unwrap_or(false),
+    }
+}
+
+/// Master-only services the roles start that this node has no config for:
+/// their start fails on every takeover.
+fn services_configured(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Finding {
+    const CHECK: &str = "services";
+    let missing =
+        unconfigured_master_services(&cluster.roles, &ctx.root, &|s| installed(ctx, node, s));
+    if missing.is_empty() {
+        return ok(
+            CHECK,
+            "every installed master-only service of the roles has its config",
+        );
+    }
+    bad(
+        CHECK,
+        Severity::Problem,
+        format!(
+            "enabled in the roles (master) but not configured on this node: {}",
+            missing
+                .iter()
+                .map(|u| format!("{} (no {})", u.service, u.wants.join(" or ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        missing
+            .iter()
+            .map(|u| u.fix())
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
 
 /// Maintenance and pending actions, as `ns-ha-role status --json` says.
@@ -639,7 +692,21 @@ pub(crate) mod tests {
         };
         let f = run(&ctx);
         assert!(!unhealthy(&f), "{}", render(&f));
+        assert_eq!(severity(&f, "services"), Severity::Ok);
         assert_eq!(severity(&f, "peer"), Severity::Ok);
+        // dnsmasq installed, started by the master role, without a config.
+        std::fs::write(ctx.root.path("/etc/init.d/dnsmasq"), "#!/bin/sh\n").unwrap();
+        let f = run(&ctx);
+        assert_eq!(severity(&f, "services"), Severity::Problem);
+        let text = render(&f);
+        assert!(
+            text.contains(
+                "not configured on this node: dnsmasq (no /etc/dnsmasq.conf or /etc/config/dhcp)"
+            ) && text.contains("fix: create /etc/dnsmasq.conf or /etc/config/dhcp on the primary"),
+            "{text}"
+        );
+        std::fs::write(ctx.root.path("/etc/dnsmasq.conf"), "port=53\n").unwrap();
+        assert_eq!(severity(&run(&ctx), "services"), Severity::Ok);
         assert_eq!(severity(&f, "backup drift"), Severity::Ok);
     }
 
