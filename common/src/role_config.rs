@@ -339,7 +339,8 @@ impl RoleSettings {
 /// file, then OpenWrt's UCI file the init script renders from. Services not
 /// listed are not checked.
 pub const SERVICE_CONFIGS: &[(&str, &[&str])] = &[
-    ("dnsmasq", &["/etc/dnsmasq.conf", "/etc/config/dhcp"]),
+    // OpenWrt's package ships /etc/dnsmasq.conf too, next to /etc/config/dhcp.
+    ("dnsmasq", &["/etc/dnsmasq.conf"]),
     ("openvpn", &["/etc/openvpn/", "/etc/config/openvpn"]),
     ("swanctl", &["/etc/swanctl/swanctl.conf"]),
     ("ipsec", &["/etc/ipsec.conf"]),
@@ -479,16 +480,32 @@ mod configured_tests {
             u,
             vec![UnconfiguredService {
                 service: "dnsmasq".into(),
-                wants: vec!["/etc/dnsmasq.conf".into(), "/etc/config/dhcp".into()],
+                wants: vec!["/etc/dnsmasq.conf".into()],
             }]
         );
         assert!(u[0]
             .fix()
-            .contains("create /etc/dnsmasq.conf or /etc/config/dhcp"));
-        // Either file is enough.
+            .starts_with("create /etc/dnsmasq.conf on the primary"));
+        // OpenWrt's UCI file does not replace it.
         std::fs::create_dir_all(root.path("/etc/config")).unwrap();
         std::fs::write(root.path("/etc/config/dhcp"), "").unwrap();
+        assert_eq!(
+            unconfigured_master_services(&roles, &root, &only_dnsmasq).len(),
+            1
+        );
+        std::fs::write(root.path("/etc/dnsmasq.conf"), "").unwrap();
         assert!(unconfigured_master_services(&roles, &root, &only_dnsmasq).is_empty());
+        // Where a service has two possible configs, either is enough.
+        let openvpn = |s: &str| s == "openvpn";
+        assert_eq!(
+            unconfigured_master_services(&roles, &root, &openvpn)[0]
+                .wants
+                .len(),
+            2
+        );
+        std::fs::write(root.path("/etc/config/openvpn"), "").unwrap();
+        assert!(unconfigured_master_services(&roles, &root, &openvpn).is_empty());
+        std::fs::remove_file(root.path("/etc/config/openvpn")).unwrap();
         // Not installed, or not started by MASTER: not named.
         let names: Vec<String> = unconfigured_master_services(&roles, &root, &|s| s == "mwan3")
             .into_iter()

@@ -25,8 +25,10 @@ use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::vips::{self, LiveState};
 use std::time::Duration;
 
-use crate::tools::{self, Drift};
+use crate::liveness;
+use crate::tools::{self, Drift, RoleStatus};
 use crate::{health, status, Ctx};
+use anyhow::Result;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -153,8 +155,9 @@ pub fn run(ctx: &Ctx) -> Vec<Finding> {
         Err(e) => bad("interfaces", Severity::Problem, format!("{e:#}"), "check `ip addr`"),
     });
     out.push(services_configured(ctx, &node, &cluster));
-    out.extend(role_checks(ctx));
-    out.extend(sync_checks(ctx, &node, &cluster));
+    let role = tools::role_status(ctx.tools, &ctx.root, status::TRANSITIONS);
+    out.extend(role_checks(&role));
+    out.extend(sync_checks(ctx, &node, &cluster, &role));
     out
 }
 
@@ -207,8 +210,8 @@ fn services_configured(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) ->
 }
 
 /// Maintenance and pending actions, as `ns-ha-role status --json` says.
-fn role_checks(ctx: &Ctx) -> Vec<Finding> {
-    let role = match tools::role_status(ctx.tools, &ctx.root, 0) {
+fn role_checks(role: &Result<RoleStatus>) -> Vec<Finding> {
+    let role = match role {
         Ok(r) => r,
         Err(e) => {
             return vec![bad(
@@ -219,7 +222,7 @@ fn role_checks(ctx: &Ctx) -> Vec<Finding> {
             )]
         }
     };
-    let a = role.applied;
+    let a = &role.applied;
     vec![
         if role.maintenance {
             bad(
@@ -361,7 +364,51 @@ fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Findin
 }
 
 /// The peer (from the primary), drift on the backup, and the last sync.
-fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Finding> {
+/// The primary as the backup sees it: VRRP adverts per link, its sshd, and
+/// whether this node is MASTER because the primary went silent.
+fn primary_answers(
+    ctx: &Ctx,
+    node: &NodeConfig,
+    cluster: &ClusterConfig,
+    role: &Result<RoleStatus>,
+) -> Finding {
+    let role = match role {
+        Ok(r) => r,
+        Err(e) => return skipped("peer", format!("no VRRP state from the role engine: {e:#}")),
+    };
+    let live = vips::observe(cluster, ctx.ifs)
+        .ok()
+        .map(|v| vips::live_state(&v));
+    let p = liveness::observe(node, cluster, role, live, ctx.peer);
+    match (p.answers, p.master_because_peer_silent) {
+        (true, false) => ok("peer", p.summary),
+        (false, true) => bad(
+            "peer",
+            Severity::Problem,
+            p.summary,
+            "bring the primary back (power, links, keepalived); it takes the VIPs back when its adverts return, and this node serves until then",
+        ),
+        (true, true) => bad(
+            "peer",
+            Severity::Warning,
+            p.summary,
+            "if the primary is in maintenance, `ns-ha-role maintenance off` there when done; otherwise run `ns-ha-check doctor` on the primary",
+        ),
+        (false, false) => bad(
+            "peer",
+            Severity::Problem,
+            p.summary,
+            "check the HA link and the primary's sshd and keepalived (`ns-ha-check doctor` on the primary)",
+        ),
+    }
+}
+
+fn sync_checks(
+    ctx: &Ctx,
+    node: &NodeConfig,
+    cluster: &ClusterConfig,
+    role: &Result<RoleStatus>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let sync = tools::sync_status(ctx.tools, &ctx.root);
     let drift_fix = "see `ns-ha-sync verify`; copy wanted edits to the primary, then `ns-ha-sync push --force` on the primary overwrites the backup";
@@ -437,10 +484,7 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             });
         }
         Role::Backup => {
-            out.push(skipped(
-                "peer",
-                "checked from the primary (ns-ha-check doctor there)",
-            ));
+            out.push(primary_answers(ctx, node, cluster, role));
             // The backup's generation is the one it applied last.
             let generation = sync
                 .as_ref()
@@ -608,7 +652,7 @@ pub(crate) mod tests {
         );
     }
 
-    pub const CLOCK_MS: u64 = 1_796_028_026_000;
+    pub const CLOCK_MS: u64 = 1_796_028_422_000;
 
     impl PeerProbe for FakePeer {
         fn hello(&self, _: &NodeRoot, _: &NodeConfig, c: &ClusterConfig) -> Result<HelloReply> {
@@ -622,10 +666,24 @@ pub(crate) mod tests {
                 cluster_id: Some(c.cluster_id.clone()),
             })
         }
+        fn ssh_banner(&self, addr: std::net::Ipv4Addr, port: u16) -> Result<String> {
+            if !self.up {
+                return Err(fail(
+                    Code::Peer,
+                    format!("{addr}:{port}: Connection refused (os error 111)"),
+                ));
+            }
+            Ok("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3".into())
+        }
     }
 
     /// An enabled, paired primary with its rendered keepalived.conf and an init script.
     pub fn primary_root() -> (tempfile::TempDir, NodeRoot) {
+        node_root(Role::Primary)
+    }
+
+    /// The same for `role`.
+    pub fn node_root(role: Role) -> (tempfile::TempDir, NodeRoot) {
         let dir = tempfile::tempdir().unwrap();
         let root = NodeRoot::new(dir.path()).unwrap();
         let mut c = sample_cluster();
@@ -635,8 +693,11 @@ pub(crate) mod tests {
             &root,
             &NodeConfig {
                 schema_version: SCHEMA_VERSION,
-                role: Role::Primary,
-                peer_address: "10.99.0.2".parse().unwrap(),
+                role,
+                peer_address: match role {
+                    Role::Primary => "10.99.0.2".parse().unwrap(),
+                    Role::Backup => "10.99.0.1".parse().unwrap(),
+                },
                 peer_host_key: Some(PinnedHostKey {
                     key_type: "ssh-ed25519".into(),
                     key_base64: "AAAA".into(),
@@ -649,7 +710,7 @@ pub(crate) mod tests {
         .unwrap();
         let text = keepalived::render(&RenderInputs {
             cluster: &c,
-            role: Role::Primary,
+            role,
             root: &root,
             role_tool: tool_path("ns-ha-role").unwrap(),
         })
@@ -700,9 +761,8 @@ pub(crate) mod tests {
         assert_eq!(severity(&f, "services"), Severity::Problem);
         let text = render(&f);
         assert!(
-            text.contains(
-                "not configured on this node: dnsmasq (no /etc/dnsmasq.conf or /etc/config/dhcp)"
-            ) && text.contains("fix: create /etc/dnsmasq.conf or /etc/config/dhcp on the primary"),
+            text.contains("not configured on this node: dnsmasq (no /etc/dnsmasq.conf)")
+                && text.contains("fix: create /etc/dnsmasq.conf on the primary"),
             "{text}"
         );
         std::fs::write(ctx.root.path("/etc/dnsmasq.conf"), "port=53\n").unwrap();
@@ -812,5 +872,104 @@ pub(crate) mod tests {
         let f = run(&ctx);
         assert_eq!(f.len(), 1);
         assert_eq!(severity(&f, "config"), Severity::Problem);
+    }
+
+    /// What the backup's tools answered on the lab pair: after pairing, or
+    /// (`lost`) a few seconds after the primary crashed.
+    fn backup_tools(lost: bool) -> ReplayTools {
+        let t = ReplayTools::default();
+        let role = if lost {
+            include_str!("../tests/fixtures/fw2-role-status-peer-lost.json")
+        } else {
+            include_str!("../tests/fixtures/fw2-role-status.json")
+        };
+        t.answer("ns-ha-role status", 0, role)
+            .answer(
+                "ns-ha-sync status",
+                0,
+                include_str!("../tests/fixtures/fw2-sync-status.json"),
+            )
+            .answer(
+                "ns-ha-sync verify",
+                0,
+                include_str!("../tests/fixtures/fw2-sync-verify.json"),
+            );
+        t
+    }
+
+    fn peer_finding(f: &[Finding]) -> Finding {
+        f.iter().find(|x| x.check == "peer").unwrap().clone()
+    }
+
+    #[test]
+    fn the_backup_says_whether_the_primary_answers() {
+        let (_d, root) = node_root(Role::Backup);
+        let r = RecordingRunner::new();
+        let backup_ifs = StaticInterfaces(vec![
+            interface("ha0", &["10.99.0.2/24"]),
+            interface("lan0", &["10.99.1.2/24"]),
+        ]);
+        let up = FakePeer::healthy();
+        let tools = backup_tools(false);
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &r,
+            ifs: &backup_ifs,
+            peer: &up,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
+        };
+        let f = run(&ctx);
+        let p = peer_finding(&f);
+        assert_eq!(p.severity, Severity::Ok, "{}", render(&f));
+        assert_eq!(
+            p.detail,
+            "primary 10.99.0.1 answers: VRRP adverts heard on ha0, lan0; SSH 10.99.0.1:22 answers"
+        );
+        assert!(!render(&f).contains("checked from the primary"));
+
+        // The primary crashed: every instance went MASTER, its sshd is gone.
+        let lost = backup_tools(true);
+        let mut master = backup_ifs.clone();
+        master.0[0]
+            .ipv4
+            .extend(interface("x", &["10.99.0.254/32"]).ipv4);
+        master.0[1]
+            .ipv4
+            .extend(interface("x", &["10.99.1.254/24"]).ipv4);
+        let down = FakePeer {
+            up: false,
+            ..FakePeer::healthy()
+        };
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &r,
+            ifs: &master,
+            peer: &down,
+            tools: &lost,
+            clock: &FixedClock::at_ms(CLOCK_MS),
+        };
+        let f = run(&ctx);
+        assert!(unhealthy(&f));
+        let p = peer_finding(&f);
+        assert_eq!(p.severity, Severity::Problem);
+        // lan_lan0 went MASTER first, at ...950 (the recorded event).
+        assert_eq!(
+            p.detail,
+            "primary 10.99.0.1 does not answer since 2026-11-30 08:46:28.950Z: no VRRP advert on ha0, lan0, SSH 10.99.0.1:22: Connection refused (os error 111); this node is MASTER because of it"
+        );
+        assert!(p.fix.unwrap().starts_with("bring the primary back"));
+
+        // Silent on VRRP but its sshd answers: it yields, a warning.
+        let ctx = Ctx { peer: &up, ..ctx };
+        let p = peer_finding(&run(&ctx));
+        assert_eq!(p.severity, Severity::Warning);
+        assert!(
+            p.detail
+                .contains("answers on SSH but sends no VRRP advert on ha0, lan0")
+                && p.detail.ends_with("this node is MASTER because of it"),
+            "{}",
+            p.detail
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod doctor;
 pub mod health;
+pub mod liveness;
 pub mod peer;
 pub mod status;
 pub mod tools;
@@ -214,8 +215,8 @@ mod tests {
         assert_eq!(rep.json["vrrp_state"], "MASTER");
         assert_eq!(rep.json["keepalived_running"], true);
         assert_eq!(rep.json["vips"][0]["held"], true);
-        // The recorded last success was at 1796027984 s; the clock says +42 s.
-        assert_eq!(rep.json["sync"]["last_success"], 1_796_027_984u64);
+        // The recorded last success was at 1796028380 s; the clock says +42 s.
+        assert_eq!(rep.json["sync"]["last_success"], 1_796_028_380u64);
         assert_eq!(rep.json["sync"]["lag_secs"], 42);
         // From the recorded `ns-ha-role status`: MASTER applied, a history.
         assert_eq!(rep.json["role_engine"]["applied"], "MASTER");
@@ -227,6 +228,15 @@ mod tests {
             rep.human
         );
         assert!(rep.human.contains("(42 s ago)"), "{}", rep.human);
+        // The primary cannot read the backup from VRRP: SSH says it answers.
+        assert_eq!(rep.json["peer"]["answers"], true);
+        assert_eq!(rep.json["peer"]["master_because_peer_silent"], false);
+        assert!(
+            rep.human
+                .contains("peer:        backup 10.99.0.2 answers: SSH 10.99.0.2:22 answers"),
+            "{}",
+            rep.human
+        );
         let backup = StaticInterfaces(vec![interface("lan0", &["10.99.1.1/24"])]);
         let rep = run_with(&root, &["status"], &backup, &FakePeer::healthy()).unwrap();
         assert!(rep.human.contains("BACKUP (0/2"), "{}", rep.human);

@@ -15,10 +15,11 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use ns_ha_common::clock::fmt_utc;
-use ns_ha_common::config::{load_cluster_opt, load_node_opt, NodeConfig};
+use ns_ha_common::config::{load_cluster_opt, load_node_opt, NodeConfig, Role};
 use ns_ha_common::service::manager;
 use ns_ha_common::vips::{self, LiveState, VipState};
 
+use crate::liveness::{self, PeerLiveness};
 use crate::tools::{self, SyncNode, SyncRun};
 use crate::Ctx;
 
@@ -82,6 +83,8 @@ pub struct NodeStatus {
     pub vips: Vec<VipState>,
     pub sync: SyncView,
     pub transitions: Vec<TransitionView>,
+    /// Whether the peer answers (None: not paired).
+    pub peer: Option<PeerLiveness>,
 }
 
 /// Whether keepalived runs, by the node's service backend.
@@ -121,6 +124,13 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
         Some(c) => vips::observe(c, ctx.ifs)?,
         None => Vec::new(),
     };
+    let live = cluster.as_ref().map(|_| vips::live_state(&vips));
+    let peer = match (&node, &cluster) {
+        (Some(n), Some(c)) if n.peer_host_key.is_some() || n.role == Role::Backup => {
+            Some(liveness::observe(n, c, &role, live, ctx.peer))
+        }
+        _ => None,
+    };
     let now = ctx.clock.now_secs();
     let sync = sync_view(tools::sync_status(ctx.tools, &ctx.root)?, now);
     Ok(NodeStatus {
@@ -128,7 +138,7 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
         cluster_id: cluster.as_ref().map(|c| c.cluster_id.clone()),
         enabled: role.enabled,
         keepalived_running,
-        vrrp_state: cluster.as_ref().map(|_| vips::live_state(&vips)),
+        vrrp_state: live,
         role_engine: RoleEngine {
             last_event: role.last_event.as_ref().map(|e| e.state.clone()),
             last_event_at: role.last_event.as_ref().map(|e| fmt_utc(e.unix_ms)),
@@ -157,6 +167,7 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
                 failed: t.actions.iter().filter(|a| a.failed()).count(),
             })
             .collect(),
+        peer,
     })
 }
 
@@ -267,6 +278,9 @@ pub fn render(s: &NodeStatus) -> String {
     );
     if !re.pending.is_empty() {
         line(&mut w, "pending", re.pending.join("; "));
+    }
+    if let Some(p) = &s.peer {
+        line(&mut w, "peer", p.summary.clone());
     }
     for (i, t) in s.transitions.iter().rev().enumerate() {
         line(

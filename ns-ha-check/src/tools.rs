@@ -161,6 +161,14 @@ pub struct RoleTransition {
     pub actions: Vec<RoleAction>,
 }
 
+/// A VRRP instance's last reported state (`instances` of `ns-ha-role status`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoleInstance {
+    pub name: String,
+    pub state: String,
+    pub since_ms: u64,
+}
+
 /// `ns-ha-role status --json`, the parts this tool reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RoleStatus {
@@ -168,6 +176,9 @@ pub struct RoleStatus {
     pub maintenance: bool,
     pub last_event: Option<RoleEvent>,
     pub fifo_reader: bool,
+    /// Absent from releases before it was added: then no link is known.
+    #[serde(default)]
+    pub instances: Vec<RoleInstance>,
     pub target: RoleTarget,
     pub applied: RoleApplied,
     #[serde(default)]
