@@ -346,7 +346,10 @@ impl<'a> Receiver<'a> {
         Ok(reply)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the begin request's parts; to become one struct"
+    )]
     fn begin(
         &mut self,
         cluster_id: &str,
