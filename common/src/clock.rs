@@ -8,6 +8,7 @@
 //! Status and history show UTC timestamps, printed the same way by every
 //! tool without a time crate ([`fmt_utc`]).
 
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,10 +36,12 @@ impl Clock for SystemClock {
 }
 
 /// A clock that says what the test sets, for unit tests of anything that
-/// computes ages or stamps times.
+/// computes ages or stamps times (test builds and the `testing` feature only).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct FixedClock(AtomicU64);
 
+#[cfg(any(test, feature = "testing"))]
 impl FixedClock {
     pub fn at_ms(unix_ms: u64) -> Self {
         FixedClock(AtomicU64::new(unix_ms))
@@ -51,6 +54,7 @@ impl FixedClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for FixedClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
