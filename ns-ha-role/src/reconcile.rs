@@ -21,7 +21,7 @@ use ns_ha_common::cmd::CommandRunner;
 use ns_ha_common::config::{load_cluster_opt, load_node_opt, Role};
 use ns_ha_common::exit::{code_of, Code};
 use ns_ha_common::fsutil::{atomic_write, NodeLock};
-use ns_ha_common::net::{InterfaceSource, IpCommand};
+use ns_ha_common::net::IpCommand;
 use ns_ha_common::role_config::RoleSettings;
 use ns_ha_common::service::manager;
 use ns_ha_common::NodeRoot;
@@ -97,15 +97,10 @@ pub fn reader_alive(root: &NodeRoot) -> bool {
 
 /// The cluster VIPs (and the HA-link heartbeat VIP) this node holds now.
 pub fn observe_vips(ctx: &Ctx, cluster: &ns_ha_common::config::ClusterConfig) -> Option<VipView> {
-    let mut wanted: Vec<std::net::Ipv4Addr> = cluster.all_vips().iter().map(|v| v.addr).collect();
-    wanted.push(cluster.ha.heartbeat_vip);
-    match (IpCommand { runner: ctx.runner }).all_ipv4() {
-        Ok(addrs) => Some(VipView {
-            held: wanted
-                .iter()
-                .filter(|w| addrs.iter().any(|(_, a)| a.addr == **w))
-                .count(),
-            total: wanted.len(),
+    match ns_ha_common::vips::observe(cluster, &IpCommand { runner: ctx.runner }) {
+        Ok(vips) => Some(VipView {
+            held: ns_ha_common::vips::held_count(&vips),
+            total: vips.len(),
         }),
         Err(e) => {
             log::warn!("cannot read this node's addresses: {e:#}");

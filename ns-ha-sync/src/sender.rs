@@ -90,9 +90,7 @@ impl Link for SshLink {
 
 /// Whether this node holds the cluster's VIPs (the heartbeat VIP or a LAN VIP): it is master.
 pub fn holds_vips(cluster: &ClusterConfig, ifs: &dyn InterfaceSource) -> Result<bool> {
-    let have: BTreeSet<_> = ifs.all_ipv4()?.into_iter().map(|(_, c)| c.addr).collect();
-    Ok(have.contains(&cluster.ha.heartbeat_vip)
-        || cluster.all_vips().iter().any(|v| have.contains(&v.addr)))
+    Ok(ns_ha_common::vips::held_count(&ns_ha_common::vips::observe(cluster, ifs)?) > 0)
 }
 
 /// Options of a push.
