@@ -465,6 +465,16 @@ fn transfer<C: Read + Write>(
     if changes.is_empty() && deletes.is_empty() {
         rep.generation = m.generation;
         save_pushed(state, m.generation, local, true)?;
+        // The backup records the check as its last attempt (an older
+        // backup does not know the op: its status just stays as it was).
+        if let Err(e) = call::<_, _, serde_json::Value>(
+            ch,
+            &SyncRequest::InSync {
+                generation: m.generation,
+            },
+        ) {
+            log::info!("the backup did not record the check: {e:#}");
+        }
         return Ok(Ok(rep));
     }
     let begin: BeginReply = call(

@@ -2,7 +2,9 @@
 //!
 //! A push is one channel: `hello` (pairing control op), `manifest`, `begin`,
 //! a `file` frame (JSON header + raw bytes, no reply) per file whose content
-//! changed, then `commit` (or `abort`). `status` can be asked any time after
+//! changed, then `commit` (or `abort`); or, when the manifests show nothing
+//! to send, `in-sync` instead of a transaction, so the backup records the
+//! check as its last attempt too. `status` can be asked any time after
 //! `hello`. Files are streamed without a round trip each; any problem with
 //! one is remembered and reported by `commit`, which then applies nothing.
 
@@ -12,7 +14,9 @@ use crate::manifest::{Change, Drift, Manifest};
 
 /// The sync ops (the control ops `hello`, `inspect`, `install-cluster` are
 /// `ns_ha_common::control`'s).
-pub const SYNC_OPS: &[&str] = &["manifest", "begin", "file", "commit", "abort", "status"];
+pub const SYNC_OPS: &[&str] = &[
+    "manifest", "begin", "file", "commit", "abort", "in-sync", "status",
+];
 
 /// Requests of the sync protocol.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +50,10 @@ pub enum SyncRequest {
     Commit,
     /// Drop the transaction.
     Abort,
+    /// After `manifest`: the sender found nothing to send, the backup holds
+    /// its files (`generation` is the sender's view). The backup records a
+    /// successful attempt that changed nothing.
+    InSync { generation: u64 },
     /// The backup's sync status.
     Status,
 }
