@@ -136,10 +136,13 @@ fn log_passes(reports: &[PassReport]) {
 fn summary(r: &PassReport) -> String {
     let count = |o| r.actions.iter().filter(|a| a.outcome == o).count();
     use crate::history::Outcome::*;
+    let what = match r.kind {
+        reconcile::PassKind::Transition => format!("{} -> {}", r.from, r.to),
+        reconcile::PassKind::Returned => format!("{} again", r.to),
+        _ => format!("{} (no transition)", r.to),
+    };
     format!(
-        "{} -> {}: {} changed, {} unchanged, {} skipped, {} failed in {} ms",
-        r.from,
-        r.to,
+        "{what}: {} changed, {} unchanged, {} skipped, {} failed in {} ms",
         count(Changed),
         count(Unchanged),
         count(Skipped),
