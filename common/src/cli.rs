@@ -142,9 +142,22 @@ pub fn print_json_line(value: &impl serde::Serialize) {
 
 /// Parse a command line; `--help`/`--version` and usage errors are printed
 /// here and come back as the exit code to end with (0 or 2).
+/// With `--json` among the arguments, a usage error also prints its
+/// `{"error", "code": 2}` document on stdout.
 pub fn parse<C: clap::Parser>(args: impl IntoIterator<Item = OsString>) -> Result<C, ExitCode> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let json = args.iter().skip(1).any(|a| a == "--json");
     C::try_parse_from(args).map_err(|e| {
         let _ = e.print();
+        if json && e.use_stderr() {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("usage error");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            println!(
+                "{}",
+                serde_json::json!({"error": message, "code": Code::Usage.as_u8()})
+            );
+        }
         ExitCode::from(if e.use_stderr() {
             Code::Usage.as_u8()
         } else {
