@@ -166,7 +166,7 @@ impl Checker {
         assert_eq!(doc["code"], code, "'{key}': code: {}", describe(out));
         // The stderr line says the same as `error`.
         let err = String::from_utf8_lossy(&out.stderr);
-        if !doc.as_object().is_some_and(|d| d.len() > 2) {
+        if doc.as_object().is_none_or(|d| d.len() <= 2) {
             assert!(
                 err.contains(doc["error"].as_str().unwrap_or_default()),
                 "'{key}': stderr differs from error: {}",
