@@ -28,7 +28,7 @@ use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Ma
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter};
-use crate::wire::{BeginReply, CommitReply, ManifestReply, SyncRequest};
+use crate::wire::{BeginReply, BeginRequest, CommitReply, ManifestReply, SyncRequest};
 
 /// A byte stream to the backup's receiver.
 pub trait Channel: Read + Write {}
@@ -479,14 +479,14 @@ fn transfer<C: Read + Write>(
     }
     let begin: BeginReply = call(
         ch,
-        &SyncRequest::Begin {
+        &SyncRequest::Begin(BeginRequest {
             cluster_id: cluster.cluster_id.clone(),
             generation,
             base_generation: m.generation,
             force: opts.force,
             changes: changes.clone(),
             deletes: deletes.clone(),
-        },
+        }),
     )
     .context("opening the transaction on the backup")?;
     log::debug!(

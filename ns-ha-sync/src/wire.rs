@@ -30,16 +30,7 @@ pub enum SyncRequest {
     },
     /// Open a transaction: every change and deletion, announced up front so
     /// the backup checks them all before taking any data.
-    Begin {
-        cluster_id: String,
-        generation: u64,
-        /// The generation the sender diffed against.
-        base_generation: u64,
-        /// Overwrite files edited on the backup.
-        force: bool,
-        changes: Vec<Change>,
-        deletes: Vec<String>,
-    },
+    Begin(BeginRequest),
     /// The content of an announced file follows this frame (`size` bytes).
     File {
         path: String,
@@ -56,6 +47,20 @@ pub enum SyncRequest {
     InSync { generation: u64 },
     /// The backup's sync status.
     Status,
+}
+
+/// What a `begin` announces: the transaction the sender wants to open.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeginRequest {
+    pub cluster_id: String,
+    pub generation: u64,
+    /// The generation the sender diffed against.
+    pub base_generation: u64,
+    /// Overwrite files edited on the backup.
+    pub force: bool,
+    pub changes: Vec<Change>,
+    pub deletes: Vec<String>,
 }
 
 /// Answer to `manifest`.

@@ -20,7 +20,6 @@ mod request;
 mod staging;
 
 pub use local::{local_view, recover_if_needed, LocalView};
-pub use request::BeginRequest;
 
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -175,23 +174,9 @@ impl<'a> Receiver<'a> {
             SyncRequest::Manifest { known_digest } => {
                 serde_json::to_value(self.manifest(known_digest)?)?
             }
-            SyncRequest::Begin {
-                cluster_id,
-                generation,
-                base_generation,
-                force,
-                changes,
-                deletes,
-            } => {
+            SyncRequest::Begin(req) => {
                 let started = Instant::now();
-                let req = BeginRequest {
-                    cluster_id,
-                    generation,
-                    base_generation,
-                    force,
-                    changes,
-                    deletes,
-                };
+                let generation = req.generation;
                 match self.begin(req, started) {
                     Ok(r) => serde_json::to_value(r)?,
                     Err(e) => {

@@ -13,22 +13,9 @@ use super::staging::prepare_staging;
 use super::{local_view, Ctx, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
 use crate::crash;
 use crate::journal::{self, check_ancestors};
-use crate::manifest::{digest, Change, Kind};
+use crate::manifest::{digest, Kind};
 use crate::rules::{check_path, resolve_link};
-use crate::wire::{BeginReply, ManifestReply};
-
-/// What a `begin` request announces: the transaction the sender wants to open.
-#[derive(Debug, Clone)]
-pub struct BeginRequest {
-    pub cluster_id: String,
-    pub generation: u64,
-    /// The generation the sender diffed against.
-    pub base_generation: u64,
-    /// Overwrite files edited on the backup.
-    pub force: bool,
-    pub changes: Vec<Change>,
-    pub deletes: Vec<String>,
-}
+use crate::wire::{BeginReply, BeginRequest, ManifestReply};
 
 impl Receiver<'_> {
     pub(super) fn manifest(&mut self, known_digest: Option<String>) -> Result<ManifestReply> {
