@@ -5,8 +5,9 @@
 //! `rules` (the sync set as data), `manifest` (scan + hash cache + diff),
 //! `sender` (push over one SSH session), `receiver` (the forced command on the
 //! backup), `journal` (all-or-nothing apply and crash recovery), `state`
-//! (generation, status), `watch` (inotify trigger) and `crash` (test-only
-//! crash points). `run` maps the command line onto them.
+//! (generation, status), `watch` (inotify trigger), `wire` (the sync ops on
+//! the common framing) and `crash` (test-only crash points). `run` maps the
+//! command line onto them and returns one report per run (docs/json.md).
 
 pub mod crash;
 pub mod journal;
@@ -75,8 +76,9 @@ pub enum Command {
     },
     /// Send what changed to the backup (on the primary, while it holds the VIPs).
     ///
-    /// Returns at once, silently, when nothing changed since the last clean
-    /// push (safe from cron every minute). Exit code 8 when files edited on
+    /// Returns at once, silently (with --json: a document with "noop": true),
+    /// when nothing changed since the last clean push (safe from cron every
+    /// minute). Exit code 8 when files edited on
     /// the backup were kept there.
     Push {
         /// Overwrite (or delete) files edited on the backup since the last sync.
