@@ -8,7 +8,6 @@
 use anyhow::{Context, Result};
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::exit::{fail, Code};
@@ -144,12 +143,15 @@ fn join_reader(t: std::thread::JoinHandle<Vec<u8>>) -> String {
 
 /// A fake runner for unit tests: records every call and answers from a script
 /// of canned outputs keyed by program name (default: success, empty output).
+/// Built only for tests (feature `testing`), never into a tool.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Default)]
 pub struct RecordingRunner {
-    pub calls: Mutex<Vec<Vec<String>>>,
-    pub answers: Mutex<Vec<(String, CmdOutput)>>,
+    pub calls: std::sync::Mutex<Vec<Vec<String>>>,
+    pub answers: std::sync::Mutex<Vec<(String, CmdOutput)>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl RecordingRunner {
     pub fn new() -> Self {
         Self::default()
@@ -168,6 +170,7 @@ impl RecordingRunner {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl CommandRunner for RecordingRunner {
     fn run(&self, program: &str, args: &[String], _timeout: Duration) -> Result<CmdOutput> {
         let mut line = vec![program.to_string()];

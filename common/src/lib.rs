@@ -14,6 +14,7 @@ pub mod config;
 pub mod conntrackd;
 pub mod control;
 pub mod exit;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod fsutil;
 pub mod keepalived;

@@ -310,10 +310,12 @@ pub fn parse_interface(link_json: &str, addr_json: &str) -> Result<Option<Interf
     }))
 }
 
-/// A fixed set of interfaces, for unit tests and dry runs.
+/// A fixed set of interfaces, for unit tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default, Clone)]
 pub struct StaticInterfaces(pub Vec<Interface>);
 
+#[cfg(any(test, feature = "testing"))]
 impl InterfaceSource for StaticInterfaces {
     fn interface(&self, name: &str) -> Result<Option<Interface>> {
         check_ifname(name)?;

@@ -1,6 +1,9 @@
 //! Helpers shared by the `sync_*` lab tests (included with `#[path]`; as a
 //! test target of its own it holds no tests).
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

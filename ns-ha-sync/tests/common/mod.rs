@@ -1,7 +1,10 @@
 //! Shared fixtures: a primary and a backup root in a temp dir, links that
 //! connect the sender to a receiver in a thread or in a child process, and
 //! tree snapshots to compare generations.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
 
 use anyhow::Result;
 use std::collections::BTreeMap;
