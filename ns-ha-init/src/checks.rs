@@ -395,6 +395,11 @@ pub fn run_check(
     if let Some(first) = failed.first() {
         if let Err(e) = &first.result {
             report.code = code_of(e);
+            report.error = Some(format!(
+                "{} check(s) failed, first {}: {e:#}",
+                failed.len(),
+                first.name
+            ));
         }
     }
     Ok(report)

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use ns_ha_common::config::{load_cluster_opt, load_node_opt};
 
 use crate::events::{Event, EventLog, EventStore, KaState, Scope};
-use crate::history::{self, fmt_utc, Outcome, Transition};
+use crate::history::{self, fmt_utc, Outcome, PassKind, Transition};
 use crate::maintenance;
 use crate::plan::{self, Target, VipView};
 use crate::reconcile::{load_applied, observe_vips, reader_alive, settings, Applied, Ctx};
@@ -145,17 +145,31 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(w, "  {} {}: {}", p.action, p.outcome.as_str(), p.detail);
         }
     }
-    if !s.history.is_empty() {
+    w.push_str(&render_history(&s.history));
+    w
+}
+
+/// The history as `status` shows it: a transition reads `FROM -> TO`, a
+/// return to the same state `TO again (...)`, a retry `TO (no transition ...)`.
+pub fn render_history(history: &[Transition]) -> String {
+    let mut w = String::new();
+    if !history.is_empty() {
         let _ = writeln!(w, "history (oldest first):");
     }
-    for t in &s.history {
+    for t in history {
         let count = |o: Outcome| t.actions.iter().filter(|a| a.outcome == o).count();
+        let what = match t.kind {
+            PassKind::Transition => format!("{} -> {}", t.from, t.to),
+            PassKind::Returned => {
+                format!("{} again (keepalived left it and came back)", t.to)
+            }
+            PassKind::Retry => format!("{} (no transition: retry)", t.to),
+            PassKind::Maintenance => format!("{} (administrator)", t.to),
+        };
         let _ = writeln!(
             w,
-            "  {} {} -> {} in {} ms: {} changed, {} failed ({})",
+            "  {} {what} in {} ms: {} changed, {} failed ({})",
             fmt_utc(t.unix_ms),
-            t.from,
-            t.to,
             t.done_unix_ms.saturating_sub(t.unix_ms),
             count(Outcome::Changed),
             count(Outcome::Failed) + count(Outcome::TimedOut),
