@@ -16,6 +16,7 @@ use std::path::Path;
 
 use crate::exit::{fail, Code};
 use crate::fsutil::atomic_write;
+use crate::health_config::HealthSettings;
 use crate::keepalived::lan_instance;
 use crate::net::{check_ifname, Ipv4Cidr};
 use crate::role_config::RoleSettings;
@@ -75,6 +76,9 @@ pub struct ClusterConfig {
     pub sync: SyncSettings,
     #[serde(default)]
     pub roles: RoleSettings,
+    /// Health checks, the monitor's failover rules, metrics and alerts.
+    #[serde(default)]
+    pub health: HealthSettings,
 }
 
 /// The dedicated link between the two firewalls.
@@ -169,6 +173,7 @@ impl ClusterConfig {
             ssh: SshSettings::default(),
             sync: SyncSettings::default(),
             roles: RoleSettings::default(),
+            health: HealthSettings::default(),
         }
     }
 
@@ -289,6 +294,8 @@ impl ClusterConfig {
         }
         self.sync.validate()?;
         self.roles.validate(&self.tracked_interfaces())?;
+        self.health
+            .validate(&self.tracked_interfaces(), v.priority_backup)?;
         Ok(())
     }
 

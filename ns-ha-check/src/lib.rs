@@ -3,16 +3,23 @@
 //! Three audiences, three commands: `status` for an administrator or a
 //! monitoring script (one view of role, VRRP, VIPs, sync and transitions),
 //! `doctor` for someone fixing a pair (every problem with its fix), and
-//! `health` for keepalived or cron (an exit code, optionally a track file).
+//! `health` for keepalived or cron (an exit code, optionally a track file;
+//! `--list` names every check), `monitor` the long-running health monitor
+//! that moves the VIPs (see [`monitor`]), and `metrics` for Prometheus.
 //! Facts come from the tools that own them, through their command lines and
 //! JSON (`tools`), or from `common`; this crate adds only the checks.
 
+pub mod alert;
 pub mod doctor;
 pub mod health;
 pub mod liveness;
+pub mod metrics;
+pub mod monitor;
 pub mod peer;
+pub mod probe;
 pub mod status;
 pub mod tools;
+pub mod verdict;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +45,9 @@ use crate::tools::{ToolQuery, ToolRunner};
 ///   ns-ha-check status          role, VRRP state, VIPs, sync, transitions
 ///   ns-ha-check doctor          every problem of the pair with its fix (exit 10 if any)
 ///   ns-ha-check health          can this node serve as master? (exit 0 or 10)
+///   ns-ha-check health --list   every health check of this node, with its period
+///   ns-ha-check monitor         run the checks, move the VIPs when unhealthy (runs until killed)
+///   ns-ha-check metrics         Prometheus text (or --textfile-dir DIR)
 #[derive(Debug, Parser)]
 #[command(name = "ns-ha-check", version, verbatim_doc_comment, after_help = help_table())]
 pub struct Cli {
@@ -62,6 +72,25 @@ pub enum Command {
         /// Also write 0 (healthy) or 1 into /run/ns-ha/health.track for keepalived's track_file.
         #[arg(long)]
         track_file: bool,
+        /// List every check the monitor runs on this node (from the cluster
+        /// config's health section) instead of checking.
+        #[arg(long, conflicts_with = "track_file")]
+        list: bool,
+    },
+    /// Run the health checks for as long as the node runs and move the VIPs:
+    /// writes keepalived's health track file (priority offset), the state
+    /// file /run/ns-ha/health.json, the prompt marker, and runs the alert hook.
+    ///
+    /// Started and restarted with keepalived by its init script:
+    /// `ns-ha-check [--root R] monitor`. Logs on stderr.
+    Monitor,
+    /// Prometheus text: role, VRRP state, VIPs, transitions, health checks,
+    /// sync, failing role actions.
+    Metrics {
+        /// Write DIR/ns-ha.prom atomically (node_exporter textfile collector)
+        /// instead of printing; default: health.metrics_dir if set.
+        #[arg(long, value_name = "DIR")]
+        textfile_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -113,7 +142,13 @@ pub fn run(cli: Cli, env: &Env) -> Result<Report> {
                 report
             })
         }
-        Command::Health { track_file } => health(&ctx, track_file),
+        Command::Health { list: true, .. } => health_list(&ctx),
+        Command::Health { track_file, .. } => health(&ctx, track_file),
+        Command::Monitor => {
+            monitor::run(&ctx.root)?;
+            Ok(Report::printed())
+        }
+        Command::Metrics { textfile_dir } => metrics(&ctx, textfile_dir),
     }
 }
 
@@ -145,6 +180,75 @@ pub fn health(ctx: &Ctx, track_file: bool) -> Result<Report> {
         format!("healthy: every cluster interface is up with its address{track}\n"),
         json!({"healthy": true}),
     ))
+}
+
+/// `health --list`: the checks of this node, and the links none covers.
+pub fn health_list(ctx: &Ctx) -> Result<Report> {
+    let node = load_node(&ctx.root)?;
+    let cluster = load_cluster(&ctx.root)?;
+    let checks = monitor::plan(&cluster, node.role);
+    let unchecked = monitor::unchecked_links(&cluster);
+    let h = &cluster.health;
+    let mut human = String::new();
+    for c in &checks {
+        human.push_str(&format!(
+            "{:<20} every {:>5} ms  {}\n",
+            c.id, c.period_ms, c.what
+        ));
+    }
+    for l in &unchecked {
+        human.push_str(&format!(
+            "{:<20} not checked: a silent failure of {l} is not detected (add health.links with targets)\n",
+            format!("reach:{l}")
+        ));
+    }
+    human.push_str(&format!(
+        "failover: {}; hold-down {} ms after giving up MASTER; alert hook {}\n",
+        if h.act {
+            "an unhealthy MASTER yields to a healthy peer"
+        } else {
+            "off (health.act false: checks are recorded, nothing moves)"
+        },
+        h.hold_down_ms,
+        h.alert_hook.as_deref().unwrap_or("none")
+    ));
+    Ok(Report::new(
+        human,
+        json!({"checks": checks, "unchecked_links": unchecked, "act": h.act,
+               "hold_down_ms": h.hold_down_ms, "alert_hook": h.alert_hook}),
+    ))
+}
+
+/// `metrics`: print, or write into a textfile directory.
+pub fn metrics(ctx: &Ctx, textfile_dir: Option<std::path::PathBuf>) -> Result<Report> {
+    let s = status::collect(ctx)?;
+    let role = tools::role_status(ctx.tools, &ctx.root, 1)?;
+    let instances = role
+        .instances
+        .iter()
+        .map(|i| (i.name.clone(), i.state.clone()))
+        .collect();
+    let health = monitor::read_state(&ctx.root)?;
+    let text = metrics::render(&s, &instances, health.as_ref(), ctx.clock.now_ms());
+    // A directory given here is taken as is; the config's is a node path.
+    let dir = textfile_dir.or_else(|| {
+        load_cluster(&ctx.root)
+            .ok()
+            .and_then(|c| c.health.metrics_dir.map(|d| ctx.root.path(d)))
+    });
+    match dir {
+        Some(d) => {
+            let p = metrics::write_textfile(&d, &text)?;
+            Ok(Report::new(
+                format!("written to {}\n", p.display()),
+                json!({"metrics": text, "written": p.to_string_lossy()}),
+            ))
+        }
+        None => Ok(Report::new(
+            text.clone(),
+            json!({"metrics": text, "written": null}),
+        )),
+    }
 }
 
 /// The whole program: parse, run, print the result or the error once, exit with its code.
