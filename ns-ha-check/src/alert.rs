@@ -82,9 +82,9 @@ impl AlertSender {
         let cluster_id = ns_ha_common::config::load_cluster(&self.root)
             .map(|c| c.cluster_id)
             .unwrap_or_default();
-        let _ = self
-            .tx
-            .send((hook.clone(), document(&e, self.role, &cluster_id)));
+        // A node path, like every path of the cluster config.
+        let hook = self.root.path(hook).to_string_lossy().into_owned();
+        let _ = self.tx.send((hook, document(&e, self.role, &cluster_id)));
     }
 
     /// Hook runs that succeeded and failed so far.

@@ -202,7 +202,13 @@ impl Verdict {
             return;
         };
         let mut event = None;
-        match o.ok {
+        // A service runs only on the MASTER: elsewhere its round says nothing.
+        let ok = if c.kind == CheckKind::Service && !master {
+            None
+        } else {
+            o.ok
+        };
+        match ok {
             None => {
                 // A service whose failure made this node give up stays
                 // failing: a backup cannot show it fixed.
@@ -243,9 +249,7 @@ impl Verdict {
                 } else {
                     fall
                 };
-                // A service can only fail on the MASTER (it runs there).
-                let applies = c.kind != CheckKind::Service || master;
-                if applies && c.fails >= limit && c.state != CheckState::Failing {
+                if c.fails >= limit && c.state != CheckState::Failing {
                     c.state = CheckState::Failing;
                     c.since_ms = now_ms;
                     event = Some(("health-failing", o.detail.clone()));
@@ -549,6 +553,11 @@ mod tests {
         b.observe("service:dnsmasq", na(), 1);
         assert_eq!(b.checks["service:dnsmasq"].state, CheckState::NotApplicable);
         assert_eq!(b.evaluate(1), None);
+        // Not running on a backup is as it should be: still fit.
+        b.observe("service:dnsmasq", bad(), 2);
+        assert_eq!(b.checks["service:dnsmasq"].fails, 0);
+        assert_eq!(b.evaluate(2), None);
+        assert!(b.fit);
         let mut m = verdict(200, true);
         // A restart: one failed round, then ok: nothing moves.
         m.observe("service:dnsmasq", bad(), 1);
