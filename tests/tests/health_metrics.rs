@@ -291,4 +291,22 @@ fn metrics_parse_and_match_status() {
     assert_eq!(out["written"], dir.join("ns-ha.prom").to_str().unwrap());
     parse(&file).unwrap();
     assert_eq!(state(&lab, "fw1")["fit"], true);
+
+    // The prompt marker the monitor writes, as the profile snippet shows it.
+    let snippet = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ns-ha-check/profile/ns-ha-prompt.sh");
+    for (fw, want) in [("fw1", "[P:MASTER]"), ("fw2", "[S:BACKUP]")] {
+        let file = lab.path(fw, "/run/ns-ha/prompt");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{want}\n"));
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                "PS1='fw# '; . \"$0\"; eval \"$PROMPT_COMMAND\"; printf '%s' \"${PS1@P}\"",
+                snippet.to_str().unwrap(),
+            ])
+            .env("NS_HA_PROMPT_FILE", &file)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{want} fw# "));
+    }
 }
