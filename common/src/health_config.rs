@@ -52,10 +52,11 @@ pub struct HealthSettings {
     pub links: Vec<LinkCheck>,
     /// Services of the master role whose death moves the VIPs.
     pub services: Vec<ServiceCheck>,
-    /// Executable run once per event with the event as JSON on stdin.
+    /// Executable (a node path) run once per event with the event as JSON on
+    /// stdin: failover, health check failing/recovered, sync failing/recovered.
     pub alert_hook: Option<String>,
-    /// node_exporter textfile directory: `ns-ha.prom` is rewritten there on
-    /// every change.
+    /// node_exporter textfile directory (a node path): the monitor rewrites
+    /// `ns-ha.prom` there every 10 s.
     pub metrics_dir: Option<String>,
 }
 

@@ -10,7 +10,8 @@
 //! - the state file (`/run/ns-ha/health.json`): checks, decisions, alerts,
 //!   read by `ns-ha-check status` and `metrics`;
 //! - the prompt marker (`/run/ns-ha/prompt`) for the shell prompt;
-//! - `ns-ha.prom` in `health.metrics_dir`, if set.
+//! - `ns-ha.prom` in `health.metrics_dir`, if set, every 10 s (by running
+//!   `ns-ha-check metrics`, which asks the other tools).
 //!
 //! Alerts run the hook on a thread of their own, so a slow mail script
 //! never delays a decision. A changed cluster config is picked up within
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ns_ha_common::addresses::{address_problems, static_address};
 use ns_ha_common::clock::now_ms;
-use ns_ha_common::cmd::SystemRunner;
+use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, Role};
 use ns_ha_common::fsutil::atomic_write;
 use ns_ha_common::health_config::HealthSettings;
@@ -144,6 +145,56 @@ pub fn unchecked_links(cluster: &ClusterConfig) -> Vec<String> {
 enum Msg {
     Outcome(String, Outcome),
     Master(bool),
+    /// The sync's last attempt: ok, and its error.
+    Sync(bool, String),
+}
+
+/// How often the sync's status is read and the metrics file rewritten.
+const SLOW_PERIOD: Duration = Duration::from_secs(10);
+
+/// The slow jobs, on a thread of their own: read the sync's status (for
+/// its alerts) through `ns-ha-sync status --json --local`, and rewrite the
+/// textfile metrics with `ns-ha-check metrics` (both run other tools, which
+/// a check thread must not wait for).
+fn spawn_slow(root: &NodeRoot, metrics_dir: Option<String>, tx: &Sender<Msg>) -> Workers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (root, tx, stop2) = (root.clone(), tx.clone(), stop.clone());
+    let handle = std::thread::spawn(move || {
+        let runner = SystemRunner;
+        let tools = crate::tools::ToolRunner { runner: &runner };
+        let mut next = Instant::now() + Duration::from_secs(2);
+        while pause_until(next, &stop2) {
+            next += SLOW_PERIOD;
+            match crate::tools::sync_status(&tools, &root) {
+                Ok(s) => {
+                    if let Some(a) = s.last_attempt {
+                        let _ = tx.send(Msg::Sync(a.ok, a.error.unwrap_or_default()));
+                    }
+                }
+                Err(e) => log::debug!("sync status: {e:#}"),
+            }
+            if metrics_dir.is_some() {
+                if let Ok(exe) = std::env::current_exe() {
+                    let mut argv = root.tool_args();
+                    argv.push("metrics".into());
+                    let out = runner.run(&exe.to_string_lossy(), &argv, Duration::from_secs(30));
+                    if let Err(e) = out.map_err(|e| format!("{e:#}")).and_then(|o| {
+                        if o.success() {
+                            Ok(())
+                        } else {
+                            Err(o.reason())
+                        }
+                    }) {
+                        log::warn!("writing the metrics file: {e}");
+                    }
+                }
+            }
+        }
+    });
+    Workers {
+        stop,
+        handles: vec![handle],
+    }
 }
 
 /// The threads of one plan, stopped together.
@@ -383,6 +434,7 @@ pub fn run(root: &NodeRoot) -> Result<()> {
         verdict.add_check(&c.id, c.kind, started);
     }
     let mut workers = spawn(root, &cluster, role, &checks, &tx)?;
+    let mut slow = spawn_slow(root, cluster.health.metrics_dir.clone(), &tx);
     let alerts = AlertSender::start(root.clone(), role);
     let mut out = Outputs::new(root.clone(), role);
     out.track(&cluster.health, verdict.track_value())?;
@@ -457,6 +509,8 @@ pub fn run(root: &NodeRoot) -> Result<()> {
                             verdict.add_check(&c.id, c.kind, now);
                         }
                         workers = spawn(root, &cluster, role, &checks, &tx)?;
+                        slow.stop();
+                        slow = spawn_slow(root, cluster.health.metrics_dir.clone(), &tx);
                         out.track(&cluster.health, verdict.track_value())?;
                     }
                     Ok(_) => {}
@@ -472,6 +526,7 @@ fn apply(v: &mut Verdict, m: Msg) {
     match m {
         Msg::Outcome(id, o) => v.observe(&id, o, now),
         Msg::Master(b) => v.set_master(b, now),
+        Msg::Sync(ok, e) => v.set_sync(ok, &e, now),
     }
 }
 

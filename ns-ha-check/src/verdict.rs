@@ -130,6 +130,8 @@ pub struct Verdict {
     pub reason: String,
     pub decisions: VecDeque<Decision>,
     pub transitions: u64,
+    /// Whether the last sync attempt succeeded (None: not known yet).
+    pub sync_ok: Option<bool>,
     #[serde(skip)]
     fall: u32,
     #[serde(skip)]
@@ -156,6 +158,7 @@ impl Verdict {
             reason: "starting: no check has failed".into(),
             decisions: VecDeque::new(),
             transitions: 0,
+            sync_ok: None,
             fall: settings.fall,
             rise: settings.rise,
             service_fall: settings.service_fall,
@@ -398,9 +401,21 @@ impl Verdict {
         std::mem::take(&mut self.pending)
     }
 
-    /// Add an event found outside the checks (sync, split brain).
-    pub fn push_event(&mut self, e: Event) {
-        self.pending.push(e);
+    /// The sync's last attempt: an event when it starts or stops failing
+    /// (not for the first reading, and not again while it persists).
+    pub fn set_sync(&mut self, ok: bool, detail: &str, now_ms: u64) {
+        let before = self.sync_ok.replace(ok);
+        let event = match (before, ok) {
+            (Some(true) | None, false) => "sync-failing",
+            (Some(false), true) => "sync-recovered",
+            _ => return,
+        };
+        self.pending.push(Event {
+            event: event.into(),
+            unix_ms: now_ms,
+            subject: "sync".into(),
+            detail: detail.into(),
+        });
     }
 }
 
@@ -574,6 +589,20 @@ mod tests {
         assert_eq!(m.checks["service:dnsmasq"].state, CheckState::Failing);
         m.evaluate(100_000);
         assert!(!m.fit);
+    }
+
+    #[test]
+    fn sync_alerts_once_per_change() {
+        let mut v = Verdict::new(&settings(), 100, 0);
+        v.set_sync(true, "", 1);
+        assert!(v.take_events().is_empty());
+        v.set_sync(false, "peer does not answer", 2);
+        v.set_sync(false, "peer does not answer", 3);
+        let ev = v.take_events();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event, "sync-failing");
+        v.set_sync(true, "ok", 4);
+        assert_eq!(v.take_events()[0].event, "sync-recovered");
     }
 
     #[test]
