@@ -312,7 +312,7 @@ mod tests {
         assert!(
             p.contains("notify_fifo_script \"/usr/bin/ns-ha-role --root /lab/fw1 fifo-reader\"")
         );
-        assert!(p.contains("advert_int 0.1\n"));
+        assert!(p.contains("advert_int 0.05\n"));
         assert!(
             p.contains("weight -253\n"),
             "maintenance must demote, not FAULT"

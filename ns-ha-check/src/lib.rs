@@ -347,6 +347,63 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_the_monitors_verdict_and_health_lists_the_checks() {
+        let (_d, root) = primary_root();
+        let ifs = master_ifs();
+        let rep = run_with(&root, &["--json", "status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(rep.json["health"].is_null(), "no monitor has run");
+        std::fs::create_dir_all(root.path(paths::RUN_DIR)).unwrap();
+        let state = json!({
+            "updated_ms": CLOCK_MS - 1000, "priority": 2, "fit": false,
+            "reason": "failing: reach:lan0",
+            "checks": {"reach:lan0": {"id": "reach:lan0", "state": "failing",
+                                      "detail": "no answer on lan0 within 100 ms",
+                                      "last_latency_ms": null}},
+            "decisions": [{"unix_ms": CLOCK_MS - 2000, "priority": 2, "track_value": -198,
+                           "fit": false, "master": true, "reason": "failing: reach:lan0"}]
+        });
+        std::fs::write(root.path(paths::HEALTH_STATE), state.to_string()).unwrap();
+        let rep = run_with(&root, &["--json", "status"], &ifs, &FakePeer::healthy()).unwrap();
+        let h = &rep.json["health"];
+        assert_eq!(
+            (h["priority"].as_u64(), &h["fit"]),
+            (Some(2), &json!(false))
+        );
+        assert_eq!(h["monitor_running"], true);
+        assert_eq!(h["checks"][0]["state"], "failing");
+        assert_eq!(h["decisions"][0]["track_value"], -198);
+        let rep = run_with(&root, &["status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(
+            rep.human
+                .contains("health:      UNFIT, priority 2: failing: reach:lan0\n"),
+            "{}",
+            rep.human
+        );
+        assert!(rep.human.contains("no answer on lan0 within 100 ms"));
+        // A state older than 5 s: the monitor is not running.
+        let mut old = state;
+        old["updated_ms"] = json!(CLOCK_MS - 6000);
+        std::fs::write(root.path(paths::HEALTH_STATE), old.to_string()).unwrap();
+        let rep = run_with(&root, &["status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(rep.human.contains("(monitor not running"), "{}", rep.human);
+
+        let rep = run_with(
+            &root,
+            &["--json", "health", "--list"],
+            &ifs,
+            &FakePeer::healthy(),
+        )
+        .unwrap();
+        assert_eq!(rep.json["checks"][0]["id"], "interfaces");
+        assert_eq!(rep.json["unchecked_links"], json!(["lan0"]));
+        assert!(
+            rep.human.contains("reach:lan0           not checked"),
+            "{}",
+            rep.human
+        );
+    }
+
+    #[test]
     fn doctor_exit_code_follows_problems() {
         let (_d, root) = primary_root();
         let ifs = master_ifs();

@@ -85,10 +85,8 @@ fn parse(text: &str) -> Result<Vec<Sample>, String> {
                 return Err(format!("bad metric name in {line}"));
             }
             match kw {
-                Some("HELP") => {
-                    if !helped.insert(name.to_string()) {
-                        return Err(format!("HELP twice for {name}"));
-                    }
+                Some("HELP") if !helped.insert(name.to_string()) => {
+                    return Err(format!("HELP twice for {name}"));
                 }
                 Some("TYPE") => {
                     let t = rest.ok_or(format!("TYPE without a type: {line}"))?;
