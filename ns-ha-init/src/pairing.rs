@@ -21,7 +21,7 @@ use ns_ha_common::config::{
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::{atomic_write, remove_if_exists};
 use ns_ha_common::net::Ipv4Cidr;
-use ns_ha_common::root::paths;
+use ns_ha_common::root::{is_shell_safe_path, paths, SHELL_SAFE_DESCRIPTION};
 use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::ssh::{self, HostKeyCheck};
 use ns_ha_common::NodeRoot;
@@ -166,22 +166,34 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     ))
 }
 
-/// The authorized_keys line that lets the primary run the sync receiver and nothing else.
-pub fn authorized_line(root: &NodeRoot, key: &PinnedHostKey) -> Result<String> {
-    let mut command = tool_path("ns-ha-sync")?.to_string_lossy().into_owned();
-    if command.contains(['"', '\\']) || command.chars().any(char::is_whitespace) {
+/// The authorized_keys line that lets the primary run the sync receiver and
+/// nothing else, and only from `primary_ha_address` (the primary's address on
+/// the HA link): the one place that line is made.
+///
+/// sshd runs the forced command through `sh -c`, so every word of it must be
+/// read back by sh as written: the tool path is refused here unless made of
+/// [`is_shell_safe_path`] characters, and the node root cannot be anything
+/// else ([`NodeRoot::new`] refuses it).
+pub fn authorized_line(
+    root: &NodeRoot,
+    key: &PinnedHostKey,
+    primary_ha_address: Ipv4Addr,
+) -> Result<String> {
+    let tool = tool_path("ns-ha-sync")?.to_string_lossy().into_owned();
+    if !is_shell_safe_path(&tool) {
         return Err(fail(
             Code::Failure,
-            format!("ns-ha-sync is installed at a path with quotes or spaces ({command}): install it elsewhere"),
+            format!("ns-ha-sync is installed at {tool:?}, a path with characters other than {SHELL_SAFE_DESCRIPTION}: sshd runs it through sh, install it elsewhere (e.g. /usr/sbin)"),
         ));
     }
+    let mut command = tool;
     for a in root.tool_args() {
         command.push(' ');
         command.push_str(&a);
     }
     command.push_str(" receive");
     Ok(format!(
-        "restrict,command=\"{command}\" {} {} {KEY_COMMENT}",
+        "restrict,from=\"{primary_ha_address}\",command=\"{command}\" {} {} {KEY_COMMENT}",
         key.key_type, key.key_base64
     ))
 }
@@ -251,7 +263,7 @@ pub fn init_backup(
     checks::peer_address(&own, peer)?;
     let key = ssh::parse_public_key(primary_key)?;
     let host_key = own_host_key(&ctx.root)?;
-    let line = authorized_line(&ctx.root, &key)?;
+    let line = authorized_line(&ctx.root, &key, peer)?;
     let node = NodeConfig {
         schema_version: SCHEMA_VERSION,
         role: Role::Backup,
@@ -425,8 +437,11 @@ mod tests {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEt1Ig8czKwgR7Z9el8tb0tUfSP1AJewPrV9zoXG26FS x",
         )
         .unwrap();
-        let line = authorized_line(&root, &key).unwrap();
-        assert!(line.starts_with("restrict,command=\""));
+        let line = authorized_line(&root, &key, Ipv4Addr::new(10, 99, 0, 1)).unwrap();
+        assert!(
+            line.starts_with("restrict,from=\"10.99.0.1\",command=\""),
+            "{line}"
+        );
         assert!(line.contains("ns-ha-sync --root /lab/fw2 receive\" ssh-ed25519 AAAAC3"));
         assert!(line.ends_with(" ns-ha-primary"));
     }
