@@ -2,11 +2,18 @@
 //!
 //! The tools drive real programs (keepalived, ip, init scripts, conntrackd).
 //! They are always run directly with an argument vector, never through a
-//! shell, so no remote or user data is ever parsed by one. The trait lets unit
-//! tests record the calls with [`RecordingRunner`] instead of running them.
+//! shell, so no remote or user data is ever parsed by one. Each runs in a
+//! process group of its own, killed whole on timeout, so nothing a timed-out
+//! init script or hook forked keeps running. The trait lets unit tests record
+//! the calls with [`RecordingRunner`] instead of running them.
 
 use anyhow::{Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,9 +76,82 @@ pub trait CommandRunner: Send + Sync {
     }
 }
 
-/// Runs real programs with a timeout (the child is killed when it expires).
+/// Runs real programs with a timeout.
+///
+/// Each program runs in a process group of its own. On timeout the whole
+/// group is killed, so an init script or hook that forked (a `sleep &`, a
+/// helper that never returns) leaves nothing running behind it. The output
+/// is read on the calling thread, with no helper threads that could outlive
+/// the call: after the program exits (or its group is killed), its pipes are
+/// read for at most [`PIPE_GRACE`] more, then closed, so a daemon it started
+/// that kept stdout or stderr open cannot hold the call (such a daemon gets
+/// EPIPE if it writes there later; daemons should log elsewhere).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemRunner;
+
+/// How long the pipes are still read after the program ended.
+pub const PIPE_GRACE: Duration = Duration::from_millis(500);
+
+/// One output pipe of the child and what was read from it.
+struct Capture {
+    pipe: Option<std::fs::File>,
+    data: Vec<u8>,
+}
+
+impl Capture {
+    fn new(fd: Option<OwnedFd>) -> Self {
+        Capture {
+            pipe: fd.map(std::fs::File::from),
+            data: Vec::new(),
+        }
+    }
+
+    /// Read what is available (poll said so); EOF or an error closes the pipe.
+    fn read_ready(&mut self) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 16384];
+        match pipe.read(&mut buf) {
+            Ok(0) => self.pipe = None,
+            Ok(n) => self.data.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.pipe = None,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+/// Wait up to `wait` for either pipe to have data or close, and read it.
+fn read_pipes(pipes: &mut [&mut Capture; 2], wait: Duration) {
+    let open: Vec<usize> = (0..2).filter(|i| pipes[*i].pipe.is_some()).collect();
+    if open.is_empty() {
+        std::thread::sleep(wait);
+        return;
+    }
+    let ready: Vec<bool> = {
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .filter_map(|i| pipes[*i].pipe.as_ref())
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        if poll(&mut fds, PollTimeout::from(ms)).is_err() {
+            return; // EINTR: the caller loops
+        }
+        fds.iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect()
+    };
+    for (i, r) in open.into_iter().zip(ready) {
+        if r {
+            pipes[i].read_ready();
+        }
+    }
+}
 
 impl CommandRunner for SystemRunner {
     fn run(&self, program: &str, args: &[String], timeout: Duration) -> Result<CmdOutput> {
@@ -81,6 +161,7 @@ impl CommandRunner for SystemRunner {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 let code = if e.kind() == std::io::ErrorKind::NotFound {
@@ -90,54 +171,55 @@ impl CommandRunner for SystemRunner {
                 };
                 fail(code, format!("cannot run {program}: {e}"))
             })?;
-        // Drain the pipes on threads so a chatty child cannot block on a full pipe.
-        let mut out_pipe = child.stdout.take().context("child stdout")?;
-        let mut err_pipe = child.stderr.take().context("child stderr")?;
-        let out_t = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out_pipe.read_to_end(&mut s);
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err_pipe.read_to_end(&mut s);
-            s
-        });
+        // The child leads its own group: the group id is its pid.
+        let group = Pid::from_raw(i32::try_from(child.id()).context("child pid out of range")?);
+        let mut out = Capture::new(child.stdout.take().map(OwnedFd::from));
+        let mut err = Capture::new(child.stderr.take().map(OwnedFd::from));
         let deadline = Instant::now() + timeout;
         let mut timed_out = false;
-        let status = loop {
-            if let Some(st) = child.try_wait().context("waiting for child")? {
-                break st;
+        let mut ended: Option<(std::process::ExitStatus, Instant)> = None;
+        loop {
+            let now = Instant::now();
+            if ended.is_none() {
+                if let Some(st) = child.try_wait().context("waiting for child")? {
+                    ended = Some((st, now + PIPE_GRACE));
+                } else if now >= deadline {
+                    timed_out = true;
+                    // The child is not reaped yet, so its pid (the group id)
+                    // cannot have been reused.
+                    let _ = killpg(group, Signal::SIGKILL);
+                    let st = child.wait().context("reaping timed-out child")?;
+                    ended = Some((st, Instant::now() + PIPE_GRACE));
+                }
             }
-            if Instant::now() >= deadline {
-                timed_out = true;
-                let _ = child.kill();
-                break child.wait().context("reaping timed-out child")?;
+            let pipes_closed = out.pipe.is_none() && err.pipe.is_none();
+            match ended {
+                Some(_) if pipes_closed => break,
+                Some((_, grace_end)) if now >= grace_end => break,
+                _ => {}
             }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        // A daemonizing child may leave a grandchild holding the pipes open:
-        // do not wait for the readers longer than a moment after the exit.
-        let stdout = join_reader(out_t);
-        let stderr = join_reader(err_t);
+            let wait = match ended {
+                Some((_, grace_end)) => grace_end.saturating_duration_since(now),
+                None => deadline.saturating_duration_since(now),
+            };
+            // Wake at least every 10 ms to notice the child's exit.
+            read_pipes(
+                &mut [&mut out, &mut err],
+                wait.min(Duration::from_millis(10)),
+            );
+        }
+        let status = ended.map(|(st, _)| st);
+        // Dropping the captures closes our ends of the pipes.
         Ok(CmdOutput {
-            status: if timed_out { None } else { status.code() },
-            stdout,
-            stderr,
+            status: if timed_out {
+                None
+            } else {
+                status.and_then(|s| s.code())
+            },
+            stdout: out.text(),
+            stderr: err.text(),
             timed_out,
         })
-    }
-}
-
-fn join_reader(t: std::thread::JoinHandle<Vec<u8>>) -> String {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    while !t.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if t.is_finished() {
-        String::from_utf8_lossy(&t.join().unwrap_or_default()).into_owned()
-    } else {
-        String::new()
     }
 }
 
@@ -224,6 +306,88 @@ mod tests {
             .run_ok("sleep", &args(&["5"]), Duration::from_millis(50))
             .unwrap_err();
         assert_eq!(crate::exit::code_of(&err), Code::Timeout);
+    }
+
+    /// The fields of /proc/PID/stat after "(comm)": state, ppid, pgrp, ...
+    fn stat_fields(pid: i32) -> Option<Vec<String>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        Some(rest.split_whitespace().map(str::to_string).collect())
+    }
+
+    /// Whether `pid` exists and is not a zombie.
+    fn is_alive(pid: i32) -> bool {
+        stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
+    }
+
+    /// Processes of process group `pgid` that are still alive (zombies count as gone).
+    fn live_members_of_group(pgid: i32) -> Vec<i32> {
+        let pids = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok());
+        pids.filter(|p| {
+            stat_fields(*p).is_some_and(|f| f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string())
+        })
+        .collect()
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_process_group_and_returns_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pids");
+        let start = Instant::now();
+        // The shell forks a grandchild that keeps the pipes open, writes its
+        // own pid (the group's id when it leads a group of its own) and the
+        // grandchild's, then becomes a sleep itself.
+        let script = format!(
+            "sleep 30 & echo $$ $! > {}; exec sleep 30",
+            pid_file.display()
+        );
+        let out = SystemRunner
+            .run("sh", &args(&["-c", &script]), Duration::from_millis(300))
+            .unwrap();
+        let took = start.elapsed();
+        assert!(out.timed_out);
+        assert!(took < Duration::from_secs(2), "returned after {took:?}");
+        let pids: Vec<i32> = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().expect("a pid"))
+            .collect();
+        assert_eq!(pids.len(), 2, "{pids:?}");
+        let group = pids[0];
+        // Killed processes are reaped by their new parent asynchronously.
+        let left = || {
+            let mut l = live_members_of_group(group);
+            l.extend(pids.iter().filter(|p| is_alive(**p)));
+            l
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !left().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(left().is_empty(), "still running: {:?}", left());
+    }
+
+    #[test]
+    fn a_grandchild_holding_the_pipes_does_not_hold_the_call() {
+        // The shell exits at once; its background child keeps stdout open.
+        let start = Instant::now();
+        let out = SystemRunner
+            .run(
+                "sh",
+                &args(&["-c", "echo started; sleep 3 &"]),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, "started\n");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

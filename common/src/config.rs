@@ -16,6 +16,7 @@ use std::path::Path;
 
 use crate::exit::{fail, Code};
 use crate::fsutil::atomic_write;
+use crate::keepalived::lan_instance;
 use crate::net::{check_ifname, Ipv4Cidr};
 use crate::role_config::RoleSettings;
 use crate::root::{paths, NodeRoot};
@@ -271,33 +272,115 @@ impl ClusterConfig {
                 v.priority_primary, v.priority_backup
             )));
         }
-        let mut ifnames = BTreeSet::from([self.ha.interface.as_str()]);
-        let mut vrids = BTreeSet::from([v.vrid]);
+        if v.vrid == 0 {
+            return Err(cfg_err(
+                "vrrp.vrid 0 is out of range: use a VRRP router id in 1..255".into(),
+            ));
+        }
         let mut vips = BTreeSet::new();
-        for lan in &self.lans {
-            check_ifname(&lan.interface)?;
-            if !ifnames.insert(lan.interface.as_str()) {
-                return Err(cfg_err(format!(
-                    "interface {} is listed twice (or is the HA interface)",
-                    lan.interface
-                )));
-            }
-            if lan.vrid == 0 || !vrids.insert(lan.vrid) {
-                return Err(cfg_err(format!(
-                    "LAN {} has VRID {} which is 0 or already used",
-                    lan.interface, lan.vrid
-                )));
-            }
+        for (i, lan) in self.lans.iter().enumerate() {
+            self.check_lan_against(lan, &self.lans[..i])?;
             check_pair_addresses(&lan.interface, &lan.primary_address, &lan.backup_address)?;
             for vip in &lan.vips {
-                check_vip(lan, vip)?;
                 if !vips.insert(vip.addr) {
                     return Err(cfg_err(format!("VIP {} is configured twice", vip.addr)));
                 }
             }
         }
+        self.sync.validate()?;
+        self.roles.validate(&self.tracked_interfaces())?;
         Ok(())
     }
+
+    /// The interfaces keepalived tracks: the HA link and every HA LAN.
+    pub fn tracked_interfaces(&self) -> Vec<&str> {
+        std::iter::once(self.ha.interface.as_str())
+            .chain(self.lans.iter().map(|l| l.interface.as_str()))
+            .collect()
+    }
+
+    /// Check a LAN about to be added against the cluster as it is, before
+    /// the backup is asked for its address (the primary's address decides
+    /// the subnet): name, rendered instance name, subnet, VIPs.
+    pub fn check_new_lan(&self, lan: &LanInterface) -> Result<()> {
+        self.check_lan_against(lan, &self.lans)
+    }
+
+    /// The rules one LAN follows with respect to the HA link and `others`.
+    fn check_lan_against(&self, lan: &LanInterface, others: &[LanInterface]) -> Result<()> {
+        let bad = |m: String| Err(fail(Code::InvalidInput, m));
+        check_ifname(&lan.interface)?;
+        if lan.interface == self.ha.interface {
+            return bad(format!(
+                "LAN interface {} is the HA interface: give a LAN interface",
+                lan.interface
+            ));
+        }
+        let subnet = |c: &Ipv4Cidr| format!("{}/{}", c.network(), c.prefix);
+        for vip in &lan.vips {
+            if vip.addr == self.ha.heartbeat_vip {
+                return bad(format!(
+                    "VIP {} on {} is the HA link's heartbeat VIP (ha.heartbeat_vip): pick another address",
+                    vip.addr, lan.interface
+                ));
+            }
+        }
+        if overlaps(&lan.primary_address, &self.ha.primary_address) {
+            return bad(format!(
+                "LAN {} (subnet {}) overlaps the HA subnet {} of {}: give the LAN a subnet of its own",
+                lan.interface,
+                subnet(&lan.primary_address),
+                subnet(&self.ha.primary_address),
+                self.ha.interface
+            ));
+        }
+        if lan.vrid == 0 || lan.vrid == self.vrrp.vrid {
+            return bad(format!(
+                "LAN {} has VRID {}, which is 0 or the HA link's (vrrp.vrid): pick another VRID in 1..255 (add-lan --vrid)",
+                lan.interface, lan.vrid
+            ));
+        }
+        let instance = lan_instance(&lan.interface);
+        for o in others {
+            if o.vrid == lan.vrid {
+                return bad(format!(
+                    "LANs {} and {} both have VRID {}: pick another VRID in 1..255 (add-lan --vrid)",
+                    o.interface, lan.interface, lan.vrid
+                ));
+            }
+            if o.interface == lan.interface {
+                return bad(format!(
+                    "interface {} is listed twice: each LAN once",
+                    lan.interface
+                ));
+            }
+            if lan_instance(&o.interface) == instance {
+                return bad(format!(
+                    "LAN interfaces {} and {} both become keepalived instance {instance} \
+                     ('.', '-' and '@' render as '_'): rename one of them",
+                    o.interface, lan.interface
+                ));
+            }
+            if overlaps(&lan.primary_address, &o.primary_address) {
+                return bad(format!(
+                    "LAN {} (subnet {}) overlaps LAN {} (subnet {}): give each LAN its own subnet",
+                    lan.interface,
+                    subnet(&lan.primary_address),
+                    o.interface,
+                    subnet(&o.primary_address)
+                ));
+            }
+        }
+        for vip in &lan.vips {
+            check_vip(lan, vip)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether two subnets share an address.
+fn overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
 }
 
 fn check_pair_addresses(what: &str, primary: &Ipv4Cidr, backup: &Ipv4Cidr) -> Result<()> {
@@ -520,6 +603,127 @@ mod tests {
         let mut c = sample();
         c.lans[0].vrid = c.vrrp.vrid;
         assert!(c.validate().is_err());
+    }
+
+    /// The error of `c.validate()`, as one line, with its exit code.
+    fn refusal(c: &ClusterConfig) -> (Code, String) {
+        let e = c.validate().expect_err("the config must be refused");
+        (crate::exit::code_of(&e), format!("{e:#}"))
+    }
+
+    fn lan(interface: &str, primary: &str, backup: &str, vips: &[&str]) -> LanInterface {
+        LanInterface {
+            interface: interface.into(),
+            vrid: 60,
+            primary_address: primary.parse().unwrap(),
+            backup_address: backup.parse().unwrap(),
+            vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn refuses_a_roles_section_the_role_engine_would_refuse() {
+        let mut c = sample();
+        c.roles.backup.links_down.push("lan*".into());
+        let (code, msg) = refusal(&c);
+        assert_eq!(code, Code::Config);
+        assert!(msg.contains("roles: backup: links_down 'lan*'"), "{msg}");
+        let mut c = sample();
+        c.roles.action_timeout_ms = 0;
+        assert!(refusal(&c).1.contains("roles: action_timeout_ms"));
+    }
+
+    #[test]
+    fn refuses_a_state_dir_that_is_relative_climbs_or_is_synced() {
+        for (dir, needle) in [
+            ("var/lib/ns-ha/sync", "not an absolute"),
+            ("/var/lib/ns-ha/../../etc/x", "'..'"),
+            ("/var/lib/ns-ha/./sync", "'.'"),
+            ("/", "not an absolute"),
+            // The OpenWrt defaults sync /etc/config.
+            ("/etc/config/ns-ha-sync", "inside the sync set"),
+            // A directory holding synced files.
+            ("/etc", "inside the sync set"),
+        ] {
+            let mut c = sample();
+            c.sync.state_dir = dir.into();
+            let (code, msg) = refusal(&c);
+            assert_eq!(code, Code::Config, "{dir}: {msg}");
+            assert!(
+                msg.contains("sync.state_dir") && msg.contains(needle),
+                "{dir}: {msg}"
+            );
+        }
+        let mut c = sample();
+        c.sync.include.push("/srv/*".into());
+        c.sync.state_dir = "/srv/ns-ha".into();
+        assert!(refusal(&c).1.contains("inside the sync set"));
+        for ok in ["/etc/ns-ha-sync", "/var/lib/ns-ha/sync", "/srv/ns-ha-sync"] {
+            let mut c = sample();
+            c.sync.state_dir = ok.into();
+            c.validate().unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn refuses_a_lan_overlapping_the_ha_subnet_or_another_lan() {
+        let mut c = sample();
+        c.lans.push(lan(
+            "lan1",
+            "10.99.0.11/24",
+            "10.99.0.12/24",
+            &["10.99.0.100/24"],
+        ));
+        let (code, msg) = refusal(&c);
+        assert_eq!(code, Code::InvalidInput);
+        assert!(msg.contains("lan1") && msg.contains("HA subnet"), "{msg}");
+        // A wider LAN containing the HA subnet overlaps too.
+        let mut c = sample();
+        c.lans
+            .push(lan("lan1", "10.99.100.1/16", "10.99.100.2/16", &[]));
+        assert!(refusal(&c).1.contains("HA subnet"));
+        let mut c = sample();
+        c.lans.push(lan(
+            "lan1",
+            "10.99.1.11/24",
+            "10.99.1.12/24",
+            &["10.99.1.200/24"],
+        ));
+        let (code, msg) = refusal(&c);
+        assert_eq!(code, Code::InvalidInput);
+        assert!(msg.contains("lan1") && msg.contains("lan0"), "{msg}");
+    }
+
+    #[test]
+    fn refuses_a_lan_vip_equal_to_the_heartbeat_vip() {
+        let mut c = sample();
+        c.lans[0].vips.push("10.99.0.254/24".parse().unwrap());
+        let (code, msg) = refusal(&c);
+        assert_eq!(code, Code::InvalidInput);
+        assert!(msg.contains("heartbeat"), "{msg}");
+    }
+
+    #[test]
+    fn refuses_interface_names_that_render_to_one_instance() {
+        let mut c = sample();
+        c.lans
+            .push(lan("eth0.1", "10.99.2.1/24", "10.99.2.2/24", &[]));
+        c.lans
+            .push(lan("eth0_1", "10.99.3.1/24", "10.99.3.2/24", &[]));
+        c.lans[2].vrid = 61;
+        let (code, msg) = refusal(&c);
+        assert_eq!(code, Code::InvalidInput);
+        assert!(
+            msg.contains("eth0.1") && msg.contains("eth0_1") && msg.contains("lan_eth0_1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn refuses_vrid_zero_for_the_ha_link() {
+        let mut c = sample();
+        c.vrrp.vrid = 0;
+        assert!(refusal(&c).1.contains("vrrp.vrid"));
     }
 
     #[test]

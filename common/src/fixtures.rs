@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::config::{ClusterConfig, LanInterface};
+use crate::config::{ClusterConfig, LanInterface, NodeConfig, PinnedHostKey, Role, SCHEMA_VERSION};
 use crate::net::{IfAddr, Interface, Ipv4Cidr, LinkKind};
 
 /// A paired cluster: HA link ha0 (10.99.0.1/.2, heartbeat .254), LAN lan0
@@ -28,6 +28,22 @@ pub fn sample_cluster() -> ClusterConfig {
         vips: vec![cidr("10.99.1.254/24")],
     });
     c
+}
+
+/// The node config of a primary paired with the backup at `peer` (a dummy pinned key).
+pub fn paired_primary_node(peer: Ipv4Addr) -> NodeConfig {
+    NodeConfig {
+        schema_version: SCHEMA_VERSION,
+        role: Role::Primary,
+        peer_address: peer,
+        peer_host_key: Some(PinnedHostKey {
+            key_type: "ssh-ed25519".into(),
+            key_base64: "AAAA".into(),
+            fingerprint: "SHA256:x".into(),
+        }),
+        authorized_key_fingerprint: None,
+        service_backend: Default::default(),
+    }
 }
 
 /// An up veth interface with static addresses (`10.99.1.1/24`, ...).

@@ -6,6 +6,9 @@
 //! cut HA link alone does not make two masters: the LAN instances still hear
 //! the peer. The HA-link instance has `dont_track_primary` so that a dead
 //! peer (its end of the link down) does not drive the whole group to FAULT.
+//! Every instance accepts adverts only from the peer's address on its link,
+//! with TTL 255 (`check_unicast_src`, `min_ttl`/`max_ttl`): another VRRP
+//! router on a LAN, or a host pretending to be one, cannot move the VIPs.
 
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
@@ -21,6 +24,9 @@ use crate::root::{paths, NodeRoot};
 pub const SYNC_GROUP: &str = "ns_ha";
 /// Name of the HA-link instance.
 pub const HA_INSTANCE: &str = "ha_link";
+/// TTL of the pair's adverts, sent and required: 255, so an advert routed in
+/// from another link is refused.
+pub const ADVERT_TTL: u8 = 255;
 /// Name of the maintenance track file in the keepalived config.
 pub const MAINTENANCE_TRACK: &str = "ns_ha_maintenance";
 
@@ -153,8 +159,16 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
             }
         }
         writeln!(w, "    unicast_src_ip {src}")?;
+        // Adverts are accepted only from the peer's address on this link,
+        // and only with TTL 255 (sent on the link itself, RFC 5798 5.1.1.3),
+        // so a third host on a LAN cannot take the VIPs with a higher priority.
+        writeln!(w, "    unicast_ttl {ADVERT_TTL}")?;
+        writeln!(w, "    check_unicast_src")?;
         writeln!(w, "    unicast_peer {{")?;
-        writeln!(w, "        {peer}")?;
+        writeln!(
+            w,
+            "        {peer} min_ttl {ADVERT_TTL} max_ttl {ADVERT_TTL}"
+        )?;
         writeln!(w, "    }}")?;
         writeln!(w, "    virtual_ipaddress {{")?;
         for v in vips {
@@ -267,8 +281,10 @@ mod tests {
         let c = cluster();
         let p = render_for(&c, Role::Primary);
         let b = render_for(&c, Role::Backup);
-        assert!(p.contains("unicast_src_ip 10.99.1.1\n    unicast_peer {\n        10.99.1.2"));
-        assert!(b.contains("unicast_src_ip 10.99.1.2\n    unicast_peer {\n        10.99.1.1"));
+        assert!(p.contains("unicast_src_ip 10.99.1.1\n"));
+        assert!(p.contains("unicast_peer {\n        10.99.1.2 min_ttl 255 max_ttl 255\n"));
+        assert!(b.contains("unicast_src_ip 10.99.1.2\n"));
+        assert!(b.contains("unicast_peer {\n        10.99.1.1 min_ttl 255 max_ttl 255\n"));
         assert!(p.contains("priority 200"));
         assert!(b.contains("priority 100"));
         assert!(p.contains("10.99.1.254/24 dev lan0 label lan0:ha"));
@@ -281,6 +297,23 @@ mod tests {
             p.contains("weight -253\n"),
             "maintenance must demote, not FAULT"
         );
+    }
+
+    #[test]
+    fn every_instance_accepts_adverts_only_from_the_peer() {
+        let p = render_for(&cluster(), Role::Primary);
+        let instances: Vec<&str> = p.split("vrrp_instance ").skip(1).collect();
+        assert_eq!(instances.len(), 2, "{p}");
+        for (inst, peer) in instances.iter().zip(["10.99.0.2", "10.99.1.2"]) {
+            assert!(inst.contains("    check_unicast_src\n"), "{inst}");
+            assert!(inst.contains("    unicast_ttl 255\n"), "{inst}");
+            assert!(
+                inst.contains(&format!(
+                    "unicast_peer {{\n        {peer} min_ttl 255 max_ttl 255\n    }}"
+                )),
+                "{inst}"
+            );
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod root;
 pub mod service;
 pub mod ssh;
 pub mod sync_config;
+pub mod vrrp;
 
 pub use exit::{code_of, fail, Code};
 pub use root::NodeRoot;

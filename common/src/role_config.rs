@@ -342,12 +342,7 @@ impl RoleSettings {
                 self.action_timeout_ms
             )));
         }
-        if !self.crontab.starts_with('/') || self.crontab.contains("..") {
-            return Err(err(format!(
-                "crontab '{}' is not an absolute node path",
-                self.crontab
-            )));
-        }
+        crate::sync_config::check_node_path("roles.crontab", &self.crontab)?;
         if self.history_limit == 0 {
             return Err(err("history_limit must be at least 1".into()));
         }

@@ -8,7 +8,10 @@
 //! bring into the sync set (the HA pairing itself: copying it would break the
 //! pair or hand the backup's identity to the primary).
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+use crate::exit::{fail, Code};
 
 /// Which default list applies to this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -74,6 +77,113 @@ impl Default for SyncSettings {
             hook_timeout_secs: 120,
         }
     }
+}
+
+impl SyncSettings {
+    /// Check the rules valid sync settings follow, so a bad value is refused
+    /// where it is entered instead of failing a later push: every pattern an
+    /// absolute normalized node path, and `state_dir` outside the sync set.
+    pub fn validate(&self) -> Result<()> {
+        for p in &self.include {
+            check_node_path("sync.include", p)?;
+        }
+        for p in &self.exclude {
+            check_node_path("sync.exclude", p)?;
+        }
+        check_node_path("sync.state_dir", &self.state_dir)?;
+        if let Some(rule) = self.rule_reaching(&self.state_dir) {
+            return Err(fail(
+                Code::Config,
+                format!(
+                    "sync.state_dir {} is inside the sync set (rule {rule} syncs it or a path below it): \
+                     put it where nothing is synced, e.g. {DEFAULT_STATE_DIR} or /etc/ns-ha-sync (never synced)",
+                    self.state_dir
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The include rule (a default of the profile, or of either profile for
+    /// `auto`, or `sync.include`) that syncs `dir` or a path below it; `None`
+    /// when `dir` lies under a never-sync path or no include reaches it.
+    /// Conservative: excludes are not credited, since a more specific
+    /// include can bring a path back.
+    fn rule_reaching(&self, dir: &str) -> Option<String> {
+        let dir: Vec<&str> = components(dir).collect();
+        if NEVER_SYNC.iter().any(|(p, _)| pattern_covers(p, &dir)) {
+            return None;
+        }
+        let defaults: Vec<&str> = match self.profile {
+            SyncProfile::Auto => OPENWRT_DEFAULTS
+                .iter()
+                .chain(DEBIAN_DEFAULTS)
+                .map(|(p, _)| *p)
+                .collect(),
+            p => profile_defaults(p).iter().map(|(p, _)| *p).collect(),
+        };
+        defaults
+            .into_iter()
+            .chain(self.include.iter().map(String::as_str))
+            .find(|p| pattern_covers(p, &dir) || pattern_starts_below(p, &dir))
+            .map(str::to_string)
+    }
+}
+
+/// A node path as the config takes it: absolute, normalized (no empty, `.`
+/// or `..` components, no trailing `/`), not `/` itself, no NUL.
+pub fn check_node_path(field: &str, path: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(fail(
+            Code::Config,
+            format!("{field} '{path}' {why}: use an absolute path such as {DEFAULT_STATE_DIR}"),
+        ))
+    };
+    if !path.starts_with('/') || path == "/" {
+        return bad("is not an absolute path below /");
+    }
+    if path.contains('\0') || path.len() > 4096 {
+        return bad("contains NUL or is too long");
+    }
+    for c in path[1..].split('/') {
+        match c {
+            "" => return bad("has an empty component (// or a trailing /)"),
+            "." => return bad("contains '.'"),
+            ".." => return bad("contains '..'"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn components(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|c| !c.is_empty())
+}
+
+/// Whether the rule `pattern` covers `path` (given as components): the path
+/// itself or one of its ancestors matches.
+pub fn pattern_covers(pattern: &str, path: &[&str]) -> bool {
+    let pat: Vec<&str> = components(pattern).collect();
+    pat.len() <= path.len() && pat.iter().zip(path).all(|(p, c)| glob_match(p, c))
+}
+
+/// Whether the rule `pattern` names a path strictly below `dir`.
+fn pattern_starts_below(pattern: &str, dir: &[&str]) -> bool {
+    let pat: Vec<&str> = components(pattern).collect();
+    pat.len() > dir.len() && pat.iter().zip(dir).all(|(p, c)| glob_match(p, c))
+}
+
+/// Shell-style match of one path component: `*` any run, `?` one byte.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(pat: &[u8], s: &[u8]) -> bool {
+        match pat.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => (0..=s.len()).any(|i| go(rest, &s[i..])),
+            Some((b'?', rest)) => !s.is_empty() && go(rest, &s[1..]),
+            Some((c, rest)) => s.first() == Some(c) && go(rest, &s[1..]),
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
 }
 
 /// A default rule: a path pattern and why it is there.
@@ -186,6 +296,70 @@ mod tests {
         assert_eq!(s.include, vec!["/etc/x"]);
         assert_eq!(s.state_dir, DEFAULT_STATE_DIR);
         assert!(serde_json::from_str::<SyncSettings>(r#"{"inclde": []}"#).is_err());
+    }
+
+    #[test]
+    fn node_paths_must_be_absolute_and_normalized() {
+        for bad in [
+            "",
+            "/",
+            "etc/x",
+            "/etc/../root",
+            "/etc/./x",
+            "/etc//x",
+            "/etc/x/",
+        ] {
+            let e = check_node_path("f", bad).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), Code::Config, "{bad}");
+            assert!(e.to_string().starts_with(&format!("f '{bad}'")), "{e}");
+        }
+        check_node_path("f", "/etc/x").unwrap();
+    }
+
+    #[test]
+    fn state_dir_is_checked_against_the_profile_and_includes() {
+        let with = |profile, dir: &str, include: &[&str]| SyncSettings {
+            profile,
+            state_dir: dir.into(),
+            include: include.iter().map(|s| s.to_string()).collect(),
+            ..SyncSettings::default()
+        };
+        // /etc/config is an OpenWrt default only.
+        assert!(with(SyncProfile::Openwrt, "/etc/config/s", &[])
+            .validate()
+            .is_err());
+        assert!(with(SyncProfile::Auto, "/etc/config/s", &[])
+            .validate()
+            .is_err());
+        with(SyncProfile::Debian, "/etc/config/s", &[])
+            .validate()
+            .unwrap();
+        // Never-synced paths stay fine whatever the includes say.
+        with(SyncProfile::Auto, "/etc/ns-ha-sync", &["/etc/ns-ha-sync"])
+            .validate()
+            .unwrap();
+        // Wildcards in includes are matched per component.
+        assert!(with(SyncProfile::None, "/srv/a/state", &["/srv/?"])
+            .validate()
+            .is_err());
+        with(SyncProfile::None, "/srv/ab/state", &["/srv/?"])
+            .validate()
+            .unwrap();
+        // A state dir that holds synced files is refused too.
+        assert!(with(SyncProfile::None, "/srv", &["/srv/a/b"])
+            .validate()
+            .is_err());
+        assert!(with(SyncProfile::None, "/srv/s", &["srv"])
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn globs_match_one_component() {
+        assert!(glob_match("ssh_host_*", "ssh_host_ed25519_key"));
+        assert!(!glob_match("abc", "abcd"));
+        assert!(!pattern_covers("/etc/*", &["etc"]));
+        assert!(pattern_covers("/etc/*", &["etc", "x", "y"]));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use anyhow::Result;
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::net::{check_ifname, InterfaceSource, Ipv4Cidr, LinkKind};
 use ns_ha_common::proto::{NS_HA_VERSION, PROTOCOL_VERSION};
 use ns_ha_common::role_config::unconfigured_master_services;
+use ns_ha_common::vrrp::{listen_all, Advert, AdvertListener};
 
 use crate::{Ctx, Report};
 
@@ -109,6 +111,87 @@ pub fn peer_ssh_answers(addr: SocketAddr, timeout: Duration) -> Result<String> {
     Ok(line)
 }
 
+/// How long `check` listens on each link for other VRRP routers.
+pub const VRRP_LISTEN: Duration = Duration::from_secs(3);
+
+/// A link to listen on for other VRRP routers.
+pub struct VrrpLink {
+    pub interface: String,
+    /// This node's address there (the listener joins the VRRP group with it).
+    pub local: Ipv4Addr,
+    /// The VRID the cluster uses on this link, once it has one.
+    pub vrid: Option<u8>,
+    /// The pair's own addresses on this link: their adverts are not "other routers".
+    pub ours: Vec<Ipv4Addr>,
+}
+
+/// Listen on every link at once and judge what was heard: another router
+/// using the cluster's VRID on a link is a collision (exit 8), with the fix.
+fn vrrp_outcomes(
+    listener: &dyn AdvertListener,
+    links: &[VrrpLink],
+    duration: Duration,
+) -> Vec<Outcome> {
+    let targets: Vec<(String, Ipv4Addr)> = links
+        .iter()
+        .map(|l| (l.interface.clone(), l.local))
+        .collect();
+    let heard = listen_all(listener, &targets, duration);
+    links
+        .iter()
+        .zip(heard)
+        .map(|(link, heard)| Outcome {
+            name: format!("VRRP routers on {}", link.interface),
+            result: heard.and_then(|h| judge_vrrp(link, &h, duration)),
+        })
+        .collect()
+}
+
+fn judge_vrrp(link: &VrrpLink, heard: &[Advert], duration: Duration) -> Result<String> {
+    // One entry per (router, VRID), in a stable order.
+    let others: BTreeSet<(Ipv4Addr, u8)> = heard
+        .iter()
+        .filter(|a| !link.ours.contains(&a.source))
+        .map(|a| (a.source, a.vrid))
+        .collect();
+    let list = |set: &BTreeSet<(Ipv4Addr, u8)>| {
+        set.iter()
+            .map(|(s, v)| format!("{s} VRID {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if others.is_empty() {
+        return Ok(format!(
+            "no other VRRP router heard in {} s",
+            duration.as_secs()
+        ));
+    }
+    let used: BTreeSet<u8> = others.iter().map(|(_, v)| *v).collect();
+    let used_list = used
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match link.vrid {
+        Some(vrid) if used.contains(&vrid) => Err(fail(
+            Code::Conflict,
+            format!(
+                "{}: another VRRP router uses VRID {vrid}, the cluster's VRID on {}: give the cluster a VRID no router there uses (not {used_list}; for a LAN: remove-interface, then add-lan --vrid N) or renumber the other router",
+                list(&others),
+                link.interface
+            ),
+        )),
+        Some(vrid) => Ok(format!(
+            "other routers: {}; no collision with the cluster's VRID {vrid}",
+            list(&others)
+        )),
+        None => Ok(format!(
+            "other routers: {}; choose other VRIDs for the cluster (init-primary --vrid, add-lan --vrid)",
+            list(&others)
+        )),
+    }
+}
+
 /// Parse `lan0` or `lan0=192.168.1.254/24`.
 fn split_lan_arg(arg: &str) -> Result<(String, Option<Ipv4Cidr>)> {
     match arg.split_once('=') {
@@ -174,9 +257,37 @@ pub fn run_check(
             }
         }
     }
+    let mut vrrp_links = Vec::new();
+    if let (Some(ha), Some(own)) = (&ha, own_ha) {
+        let mut ours = vec![own.addr];
+        ours.extend(peer);
+        ours.extend(
+            cluster
+                .as_ref()
+                .and_then(|c| c.ha.backup_address.map(|b| b.addr)),
+        );
+        vrrp_links.push(VrrpLink {
+            interface: ha.clone(),
+            local: own.addr,
+            vrid: cluster.as_ref().map(|c| c.vrrp.vrid),
+            ours,
+        });
+    }
     for (name, vip) in &lans {
         let r = lan_interface(ifs, name);
         let addr = r.as_ref().ok().copied();
+        if let Some(own) = addr.filter(|_| !vrrp_links.iter().any(|l| &l.interface == name)) {
+            let lan = cluster.as_ref().and_then(|c| c.lan(name));
+            let mut ours = vec![own.addr];
+            ours.extend(lan.map(|l| l.primary_address.addr));
+            ours.extend(lan.map(|l| l.backup_address.addr));
+            vrrp_links.push(VrrpLink {
+                interface: name.clone(),
+                local: own.addr,
+                vrid: lan.map(|l| l.vrid),
+                ours,
+            });
+        }
         outcomes.push(Outcome {
             name: format!("LAN interface {name}"),
             result: r.map(|a| format!("static {a}")),
@@ -240,6 +351,8 @@ pub fn run_check(
             });
         }
     }
+    // Other VRRP routers on the links, and VRID collisions with them.
+    outcomes.extend(vrrp_outcomes(ctx.adverts, &vrrp_links, VRRP_LISTEN));
     // Once paired, the primary also asks the backup for its version.
     if let (Some(node), Some(cluster)) = (&node, &cluster) {
         if node.role == Role::Primary && node.peer_host_key.is_some() {
@@ -286,6 +399,7 @@ pub fn run_check(
 mod tests {
     use super::*;
     use ns_ha_common::net::{IfAddr, Interface, StaticInterfaces};
+    use ns_ha_common::vrrp::HeardAdverts;
 
     fn iface(name: &str, kind: LinkKind, addr: Option<&str>) -> Interface {
         Interface {
@@ -341,6 +455,65 @@ mod tests {
         assert!(peer_address(&own, "10.99.3.2".parse().unwrap()).is_err());
     }
 
+    fn advert(source: &str, vrid: u8) -> Advert {
+        Advert {
+            source: source.parse().unwrap(),
+            version: 3,
+            vrid,
+            priority: 100,
+        }
+    }
+
+    fn lan0(vrid: Option<u8>) -> Vec<VrrpLink> {
+        vec![VrrpLink {
+            interface: "lan0".into(),
+            local: "10.99.1.1".parse().unwrap(),
+            vrid,
+            ours: vec!["10.99.1.1".parse().unwrap(), "10.99.1.2".parse().unwrap()],
+        }]
+    }
+
+    #[test]
+    fn another_router_on_the_clusters_vrid_is_a_collision() {
+        let heard = HeardAdverts(vec![
+            advert("10.99.1.2", 51), // the peer: ours
+            advert("10.99.1.100", 51),
+            advert("10.99.1.100", 51),
+            advert("10.99.1.7", 9),
+        ]);
+        let out = vrrp_outcomes(&heard, &lan0(Some(51)), Duration::ZERO);
+        let e = out[0].result.as_ref().unwrap_err();
+        assert_eq!(code_of(e), Code::Conflict);
+        let msg = format!("{e:#}");
+        assert!(
+            msg.starts_with(
+                "10.99.1.7 VRID 9, 10.99.1.100 VRID 51: another VRRP router uses VRID 51"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("not 9, 51") && msg.contains("add-lan --vrid"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_peer_and_other_vrids_are_no_collision() {
+        let peer_only = HeardAdverts(vec![advert("10.99.1.2", 51)]);
+        let out = vrrp_outcomes(&peer_only, &lan0(Some(51)), Duration::ZERO);
+        assert!(out[0]
+            .result
+            .as_ref()
+            .unwrap()
+            .starts_with("no other VRRP router"));
+        let other = HeardAdverts(vec![advert("10.99.1.7", 9)]);
+        let out = vrrp_outcomes(&other, &lan0(Some(51)), Duration::ZERO);
+        assert!(out[0].result.as_ref().unwrap().contains("no collision"));
+        // Before init the VRIDs heard are reported so the admin avoids them.
+        let out = vrrp_outcomes(&other, &lan0(None), Duration::ZERO);
+        assert!(out[0].result.as_ref().unwrap().contains("10.99.1.7 VRID 9"));
+    }
+
     #[test]
     fn lan_args_parse() {
         assert_eq!(split_lan_arg("lan0").unwrap(), ("lan0".into(), None));
@@ -370,6 +543,7 @@ mod tests {
             runner: &runner,
             ifs: &ifs,
             link: &link,
+            adverts: &HeardAdverts::default(),
         };
         let check =
             || run_check(&ctx, Some(Role::Primary), Some("eth2".into()), None, &[]).unwrap();

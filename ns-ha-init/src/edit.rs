@@ -60,7 +60,7 @@ fn parse_vips(vips: &[String]) -> Result<Vec<Ipv4Cidr>> {
 }
 
 /// `add-lan`.
-pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
+pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String], vrid: Option<u8>) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     let vips = parse_vips(vips)?;
     let (node, cluster) = primary(ctx)?;
@@ -75,7 +75,10 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
     let ours = checks::lan_interface(ctx.ifs, interface)?;
     let mut lan = LanInterface {
         interface: interface.to_string(),
-        vrid: cluster.free_vrid()?,
+        vrid: match vrid {
+            Some(v) => v,
+            None => cluster.free_vrid()?,
+        },
         primary_address: ours,
         backup_address: ours,
         vips,
@@ -84,6 +87,8 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String]) -> Result<Report> {
     for v in &lan.vips {
         ns_ha_common::config::check_vip(&lan, v)?;
     }
+    // Subnet overlaps, the heartbeat VIP, instance-name clashes: before the peer too.
+    cluster.check_new_lan(&lan)?;
     let (next, act) = edit_with_peer(ctx, &node, &cluster, |backup, next| {
         lan.backup_address = backup_address(backup, interface, &ours)?;
         next.lans.push(lan);
@@ -228,7 +233,7 @@ mod tests {
     #[test]
     fn add_lan_installs_on_the_backup_then_on_the_primary() {
         let p = Pair::new(true);
-        add_lan(&p.ctx(), "wan0", &["10.99.2.254/24".into()]).unwrap();
+        add_lan(&p.ctx(), "wan0", &["10.99.2.254/24".into()], None).unwrap();
         assert_eq!(
             p.steps(),
             ["backup install enabled=true", "primary keepalived reload"]
@@ -259,7 +264,7 @@ mod tests {
         let p = Pair::new(true);
         let before = p.primary_files();
         p.link.state().interfaces.retain(|i| i.name != "wan0");
-        let e = add_lan(&p.ctx(), "wan0", &["10.99.2.254/24".into()]).unwrap_err();
+        let e = add_lan(&p.ctx(), "wan0", &["10.99.2.254/24".into()], None).unwrap_err();
         assert_eq!(code_of(&e), Code::InvalidInput);
         assert!(
             e.to_string().contains("does not exist on the backup"),

@@ -28,6 +28,7 @@ use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::exit::help_table;
 use ns_ha_common::net::{InterfaceSource, IpCommand, Ipv4Cidr};
 use ns_ha_common::service::ServiceBackend;
+use ns_ha_common::vrrp::{AdvertListener, RawSocketListener};
 use ns_ha_common::NodeRoot;
 
 use crate::backup::{BackupLink, SshLink};
@@ -47,7 +48,9 @@ pub enum Command {
     /// Pre-flight checks for a node, each failure with its fix.
     ///
     /// Without options it checks what this node's config names; options check
-    /// a planned setup before init.
+    /// a planned setup before init. It also listens 3 s on the HA link and
+    /// each LAN for other VRRP routers (as root) and fails (exit 8) when one
+    /// uses the cluster's VRID there.
     Check {
         /// The role the node will have (default: its configured role).
         #[arg(long, value_enum)]
@@ -79,6 +82,9 @@ pub enum Command {
         /// VRRP advertisement interval in milliseconds (multiple of 10).
         #[arg(long, default_value_t = 100)]
         advert_interval_ms: u32,
+        /// VRRP router id of the HA-link instance (1..255, default 50); `check` reports the ones other routers use.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+        vrid: Option<u8>,
         /// How this node manages services.
         #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
         service_backend: BackendArg,
@@ -129,6 +135,9 @@ pub enum Command {
         /// A VIP in the LAN subnet, e.g. 192.168.1.254/24. Repeatable.
         #[arg(long = "vip", value_name = "CIDR")]
         vips: Vec<String>,
+        /// VRRP router id of this LAN's instance (1..255, unique in the cluster; default: the next free one). `check` reports the ones other routers on the LAN use.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+        vrid: Option<u8>,
     },
     /// Remove a LAN interface and its VIPs from the cluster.
     RemoveInterface {
@@ -221,6 +230,8 @@ pub struct Ctx<'a> {
     pub ifs: &'a dyn InterfaceSource,
     /// How this (primary) node reaches the backup.
     pub link: &'a dyn BackupLink,
+    /// Hears other VRRP routers on the links (`check`).
+    pub adverts: &'a dyn AdvertListener,
 }
 
 /// Parse a VIP argument; IPv6 and malformed prefixes are refused with the fix.
@@ -235,6 +246,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
         runner,
         ifs: &IpCommand { runner },
         link,
+        adverts: &RawSocketListener,
     };
     match cli.command {
         Command::Check {
@@ -249,6 +261,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
             heartbeat_vip,
             ssh_port,
             advert_interval_ms,
+            vrid,
             service_backend,
         } => pairing::init_primary(
             &ctx,
@@ -258,6 +271,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
                 heartbeat_vip,
                 ssh_port,
                 advert_interval_ms,
+                vrid,
                 service_backend: service_backend.into(),
             },
         ),
@@ -278,7 +292,11 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
             trust_on_first_use,
             yes: _,
         } => pairing::pair(&ctx, host_key_fingerprint, trust_on_first_use),
-        Command::AddLan { interface, vips } => edit::add_lan(&ctx, &interface, &vips),
+        Command::AddLan {
+            interface,
+            vips,
+            vrid,
+        } => edit::add_lan(&ctx, &interface, &vips, vrid),
         Command::RemoveInterface { interface } => edit::remove_interface(&ctx, &interface),
         Command::AddVip { interface, vip } => edit::add_vip(&ctx, &interface, &vip),
         Command::RemoveVip { vip } => edit::remove_vip(&ctx, &vip),

@@ -58,6 +58,10 @@ pub struct PrimaryInit {
     pub heartbeat_vip: Option<Ipv4Addr>,
     pub ssh_port: u16,
     pub advert_interval_ms: u32,
+    /// VRID of the HA-link instance (default: [`VrrpSettings`] default).
+    ///
+    /// [`VrrpSettings`]: ns_ha_common::config::VrrpSettings
+    pub vrid: Option<u8>,
     pub service_backend: ServiceBackend,
 }
 
@@ -136,6 +140,9 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     let mut cluster = ClusterConfig::new(random_cluster_id()?, opts.ha_interface.clone(), own, hb);
     cluster.ssh.port = opts.ssh_port;
     cluster.vrrp.advert_interval_ms = opts.advert_interval_ms;
+    if let Some(vrid) = opts.vrid {
+        cluster.vrrp.vrid = vrid;
+    }
     cluster.validate()?;
     if hb == opts.peer {
         return Err(fail(

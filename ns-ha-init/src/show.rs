@@ -128,6 +128,7 @@ mod tests {
             runner: &runner,
             ifs: &ifs,
             link: &link,
+            adverts: &ns_ha_common::vrrp::HeardAdverts::default(),
         };
         let r = show_config(&ctx).unwrap();
         let cmd = format!("ns-ha-init pair --host-key-fingerprint {}", key.fingerprint);

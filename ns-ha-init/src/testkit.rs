@@ -119,11 +119,14 @@ impl Pair {
     }
 
     pub fn ctx(&self) -> Ctx<'_> {
+        static NO_ADVERTS: ns_ha_common::vrrp::HeardAdverts =
+            ns_ha_common::vrrp::HeardAdverts(Vec::new());
         Ctx {
             root: self.root.clone(),
             runner: &self.runner,
             ifs: &self.ifs,
             link: &self.link,
+            adverts: &NO_ADVERTS,
         }
     }
 

@@ -14,7 +14,7 @@ use anyhow::Result;
 use ns_ha_common::config::ClusterConfig;
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::sync_config::{
-    profile_defaults, RuleData, SyncProfile, SyncSettings, NEVER_SYNC,
+    glob_match, profile_defaults, RuleData, SyncProfile, SyncSettings, NEVER_SYNC,
 };
 use ns_ha_common::NodeRoot;
 use serde::Serialize;
@@ -72,7 +72,7 @@ impl Rule {
                 .components
                 .iter()
                 .zip(path)
-                .all(|(p, c)| glob_match(p.as_bytes(), c.as_bytes()))
+                .all(|(p, c)| glob_match(p, c))
     }
 
     /// The leading components without wildcards: where a walk for this rule starts.
@@ -162,16 +162,6 @@ fn check_pattern(pattern: &str) -> Result<()> {
             format!("sync rule {pattern:?} is invalid ({e}): use an absolute path such as /etc/config/firewall"),
         )
     })
-}
-
-/// Shell-style match of one component: `*` any run, `?` one byte.
-fn glob_match(pat: &[u8], s: &[u8]) -> bool {
-    match pat.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
-        Some((c, rest)) => s.first() == Some(c) && glob_match(rest, &s[1..]),
-    }
 }
 
 /// Resolve `auto` by looking at the node.
@@ -431,9 +421,9 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match(b"ssh_host_*", b"ssh_host_ed25519_key"));
-        assert!(glob_match(b"a?c", b"abc"));
-        assert!(!glob_match(b"a?c", b"ac"));
-        assert!(glob_match(b"*", b""));
+        assert!(glob_match("ssh_host_*", "ssh_host_ed25519_key"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*", ""));
     }
 }
