@@ -6,6 +6,14 @@
 //! code from the shared table. Sharing it keeps the tools' behaviour the
 //! same: a script that reads one tool's `{"error": ..., "code": ...}` reads
 //! all of them.
+//!
+//! The JSON rule (docs/json.md): with `--json` a run prints exactly one
+//! compact JSON object on stdout, on success and on failure. A failure's
+//! object carries `error` (the message chain) and `code` (the exit code)
+//! next to whatever data the command had gathered (kept files, drift,
+//! failed actions), so a script reads the data the same way either way.
+//! Only streaming commands print more than one line (JSON lines, one per
+//! event, see [`print_json_line`]).
 
 use anyhow::Result;
 use std::ffi::OsString;
@@ -32,9 +40,14 @@ pub struct GlobalArgs {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub human: String,
+    /// The command's data: a JSON object (`Null` for a command that printed
+    /// its own output, see [`Report::printed`]).
     pub json: serde_json::Value,
     /// Exit code after printing (a check that found problems still prints them all).
     pub code: Code,
+    /// Why the command failed, when it failed after gathering its data
+    /// (printed on stderr and as `error` in the JSON object).
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -43,6 +56,7 @@ impl Report {
             human: human.into(),
             json,
             code: Code::Ok,
+            error: None,
         }
     }
 
@@ -56,13 +70,94 @@ impl Report {
         self.code = code;
         self
     }
+
+    /// The same report, failed with `err` after its data was gathered: the
+    /// data is still printed, the error goes to stderr (and into the JSON
+    /// object as `error`), and the run ends with the error's exit code.
+    pub fn failed(mut self, err: anyhow::Error) -> Report {
+        self.code = code_of(&err);
+        self.error = Some(format!("{err:#}"));
+        self
+    }
+
+    /// `Ok(self)`, or `self` failed with the error of `check` (for commands
+    /// whose data decides whether they failed).
+    pub fn failed_if(self, check: Result<()>) -> Report {
+        match check {
+            Ok(()) => self,
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// The one JSON document of this report: the data object, plus `error`
+    /// and `code` when the run failed. Data that is not an object (a bug in
+    /// a command) is kept under `data` so the document is still an object.
+    pub fn document(&self) -> serde_json::Value {
+        let mut doc = match &self.json {
+            serde_json::Value::Object(m) => m.clone(),
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("data".into(), other.clone());
+                m
+            }
+        };
+        if self.code != Code::Ok {
+            let error = self
+                .error
+                .clone()
+                .unwrap_or_else(|| meaning(self.code).to_string());
+            doc.insert("error".into(), error.into());
+            doc.insert("code".into(), self.code.as_u8().into());
+        }
+        serde_json::Value::Object(doc)
+    }
+}
+
+/// The exit-code table's one-line meaning of `code`.
+fn meaning(code: Code) -> &'static str {
+    Code::TABLE
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, m)| *m)
+        .unwrap_or("failed")
+}
+
+/// The document of an error with no data: `{"error": chain, "code": n}`
+/// (a streaming command's line for a failed attempt it goes on after).
+pub fn error_document(err: &anyhow::Error) -> serde_json::Value {
+    serde_json::json!({"error": format!("{err:#}"), "code": code_of(err).as_u8()})
+}
+
+/// One line of a streaming command's JSON output (JSON lines: one compact
+/// object per event, flushed at once so a reader sees it as it happens).
+pub fn print_json_line(value: &impl serde::Serialize) {
+    use std::io::Write;
+    if let Ok(line) = serde_json::to_string(value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
 }
 
 /// Parse a command line; `--help`/`--version` and usage errors are printed
 /// here and come back as the exit code to end with (0 or 2).
+/// With `--json` among the arguments, a usage error also prints its
+/// `{"error", "code": 2}` document on stdout.
 pub fn parse<C: clap::Parser>(args: impl IntoIterator<Item = OsString>) -> Result<C, ExitCode> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let json = args.iter().skip(1).any(|a| a == "--json");
     C::try_parse_from(args).map_err(|e| {
         let _ = e.print();
+        if json && e.use_stderr() {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("usage error");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            println!(
+                "{}",
+                serde_json::json!({"error": message, "code": Code::Usage.as_u8()})
+            );
+        }
         ExitCode::from(if e.use_stderr() {
             Code::Usage.as_u8()
         } else {
@@ -93,32 +188,25 @@ pub fn main<C: ToolCli>(
 }
 
 /// Print the result of a command and turn it into the process exit code:
-/// the report on stdout (JSON with `--json`), or the error once on stderr as
-/// `tool: chain` (plus `{"error", "code"}` on stdout with `--json`).
+/// the report on stdout (one compact JSON object with `--json`, carrying
+/// `error` and `code` when the run failed), and an error once on stderr as
+/// `tool: chain`. This is the only place a tool prints its document.
 pub fn finish(tool: &str, json: bool, result: Result<Report>) -> ExitCode {
-    match result {
-        Ok(report) => {
-            if json {
-                if !report.json.is_null() {
-                    println!("{}", report.json);
-                }
-            } else if !report.human.is_empty() {
-                println!("{}", report.human.trim_end());
-            }
-            ExitCode::from(report.code.as_u8())
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => Report::new("", serde_json::Value::Null).failed(err),
+    };
+    if json {
+        if !report.json.is_null() || report.code != Code::Ok {
+            println!("{}", report.document());
         }
-        Err(err) => {
-            let code = code_of(&err);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"error": format!("{err:#}"), "code": code.as_u8()})
-                );
-            }
-            eprintln!("{tool}: {err:#}");
-            ExitCode::from(code.as_u8())
-        }
+    } else if !report.human.is_empty() {
+        println!("{}", report.human.trim_end());
     }
+    if let Some(e) = &report.error {
+        eprintln!("{tool}: {e}");
+    }
+    ExitCode::from(report.code.as_u8())
 }
 
 #[cfg(test)]
@@ -144,6 +232,28 @@ mod tests {
         assert_eq!(d.global.root, Some(PathBuf::from("/r")));
         let e = parse::<Demo>(["demo", "--bogus"].map(OsString::from)).unwrap_err();
         assert_eq!(e, ExitCode::from(2));
+    }
+
+    #[test]
+    fn a_failed_report_is_one_object_with_its_data_error_and_code() {
+        let r = Report::new("x", serde_json::json!({"kept": ["/etc/a"]}))
+            .failed(crate::exit::fail(Code::Conflict, "1 path kept"));
+        let doc = r.document();
+        assert_eq!(doc["kept"][0], "/etc/a");
+        assert_eq!(doc["error"], "1 path kept");
+        assert_eq!(doc["code"], 8);
+        // A plain error has no data but the same two fields.
+        let e = Report::new("", serde_json::Value::Null)
+            .failed(crate::exit::fail(Code::Peer, "gone"))
+            .document();
+        assert_eq!(e, serde_json::json!({"error": "gone", "code": 6}));
+        // A report ended with a code but no message says what the code means.
+        let u = Report::new("", serde_json::json!({"healthy": false})).with_code(Code::Unhealthy);
+        assert_eq!(u.document()["error"], meaning(Code::Unhealthy));
+        assert_eq!(u.document()["code"], 10);
+        // Success: the data alone.
+        let ok = Report::new("", serde_json::json!({"a": 1})).failed_if(Ok(()));
+        assert_eq!(ok.document(), serde_json::json!({"a": 1}));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use anyhow::{Context, Result};
 
 use crate::activate::apply_cluster;
+use crate::addresses::{address_problems, AddressProblem};
 use crate::cmd::CommandRunner;
 use crate::config::{load_cluster_opt, load_node, ClusterConfig, NodeConfig, Role};
 use crate::exit::{fail, Code};
@@ -76,28 +77,19 @@ pub fn hello(
 }
 
 /// Check that this node's interfaces match what the cluster says of the backup.
+/// A link that is down is not refused here (it may come up later; `health` reports it).
 pub fn check_backup_interfaces(cluster: &ClusterConfig, ifs: &dyn InterfaceSource) -> Result<()> {
-    let mut wanted = vec![(cluster.ha.interface.as_str(), cluster.ha.backup_address)];
-    wanted.extend(
-        cluster
-            .lans
-            .iter()
-            .map(|l| (l.interface.as_str(), Some(l.backup_address))),
-    );
-    for (name, addr) in wanted {
-        let iface = ifs.interface(name)?.ok_or_else(|| {
-            fail(
+    for p in address_problems(cluster, Role::Backup, ifs)? {
+        match p {
+            AddressProblem::Missing { interface } => return Err(fail(
                 Code::InvalidInput,
-                format!("interface {name} does not exist on the backup: both nodes need the same interface names"),
-            )
-        })?;
-        if let Some(addr) = addr {
-            if !iface.ipv4.iter().any(|a| a.cidr == addr && a.permanent) {
-                return Err(fail(
-                    Code::InvalidInput,
-                    format!("interface {name} on the backup does not have the static address {addr}: configure it, then retry"),
-                ));
-            }
+                format!("interface {interface} does not exist on the backup: both nodes need the same interface names"),
+            )),
+            AddressProblem::LacksStatic { interface, want } => return Err(fail(
+                Code::InvalidInput,
+                format!("interface {interface} on the backup does not have the static address {want}: configure it, then retry"),
+            )),
+            AddressProblem::Down { .. } => {}
         }
     }
     Ok(())

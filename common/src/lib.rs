@@ -7,6 +7,7 @@
 //! here once so the tools stay small and agree with each other.
 
 pub mod activate;
+pub mod addresses;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
@@ -27,6 +28,7 @@ pub mod root;
 pub mod service;
 pub mod ssh;
 pub mod sync_config;
+pub mod vips;
 pub mod vrrp;
 
 pub use exit::{code_of, fail, Code};

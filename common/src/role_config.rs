@@ -29,6 +29,7 @@ pub fn strip_cron_markers(text: &[u8]) -> Vec<u8> {
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{fail, Code};
+use crate::root::NodeRoot;
 
 /// Services only the active node runs: started on MASTER, stopped otherwise.
 /// Names of the OpenWrt/NethSecurity init scripts (systemd: unit names).
@@ -47,72 +48,6 @@ pub const MASTER_ONLY_SERVICES: &[&str] = &[
     "ns-plug", // controller agent
     "acme",    // ACME certificates
 ];
-
-/// Node paths that configure a master-only service (any one is enough): the
-/// OpenWrt/NethSecurity UCI file and the daemon's own file. A service not
-/// listed here is taken as configured (there is no way to tell).
-pub const SERVICE_CONFIGS: &[(&str, &[&str])] = &[
-    ("dnsmasq", &["/etc/dnsmasq.conf", "/etc/config/dhcp"]),
-    ("openvpn", &["/etc/config/openvpn", "/etc/openvpn/"]),
-    (
-        "swanctl",
-        &["/etc/swanctl/swanctl.conf", "/etc/config/ipsec"],
-    ),
-    ("ipsec", &["/etc/ipsec.conf", "/etc/config/ipsec"]),
-    ("mwan3", &["/etc/config/mwan3"]),
-    ("snort", &["/etc/config/snort"]),
-    ("adblock", &["/etc/config/adblock"]),
-    ("banip", &["/etc/config/banip"]),
-    ("dedalo", &["/etc/config/dedalo"]),
-    ("netifyd", &["/etc/netifyd.conf", "/etc/config/netifyd"]),
-    ("ddns", &["/etc/config/ddns"]),
-    ("ns-plug", &["/etc/config/ns-plug"]),
-    ("acme", &["/etc/config/acme"]),
-];
-
-/// A service the MASTER role starts, installed on the node (its init script
-/// exists) but with none of its config files: starting it on MASTER fails.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnconfiguredService {
-    pub service: String,
-    /// Any one of these node paths would configure it.
-    pub config_paths: Vec<String>,
-}
-
-impl UnconfiguredService {
-    /// One line: the problem and its fix.
-    pub fn message(&self) -> String {
-        format!(
-            "{s} is started on MASTER (roles.master.start) but not configured on this node: write {paths} before ns-ha-init enable, or remove {s} from roles.master.start in /etc/ns-ha/cluster.json",
-            s = self.service,
-            paths = self.config_paths.join(" or ")
-        )
-    }
-}
-
-/// The master-only services of `roles` installed under `root` (init.d
-/// script) but not configured there. Nodes managed by systemd have no
-/// init scripts under the root, so nothing is reported for them.
-pub fn unconfigured_master_services(
-    root: &crate::root::NodeRoot,
-    roles: &RoleSettings,
-) -> Vec<UnconfiguredService> {
-    roles
-        .master
-        .start
-        .iter()
-        .filter(|s| !s.is_empty() && !s.contains('/') && !s.starts_with('.'))
-        .filter(|s| root.path(format!("/etc/init.d/{s}")).is_file())
-        .filter_map(|s| {
-            let (_, paths) = SERVICE_CONFIGS.iter().find(|(name, _)| name == s)?;
-            let configured = paths.iter().any(|p| root.path(p).exists());
-            (!configured).then(|| UnconfiguredService {
-                service: s.clone(),
-                config_paths: paths.iter().map(|p| p.to_string()).collect(),
-            })
-        })
-        .collect()
-}
 
 /// Services reloaded on MASTER (they run on both nodes, the active one must
 /// pick up what only it serves): nginx is the web UI and the reverse proxy.
@@ -394,6 +329,86 @@ impl RoleSettings {
     }
 }
 
+/// Config files a service needs before it can start, any one of them
+/// (node paths; a trailing `/` is a directory): Debian's and the lab's
+/// file, then OpenWrt's UCI file the init script renders from. Services not
+/// listed are not checked.
+pub const SERVICE_CONFIGS: &[(&str, &[&str])] = &[
+    // OpenWrt's package ships /etc/dnsmasq.conf too, next to /etc/config/dhcp.
+    ("dnsmasq", &["/etc/dnsmasq.conf"]),
+    ("openvpn", &["/etc/openvpn/", "/etc/config/openvpn"]),
+    ("swanctl", &["/etc/swanctl/swanctl.conf"]),
+    ("ipsec", &["/etc/ipsec.conf"]),
+    ("mwan3", &["/etc/config/mwan3"]),
+    ("snort", &["/etc/config/snort"]),
+    ("adblock", &["/etc/config/adblock"]),
+    ("banip", &["/etc/config/banip"]),
+    ("dedalo", &["/etc/config/dedalo"]),
+    ("netifyd", &["/etc/netifyd.conf"]),
+    ("ddns", &["/etc/config/ddns"]),
+    ("ns-plug", &["/etc/config/ns-plug"]),
+    ("acme", &["/etc/config/acme"]),
+];
+
+/// A service the MASTER role starts, installed on this node, with none of
+/// its config files: its start fails on every takeover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnconfiguredService {
+    pub service: String,
+    /// The files it needs (any one of them), node paths.
+    pub wants: Vec<String>,
+}
+
+impl UnconfiguredService {
+    /// The problem and its fix in one line, for `check`.
+    pub fn message(&self) -> String {
+        format!(
+            "{} is started on MASTER (roles.master.start) but has no config here: {}",
+            self.service,
+            self.fix()
+        )
+    }
+
+    /// What to do about it, for `doctor` and `check`.
+    pub fn fix(&self) -> String {
+        format!(
+            "create {} on the primary (the sync copies it to the backup), or remove {} from roles.master.start in cluster.json",
+            self.wants.join(" or "),
+            self.service
+        )
+    }
+}
+
+/// The master-only services of `roles` that `installed` says are on this
+/// node but have no config file under `root` (one implementation for
+/// `ns-ha-check doctor` and `ns-ha-init check`).
+pub fn unconfigured_master_services(
+    roles: &RoleSettings,
+    root: &NodeRoot,
+    installed: &dyn Fn(&str) -> bool,
+) -> Vec<UnconfiguredService> {
+    roles
+        .master
+        .start
+        .iter()
+        .filter_map(|s| {
+            let (_, files) = SERVICE_CONFIGS.iter().find(|(name, _)| name == s)?;
+            let present = files.iter().any(|f| {
+                let p = root.path(f);
+                if f.ends_with('/') {
+                    p.is_dir()
+                } else {
+                    p.is_file()
+                }
+            });
+            (!present && installed(s)).then(|| UnconfiguredService {
+                service: s.clone(),
+                wants: files.iter().map(|f| f.to_string()).collect(),
+            })
+        })
+        .collect()
+}
+
 /// Whether interface `name` matches `pattern` (exact, or prefix with a trailing `*`).
 pub fn link_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -446,39 +461,70 @@ mod tests {
     }
 
     #[test]
-    fn unconfigured_master_services_are_the_installed_ones_without_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = crate::root::NodeRoot::new(dir.path()).unwrap();
-        let roles = RoleSettings::default();
-        // Nothing installed: nothing to report.
-        assert!(unconfigured_master_services(&root, &roles).is_empty());
-        for s in ["dnsmasq", "openvpn", "my-own"] {
-            let p = root.path(format!("/etc/init.d/{s}"));
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, "#!/bin/sh\n").unwrap();
-        }
-        let mut roles = roles;
-        roles.master.start.push("my-own".into());
-        let found = unconfigured_master_services(&root, &roles);
-        let names: Vec<&str> = found.iter().map(|u| u.service.as_str()).collect();
-        // my-own has no known config file: taken as configured.
-        assert_eq!(names, ["dnsmasq", "openvpn"]);
-        assert!(found[0]
-            .message()
-            .contains("write /etc/dnsmasq.conf or /etc/config/dhcp"));
-        // The UCI file alone configures dnsmasq; a service not started on MASTER is not reported.
-        std::fs::create_dir_all(root.path("/etc/config")).unwrap();
-        std::fs::write(root.path("/etc/config/dhcp"), "").unwrap();
-        roles.master.start.retain(|s| s != "openvpn");
-        assert!(unconfigured_master_services(&root, &roles).is_empty());
-    }
-
-    #[test]
     fn link_patterns() {
         assert!(link_matches("wg*", "wg0"));
         assert!(!link_matches("wg*", "wan0"));
         assert!(link_matches("wan0", "wan0"));
         assert!(!link_matches("wan0", "wan0.1"));
+    }
+}
+
+#[cfg(test)]
+mod configured_tests {
+    use super::*;
+
+    #[test]
+    fn installed_master_services_without_config_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(d.path()).unwrap();
+        let roles = RoleSettings::default();
+        let only_dnsmasq = |s: &str| s == "dnsmasq";
+        let u = unconfigured_master_services(&roles, &root, &only_dnsmasq);
+        assert_eq!(
+            u,
+            vec![UnconfiguredService {
+                service: "dnsmasq".into(),
+                wants: vec!["/etc/dnsmasq.conf".into()],
+            }]
+        );
+        assert!(u[0]
+            .fix()
+            .starts_with("create /etc/dnsmasq.conf on the primary"));
+        // OpenWrt's UCI file does not replace it.
+        std::fs::create_dir_all(root.path("/etc/config")).unwrap();
+        std::fs::write(root.path("/etc/config/dhcp"), "").unwrap();
+        assert_eq!(
+            unconfigured_master_services(&roles, &root, &only_dnsmasq).len(),
+            1
+        );
+        std::fs::write(root.path("/etc/dnsmasq.conf"), "").unwrap();
+        assert!(unconfigured_master_services(&roles, &root, &only_dnsmasq).is_empty());
+        // Where a service has two possible configs, either is enough.
+        let openvpn = |s: &str| s == "openvpn";
+        assert_eq!(
+            unconfigured_master_services(&roles, &root, &openvpn)[0]
+                .wants
+                .len(),
+            2
+        );
+        std::fs::write(root.path("/etc/config/openvpn"), "").unwrap();
+        assert!(unconfigured_master_services(&roles, &root, &openvpn).is_empty());
+        std::fs::remove_file(root.path("/etc/config/openvpn")).unwrap();
+        // Not installed, or not started by MASTER: not named.
+        let names: Vec<String> = unconfigured_master_services(&roles, &root, &|s| s == "mwan3")
+            .into_iter()
+            .map(|u| u.service)
+            .collect();
+        assert_eq!(names, vec!["mwan3"]);
+        let mut none = roles.clone();
+        none.master.start.retain(|s| s != "mwan3");
+        assert!(unconfigured_master_services(&none, &root, &|s| s == "mwan3").is_empty());
+        // A directory config needs the directory.
+        std::fs::write(root.path("/etc/openvpn"), "").unwrap();
+        assert_eq!(
+            unconfigured_master_services(&roles, &root, &|s| s == "openvpn").len(),
+            1
+        );
     }
 }
 

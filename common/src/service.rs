@@ -51,6 +51,10 @@ pub trait ServiceManager: Send + Sync {
     fn act(&self, service: &str, action: ServiceAction, timeout: Duration) -> Result<()>;
     /// Whether `service` is running now.
     fn is_running(&self, service: &str, timeout: Duration) -> Result<bool>;
+    /// Whether `service` is installed on this node (an init script under the
+    /// root, or a unit systemd has loaded): the role engine skips the others,
+    /// and `doctor`/`check` only ask for the config of installed ones.
+    fn is_installed(&self, service: &str, timeout: Duration) -> bool;
 }
 
 fn check_service_name(name: &str) -> Result<()> {
@@ -120,6 +124,11 @@ impl ServiceManager for InitdServices<'_> {
         let out = self.runner.run(&script, &["status".to_string()], timeout)?;
         Ok(out.success())
     }
+
+    fn is_installed(&self, service: &str, _timeout: Duration) -> bool {
+        check_service_name(service).is_ok()
+            && self.root.path(format!("/etc/init.d/{service}")).is_file()
+    }
 }
 
 /// `systemctl ACTION NAME`.
@@ -155,6 +164,24 @@ impl ServiceManager for SystemdServices<'_> {
             timeout,
         )?;
         Ok(out.success())
+    }
+
+    fn is_installed(&self, service: &str, timeout: Duration) -> bool {
+        check_service_name(service).is_ok()
+            && self
+                .runner
+                .run(
+                    "systemctl",
+                    &[
+                        "show".to_string(),
+                        "--property=LoadState".to_string(),
+                        "--value".to_string(),
+                        service.to_string(),
+                    ],
+                    timeout,
+                )
+                .map(|o| o.stdout.trim() == "loaded")
+                .unwrap_or(false)
     }
 }
 

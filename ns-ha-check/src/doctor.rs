@@ -5,6 +5,11 @@
 //! command that says what is broken and what to type. Each check is small
 //! and independent; a check that cannot run (the peer is unreachable, the
 //! config does not load) says so instead of hiding the others.
+//!
+//! Facts owned by other tools are their answers, interpreted here: the role
+//! engine's maintenance and pending actions come from `ns-ha-role status
+//! --json`, the backup's drift from `ns-ha-sync verify --json`, the last sync
+//! from `ns-ha-sync status --json` (see [`crate::tools`]).
 
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -13,14 +18,16 @@ use ns_ha_common::activate::tool_path;
 use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, NodeConfig, Role};
 use ns_ha_common::keepalived::{self, RenderInputs};
 use ns_ha_common::proto::NS_HA_VERSION;
+use ns_ha_common::role_config::unconfigured_master_services;
 use ns_ha_common::root::paths;
-use ns_ha_role::reconcile::load_applied;
-use ns_ha_sync::receiver::local_view;
-use ns_ha_sync::rules::SyncSet;
-use ns_ha_sync::state::StateDir;
-use ns_ha_vip::held::{self, LiveState};
+use ns_ha_common::service;
+use ns_ha_common::vips::{self, LiveState};
+use std::time::Duration;
 
+use crate::liveness;
+use crate::tools::{self, Drift, RoleStatus};
 use crate::{health, status, Ctx};
+use anyhow::Result;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,41 +153,102 @@ pub fn run(ctx: &Ctx) -> Vec<Finding> {
         ),
         Err(e) => bad("interfaces", Severity::Problem, format!("{e:#}"), "check `ip addr`"),
     });
-    out.push(if ns_ha_role::maintenance::is_on(&ctx.root) {
-        bad(
-            "maintenance",
-            Severity::Warning,
-            "maintenance is on: this node hands the VIPs to the peer",
-            "when done: `ns-ha-role maintenance off`",
-        )
-    } else {
-        ok("maintenance", "off")
-    });
-    out.push(match load_applied(&ctx.root) {
-        Ok(a) if a.pending.is_empty() => ok("role engine", "no failed action pending"),
-        Ok(a) => bad(
-            "role engine",
-            Severity::Problem,
-            format!(
-                "{} failed action(s) pending: {}",
-                a.pending.len(),
-                a.pending
-                    .iter()
-                    .map(|p| format!("{} ({})", p.action, p.detail))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            "fix the cause (see `ns-ha-role status`), then `ns-ha-role apply`",
-        ),
-        Err(e) => bad(
-            "role engine",
-            Severity::Problem,
-            format!("{e:#}"),
-            "see `ns-ha-role status`",
-        ),
-    });
-    out.extend(sync_checks(ctx, &node, &cluster));
+    out.push(services_configured(ctx, &node, &cluster));
+    let role = tools::role_status(ctx.tools, &ctx.root, status::TRANSITIONS);
+    out.extend(role_checks(&role));
+    out.extend(sync_checks(ctx, &node, &cluster, &role));
     out
+}
+
+/// Whether a service is installed here, the way the role engine decides to
+/// skip it (one implementation: `ServiceManager::is_installed`).
+fn installed(ctx: &Ctx, node: &NodeConfig, service: &str) -> bool {
+    service::manager(node.service_backend, &ctx.root, ctx.runner)
+        .is_installed(service, Duration::from_secs(10))
+}
+
+/// Master-only services the roles start that this node has no config for:
+/// their start fails on every takeover.
+fn services_configured(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Finding {
+    const CHECK: &str = "services";
+    let missing =
+        unconfigured_master_services(&cluster.roles, &ctx.root, &|s| installed(ctx, node, s));
+    if missing.is_empty() {
+        return ok(
+            CHECK,
+            "every installed master-only service of the roles has its config",
+        );
+    }
+    bad(
+        CHECK,
+        Severity::Problem,
+        format!(
+            "enabled in the roles (master) but not configured on this node: {}",
+            missing
+                .iter()
+                .map(|u| format!("{} (no {})", u.service, u.wants.join(" or ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        missing
+            .iter()
+            .map(|u| u.fix())
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+/// Maintenance and pending actions, as `ns-ha-role status --json` says.
+fn role_checks(role: &Result<RoleStatus>) -> Vec<Finding> {
+    let role = match role {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![bad(
+                "role engine",
+                Severity::Problem,
+                format!("{e:#}"),
+                "see `ns-ha-role status`",
+            )]
+        }
+    };
+    let a = &role.applied;
+    vec![
+        if role.maintenance {
+            bad(
+                "maintenance",
+                Severity::Warning,
+                "maintenance is on: this node hands the VIPs to the peer",
+                "when done: `ns-ha-role maintenance off`",
+            )
+        } else {
+            ok("maintenance", "off")
+        },
+        if a.pending.is_empty() {
+            ok("role engine", "no failed action pending")
+        } else {
+            bad(
+                "role engine",
+                Severity::Problem,
+                format!(
+                    "{} failed action(s) pending: {}",
+                    a.pending.len(),
+                    a.pending
+                        .iter()
+                        .map(|p| format!("{} ({})", p.action, p.detail))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                "fix the cause (see `ns-ha-role status`), then `ns-ha-role apply`",
+            )
+        },
+    ]
+}
+
+fn drift_list(d: &[Drift]) -> String {
+    d.iter()
+        .map(|x| format!("{} ({})", x.path, x.what))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The keepalived.conf on disk against what the cluster config renders now.
@@ -236,7 +304,7 @@ fn rendered_config(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Fin
 
 /// Stale VIPs (held with keepalived stopped) and a half-held group.
 fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Finding> {
-    let vips = match held::observe(cluster, ctx.ifs) {
+    let vips = match vips::observe(cluster, ctx.ifs) {
         Ok(v) => v,
         Err(e) => {
             return vec![bad(
@@ -270,7 +338,7 @@ fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Findin
             ),
         )];
     }
-    match held::live_state(&vips) {
+    match vips::live_state(&vips) {
         LiveState::Mixed => vec![bad(
             "VIPs",
             Severity::Warning,
@@ -285,8 +353,53 @@ fn vips(ctx: &Ctx, cluster: &ClusterConfig, running: Option<bool>) -> Vec<Findin
 }
 
 /// The peer (from the primary), drift on the backup, and the last sync.
-fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Finding> {
+/// The primary as the backup sees it: VRRP adverts per link, its sshd, and
+/// whether this node is MASTER because the primary went silent.
+fn primary_answers(
+    ctx: &Ctx,
+    node: &NodeConfig,
+    cluster: &ClusterConfig,
+    role: &Result<RoleStatus>,
+) -> Finding {
+    let role = match role {
+        Ok(r) => r,
+        Err(e) => return skipped("peer", format!("no VRRP state from the role engine: {e:#}")),
+    };
+    let live = vips::observe(cluster, ctx.ifs)
+        .ok()
+        .map(|v| vips::live_state(&v));
+    let p = liveness::observe(node, cluster, role, live, ctx.peer);
+    match (p.answers, p.master_because_peer_silent) {
+        (true, false) => ok("peer", p.summary),
+        (false, true) => bad(
+            "peer",
+            Severity::Problem,
+            p.summary,
+            "bring the primary back (power, links, keepalived); it takes the VIPs back when its adverts return, and this node serves until then",
+        ),
+        (true, true) => bad(
+            "peer",
+            Severity::Warning,
+            p.summary,
+            "if the primary is in maintenance, `ns-ha-role maintenance off` there when done; otherwise run `ns-ha-check doctor` on the primary",
+        ),
+        (false, false) => bad(
+            "peer",
+            Severity::Problem,
+            p.summary,
+            "check the HA link and the primary's sshd and keepalived (`ns-ha-check doctor` on the primary)",
+        ),
+    }
+}
+
+fn sync_checks(
+    ctx: &Ctx,
+    node: &NodeConfig,
+    cluster: &ClusterConfig,
+    role: &Result<RoleStatus>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
+    let sync = tools::sync_status(ctx.tools, &ctx.root);
     let drift_fix = "see `ns-ha-sync verify`; copy wanted edits to the primary, then `ns-ha-sync push --force` on the primary overwrites the backup";
     match node.role {
         Role::Primary => {
@@ -340,7 +453,7 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             out.push(if !reachable {
                 skipped("backup drift", "the backup cannot be asked")
             } else {
-                match ctx.peer.drift(&ctx.root, node, cluster) {
+                match tools::sync_verify(ctx.tools, &ctx.root) {
                     Ok(d) if d.is_empty() => ok(
                         "backup drift",
                         "no file edited on the backup since the last sync",
@@ -351,10 +464,7 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
                         format!(
                             "{} path(s) edited on the backup: {}",
                             d.len(),
-                            d.iter()
-                                .map(|x| format!("{} ({})", x.path, x.what))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            drift_list(&d)
                         ),
                         drift_fix,
                     ),
@@ -363,30 +473,24 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             });
         }
         Role::Backup => {
-            out.push(skipped(
-                "peer",
-                "checked from the primary (ns-ha-check doctor there)",
-            ));
-            let view = SyncSet::load(&ctx.root, &cluster.sync).and_then(|set| {
-                local_view(&ctx.root, &set, &StateDir::new(&ctx.root, &cluster.sync))
-            });
-            out.push(match view {
-                Ok(v) if v.drift.is_empty() => ok(
+            out.push(primary_answers(ctx, node, cluster, role));
+            // The backup's generation is the one it applied last.
+            let generation = sync
+                .as_ref()
+                .map(|s| s.generation.to_string())
+                .unwrap_or_else(|_| "?".into());
+            out.push(match tools::sync_verify(ctx.tools, &ctx.root) {
+                Ok(d) if d.is_empty() => ok(
                     "backup drift",
-                    format!("no local edit since generation {}", v.applied.generation),
+                    format!("no local edit since generation {generation}"),
                 ),
-                Ok(v) => bad(
+                Ok(d) => bad(
                     "backup drift",
                     Severity::Problem,
                     format!(
-                        "{} path(s) edited here since generation {}: {}",
-                        v.drift.len(),
-                        v.applied.generation,
-                        v.drift
-                            .iter()
-                            .map(|x| x.path.clone())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "{} path(s) edited here since generation {generation}: {}",
+                        d.len(),
+                        drift_list(&d)
                     ),
                     drift_fix,
                 ),
@@ -394,14 +498,14 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             });
         }
     }
-    out.push(match ns_ha_sync::node_status(&ctx.root) {
+    out.push(match &sync {
         Ok(s) if s.journal_pending => bad(
             "sync",
             Severity::Problem,
             "an interrupted apply waits for recovery",
             "run `ns-ha-sync recover` on this node",
         ),
-        Ok(s) => match &s.status.last_attempt {
+        Ok(s) => match &s.last_attempt {
             Some(r) if !r.ok => bad(
                 "sync",
                 Severity::Warning,
@@ -414,7 +518,7 @@ fn sync_checks(ctx: &Ctx, node: &NodeConfig, cluster: &ClusterConfig) -> Vec<Fin
             ),
             Some(_) => ok(
                 "sync",
-                format!("generation {}, last attempt ok", s.status.generation),
+                format!("generation {}, last attempt ok", s.generation),
             ),
             None => ok("sync", "no sync yet"),
         },
@@ -462,7 +566,9 @@ pub fn render(findings: &[Finding]) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::peer::PeerProbe;
+    use crate::tools::tests::ReplayTools;
     use anyhow::Result;
+    use ns_ha_common::clock::FixedClock;
     use ns_ha_common::cmd::{CmdOutput, RecordingRunner};
     use ns_ha_common::config::{save_cluster, save_node, PinnedHostKey, SCHEMA_VERSION};
     use ns_ha_common::exit::{fail, Code};
@@ -470,13 +576,12 @@ pub(crate) mod tests {
     use ns_ha_common::net::StaticInterfaces;
     use ns_ha_common::proto::HelloReply;
     use ns_ha_common::NodeRoot;
-    use ns_ha_sync::manifest::Drift;
+    use serde_json::{json, Value};
 
     /// A backup that answers with fixed facts (or not at all).
     pub struct FakePeer {
         pub up: bool,
         pub version: String,
-        pub drift: Vec<Drift>,
     }
 
     impl FakePeer {
@@ -484,10 +589,59 @@ pub(crate) mod tests {
             FakePeer {
                 up: true,
                 version: NS_HA_VERSION.into(),
-                drift: Vec::new(),
             }
         }
     }
+
+    /// A recorded fixture, edited: `edit` changes the parsed document.
+    pub fn fixture_with(text: &str, edit: impl FnOnce(&mut Value)) -> String {
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        edit(&mut v);
+        v.to_string()
+    }
+
+    /// What the primary's tools answered on the lab pair after pairing.
+    pub fn primary_tools() -> ReplayTools {
+        let t = ReplayTools::default();
+        t.answer(
+            "ns-ha-role status",
+            0,
+            include_str!("../tests/fixtures/fw1-role-status.json"),
+        )
+        .answer(
+            "ns-ha-sync status",
+            0,
+            include_str!("../tests/fixtures/fw1-sync-status.json"),
+        )
+        .answer(
+            "ns-ha-sync verify",
+            0,
+            include_str!("../tests/fixtures/fw1-sync-verify.json"),
+        );
+        t
+    }
+
+    /// `ns-ha-sync verify` on the primary finding `path` edited on the
+    /// backup, printed the way the tool does today: its report, then the
+    /// error line, exit 10.
+    pub fn verify_with_drift(t: &ReplayTools, path: &str) {
+        let report = fixture_with(
+            include_str!("../tests/fixtures/fw1-sync-verify.json"),
+            |v| {
+                v["drift"] = json!([{"path": path, "what": "changed"}]);
+            },
+        );
+        t.answer(
+            "ns-ha-sync verify",
+            10,
+            &format!(
+                "{report}\n{}\n",
+                json!({"error": "1 path(s) edited on the backup since the last sync", "code": 10})
+            ),
+        );
+    }
+
+    pub const CLOCK_MS: u64 = 1_796_028_422_000;
 
     impl PeerProbe for FakePeer {
         fn hello(&self, _: &NodeRoot, _: &NodeConfig, c: &ClusterConfig) -> Result<HelloReply> {
@@ -501,13 +655,24 @@ pub(crate) mod tests {
                 cluster_id: Some(c.cluster_id.clone()),
             })
         }
-        fn drift(&self, _: &NodeRoot, _: &NodeConfig, _: &ClusterConfig) -> Result<Vec<Drift>> {
-            Ok(self.drift.clone())
+        fn ssh_banner(&self, addr: std::net::Ipv4Addr, port: u16) -> Result<String> {
+            if !self.up {
+                return Err(fail(
+                    Code::Peer,
+                    format!("{addr}:{port}: Connection refused (os error 111)"),
+                ));
+            }
+            Ok("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3".into())
         }
     }
 
     /// An enabled, paired primary with its rendered keepalived.conf and an init script.
     pub fn primary_root() -> (tempfile::TempDir, NodeRoot) {
+        node_root(Role::Primary)
+    }
+
+    /// The same for `role`.
+    pub fn node_root(role: Role) -> (tempfile::TempDir, NodeRoot) {
         let dir = tempfile::tempdir().unwrap();
         let root = NodeRoot::new(dir.path()).unwrap();
         let mut c = sample_cluster();
@@ -517,8 +682,11 @@ pub(crate) mod tests {
             &root,
             &NodeConfig {
                 schema_version: SCHEMA_VERSION,
-                role: Role::Primary,
-                peer_address: "10.99.0.2".parse().unwrap(),
+                role,
+                peer_address: match role {
+                    Role::Primary => "10.99.0.2".parse().unwrap(),
+                    Role::Backup => "10.99.0.1".parse().unwrap(),
+                },
                 peer_host_key: Some(PinnedHostKey {
                     key_type: "ssh-ed25519".into(),
                     key_base64: "AAAA".into(),
@@ -531,7 +699,7 @@ pub(crate) mod tests {
         .unwrap();
         let text = keepalived::render(&RenderInputs {
             cluster: &c,
-            role: Role::Primary,
+            role,
             root: &root,
             role_tool: tool_path("ns-ha-role").unwrap(),
         })
@@ -563,15 +731,31 @@ pub(crate) mod tests {
         let r = RecordingRunner::new();
         let ifs = master_ifs();
         let peer = FakePeer::healthy();
+        let tools = primary_tools();
         let ctx = Ctx {
             root,
             runner: &r,
             ifs: &ifs,
             peer: &peer,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
         };
         let f = run(&ctx);
         assert!(!unhealthy(&f), "{}", render(&f));
+        assert_eq!(severity(&f, "services"), Severity::Ok);
         assert_eq!(severity(&f, "peer"), Severity::Ok);
+        // dnsmasq installed, started by the master role, without a config.
+        std::fs::write(ctx.root.path("/etc/init.d/dnsmasq"), "#!/bin/sh\n").unwrap();
+        let f = run(&ctx);
+        assert_eq!(severity(&f, "services"), Severity::Problem);
+        let text = render(&f);
+        assert!(
+            text.contains("not configured on this node: dnsmasq (no /etc/dnsmasq.conf)")
+                && text.contains("fix: create /etc/dnsmasq.conf on the primary"),
+            "{text}"
+        );
+        std::fs::write(ctx.root.path("/etc/dnsmasq.conf"), "port=53\n").unwrap();
+        assert_eq!(severity(&run(&ctx), "services"), Severity::Ok);
         assert_eq!(severity(&f, "backup drift"), Severity::Ok);
     }
 
@@ -583,7 +767,15 @@ pub(crate) mod tests {
             .unwrap()
             .replace("priority 200", "priority 1");
         std::fs::write(&conf, text).unwrap();
-        std::fs::write(root.path(paths::MAINTENANCE_TRACK), "1\n").unwrap();
+        let tools = primary_tools();
+        tools.answer(
+            "ns-ha-role status",
+            0,
+            &fixture_with(
+                include_str!("../tests/fixtures/fw1-role-status.json"),
+                |v| v["maintenance"] = json!(true),
+            ),
+        );
         let r = RecordingRunner::new();
         // keepalived's init script says: not running.
         r.answer(
@@ -603,6 +795,8 @@ pub(crate) mod tests {
             runner: &r,
             ifs: &ifs,
             peer: &peer,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
         };
         let f = run(&ctx);
         assert!(unhealthy(&f));
@@ -627,24 +821,144 @@ pub(crate) mod tests {
         let ifs = master_ifs();
         let peer = FakePeer {
             version: "0.0.1".into(),
-            drift: vec![Drift {
-                path: "/etc/config/x".into(),
-                what: "changed".into(),
-            }],
             ..FakePeer::healthy()
         };
+        let tools = primary_tools();
+        verify_with_drift(&tools, "/etc/config/x");
+        tools.answer(
+            "ns-ha-role status",
+            0,
+            include_str!("../tests/fixtures/fw1-role-status-pending.json"),
+        );
         let ctx = Ctx {
             root: root.clone(),
             runner: &r,
             ifs: &ifs,
             peer: &peer,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
         };
         let f = run(&ctx);
         assert_eq!(severity(&f, "peer"), Severity::Problem);
         assert_eq!(severity(&f, "backup drift"), Severity::Problem);
+        assert_eq!(severity(&f, "role engine"), Severity::Problem);
+        let text = render(&f);
+        assert!(
+            text.contains("1 path(s) edited on the backup: /etc/config/x (changed)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "1 failed action(s) pending: service dnsmasq running (start dnsmasq failed"
+            ),
+            "{text}"
+        );
+        // A tool that fails outright is a problem of its own, not a crash.
+        tools.answer("ns-ha-role status", 1, "");
+        let f = run(&ctx);
+        assert_eq!(severity(&f, "role engine"), Severity::Problem);
         std::fs::remove_file(root.path(paths::CLUSTER_CONFIG)).unwrap();
         let f = run(&ctx);
         assert_eq!(f.len(), 1);
         assert_eq!(severity(&f, "config"), Severity::Problem);
+    }
+
+    /// What the backup's tools answered on the lab pair: after pairing, or
+    /// (`lost`) a few seconds after the primary crashed.
+    fn backup_tools(lost: bool) -> ReplayTools {
+        let t = ReplayTools::default();
+        let role = if lost {
+            include_str!("../tests/fixtures/fw2-role-status-peer-lost.json")
+        } else {
+            include_str!("../tests/fixtures/fw2-role-status.json")
+        };
+        t.answer("ns-ha-role status", 0, role)
+            .answer(
+                "ns-ha-sync status",
+                0,
+                include_str!("../tests/fixtures/fw2-sync-status.json"),
+            )
+            .answer(
+                "ns-ha-sync verify",
+                0,
+                include_str!("../tests/fixtures/fw2-sync-verify.json"),
+            );
+        t
+    }
+
+    fn peer_finding(f: &[Finding]) -> Finding {
+        f.iter().find(|x| x.check == "peer").unwrap().clone()
+    }
+
+    #[test]
+    fn the_backup_says_whether_the_primary_answers() {
+        let (_d, root) = node_root(Role::Backup);
+        let r = RecordingRunner::new();
+        let backup_ifs = StaticInterfaces(vec![
+            interface("ha0", &["10.99.0.2/24"]),
+            interface("lan0", &["10.99.1.2/24"]),
+        ]);
+        let up = FakePeer::healthy();
+        let tools = backup_tools(false);
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &r,
+            ifs: &backup_ifs,
+            peer: &up,
+            tools: &tools,
+            clock: &FixedClock::at_ms(CLOCK_MS),
+        };
+        let f = run(&ctx);
+        let p = peer_finding(&f);
+        assert_eq!(p.severity, Severity::Ok, "{}", render(&f));
+        assert_eq!(
+            p.detail,
+            "primary 10.99.0.1 answers: VRRP adverts heard on ha0, lan0; SSH 10.99.0.1:22 answers"
+        );
+        assert!(!render(&f).contains("checked from the primary"));
+
+        // The primary crashed: every instance went MASTER, its sshd is gone.
+        let lost = backup_tools(true);
+        let mut master = backup_ifs.clone();
+        master.0[0]
+            .ipv4
+            .extend(interface("x", &["10.99.0.254/32"]).ipv4);
+        master.0[1]
+            .ipv4
+            .extend(interface("x", &["10.99.1.254/24"]).ipv4);
+        let down = FakePeer {
+            up: false,
+            ..FakePeer::healthy()
+        };
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &r,
+            ifs: &master,
+            peer: &down,
+            tools: &lost,
+            clock: &FixedClock::at_ms(CLOCK_MS),
+        };
+        let f = run(&ctx);
+        assert!(unhealthy(&f));
+        let p = peer_finding(&f);
+        assert_eq!(p.severity, Severity::Problem);
+        // lan_lan0 went MASTER first, at ...950 (the recorded event).
+        assert_eq!(
+            p.detail,
+            "primary 10.99.0.1 does not answer since 2026-11-30 08:46:28.950Z: no VRRP advert on ha0, lan0, SSH 10.99.0.1:22: Connection refused (os error 111); this node is MASTER because of it"
+        );
+        assert!(p.fix.unwrap().starts_with("bring the primary back"));
+
+        // Silent on VRRP but its sshd answers: it yields, a warning.
+        let ctx = Ctx { peer: &up, ..ctx };
+        let p = peer_finding(&run(&ctx));
+        assert_eq!(p.severity, Severity::Warning);
+        assert!(
+            p.detail
+                .contains("answers on SSH but sends no VRRP advert on ha0, lan0")
+                && p.detail.ends_with("this node is MASTER because of it"),
+            "{}",
+            p.detail
+        );
     }
 }

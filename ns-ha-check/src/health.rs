@@ -7,24 +7,12 @@
 
 use anyhow::Result;
 
+use ns_ha_common::addresses::address_problems;
 use ns_ha_common::config::{ClusterConfig, Role};
 use ns_ha_common::fsutil::atomic_write;
-use ns_ha_common::net::{InterfaceSource, Ipv4Cidr};
+use ns_ha_common::net::InterfaceSource;
 use ns_ha_common::root::paths;
 use ns_ha_common::NodeRoot;
-
-/// The interfaces this node needs, with the static address it must carry.
-pub fn required(cluster: &ClusterConfig, role: Role) -> Vec<(String, Option<Ipv4Cidr>)> {
-    let mut out = vec![(cluster.ha.interface.clone(), cluster.ha_address(role))];
-    for l in &cluster.lans {
-        let own = match role {
-            Role::Primary => l.primary_address,
-            Role::Backup => l.backup_address,
-        };
-        out.push((l.interface.clone(), Some(own)));
-    }
-    out
-}
 
 /// Why this node cannot serve as master (empty: it can).
 pub fn problems(
@@ -32,26 +20,10 @@ pub fn problems(
     role: Role,
     ifs: &dyn InterfaceSource,
 ) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for (name, addr) in required(cluster, role) {
-        let Some(i) = ifs.interface(&name)? else {
-            out.push(format!("interface {name} does not exist"));
-            continue;
-        };
-        if !i.up {
-            out.push(format!("interface {name} is down"));
-        }
-        if let Some(want) = addr {
-            let has = i
-                .ipv4
-                .iter()
-                .any(|a| a.permanent && a.cidr.addr == want.addr && a.cidr.prefix == want.prefix);
-            if !has {
-                out.push(format!("interface {name} lacks its static address {want}"));
-            }
-        }
-    }
-    Ok(out)
+    Ok(address_problems(cluster, role, ifs)?
+        .iter()
+        .map(|p| p.to_string())
+        .collect())
 }
 
 /// Write `0` (healthy) or `1` into the health track file for keepalived.

@@ -4,13 +4,15 @@
 //! monitoring script (one view of role, VRRP, VIPs, sync and transitions),
 //! `doctor` for someone fixing a pair (every problem with its fix), and
 //! `health` for keepalived or cron (an exit code, optionally a track file).
-//! Facts come from the libraries of the tools that own them; this crate
-//! adds only the checks.
+//! Facts come from the tools that own them, through their command lines and
+//! JSON (`tools`), or from `common`; this crate adds only the checks.
 
 pub mod doctor;
 pub mod health;
+pub mod liveness;
 pub mod peer;
 pub mod status;
+pub mod tools;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,7 +28,10 @@ use ns_ha_common::net::{InterfaceSource, IpCommand};
 use ns_ha_common::root::paths;
 use ns_ha_common::NodeRoot;
 
+use ns_ha_common::clock::{Clock, SystemClock};
+
 use crate::peer::{PeerProbe, SshProbe};
+use crate::tools::{ToolQuery, ToolRunner};
 
 /// Status, doctor and health checks of an ns-ha node.
 ///
@@ -66,20 +71,30 @@ pub struct Ctx<'a> {
     pub runner: &'a dyn CommandRunner,
     pub ifs: &'a dyn InterfaceSource,
     pub peer: &'a dyn PeerProbe,
+    /// The role engine's and the sync's answers (`ns-ha-role`, `ns-ha-sync --json`).
+    pub tools: &'a dyn ToolQuery,
+    pub clock: &'a dyn Clock,
+}
+
+/// The node's surroundings, real or fake: programs, interfaces, the peer,
+/// the sibling tools and the clock.
+pub struct Env<'a> {
+    pub runner: &'a dyn CommandRunner,
+    pub ifs: &'a dyn InterfaceSource,
+    pub peer: &'a dyn PeerProbe,
+    pub tools: &'a dyn ToolQuery,
+    pub clock: &'a dyn Clock,
 }
 
 /// Run one parsed command.
-pub fn run(
-    cli: Cli,
-    runner: &dyn CommandRunner,
-    ifs: &dyn InterfaceSource,
-    peer: &dyn PeerProbe,
-) -> Result<Report> {
+pub fn run(cli: Cli, env: &Env) -> Result<Report> {
     let ctx = Ctx {
         root: NodeRoot::from_arg_or_env(cli.global.root.as_deref())?,
-        runner,
-        ifs,
-        peer,
+        runner: env.runner,
+        ifs: env.ifs,
+        peer: env.peer,
+        tools: env.tools,
+        clock: env.clock,
     };
     match cli.command {
         Command::Status => {
@@ -136,7 +151,14 @@ pub fn health(ctx: &Ctx, track_file: bool) -> Result<Report> {
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     cli::main("ns-ha-check", args, |cli: Cli| {
         let runner = SystemRunner;
-        run(cli, &runner, &IpCommand { runner: &runner }, &SshProbe)
+        let env = Env {
+            runner: &runner,
+            ifs: &IpCommand { runner: &runner },
+            peer: &SshProbe,
+            tools: &ToolRunner { runner: &runner },
+            clock: &SystemClock,
+        };
+        run(cli, &env)
     })
 }
 
@@ -149,7 +171,8 @@ impl cli::ToolCli for Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::tests::{master_ifs, primary_root, FakePeer};
+    use crate::doctor::tests::{master_ifs, primary_root, primary_tools, FakePeer, CLOCK_MS};
+    use ns_ha_common::clock::FixedClock;
     use ns_ha_common::cmd::RecordingRunner;
     use ns_ha_common::fixtures::interface;
     use ns_ha_common::net::StaticInterfaces;
@@ -161,45 +184,75 @@ mod tests {
         Cli::try_parse_from(argv).unwrap()
     }
 
+    /// Run `args` on `root` with fakes; the clock 42 s after the recorded last sync.
+    fn run_with(
+        root: &NodeRoot,
+        args: &[&str],
+        ifs: &dyn InterfaceSource,
+        peer: &dyn PeerProbe,
+    ) -> Result<Report> {
+        let r = RecordingRunner::new();
+        let tools = primary_tools();
+        let clock = FixedClock::at_ms(CLOCK_MS);
+        run(
+            cli(root, args),
+            &Env {
+                runner: &r,
+                ifs,
+                peer,
+                tools: &tools,
+                clock: &clock,
+            },
+        )
+    }
+
     #[test]
     fn status_shows_a_master_primary() {
         let (_d, root) = primary_root();
-        let r = RecordingRunner::new();
         let ifs = master_ifs();
-        let rep = run(
-            cli(&root, &["--json", "status"]),
-            &r,
-            &ifs,
-            &FakePeer::healthy(),
-        )
-        .unwrap();
+        let rep = run_with(&root, &["--json", "status"], &ifs, &FakePeer::healthy()).unwrap();
         assert_eq!(rep.json["node_role"], "primary");
         assert_eq!(rep.json["vrrp_state"], "MASTER");
         assert_eq!(rep.json["keepalived_running"], true);
         assert_eq!(rep.json["vips"][0]["held"], true);
-        assert_eq!(rep.json["sync"]["lag_secs"], serde_json::Value::Null);
+        // The recorded last success was at 1796028380 s; the clock says +42 s.
+        assert_eq!(rep.json["sync"]["last_success"], 1_796_028_380u64);
+        assert_eq!(rep.json["sync"]["lag_secs"], 42);
+        // From the recorded `ns-ha-role status`: MASTER applied, a history.
+        assert_eq!(rep.json["role_engine"]["applied"], "MASTER");
+        assert_eq!(rep.json["role_engine"]["last_event"], "MASTER");
+        assert!(!rep.json["transitions"].as_array().unwrap().is_empty());
         assert!(
             rep.human.contains("VRRP:        MASTER (2/2 VIPs held)"),
             "{}",
             rep.human
         );
+        assert!(rep.human.contains("(42 s ago)"), "{}", rep.human);
+        // The primary cannot read the backup from VRRP: SSH says it answers.
+        assert_eq!(rep.json["peer"]["answers"], true);
+        assert_eq!(rep.json["peer"]["master_because_peer_silent"], false);
+        assert!(
+            rep.human
+                .contains("peer:        backup 10.99.0.2 answers: SSH 10.99.0.2:22 answers"),
+            "{}",
+            rep.human
+        );
         let backup = StaticInterfaces(vec![interface("lan0", &["10.99.1.1/24"])]);
-        let rep = run(cli(&root, &["status"]), &r, &backup, &FakePeer::healthy()).unwrap();
+        let rep = run_with(&root, &["status"], &backup, &FakePeer::healthy()).unwrap();
         assert!(rep.human.contains("BACKUP (0/2"), "{}", rep.human);
     }
 
     #[test]
     fn doctor_exit_code_follows_problems() {
         let (_d, root) = primary_root();
-        let r = RecordingRunner::new();
         let ifs = master_ifs();
-        let rep = run(cli(&root, &["doctor"]), &r, &ifs, &FakePeer::healthy()).unwrap();
+        let rep = run_with(&root, &["doctor"], &ifs, &FakePeer::healthy()).unwrap();
         assert_eq!(rep.code, Code::Ok, "{}", rep.human);
         let down = FakePeer {
             up: false,
             ..FakePeer::healthy()
         };
-        let rep = run(cli(&root, &["doctor"]), &r, &ifs, &down).unwrap();
+        let rep = run_with(&root, &["doctor"], &ifs, &down).unwrap();
         assert_eq!(rep.code, Code::Unhealthy);
         assert_eq!(rep.json["healthy"], false);
     }
@@ -207,15 +260,14 @@ mod tests {
     #[test]
     fn health_writes_the_track_file_and_fails_with_the_reason() {
         let (_d, root) = primary_root();
-        let r = RecordingRunner::new();
         let ifs = master_ifs();
         let peer = FakePeer::healthy();
-        run(cli(&root, &["health", "--track-file"]), &r, &ifs, &peer).unwrap();
+        run_with(&root, &["health", "--track-file"], &ifs, &peer).unwrap();
         let track = root.path(paths::HEALTH_TRACK);
         assert_eq!(std::fs::read_to_string(&track).unwrap(), "0\n");
         let mut down = ifs.clone();
         down.0[1].up = false;
-        let e = run(cli(&root, &["health", "--track-file"]), &r, &down, &peer).unwrap_err();
+        let e = run_with(&root, &["health", "--track-file"], &down, &peer).unwrap_err();
         assert_eq!(ns_ha_common::code_of(&e), Code::Unhealthy);
         assert!(e.to_string().contains("lan0 is down"), "{e}");
         assert_eq!(std::fs::read_to_string(&track).unwrap(), "1\n");

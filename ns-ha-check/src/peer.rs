@@ -1,17 +1,22 @@
-//! What `doctor` asks the backup, behind a trait.
+//! What `status` and `doctor` ask the peer directly, behind a trait.
 //!
-//! The real answers come over the pinned SSH channel (`common::peer`) and
-//! from `ns-ha-sync`'s verify; unit tests answer with a fake, so every
-//! doctor finding about the peer can be tested without an sshd.
+//! The greeting goes over the pinned SSH channel (`common::peer`, from the
+//! primary): it tells whether the backup answers and runs the same release
+//! in the same cluster. Either node can see whether the other's sshd
+//! answers at all (its banner, no login). Everything else about the backup (its drift) is `ns-ha-sync
+//! verify`'s answer (see [`crate::tools`]). Unit tests answer with a fake,
+//! so every doctor finding about the peer can be tested without an sshd.
 
 use anyhow::Result;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
 
 use ns_ha_common::config::{ClusterConfig, NodeConfig};
+use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::peer;
 use ns_ha_common::proto::HelloReply;
 use ns_ha_common::NodeRoot;
-use ns_ha_sync::manifest::Drift;
-use ns_ha_sync::sender::{peer_verify, SshLink};
 
 /// Questions for the paired backup (asked from the primary).
 pub trait PeerProbe {
@@ -22,14 +27,13 @@ pub trait PeerProbe {
         node: &NodeConfig,
         cluster: &ClusterConfig,
     ) -> Result<HelloReply>;
-    /// Paths edited on the backup since the last sync (ns-ha-sync verify).
-    fn drift(
-        &self,
-        root: &NodeRoot,
-        node: &NodeConfig,
-        cluster: &ClusterConfig,
-    ) -> Result<Vec<Drift>>;
+    /// The first line the peer's sshd sends at `addr:port` (`SSH-2.0-...`);
+    /// an error says why there is none (refused, timed out, not SSH).
+    fn ssh_banner(&self, addr: Ipv4Addr, port: u16) -> Result<String>;
 }
+
+/// How long the banner check waits to connect and to read.
+const BANNER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The real peer, over SSH.
 pub struct SshProbe;
@@ -47,13 +51,24 @@ impl PeerProbe for SshProbe {
         Ok(hello)
     }
 
-    fn drift(
-        &self,
-        root: &NodeRoot,
-        node: &NodeConfig,
-        cluster: &ClusterConfig,
-    ) -> Result<Vec<Drift>> {
-        let mut link = SshLink::new(root, node, cluster);
-        Ok(peer_verify(root, cluster, &mut link)?.drift)
+    fn ssh_banner(&self, addr: Ipv4Addr, port: u16) -> Result<String> {
+        let to = SocketAddr::from((addr, port));
+        let down = |e: std::io::Error| fail(Code::Peer, format!("{to}: {e}"));
+        let mut s = TcpStream::connect_timeout(&to, BANNER_TIMEOUT).map_err(down)?;
+        s.set_read_timeout(Some(BANNER_TIMEOUT)).map_err(down)?;
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).map_err(down)?;
+        let line = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !line.starts_with("SSH-") {
+            return Err(fail(
+                Code::Peer,
+                format!("{to} answers but not with an SSH banner"),
+            ));
+        }
+        Ok(line)
     }
 }

@@ -3,22 +3,24 @@
 //!
 //! The facts live in several places (the configs, keepalived's service, the
 //! addresses the node holds, the role engine's state and history, the sync's
-//! status). Each is read through the library of the tool that owns it
-//! (`ns-ha-role`, `ns-ha-sync`, `ns-ha-vip`), so this view can never disagree
-//! with theirs; this module only puts them side by side.
+//! status). Each is read from its owner: the configs and the held VIPs
+//! through `common`, the role engine and the sync by running
+//! `ns-ha-role status --json` and `ns-ha-sync status --json` (see
+//! [`crate::tools`]), so this view can never disagree with theirs; this
+//! module only puts them side by side.
 
 use anyhow::Result;
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ns_ha_common::clock::fmt_utc;
-use ns_ha_common::config::{load_cluster_opt, load_node_opt, NodeConfig};
+use ns_ha_common::config::{load_cluster_opt, load_node_opt, NodeConfig, Role};
 use ns_ha_common::service::manager;
-use ns_ha_role::reconcile::Ctx as RoleCtx;
-use ns_ha_sync::state::Run;
-use ns_ha_vip::held::{self, LiveState, VipState};
+use ns_ha_common::vips::{self, LiveState, VipState};
 
+use crate::liveness::{self, PeerLiveness};
+use crate::tools::{self, SyncNode, SyncRun};
 use crate::Ctx;
 
 /// How many role transitions the status shows.
@@ -81,6 +83,8 @@ pub struct NodeStatus {
     pub vips: Vec<VipState>,
     pub sync: SyncView,
     pub transitions: Vec<TransitionView>,
+    /// Whether the peer answers (None: not paired).
+    pub peer: Option<PeerLiveness>,
 }
 
 /// Whether keepalived runs, by the node's service backend.
@@ -88,22 +92,15 @@ pub fn keepalived_running(ctx: &Ctx, node: &NodeConfig) -> Result<bool> {
     manager(node.service_backend, &ctx.root, ctx.runner).is_running("keepalived", SERVICE_TIMEOUT)
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn sync_view(s: ns_ha_sync::NodeStatus) -> SyncView {
-    let at = |r: &Option<Run>| r.as_ref().map(|r| r.at);
+fn sync_view(s: SyncNode, now_secs: u64) -> SyncView {
+    let at = |r: &Option<SyncRun>| r.as_ref().map(|r| r.at);
     SyncView {
-        generation: s.status.generation,
-        last_attempt: at(&s.status.last_attempt),
-        last_attempt_ok: s.status.last_attempt.as_ref().map(|r| r.ok),
-        last_success: at(&s.status.last_success),
-        error: s.status.last_attempt.as_ref().and_then(|r| r.error.clone()),
-        lag_secs: at(&s.status.last_success).map(|t| now_secs().saturating_sub(t)),
+        generation: s.generation,
+        last_attempt: at(&s.last_attempt),
+        last_attempt_ok: s.last_attempt.as_ref().map(|r| r.ok),
+        last_success: at(&s.last_success),
+        error: s.last_attempt.as_ref().and_then(|r| r.error.clone()),
+        lag_secs: at(&s.last_success).map(|t| now_secs.saturating_sub(t)),
         journal_pending: s.journal_pending,
     }
 }
@@ -112,12 +109,7 @@ fn sync_view(s: ns_ha_sync::NodeStatus) -> SyncView {
 pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
     let node = load_node_opt(&ctx.root)?;
     let cluster = load_cluster_opt(&ctx.root)?;
-    let role_ctx = RoleCtx {
-        root: ctx.root.clone(),
-        runner: ctx.runner,
-        sync_tool: None,
-    };
-    let role = ns_ha_role::status::collect(&role_ctx, TRANSITIONS)?;
+    let role = tools::role_status(ctx.tools, &ctx.root, TRANSITIONS)?;
     let keepalived_running = match &node {
         Some(n) => match keepalived_running(ctx, n) {
             Ok(r) => Some(r),
@@ -129,18 +121,26 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
         None => None,
     };
     let vips = match &cluster {
-        Some(c) => held::observe(c, ctx.ifs)?,
+        Some(c) => vips::observe(c, ctx.ifs)?,
         None => Vec::new(),
     };
-    let sync = sync_view(ns_ha_sync::node_status(&ctx.root)?);
+    let live = cluster.as_ref().map(|_| vips::live_state(&vips));
+    let peer = match (&node, &cluster) {
+        (Some(n), Some(c)) if n.peer_host_key.is_some() || n.role == Role::Backup => {
+            Some(liveness::observe(n, c, &role, live, ctx.peer))
+        }
+        _ => None,
+    };
+    let now = ctx.clock.now_secs();
+    let sync = sync_view(tools::sync_status(ctx.tools, &ctx.root)?, now);
     Ok(NodeStatus {
         node_role: node.map(|n| n.role.to_string()),
         cluster_id: cluster.as_ref().map(|c| c.cluster_id.clone()),
         enabled: role.enabled,
         keepalived_running,
-        vrrp_state: cluster.as_ref().map(|_| held::live_state(&vips)),
+        vrrp_state: live,
         role_engine: RoleEngine {
-            last_event: role.last_event.as_ref().map(|e| e.state.to_string()),
+            last_event: role.last_event.as_ref().map(|e| e.state.clone()),
             last_event_at: role.last_event.as_ref().map(|e| fmt_utc(e.unix_ms)),
             target: role.target.label.clone(),
             applied: role.applied.label.clone(),
@@ -149,7 +149,7 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
                 .applied
                 .pending
                 .iter()
-                .map(|p| format!("{} {}: {}", p.action, p.outcome.as_str(), p.detail))
+                .map(|p| format!("{} {}: {}", p.action, p.outcome, p.detail))
                 .collect(),
         },
         maintenance: role.maintenance,
@@ -164,9 +164,10 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
                 to: t.to.clone(),
                 reason: t.reason.clone(),
                 duration_ms: t.done_unix_ms.saturating_sub(t.unix_ms),
-                failed: t.failures().count(),
+                failed: t.actions.iter().filter(|a| a.failed()).count(),
             })
             .collect(),
+        peer,
     })
 }
 
@@ -174,12 +175,13 @@ fn or_dash(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
 }
 
-fn ago(at: Option<u64>) -> String {
+/// A time with its age (the age was computed against the status's clock).
+fn ago(at: Option<u64>, age_secs: Option<u64>) -> String {
     match at {
         Some(t) => format!(
             "{} ({} s ago)",
             fmt_utc(t.saturating_mul(1000)),
-            now_secs().saturating_sub(t)
+            age_secs.unwrap_or(0)
         ),
         None => "never".into(),
     }
@@ -262,7 +264,7 @@ pub fn render(s: &NodeStatus) -> String {
         format!(
             "generation {}, last success {}, last attempt {}{}",
             sy.generation,
-            ago(sy.last_success),
+            ago(sy.last_success, sy.lag_secs),
             match sy.last_attempt_ok {
                 Some(true) => "ok",
                 Some(false) => "FAILED",
@@ -276,6 +278,9 @@ pub fn render(s: &NodeStatus) -> String {
     );
     if !re.pending.is_empty() {
         line(&mut w, "pending", re.pending.join("; "));
+    }
+    if let Some(p) = &s.peer {
+        line(&mut w, "peer", p.summary.clone());
     }
     for (i, t) in s.transitions.iter().rev().enumerate() {
         line(

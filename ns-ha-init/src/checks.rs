@@ -17,6 +17,7 @@ use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::net::{check_ifname, InterfaceSource, Ipv4Cidr, LinkKind};
 use ns_ha_common::proto::{NS_HA_VERSION, PROTOCOL_VERSION};
 use ns_ha_common::role_config::unconfigured_master_services;
+use ns_ha_common::service;
 use ns_ha_common::vrrp::{listen_all, Advert, AdvertListener};
 
 use crate::{Ctx, Report};
@@ -337,7 +338,11 @@ pub fn run_check(
             .as_ref()
             .map(|c| c.roles.clone())
             .unwrap_or_default();
-        let missing = unconfigured_master_services(&ctx.root, &roles);
+        let backend = node.as_ref().map(|n| n.service_backend).unwrap_or_default();
+        let services = service::manager(backend, &ctx.root, ctx.runner);
+        let missing = unconfigured_master_services(&roles, &ctx.root, &|s| {
+            services.is_installed(s, Duration::from_secs(10))
+        });
         if missing.is_empty() {
             outcomes.push(Outcome {
                 name: "master-only services".into(),
@@ -390,6 +395,11 @@ pub fn run_check(
     if let Some(first) = failed.first() {
         if let Err(e) = &first.result {
             report.code = code_of(e);
+            report.error = Some(format!(
+                "{} check(s) failed, first {}: {e:#}",
+                failed.len(),
+                first.name
+            ));
         }
     }
     Ok(report)
@@ -552,9 +562,7 @@ mod tests {
         assert!(
             r.human
                 .contains("FAIL  master-only service dnsmasq: dnsmasq is started on MASTER")
-                && r.human.contains(
-                    "write /etc/dnsmasq.conf or /etc/config/dhcp before ns-ha-init enable"
-                ),
+                && r.human.contains("create /etc/dnsmasq.conf on the primary"),
             "{}",
             r.human
         );

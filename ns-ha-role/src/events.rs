@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::{atomic_write, NodeLock};
@@ -25,13 +25,8 @@ pub const RECENT_EVENTS: usize = 64;
 /// Where the role engine keeps its runtime files, under the node root.
 pub const ROLE_RUN_DIR: &str = "/run/ns-ha/role";
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (the one wall clock, in `common::clock`).
+pub use ns_ha_common::clock::now_ms;
 
 /// A node path of the role engine's runtime directory.
 pub fn run_path(root: &NodeRoot, name: &str) -> PathBuf {

@@ -131,23 +131,7 @@ impl Executor<'_> {
     }
 
     fn installed(&self, name: &str) -> bool {
-        match self.backend {
-            ServiceBackend::Initd => self.root.path(format!("/etc/init.d/{name}")).is_file(),
-            ServiceBackend::Systemd => self
-                .runner
-                .run(
-                    "systemctl",
-                    &[
-                        "show".into(),
-                        "--property=LoadState".into(),
-                        "--value".into(),
-                        name.into(),
-                    ],
-                    self.timeout,
-                )
-                .map(|o| o.stdout.trim() == "loaded")
-                .unwrap_or(false),
-        }
+        self.services.is_installed(name, self.timeout)
     }
 
     fn service(&self, name: &str, running: bool) -> Res {

@@ -58,7 +58,26 @@ pub struct ActionRecord {
     pub detail: String,
 }
 
-/// One reconcile pass worth remembering (a transition, a change or a failure).
+/// What a recorded pass was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PassKind {
+    /// The applied state changed (`from` -> `to`). Entries written before
+    /// the kind existed read as this.
+    #[default]
+    Transition,
+    /// keepalived left the state and came back to it between two passes
+    /// (`from` == `to`): its one-shot actions ran again.
+    Returned,
+    /// No transition: a retry of failed actions, or work a sync asked for,
+    /// that changed something or failed in a new way.
+    Retry,
+    /// The administrator turned maintenance on or off (`reason`); the
+    /// transitions it causes follow as keepalived reports them.
+    Maintenance,
+}
+
+/// One reconcile pass worth remembering (a transition, a change or a new failure).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
     /// When the pass started (Unix ms).
@@ -72,6 +91,9 @@ pub struct Transition {
     pub done_unix_ms: u64,
     pub from: String,
     pub to: String,
+    /// What the pass was (how `from` -> `to` reads).
+    #[serde(default)]
+    pub kind: PassKind,
     pub reason: String,
     pub actions: Vec<ActionRecord>,
 }
@@ -152,6 +174,7 @@ mod tests {
             done_unix_ms: i,
             from: "BACKUP".into(),
             to: "MASTER".into(),
+            kind: PassKind::Transition,
             reason: format!("test {i}"),
             actions: vec![],
         }

@@ -118,23 +118,31 @@ pub enum MaintenanceMode {
 
 /// Parse arguments, run, print errors once; the binary's whole `main`.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    ns_ha_common::cli::main("ns-ha-role", args, |cli: Cli| {
-        run(cli, &SystemRunner).map(|()| Report::printed())
-    })
+    ns_ha_common::cli::main("ns-ha-role", args, |cli: Cli| run(cli, &SystemRunner))
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+/// The document of commands that reconcile: the passes they ran.
+fn passes_json(reports: &[PassReport]) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({ "passes": serde_json::to_value(reports)? }))
+}
+
+/// Log each pass of a reconcile that runs unattended (keepalived, the FIFO reader, sync).
+fn log_passes(reports: &[PassReport]) {
+    for r in reports {
+        log::info!("{}", summary(r));
+    }
 }
 
 fn summary(r: &PassReport) -> String {
     let count = |o| r.actions.iter().filter(|a| a.outcome == o).count();
     use crate::history::Outcome::*;
+    let what = match r.kind {
+        reconcile::PassKind::Transition => format!("{} -> {}", r.from, r.to),
+        reconcile::PassKind::Returned => format!("{} again", r.to),
+        _ => format!("{} (no transition)", r.to),
+    };
     format!(
-        "{} -> {}: {} changed, {} unchanged, {} skipped, {} failed in {} ms",
-        r.from,
-        r.to,
+        "{what}: {} changed, {} unchanged, {} skipped, {} failed in {} ms",
         count(Changed),
         count(Unchanged),
         count(Skipped),
@@ -178,8 +186,9 @@ fn failures_error(reports: &[PassReport]) -> Result<()> {
     ))
 }
 
-/// Run a parsed command line with `runner` for every external program.
-pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<()> {
+/// Run a parsed command line with `runner` for every external program, into
+/// its report (docs/json.md describes each document).
+pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
     let root = NodeRoot::from_arg_or_env(cli.global.root.as_deref())?;
     let ctx = Ctx {
         root: root.clone(),
@@ -196,89 +205,84 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<()> {
             let ev = NewEvent::from_notify(&scope, &name, &state, prio.as_deref())?;
             let e = EventStore::new(&root).record(ev, Source::Notify)?;
             log::info!("event {}", e.describe());
-            for r in reconcile(&ctx, "notify", None)? {
-                log::info!("{}", summary(&r));
-            }
-            Ok(())
+            let reports = reconcile(&ctx, "notify", None)?;
+            log_passes(&reports);
+            Ok(Report::new("", passes_json(&reports)?))
         }
         Command::FifoReader { fifo } => {
             let fifo = fifo.unwrap_or_else(|| events::fifo_path(&root));
             let n = fifo::run(&ctx, &fifo)?;
             log::info!("{n} events recorded");
-            Ok(())
+            Ok(Report::new("", serde_json::json!({ "events": n })))
         }
         Command::Apply { wait } => {
             let reports = reconcile(&ctx, "apply", Some(Duration::from_secs(wait)))?;
-            if cli.global.json {
-                print_json(&reports)?;
-            } else {
-                for r in &reports {
-                    println!("{}", summary(r));
-                    for a in r
-                        .actions
-                        .iter()
-                        .filter(|a| a.outcome != history::Outcome::Unchanged)
-                    {
-                        let d = if a.detail.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", a.detail)
-                        };
-                        println!(
-                            "  {} {} ({} ms){d}",
-                            a.action,
-                            a.outcome.as_str(),
-                            a.duration_ms
-                        );
-                    }
+            let mut human = String::new();
+            for r in &reports {
+                human.push_str(&format!("{}\n", summary(r)));
+                for a in r
+                    .actions
+                    .iter()
+                    .filter(|a| a.outcome != history::Outcome::Unchanged)
+                {
+                    let d = if a.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", a.detail)
+                    };
+                    human.push_str(&format!(
+                        "  {} {} ({} ms){d}\n",
+                        a.action,
+                        a.outcome.as_str(),
+                        a.duration_ms
+                    ));
                 }
             }
-            failures_error(&reports)
+            Ok(Report::new(human, passes_json(&reports)?).failed_if(failures_error(&reports)))
         }
         Command::Status { history } => {
             let s = status::collect(&ctx, history)?;
-            if cli.global.json {
-                print_json(&s)
-            } else {
-                print!("{}", status::render(&s));
-                Ok(())
-            }
+            Ok(Report::new(status::render(&s), serde_json::to_value(&s)?))
         }
         Command::Maintenance { mode, wait } => {
             let r = maintenance::set(&ctx, mode == MaintenanceMode::On, Duration::from_secs(wait))?;
             // The node's own role state follows keepalived's events; a pass
             // now makes sure it is applied even if an event was lost.
             reconcile(&ctx, "maintenance", None)?;
-            if cli.global.json {
-                print_json(&r)?;
-            } else {
-                let vips = r
-                    .vips
-                    .map(|v| format!(", holds {}/{} VIPs", v.held, v.total))
-                    .unwrap_or_default();
-                println!(
-                    "maintenance {}{vips} after {} ms: {}",
-                    if r.maintenance { "on" } else { "off" },
-                    r.waited_ms,
-                    r.note
-                );
-            }
-            if r.settled == Some(false) {
-                return Err(fail(
+            let vips = r
+                .vips
+                .map(|v| format!(", holds {}/{} VIPs", v.held, v.total))
+                .unwrap_or_default();
+            let human = format!(
+                "maintenance {}{vips} after {} ms: {}",
+                if r.maintenance { "on" } else { "off" },
+                r.waited_ms,
+                r.note
+            );
+            let settled = if r.settled == Some(false) {
+                Err(fail(
                     Code::Timeout,
                     format!("maintenance is set, but {}", r.note),
-                ));
-            }
-            Ok(())
+                ))
+            } else {
+                Ok(())
+            };
+            Ok(Report::new(human, serde_json::to_value(&r)?).failed_if(settled))
         }
         Command::SyncApplied { changed } => {
             let changed = (!changed.is_empty()).then_some(changed);
             EventStore::new(&root).record_sync(changed)?;
-            for r in reconcile(&ctx, "sync-applied", None)? {
-                log::info!("{}", summary(&r));
-            }
-            Ok(())
+            let reports = reconcile(&ctx, "sync-applied", None)?;
+            log_passes(&reports);
+            Ok(Report::new("", passes_json(&reports)?))
         }
-        Command::Defaults => print_json(&ns_ha_common::role_config::RoleSettings::default()),
+        Command::Defaults => {
+            // People paste this into cluster.json: indented for them.
+            let d = ns_ha_common::role_config::RoleSettings::default();
+            Ok(Report::new(
+                serde_json::to_string_pretty(&d)?,
+                serde_json::to_value(&d)?,
+            ))
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Maintenance mode: demote this node gracefully, and keep it demoted across
 //! reboots until the administrator turns it off.
 //!
-//! keepalived tracks `/etc/ns-ha/maintenance.track` with weight -254: writing
-//! `1` drops this node's priority below any peer, so the peer preempts while
+//! keepalived tracks `/etc/ns-ha/maintenance.track` with weight -253: writing
+//! `1` clamps this node's priority to 1, below any peer (-254 would put it in
+//! FAULT, see `ns_ha_common::keepalived`), so the peer preempts while
 //! this node still answers (no gap, unlike stopping keepalived), and a node
 //! whose peer is down stays master instead of leaving the LAN without a
 //! gateway. The file lives under `/etc`, so the mode survives a reboot.
@@ -17,7 +18,7 @@ use ns_ha_common::root::paths;
 use ns_ha_common::NodeRoot;
 
 use crate::events::now_ms;
-use crate::history::{self, Transition};
+use crate::history::{self, PassKind, Transition};
 use crate::plan::VipView;
 use crate::reconcile::{load_applied, observe_vips, settings, Ctx};
 
@@ -61,6 +62,7 @@ pub fn set(ctx: &Ctx, on: bool, wait: Duration) -> Result<MaintenanceReport> {
             done_unix_ms: now_ms(),
             from: label.clone(),
             to: label,
+            kind: PassKind::Maintenance,
             reason: format!("maintenance {word}"),
             actions: vec![],
         },

@@ -21,13 +21,14 @@ use ns_ha_common::cmd::CommandRunner;
 use ns_ha_common::config::{load_cluster_opt, load_node_opt, Role};
 use ns_ha_common::exit::{code_of, Code};
 use ns_ha_common::fsutil::{atomic_write, NodeLock};
-use ns_ha_common::net::{InterfaceSource, IpCommand};
+use ns_ha_common::net::IpCommand;
 use ns_ha_common::role_config::RoleSettings;
 use ns_ha_common::service::manager;
 use ns_ha_common::NodeRoot;
 
 use crate::events::{now_ms, run_path, EventLog, EventStore};
 use crate::exec::Executor;
+pub use crate::history::PassKind;
 use crate::history::{self, ActionRecord, Outcome, Transition};
 use crate::plan::{self, Once, Target, VipView};
 
@@ -97,15 +98,10 @@ pub fn reader_alive(root: &NodeRoot) -> bool {
 
 /// The cluster VIPs (and the HA-link heartbeat VIP) this node holds now.
 pub fn observe_vips(ctx: &Ctx, cluster: &ns_ha_common::config::ClusterConfig) -> Option<VipView> {
-    let mut wanted: Vec<std::net::Ipv4Addr> = cluster.all_vips().iter().map(|v| v.addr).collect();
-    wanted.push(cluster.ha.heartbeat_vip);
-    match (IpCommand { runner: ctx.runner }).all_ipv4() {
-        Ok(addrs) => Some(VipView {
-            held: wanted
-                .iter()
-                .filter(|w| addrs.iter().any(|(_, a)| a.addr == **w))
-                .count(),
-            total: wanted.len(),
+    match ns_ha_common::vips::observe(cluster, &IpCommand { runner: ctx.runner }) {
+        Ok(vips) => Some(VipView {
+            held: ns_ha_common::vips::held_count(&vips),
+            total: vips.len(),
         }),
         Err(e) => {
             log::warn!("cannot read this node's addresses: {e:#}");
@@ -121,6 +117,8 @@ pub struct PassReport {
     pub to: String,
     pub reason: String,
     pub transition: bool,
+    /// What the pass was: a transition, a return to the same state, or a retry.
+    pub kind: PassKind,
     pub actions: Vec<ActionRecord>,
     pub duration_ms: u64,
 }
@@ -173,7 +171,16 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
     let flapped = target.state.is_some_and(|s| {
         applied.label == s.as_str() && log.flapped_since(applied.epoch_seq, s, fifo)
     });
-    let transition = applied.label != target.label || flapped;
+    let kind = if applied.label != target.label {
+        PassKind::Transition
+    } else if flapped {
+        PassKind::Returned
+    } else {
+        PassKind::Retry
+    };
+    let transition = kind != PassKind::Retry;
+    // What already failed before this pass: failing again is no news.
+    let was_pending: BTreeSet<String> = applied.pending.iter().map(|a| a.action.clone()).collect();
     if transition {
         applied.label = target.label.clone();
         applied.since_ms = start_ms;
@@ -251,10 +258,14 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
     applied.last_pass_ms = now_ms();
     save_applied(&ctx.root, &applied)?;
     let reason = format!("{trigger}: {}", target.reason);
+    // The history says what happened: transitions, and passes that changed
+    // something or failed in a new way. A retry that fails the same way
+    // again is not an event (status shows it as pending, with the last pass).
     let worth = transition
-        || actions
-            .iter()
-            .any(|a| a.outcome != Outcome::Unchanged && a.outcome != Outcome::Skipped);
+        || actions.iter().any(|a| {
+            a.outcome == Outcome::Changed
+                || (a.outcome.is_failure() && !was_pending.contains(&a.action))
+        });
     if worth {
         let t = Transition {
             unix_ms: start_ms,
@@ -262,6 +273,7 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
             done_unix_ms: applied.last_pass_ms,
             from: from.clone(),
             to: target.label.clone(),
+            kind,
             reason: reason.clone(),
             actions: actions.clone(),
         };
@@ -272,6 +284,7 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
         to: target.label,
         reason,
         transition,
+        kind,
         actions,
         duration_ms: started.elapsed().as_millis() as u64,
     };
@@ -464,6 +477,59 @@ mod tests {
             "one-shot actions are not repeated"
         );
         assert!(load_applied(&node.root).unwrap().pending.is_empty());
+    }
+
+    /// Issue 13 item 7: after a failover, keepalived's next event for the
+    /// same state made a pass that retried a failing action, and the history
+    /// showed it as a transition `MASTER -> MASTER … 1 failed`.
+    #[test]
+    fn the_history_shows_transitions_not_retries_of_the_same_failure() {
+        let node = FakeNode::new(Role::Primary, &["dnsmasq", "conntrackd"]);
+        node.runner.with(|s| {
+            s.holds_vips = true;
+            s.hang.insert("dnsmasq".into());
+        });
+        event(&node, "MASTER");
+        reconcile(&node.ctx(), "notify", None).unwrap();
+        // keepalived's FIFO line for the same state, and a cron retry: the
+        // same action fails again; nothing happened worth a history entry.
+        event(&node, "MASTER");
+        let r = reconcile(&node.ctx(), "fifo", None).unwrap().remove(0);
+        assert!(!r.transition);
+        assert_eq!(
+            outcome(&r, "service dnsmasq running"),
+            Some(Outcome::TimedOut)
+        );
+        reconcile(&node.ctx(), "apply", Some(Duration::from_secs(1))).unwrap();
+        let h = history::read(&node.root, 10, 100).unwrap();
+        let shown: Vec<(&str, &str, PassKind)> = h
+            .iter()
+            .map(|t| (t.from.as_str(), t.to.as_str(), t.kind))
+            .collect();
+        assert_eq!(shown, [("NONE", "MASTER", PassKind::Transition)]);
+        assert_eq!(load_applied(&node.root).unwrap().pending.len(), 1);
+
+        // The retry that fixes it is recorded, as a retry, not a transition.
+        node.runner.with(|s| s.hang.clear());
+        reconcile(&node.ctx(), "apply", Some(Duration::from_secs(1))).unwrap();
+        let h = history::read(&node.root, 10, 100).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].kind, PassKind::Retry);
+        let text = crate::status::render_history(&h);
+        assert!(!text.contains("MASTER -> MASTER"), "{text}");
+        assert!(text.contains("MASTER (no transition"), "{text}");
+
+        // Leaving MASTER and coming back between two passes re-runs the
+        // one-shot actions: shown as a return, not as MASTER -> MASTER.
+        event(&node, "BACKUP");
+        event(&node, "MASTER");
+        let r = reconcile(&node.ctx(), "fifo", None).unwrap().remove(0);
+        assert!(r.transition);
+        let h = history::read(&node.root, 10, 100).unwrap();
+        assert_eq!(h.last().unwrap().kind, PassKind::Returned);
+        let text = crate::status::render_history(&h);
+        assert!(!text.contains("MASTER -> MASTER"), "{text}");
+        assert!(text.contains("MASTER again"), "{text}");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use ns_ha_common::config::{load_cluster_opt, load_node_opt};
 
-use crate::events::{Event, EventStore};
-use crate::history::{self, fmt_utc, Outcome, Transition};
+use crate::events::{Event, EventLog, EventStore, KaState, Scope};
+use crate::history::{self, fmt_utc, Outcome, PassKind, Transition};
 use crate::maintenance;
 use crate::plan::{self, Target, VipView};
 use crate::reconcile::{load_applied, observe_vips, reader_alive, settings, Applied, Ctx};
@@ -23,10 +23,51 @@ pub struct Status {
     pub last_event: Option<Event>,
     pub fifo_reader: bool,
     pub vips: Option<VipView>,
+    /// Each VRRP instance's last state as keepalived reported it (one per
+    /// link: `ha_link`, `lan_IF`), and since when: how `ns-ha-check` tells
+    /// on which links the peer's adverts are heard (BACKUP) or not (MASTER).
+    pub instances: Vec<InstanceState>,
     /// What the node should be now.
     pub target: Target,
     pub applied: Applied,
     pub history: Vec<Transition>,
+}
+
+/// One VRRP instance's last reported state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceState {
+    pub name: String,
+    pub state: KaState,
+    /// When it entered this state (Unix ms; the first of the recent events
+    /// that reported it without another state in between).
+    pub since_ms: u64,
+}
+
+/// The last state of every instance among the recorded events, by name.
+pub fn instances(log: &EventLog) -> Vec<InstanceState> {
+    let mut events: Vec<&Event> = log
+        .recent
+        .iter()
+        .filter(|e| e.scope == Scope::Instance)
+        .collect();
+    events.sort_by_key(|e| e.seq);
+    let mut out: Vec<InstanceState> = Vec::new();
+    for e in events {
+        match out.iter_mut().find(|i| i.name == e.name) {
+            Some(i) if i.state == e.state => {}
+            Some(i) => {
+                i.state = e.state;
+                i.since_ms = e.unix_ms;
+            }
+            None => out.push(InstanceState {
+                name: e.name.clone(),
+                state: e.state,
+                since_ms: e.unix_ms,
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 pub fn collect(ctx: &Ctx, history_len: usize) -> Result<Status> {
@@ -44,6 +85,7 @@ pub fn collect(ctx: &Ctx, history_len: usize) -> Result<Status> {
         maintenance: maintenance::is_on(root),
         last_event: log.current(fifo).cloned(),
         fifo_reader: fifo,
+        instances: instances(&log),
         vips,
         target,
         applied: load_applied(root)?,
@@ -103,17 +145,31 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(w, "  {} {}: {}", p.action, p.outcome.as_str(), p.detail);
         }
     }
-    if !s.history.is_empty() {
+    w.push_str(&render_history(&s.history));
+    w
+}
+
+/// The history as `status` shows it: a transition reads `FROM -> TO`, a
+/// return to the same state `TO again (...)`, a retry `TO (no transition ...)`.
+pub fn render_history(history: &[Transition]) -> String {
+    let mut w = String::new();
+    if !history.is_empty() {
         let _ = writeln!(w, "history (oldest first):");
     }
-    for t in &s.history {
+    for t in history {
         let count = |o: Outcome| t.actions.iter().filter(|a| a.outcome == o).count();
+        let what = match t.kind {
+            PassKind::Transition => format!("{} -> {}", t.from, t.to),
+            PassKind::Returned => {
+                format!("{} again (keepalived left it and came back)", t.to)
+            }
+            PassKind::Retry => format!("{} (no transition: retry)", t.to),
+            PassKind::Maintenance => format!("{} (administrator)", t.to),
+        };
         let _ = writeln!(
             w,
-            "  {} {} -> {} in {} ms: {} changed, {} failed ({})",
+            "  {} {what} in {} ms: {} changed, {} failed ({})",
             fmt_utc(t.unix_ms),
-            t.from,
-            t.to,
             t.done_unix_ms.saturating_sub(t.unix_ms),
             count(Outcome::Changed),
             count(Outcome::Failed) + count(Outcome::TimedOut),
@@ -139,4 +195,59 @@ pub fn render(s: &Status) -> String {
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Source;
+
+    fn ev(seq: u64, name: &str, scope: Scope, state: KaState) -> Event {
+        Event {
+            seq,
+            unix_ms: 1000 * seq,
+            scope,
+            name: name.into(),
+            state,
+            prio: None,
+            source: Source::Fifo,
+        }
+    }
+
+    #[test]
+    fn instances_keep_the_last_state_and_when_it_began() {
+        use KaState::*;
+        let log = EventLog {
+            seq: 6,
+            recent: vec![
+                ev(1, "lan_lan0", Scope::Instance, Backup),
+                ev(2, "ha_link", Scope::Instance, Backup),
+                ev(3, "ns_ha", Scope::Group, Master),
+                ev(5, "lan_lan0", Scope::Instance, Master),
+                ev(4, "lan_lan0", Scope::Instance, Master),
+                ev(6, "ha_link", Scope::Instance, Backup),
+            ],
+            sync: None,
+        };
+        let i = instances(&log);
+        assert_eq!(
+            i,
+            vec![
+                InstanceState {
+                    name: "ha_link".into(),
+                    state: Backup,
+                    since_ms: 2000
+                },
+                InstanceState {
+                    name: "lan_lan0".into(),
+                    state: Master,
+                    since_ms: 4000
+                },
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&i[1]).unwrap(),
+            serde_json::json!({"name": "lan_lan0", "state": "MASTER", "since_ms": 4000})
+        );
+    }
 }

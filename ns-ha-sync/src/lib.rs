@@ -5,8 +5,9 @@
 //! `rules` (the sync set as data), `manifest` (scan + hash cache + diff),
 //! `sender` (push over one SSH session), `receiver` (the forced command on the
 //! backup), `journal` (all-or-nothing apply and crash recovery), `state`
-//! (generation, status), `watch` (inotify trigger) and `crash` (test-only
-//! crash points). `run` maps the command line onto them.
+//! (generation, status), `watch` (inotify trigger), `wire` (the sync ops on
+//! the common framing) and `crash` (test-only crash points). `run` maps the
+//! command line onto them and returns one report per run (docs/json.md).
 
 pub mod crash;
 pub mod journal;
@@ -62,9 +63,7 @@ impl ToolCli for Cli {
 pub fn main_with_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> std::process::ExitCode {
-    ns_ha_common::cli::main("ns-ha-sync", args, |cli: Cli| {
-        run(cli).map(|()| Report::printed())
-    })
+    ns_ha_common::cli::main("ns-ha-sync", args, run)
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,8 +76,9 @@ pub enum Command {
     },
     /// Send what changed to the backup (on the primary, while it holds the VIPs).
     ///
-    /// Returns at once, silently, when nothing changed since the last clean
-    /// push (safe from cron every minute). Exit code 8 when files edited on
+    /// Returns at once, silently (with --json: a document with "noop": true),
+    /// when nothing changed since the last clean push (safe from cron every
+    /// minute). Exit code 8 when files edited on
     /// the backup were kept there.
     Push {
         /// Overwrite (or delete) files edited on the backup since the last sync.
@@ -124,21 +124,17 @@ pub enum Command {
     },
 }
 
-fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        print!("{}", human());
-    }
-    Ok(())
+/// A command's report: `value` (an object) for scripts, `human()` for people.
+fn report<T: Serialize>(value: &T, human: impl FnOnce() -> String) -> Result<Report> {
+    Ok(Report::new(human(), serde_json::to_value(value)?))
 }
 
-/// Run one command.
-pub fn run(cli: Cli) -> Result<()> {
+/// Run one command into its report (docs/json.md describes each document).
+pub fn run(cli: Cli) -> Result<Report> {
     let root = NodeRoot::from_arg_or_env(cli.global.root.as_deref())?;
     let json = cli.global.json;
     match cli.command {
-        Command::List { rules } => list(&root, json, rules),
+        Command::List { rules } => list(&root, rules),
         Command::Push {
             force,
             dry_run,
@@ -146,7 +142,6 @@ pub fn run(cli: Cli) -> Result<()> {
             recheck,
         } => run_push(
             &root,
-            json,
             PushOptions {
                 force,
                 dry_run,
@@ -156,21 +151,25 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Diff => run_push(
             &root,
-            json,
             PushOptions {
                 dry_run: true,
                 ..Default::default()
             },
             true,
         ),
-        Command::Receive => receive(&root),
-        Command::Verify => verify(&root, json),
-        Command::Status { local } => status(&root, json, local),
-        Command::Recover => recover(&root, json),
+        Command::Receive => receive(&root, json),
+        Command::Verify => verify(&root),
+        Command::Status { local } => status(&root, local),
+        Command::Recover => recover(&root),
         Command::Watch {
             debounce_ms,
             skip_master_check,
-        } => run_watch(&root, Duration::from_millis(debounce_ms), skip_master_check),
+        } => run_watch(
+            &root,
+            json,
+            Duration::from_millis(debounce_ms),
+            skip_master_check,
+        ),
     }
 }
 
@@ -178,12 +177,29 @@ fn settings_of(cluster: Option<&ClusterConfig>) -> SyncSettings {
     cluster.map(|c| c.sync.clone()).unwrap_or_default()
 }
 
-fn list(root: &NodeRoot, json: bool, rules: bool) -> Result<()> {
+/// `list --rules`' document.
+#[derive(Serialize)]
+struct RulesReport<'a> {
+    profile: &'a str,
+    rules: &'a [rules::Rule],
+}
+
+/// `list`'s document.
+#[derive(Serialize)]
+struct ListReport<'a> {
+    paths: &'a [manifest::Listed],
+}
+
+fn list(root: &NodeRoot, rules: bool) -> Result<Report> {
     let cluster = load_cluster_opt(root)?;
     let settings = settings_of(cluster.as_ref());
     let set = SyncSet::for_cluster(root, cluster.as_ref())?;
     if rules {
-        return print(json, &set.rules, || {
+        let doc = RulesReport {
+            profile: set.profile.as_str(),
+            rules: &set.rules,
+        };
+        return report(&doc, || {
             let mut out = format!("profile {}\n", set.profile.as_str());
             for r in &set.rules {
                 out.push_str(&format!("  {}\n", r.describe()));
@@ -194,7 +210,7 @@ fn list(root: &NodeRoot, json: bool, rules: bool) -> Result<()> {
     // Listing does not touch the node's state: a throwaway cache.
     let mut cache = HashCache::load(&StateDir::new(root, &settings).cache());
     let s = scan(root, &set, &mut cache, true)?;
-    print(json, &s.listed, || {
+    report(&ListReport { paths: &s.listed }, || {
         let mut out = String::new();
         for l in &s.listed {
             let mark = if l.synced { "synced " } else { "skipped" };
@@ -227,7 +243,7 @@ fn check_master(cluster: &ClusterConfig) -> Result<()> {
     Ok(())
 }
 
-fn run_push(root: &NodeRoot, json: bool, opts: PushOptions, skip_master_check: bool) -> Result<()> {
+fn run_push(root: &NodeRoot, opts: PushOptions, skip_master_check: bool) -> Result<Report> {
     let (node, cluster) = primary(root)?;
     if !skip_master_check {
         check_master(&cluster)?;
@@ -235,25 +251,28 @@ fn run_push(root: &NodeRoot, json: bool, opts: PushOptions, skip_master_check: b
     crash::arm_from_env();
     let mut link = SshLink::new(root, &node, &cluster);
     let rep = sender::push(root, &cluster, &mut link, opts)?;
-    if json && (!rep.noop || opts.dry_run) {
-        print(true, &rep, String::new)?;
-    } else {
-        print(false, &rep, || rep.render())?;
-    }
-    if !rep.kept.is_empty() && !opts.dry_run {
-        return Err(fail(
+    let kept = if !rep.kept.is_empty() && !opts.dry_run {
+        Err(fail(
             Code::Conflict,
             format!(
                 "{} path(s) edited on the backup were kept (first: {}): see ns-ha-sync verify; push --force overwrites them",
                 rep.kept.len(),
                 rep.kept[0]
             ),
-        ));
-    }
-    Ok(())
+        ))
+    } else {
+        Ok(())
+    };
+    Ok(report(&rep, || rep.render())?.failed_if(kept))
 }
 
-fn receive(root: &NodeRoot) -> Result<()> {
+fn receive(root: &NodeRoot, json: bool) -> Result<Report> {
+    if json {
+        return Err(fail(
+            Code::Usage,
+            "receive speaks the sync protocol on stdout: run it without --json",
+        ));
+    }
     let runner = SystemRunner;
     let mut rx = Receiver::new(root.clone(), &runner);
     rx.startup();
@@ -261,16 +280,36 @@ fn receive(root: &NodeRoot) -> Result<()> {
     let stdout = std::io::stdout();
     let mut r = std::io::BufReader::with_capacity(256 * 1024, stdin.lock());
     let mut w = std::io::BufWriter::new(stdout.lock());
-    rx.serve(&mut r, &mut w)
+    rx.serve(&mut r, &mut w)?;
+    Ok(Report::printed())
 }
 
-fn verify(root: &NodeRoot, json: bool) -> Result<()> {
+/// `verify`'s document on the backup: the generation its files were last
+/// synced to and the paths edited since.
+#[derive(Serialize)]
+struct LocalVerify<'a> {
+    generation: u64,
+    drift: &'a [manifest::Drift],
+}
+
+fn verify(root: &NodeRoot) -> Result<Report> {
     let node = load_node(root)?;
     let cluster = load_cluster(root)?;
     if node.role == Role::Primary {
         let mut link = SshLink::new(root, &node, &cluster);
         let rep = sender::peer_verify(root, &cluster, &mut link)?;
-        print(json, &rep, || {
+        let drift = if rep.drift.is_empty() {
+            Ok(())
+        } else {
+            Err(fail(
+                Code::Unhealthy,
+                format!(
+                    "{} path(s) edited on the backup since the last sync",
+                    rep.drift.len()
+                ),
+            ))
+        };
+        return Ok(report(&rep, || {
             let mut out = String::new();
             for d in &rep.drift {
                 out.push_str(&format!("edited on the backup ({}): {}\n", d.what, d.path));
@@ -281,22 +320,25 @@ fn verify(root: &NodeRoot, json: bool) -> Result<()> {
                 rep.drift.len()
             ));
             out
-        })?;
-        if !rep.drift.is_empty() {
-            return Err(fail(
-                Code::Unhealthy,
-                format!(
-                    "{} path(s) edited on the backup since the last sync",
-                    rep.drift.len()
-                ),
-            ));
-        }
-        return Ok(());
+        })?
+        .failed_if(drift));
     }
     let set = SyncSet::for_cluster(root, Some(&cluster))?;
     let state = StateDir::new(root, &cluster.sync);
     let view = local_view(root, &set, &state)?;
-    print(json, &view.drift, || {
+    let doc = LocalVerify {
+        generation: view.applied.generation,
+        drift: &view.drift,
+    };
+    let drift = if view.drift.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(
+            Code::Unhealthy,
+            format!("{} path(s) edited on this backup since the last sync: they are kept until push --force on the primary", view.drift.len()),
+        ))
+    };
+    Ok(report(&doc, || {
         let mut out = String::new();
         for d in &view.drift {
             out.push_str(&format!(
@@ -311,14 +353,8 @@ fn verify(root: &NodeRoot, json: bool) -> Result<()> {
             ));
         }
         out
-    })?;
-    if !view.drift.is_empty() {
-        return Err(fail(
-            Code::Unhealthy,
-            format!("{} path(s) edited on this backup since the last sync: they are kept until push --force on the primary", view.drift.len()),
-        ));
-    }
-    Ok(())
+    })?
+    .failed_if(drift))
 }
 
 /// Status of one node as `status` shows it.
@@ -403,7 +439,7 @@ fn local_status(
     })
 }
 
-fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
+fn status(root: &NodeRoot, local_only: bool) -> Result<Report> {
     let node = load_node_opt(root)?;
     let cluster = load_cluster_opt(root)?;
     let mut report = StatusReport {
@@ -420,7 +456,7 @@ fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
             }
         }
     }
-    print(json, &report, || {
+    self::report(&report, || {
         let mut out = render_status(
             &format!(
                 "this node ({})",
@@ -441,30 +477,38 @@ fn status(root: &NodeRoot, json: bool, local_only: bool) -> Result<()> {
     })
 }
 
-fn recover(root: &NodeRoot, json: bool) -> Result<()> {
+fn recover(root: &NodeRoot) -> Result<Report> {
     let cluster = load_cluster_opt(root)?;
     let settings = settings_of(cluster.as_ref());
     let set = SyncSet::for_cluster(root, cluster.as_ref())?;
     let state = StateDir::new(root, &settings);
     let _lock = state.lock(Duration::from_secs(30))?;
     let r = journal::recover(root, &set, &state)?;
-    print(json, &r, || match (r.completed, r.discarded) {
+    report(&r, || match (r.completed, r.discarded) {
         (Some(g), _) => format!("completed the interrupted apply of generation {g}\n"),
         (None, true) => "discarded an uncommitted transfer: live files untouched\n".into(),
         (None, false) => "nothing to recover\n".into(),
     })
 }
 
-fn run_watch(root: &NodeRoot, debounce: Duration, skip_master_check: bool) -> Result<()> {
+/// `watch` streams: one line per push that changed something (JSON lines
+/// with `--json`: the push's document, or `{"error", "code"}` for a failed
+/// attempt, which is retried); its end is an ordinary error.
+fn run_watch(
+    root: &NodeRoot,
+    json: bool,
+    debounce: Duration,
+    skip_master_check: bool,
+) -> Result<Report> {
     let (node, cluster) = primary(root)?;
     let mut link = SshLink::new(root, &node, &cluster);
     let may_push = || -> Result<bool> { Ok(skip_master_check || check_master(&cluster).is_ok()) };
-    let mut on_push = |r: &Result<sender::PushReport>| {
-        if let Ok(rep) = r {
-            if !rep.noop {
-                print!("{}", rep.render());
-            }
-        }
+    let mut on_push = |r: &Result<sender::PushReport>| match r {
+        Ok(rep) if rep.noop => {}
+        Ok(rep) if json => ns_ha_common::cli::print_json_line(rep),
+        Ok(rep) => print!("{}", rep.render()),
+        Err(e) if json => ns_ha_common::cli::print_json_line(&ns_ha_common::cli::error_document(e)),
+        Err(_) => {}
     };
     watch::watch(
         root,
@@ -476,5 +520,6 @@ fn run_watch(root: &NodeRoot, debounce: Duration, skip_master_check: bool) -> Re
             on_push: &mut on_push,
             max_pushes: None,
         },
-    )
+    )?;
+    Ok(Report::printed())
 }

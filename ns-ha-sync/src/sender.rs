@@ -28,7 +28,7 @@ use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Ma
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter};
-use crate::wire::{BeginReply, CommitReply, ManifestReply, SyncRequest};
+use crate::wire::{BeginReply, BeginRequest, CommitReply, ManifestReply, SyncRequest};
 
 /// A byte stream to the backup's receiver.
 pub trait Channel: Read + Write {}
@@ -90,9 +90,7 @@ impl Link for SshLink {
 
 /// Whether this node holds the cluster's VIPs (the heartbeat VIP or a LAN VIP): it is master.
 pub fn holds_vips(cluster: &ClusterConfig, ifs: &dyn InterfaceSource) -> Result<bool> {
-    let have: BTreeSet<_> = ifs.all_ipv4()?.into_iter().map(|(_, c)| c.addr).collect();
-    Ok(have.contains(&cluster.ha.heartbeat_vip)
-        || cluster.all_vips().iter().any(|v| have.contains(&v.addr)))
+    Ok(ns_ha_common::vips::held_count(&ns_ha_common::vips::observe(cluster, ifs)?) > 0)
 }
 
 /// Options of a push.
@@ -465,18 +463,28 @@ fn transfer<C: Read + Write>(
     if changes.is_empty() && deletes.is_empty() {
         rep.generation = m.generation;
         save_pushed(state, m.generation, local, true)?;
+        // The backup records the check as its last attempt (an older
+        // backup does not know the op: its status just stays as it was).
+        if let Err(e) = call::<_, _, serde_json::Value>(
+            ch,
+            &SyncRequest::InSync {
+                generation: m.generation,
+            },
+        ) {
+            log::info!("the backup did not record the check: {e:#}");
+        }
         return Ok(Ok(rep));
     }
     let begin: BeginReply = call(
         ch,
-        &SyncRequest::Begin {
+        &SyncRequest::Begin(BeginRequest {
             cluster_id: cluster.cluster_id.clone(),
             generation,
             base_generation: m.generation,
             force: opts.force,
             changes: changes.clone(),
             deletes: deletes.clone(),
-        },
+        }),
     )
     .context("opening the transaction on the backup")?;
     log::debug!(

@@ -1,22 +1,16 @@
-//! Small helpers shared by the sync modules: hex digests, clocks, a hashing
+//! Small helpers shared by the sync modules: hex digests, the clock, a hashing
 //! writer and a byte-counting stream.
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// Seconds since the epoch (the one wall clock, in `common::clock`).
+pub use ns_ha_common::clock::now_secs;
 
 /// A writer that hashes what goes through it on the way to `inner`.
 pub struct HashingWriter<W> {

@@ -2,7 +2,9 @@
 //!
 //! A push is one channel: `hello` (pairing control op), `manifest`, `begin`,
 //! a `file` frame (JSON header + raw bytes, no reply) per file whose content
-//! changed, then `commit` (or `abort`). `status` can be asked any time after
+//! changed, then `commit` (or `abort`); or, when the manifests show nothing
+//! to send, `in-sync` instead of a transaction, so the backup records the
+//! check as its last attempt too. `status` can be asked any time after
 //! `hello`. Files are streamed without a round trip each; any problem with
 //! one is remembered and reported by `commit`, which then applies nothing.
 
@@ -12,7 +14,9 @@ use crate::manifest::{Change, Drift, Manifest};
 
 /// The sync ops (the control ops `hello`, `inspect`, `install-cluster` are
 /// `ns_ha_common::control`'s).
-pub const SYNC_OPS: &[&str] = &["manifest", "begin", "file", "commit", "abort", "status"];
+pub const SYNC_OPS: &[&str] = &[
+    "manifest", "begin", "file", "commit", "abort", "in-sync", "status",
+];
 
 /// Requests of the sync protocol.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,16 +30,7 @@ pub enum SyncRequest {
     },
     /// Open a transaction: every change and deletion, announced up front so
     /// the backup checks them all before taking any data.
-    Begin {
-        cluster_id: String,
-        generation: u64,
-        /// The generation the sender diffed against.
-        base_generation: u64,
-        /// Overwrite files edited on the backup.
-        force: bool,
-        changes: Vec<Change>,
-        deletes: Vec<String>,
-    },
+    Begin(BeginRequest),
     /// The content of an announced file follows this frame (`size` bytes).
     File {
         path: String,
@@ -46,8 +41,26 @@ pub enum SyncRequest {
     Commit,
     /// Drop the transaction.
     Abort,
+    /// After `manifest`: the sender found nothing to send, the backup holds
+    /// its files (`generation` is the sender's view). The backup records a
+    /// successful attempt that changed nothing.
+    InSync { generation: u64 },
     /// The backup's sync status.
     Status,
+}
+
+/// What a `begin` announces: the transaction the sender wants to open.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeginRequest {
+    pub cluster_id: String,
+    pub generation: u64,
+    /// The generation the sender diffed against.
+    pub base_generation: u64,
+    /// Overwrite files edited on the backup.
+    pub force: bool,
+    pub changes: Vec<Change>,
+    pub deletes: Vec<String>,
 }
 
 /// Answer to `manifest`.

@@ -457,3 +457,48 @@ fn a_stream_cut_anywhere_leaves_one_generation() {
     }
     assert!(saw.0 > 5, "{saw:?}");
 }
+
+/// Issue 13 item 4: a push that finds the backup already holding the
+/// primary's files succeeds on the primary; the backup must say so too, not
+/// "last attempt: never" (it used to be left out of a push with nothing to send).
+#[test]
+fn a_push_with_nothing_to_send_is_recorded_on_the_backup_too() {
+    use ns_ha_sync::state::{Status, STATUS};
+    let p = pair();
+    // Both nodes start with the same files: nothing to send.
+    // (Same mtime too: the sync carries it, and two writes can straddle a second.)
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for root in [&p.primary, &p.backup] {
+        write(root, "/etc/config/firewall", "config zone\n");
+        std::fs::File::options()
+            .write(true)
+            .open(root.path("/etc/config/firewall"))
+            .and_then(|f| f.set_modified(mtime))
+            .unwrap();
+    }
+    let mut link = ThreadLink::new(&p.backup);
+    let rep = do_push(&p, &mut link, PushOptions::default()).unwrap();
+    assert!(rep.lines.is_empty(), "{:?}", rep.lines);
+    let primary: Status = StateDir::new(&p.primary, &p.cluster.sync)
+        .read(STATUS)
+        .unwrap()
+        .unwrap();
+    assert!(primary.last_attempt.as_ref().is_some_and(|r| r.ok));
+    let backup: Option<Status> = StateDir::new(&p.backup, &p.cluster.sync)
+        .read(STATUS)
+        .unwrap();
+    let attempt = backup
+        .as_ref()
+        .and_then(|s| s.last_attempt.clone())
+        .expect("the backup recorded the push");
+    assert!(attempt.ok, "{attempt:?}");
+    assert_eq!((attempt.files, attempt.changed, attempt.deleted), (0, 0, 0));
+    assert_eq!(attempt.generation, rep.generation);
+    assert_eq!(backup.and_then(|s| s.last_success), Some(attempt));
+
+    // What the primary shows of the backup (`status`) is that record.
+    let mut link = ThreadLink::new(&p.backup);
+    let peer = ns_ha_sync::sender::peer_status(&mut link).unwrap();
+    link.join();
+    assert!(peer.last_attempt.is_some_and(|r| r.ok));
+}

@@ -8,7 +8,6 @@
 //! (`who-holds`).
 
 pub mod arp;
-pub mod held;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -17,14 +16,14 @@ use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
+use ns_ha_common::addresses::static_address;
 use ns_ha_common::cli::{self, GlobalArgs, Report};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::config::{load_cluster, load_cluster_opt, load_node_opt, ClusterConfig, Role};
 use ns_ha_common::exit::{fail, help_table, Code};
 use ns_ha_common::net::{check_ifname, InterfaceSource, IpCommand};
+use ns_ha_common::vips::{self, VipState};
 use ns_ha_common::NodeRoot;
-
-use crate::held::VipState;
 
 /// The VIPs of an ns-ha pair: list them, re-announce them, find who holds one.
 ///
@@ -42,6 +41,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The cluster's VIPs and the HA heartbeat VIP: interface, VRID, held by this node now.
+    ///
+    /// KIND is how the VIP's interface is configured in cluster.json:
+    /// `heartbeat` for the HA link's VIP (VRRP and sync only, not a gateway),
+    /// `add-lan` for a VIP of an interface added with `ns-ha-init add-lan`.
+    /// Until WAN takeover lands, WAN interfaces with a VIP are added the same
+    /// way, so `add-lan` does not tell a LAN from a WAN.
     List,
     /// Send gratuitous ARP for every VIP this node holds (after a split brain heals).
     ///
@@ -108,10 +113,19 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
+/// The KIND column of `list`: how the VIP's interface is configured (see `list --help`).
+fn kind(v: &VipState) -> &'static str {
+    if v.heartbeat {
+        "heartbeat"
+    } else {
+        "add-lan"
+    }
+}
+
 /// `list`.
 pub fn list(ctx: &Ctx) -> Result<Report> {
     let cluster = load_cluster(&ctx.root)?;
-    let vips = held::observe(&cluster, ctx.ifs)?;
+    let vips = vips::observe(&cluster, ctx.ifs)?;
     let mut h = format!(
         "{:<20} {:<12} {:>4}  {:<4}  {}\n",
         "VIP", "INTERFACE", "VRID", "HELD", "KIND"
@@ -123,7 +137,7 @@ pub fn list(ctx: &Ctx) -> Result<Report> {
             v.interface,
             v.vrid,
             yes_no(v.held),
-            if v.heartbeat { "heartbeat" } else { "lan" }
+            kind(v)
         ));
     }
     Ok(Report::new(h, json!({ "vips": vips })))
@@ -153,7 +167,7 @@ pub fn announce(ctx: &Ctx, interface: Option<&str>) -> Result<Report> {
     if let Some(i) = interface {
         require_cluster_interface(&cluster, i)?;
     }
-    let held: Vec<VipState> = held::observe(&cluster, ctx.ifs)?
+    let held: Vec<VipState> = vips::observe(&cluster, ctx.ifs)?
         .into_iter()
         .filter(|v| v.held && interface.is_none_or(|i| v.interface == i))
         .collect();
@@ -216,15 +230,7 @@ fn own_address(
     role: Option<Role>,
     iface: &str,
 ) -> Option<Ipv4Addr> {
-    let (c, role) = (cluster?, role?);
-    if iface == c.ha.interface {
-        return c.ha_address(role).map(|a| a.addr);
-    }
-    let lan = c.lan(iface)?;
-    Some(match role {
-        Role::Primary => lan.primary_address.addr,
-        Role::Backup => lan.backup_address.addr,
-    })
+    static_address(cluster?, role?, iface).map(|a| a.addr)
 }
 
 /// `who-holds`.
@@ -233,7 +239,7 @@ pub fn who_holds(ctx: &Ctx, vip: &str, interface: Option<&str>) -> Result<Report
     let cluster = load_cluster_opt(&ctx.root)?;
     let role = load_node_opt(&ctx.root)?.map(|n| n.role);
     let configured = cluster.as_ref().and_then(|c| {
-        held::cluster_vips(c)
+        vips::cluster_vips(c)
             .into_iter()
             .find(|v| v.vip.addr == addr)
     });
@@ -258,7 +264,7 @@ pub fn who_holds(ctx: &Ctx, vip: &str, interface: Option<&str>) -> Result<Report
             format!("interface {iface} does not exist on this node"),
         )
     })?;
-    let held_here = ctx.ifs.all_ipv4()?.iter().any(|(_, c)| c.addr == addr);
+    let held_here = vips::holds_address(ctx.ifs, addr)?;
     let source = own_address(cluster.as_ref(), role, &iface);
     let answers = arp::probe(ctx.runner, &iface, addr, source)?;
     let remote: Vec<&String> = answers.iter().filter(|m| **m != own_mac).collect();
@@ -350,7 +356,11 @@ mod tests {
         assert_eq!(rep.json["vips"][0]["held"], false);
         assert_eq!(rep.json["vips"][0]["vrid"], 51);
         assert_eq!(rep.json["vips"][1]["heartbeat"], true);
-        assert!(rep.human.contains("10.99.1.254/24"), "{}", rep.human);
+        let lines: Vec<&str> = rep.human.lines().collect();
+        assert!(lines[1].starts_with("10.99.1.254/24"), "{}", rep.human);
+        assert!(lines[1].ends_with("  add-lan"), "{}", rep.human);
+        assert!(lines[2].ends_with("  heartbeat"), "{}", rep.human);
+        assert!(!rep.human.contains(" lan\n"), "{}", rep.human);
     }
 
     #[test]

@@ -137,3 +137,20 @@ pub fn role_settled(lab: &Lab, node: &str, label: &str, limit: Duration) -> bool
         s["applied"]["label"] == label && s["applied"]["handled_seq"].as_u64() == Some(events)
     })
 }
+
+/// Give both firewalls a minimal dnsmasq config (DNS on the LAN VIP only):
+/// the default master role starts dnsmasq, and without its config `doctor`
+/// rightly reports the failed start.
+pub fn configure_dnsmasq(lab: &Lab) {
+    for fw in crate::FIREWALLS {
+        lab.write(
+            fw,
+            "/etc/dnsmasq.conf",
+            format!(
+                "interface={}\nlisten-address={}\nbind-dynamic\nexcept-interface=lo\nno-hosts\nport=53\n",
+                net::LAN_IF,
+                net::LAN_VIP
+            ),
+        );
+    }
+}

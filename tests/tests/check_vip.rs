@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::process::Output;
 use std::time::Duration;
 
-use ns_ha_tests::cluster::{pair, tool, tool_ok};
+use ns_ha_tests::cluster::{configure_dnsmasq, pair, tool, tool_ok};
 use ns_ha_tests::{net, wait_until, Lab};
 
 fn json(out: &str) -> Value {
@@ -50,17 +50,7 @@ fn check_and_vip_tools_follow_the_pair() {
     let lab = Lab::up();
     // The default master role starts dnsmasq: give it a config (DNS on the
     // VIP only), or doctor rightly reports its failed start.
-    for fw in ["fw1", "fw2"] {
-        lab.write(
-            fw,
-            "/etc/dnsmasq.conf",
-            format!(
-                "interface={}\nlisten-address={}\nbind-dynamic\nexcept-interface=lo\nno-hosts\nport=53\n",
-                net::LAN_IF,
-                net::LAN_VIP
-            ),
-        );
-    }
+    configure_dnsmasq(&lab);
     pair(&lab);
     let fw1_mac = mac(&lab, "fw1", net::LAN_IF);
 

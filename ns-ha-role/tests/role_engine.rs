@@ -5,12 +5,11 @@
 //! state with one serialized reconciler, a hanging start is timed out and
 //! reported while the other services start, failed actions are retried,
 //! sync-applied re-disables cron jobs, maintenance persists in its track file.
+//! It needs no lab, so it lives here where `make unit` runs it.
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Output};
-
-use ns_ha_tests::bin;
 
 /// A node root in a temp dir; `ns-ha-role` runs against it.
 struct Node {
@@ -81,7 +80,7 @@ impl Node {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("ns-ha-role"));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ns-ha-role"));
         c.arg("--root").arg(self.dir.path()).args(args);
         // No ns-ha-sync next to the binary for these tests: the push is skipped.
         c.env("NS_HA_BIN_DIR", self.dir.path());
@@ -333,7 +332,7 @@ fn bad_input_and_bad_config_get_their_exit_codes() {
 
 #[test]
 fn defaults_are_a_valid_roles_section() {
-    let out = Command::new(bin("ns-ha-role"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ns-ha-role"))
         .arg("defaults")
         .output()
         .expect("run");

@@ -1,0 +1,83 @@
+//! This node's own sync state: its files compared with the baseline the last
+//! sync left (what `manifest`, `begin` and `ns-ha-sync verify` report as
+//! edited here), and recovery of an apply a crash interrupted.
+
+use anyhow::Result;
+use std::time::Duration;
+
+use ns_ha_common::config::load_cluster_opt;
+use ns_ha_common::NodeRoot;
+
+use super::Receiver;
+use crate::crash;
+use crate::journal;
+use crate::manifest::{drift, scan, Drift, HashCache, Manifest};
+use crate::rules::SyncSet;
+use crate::state::{Applied, StateDir, APPLIED, BASELINE};
+
+/// The sync state of this node as its own files say (used by `verify` too).
+#[derive(Debug, Clone)]
+pub struct LocalView {
+    pub current: Manifest,
+    pub applied: Applied,
+    pub baseline: Manifest,
+    pub drift: Vec<Drift>,
+}
+
+/// Scan this node's sync set and compare it with the baseline of the last sync.
+pub fn local_view(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<LocalView> {
+    let mut cache = HashCache::load(&state.cache());
+    let current = scan(root, set, &mut cache, false)?.manifest;
+    if let Err(e) = cache.save(&state.cache()) {
+        log::warn!("cannot save the hash cache: {e:#}");
+    }
+    let applied: Applied = state.read(APPLIED)?.unwrap_or_default();
+    // Before the first sync nothing is known: the node's files are the baseline.
+    let baseline = if applied.generation == 0 {
+        current.clone()
+    } else {
+        state.read(BASELINE)?.unwrap_or_default()
+    };
+    let drift = drift(&current, &baseline);
+    Ok(LocalView {
+        current,
+        applied,
+        baseline,
+        drift,
+    })
+}
+
+/// Finish or discard an interrupted apply if there is one (takes the lock).
+pub fn recover_if_needed(
+    root: &NodeRoot,
+    set: &SyncSet,
+    state: &StateDir,
+    wait: Duration,
+) -> Result<Option<journal::Recovery>> {
+    if !state.journal().exists() && !state.staging().exists() {
+        return Ok(None);
+    }
+    let _lock = state.lock(wait)?;
+    journal::recover(root, set, state).map(Some)
+}
+
+impl Receiver<'_> {
+    /// At start: arm the test crash point and finish an interrupted apply.
+    pub fn startup(&self) {
+        let cluster = load_cluster_opt(&self.root).ok().flatten();
+        let state = StateDir::of(&self.root, cluster.as_ref());
+        crash::arm_from_file(&state.dir);
+        if let Some(c) = cluster {
+            match SyncSet::for_cluster(&self.root, Some(&c)) {
+                Ok(set) => {
+                    if let Err(e) =
+                        recover_if_needed(&self.root, &set, &state, Duration::from_secs(1))
+                    {
+                        log::warn!("recovery at start postponed: {e:#}");
+                    }
+                }
+                Err(e) => log::warn!("sync rules invalid: {e:#}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! `ns-ha-sync receive`: the backup's end of the sync channel, run by sshd as
+//! the forced command of the primary's key.
+//!
+//! This is the security boundary of the sync. It trusts nothing it is sent:
+//! every path is checked against the backup's own rules (no `..`, nothing
+//! outside the sync set, never through a symlink), every file's hash is
+//! verified before it can become live, the cluster and generation must match,
+//! and no shell ever sees remote data. Files are staged, then made live by
+//! the journal (see `journal`), so a failed or cut transfer applies nothing.
+//!
+//! The receiver is split along the steps of a transaction: `request`
+//! (`manifest` and `begin`: every announced path and entry checked before any
+//! data), `staging` (`file` frames hashed into the staging dir), `commit`
+//! (journal, apply, status and the role engine's hook) and `local` (this
+//! node's own view of its files, and recovery of an interrupted apply).
+
+mod commit;
+mod local;
+mod request;
+mod staging;
+
+pub use local::{local_view, recover_if_needed, LocalView};
+
+use anyhow::Result;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ns_ha_common::cmd::CommandRunner;
+use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, Role};
+use ns_ha_common::control::{self, CONTROL_OPS};
+use ns_ha_common::exit::{code_of, fail, Code};
+use ns_ha_common::fsutil::NodeLock;
+use ns_ha_common::proto::{read_value, write_msg, Reply};
+use ns_ha_common::NodeRoot;
+
+use crate::manifest::{Change, Drift, Manifest};
+use crate::rules::SyncSet;
+use crate::state::{Applied, Run, StateDir, Status, APPLIED, STATUS};
+use crate::util::now_secs;
+use crate::wire::SyncRequest;
+
+/// Largest single file accepted.
+pub const MAX_FILE: u64 = 1 << 30;
+/// Most changes accepted in one transaction.
+pub const MAX_CHANGES: usize = 1_000_000;
+/// Beyond this many changed paths the hook is told nothing (reload everything).
+const MAX_HOOK_PATHS: usize = 200;
+/// How long a receiver waits for another sync on this node to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// An open transaction.
+struct Txn {
+    _lock: NodeLock,
+    started: Instant,
+    cluster_id: String,
+    generation: u64,
+    changes: BTreeMap<String, Change>,
+    deletes: Vec<String>,
+    kept: BTreeSet<String>,
+    /// Data files still expected: path -> staging name.
+    pending: HashMap<String, String>,
+    /// Staging names of received files.
+    staged: HashMap<String, String>,
+    current: Manifest,
+    baseline: Manifest,
+    drift: Vec<Drift>,
+    failed: Option<anyhow::Error>,
+    files: u64,
+    bytes: u64,
+    staging: PathBuf,
+}
+
+/// The node-side context of a sync op: config, rules, state.
+struct Ctx {
+    cluster: ClusterConfig,
+    set: SyncSet,
+    state: StateDir,
+}
+
+/// The receiver of one channel.
+pub struct Receiver<'a> {
+    root: NodeRoot,
+    runner: &'a dyn CommandRunner,
+    /// The cluster named by a successful `hello`.
+    greeted: Option<String>,
+    txn: Option<Txn>,
+    /// The view read by `manifest`, with the lock held since, so that `begin`
+    /// does not scan again.
+    view: Option<(NodeLock, LocalView)>,
+    /// Paths changed by the last commit, for `ns-ha-role sync-applied`.
+    hook_due: Option<Vec<String>>,
+}
+
+impl<'a> Receiver<'a> {
+    pub fn new(root: NodeRoot, runner: &'a dyn CommandRunner) -> Self {
+        Receiver {
+            root,
+            runner,
+            greeted: None,
+            txn: None,
+            view: None,
+            hook_due: None,
+        }
+    }
+
+    /// Serve requests until the sender closes the channel.
+    pub fn serve<R: Read, W: Write>(&mut self, r: &mut R, w: &mut W) -> Result<()> {
+        let result = self.serve_inner(r, w);
+        if let Some(txn) = self.txn.take() {
+            self.abort(txn, "the sender went away before commit");
+        }
+        result
+    }
+
+    fn serve_inner<R: Read, W: Write>(&mut self, r: &mut R, w: &mut W) -> Result<()> {
+        loop {
+            let v = match read_value(r) {
+                Ok(Some(v)) => v,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let _ = write_msg(w, &Reply::from_error(&e));
+                    return Err(e);
+                }
+            };
+            let op = v
+                .get("op")
+                .and_then(|o| o.as_str())
+                .unwrap_or("")
+                .to_string();
+            if op == "file" {
+                if let Err(e) = self.file(v, r) {
+                    let _ = write_msg(w, &Reply::from_error(&e));
+                    return Err(e);
+                }
+                continue;
+            }
+            let reply = match self.dispatch(&op, v) {
+                Ok(data) => Reply::ok(data),
+                Err(e) => {
+                    log::warn!("{op}: {e:#}");
+                    Reply::from_error(&e)
+                }
+            };
+            write_msg(w, &reply)?;
+            if let Some(paths) = self.hook_due.take() {
+                self.run_hook(&paths);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, op: &str, v: serde_json::Value) -> Result<serde_json::Value> {
+        if CONTROL_OPS.contains(&op) {
+            let id = v
+                .get("cluster_id")
+                .and_then(|c| c.as_str())
+                .map(str::to_string);
+            let data = control::handle(&self.root, self.runner, v)?;
+            if op == "hello" {
+                self.greeted = id;
+            }
+            return Ok(data);
+        }
+        if self.greeted.is_none() {
+            return Err(fail(
+                Code::Security,
+                format!("'{op}' before a successful hello: refused"),
+            ));
+        }
+        let req: SyncRequest = serde_json::from_value(v)
+            .map_err(|e| fail(Code::Peer, format!("malformed sync request: {e}")))?;
+        Ok(match req {
+            SyncRequest::Manifest { known_digest } => {
+                serde_json::to_value(self.manifest(known_digest)?)?
+            }
+            SyncRequest::Begin(req) => {
+                let started = Instant::now();
+                let generation = req.generation;
+                match self.begin(req, started) {
+                    Ok(r) => serde_json::to_value(r)?,
+                    Err(e) => {
+                        self.record_failure(&e, generation, started);
+                        return Err(e);
+                    }
+                }
+            }
+            SyncRequest::Commit => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| fail(Code::Peer, "commit without an open transaction"))?;
+                let (generation, started) = (txn.generation, txn.started);
+                match self.commit(txn) {
+                    Ok(r) => serde_json::to_value(r)?,
+                    Err(e) => {
+                        self.record_failure(&e, generation, started);
+                        return Err(e);
+                    }
+                }
+            }
+            SyncRequest::Abort => {
+                if let Some(txn) = self.txn.take() {
+                    self.abort(txn, "aborted by the sender");
+                }
+                serde_json::Value::Null
+            }
+            SyncRequest::InSync { generation } => {
+                self.record_in_sync(generation)?;
+                serde_json::Value::Null
+            }
+            SyncRequest::Status => {
+                let ctx = self.ctx()?;
+                let mut st: Status = ctx.state.read(STATUS)?.unwrap_or_default();
+                st.generation = ctx
+                    .state
+                    .read::<Applied>(APPLIED)?
+                    .unwrap_or_default()
+                    .generation;
+                serde_json::to_value(st)?
+            }
+            SyncRequest::File { .. } => return Err(fail(Code::Peer, "file frame out of place")),
+        })
+    }
+
+    /// This node must be a backup of the cluster greeted on this channel.
+    fn ctx(&self) -> Result<Ctx> {
+        let node = load_node(&self.root)?;
+        if node.role != Role::Backup {
+            return Err(fail(
+                Code::State,
+                "this node is the primary: it does not accept syncs",
+            ));
+        }
+        let cluster = load_cluster(&self.root).map_err(|e| {
+            fail(
+                Code::State,
+                format!("{e:#}: this backup is not paired, it accepts no sync"),
+            )
+        })?;
+        if self.greeted.as_deref() != Some(cluster.cluster_id.as_str()) {
+            return Err(fail(
+                Code::Conflict,
+                format!(
+                    "this node belongs to cluster {}, not the one of this sender",
+                    cluster.cluster_id
+                ),
+            ));
+        }
+        let set = SyncSet::for_cluster(&self.root, Some(&cluster))?;
+        let state = StateDir::new(&self.root, &cluster.sync);
+        Ok(Ctx {
+            cluster,
+            set,
+            state,
+        })
+    }
+
+    /// The sender found nothing to send: record a successful attempt that
+    /// changed nothing, at the generation this backup holds (under the lock
+    /// `manifest` took, so no transaction runs meanwhile).
+    fn record_in_sync(&mut self, sender_generation: u64) -> Result<()> {
+        let ctx = self.ctx()?;
+        let Some((_lock, view)) = self.view.take() else {
+            return Err(fail(Code::Peer, "'in-sync' without a 'manifest' before it"));
+        };
+        if sender_generation != view.applied.generation {
+            log::warn!(
+                "the sender found nothing to send at generation {sender_generation}, this backup holds {}",
+                view.applied.generation
+            );
+        }
+        let run = Run {
+            at: now_secs(),
+            ok: true,
+            generation: view.applied.generation,
+            ..Default::default()
+        };
+        ctx.state.record(&run)
+    }
+
+    fn record_failure(&self, err: &anyhow::Error, generation: u64, started: Instant) {
+        let Ok(ctx) = self.ctx() else { return };
+        let run = Run {
+            at: now_secs().saturating_sub(started.elapsed().as_secs()),
+            duration_ms: started.elapsed().as_millis() as u64,
+            ok: false,
+            code: code_of(err).as_u8(),
+            error: Some(format!("{err:#}")),
+            generation,
+            ..Default::default()
+        };
+        if let Err(e) = ctx.state.record(&run) {
+            log::warn!("cannot record the sync status: {e:#}");
+        }
+    }
+}
