@@ -13,6 +13,7 @@ pub mod edit;
 pub mod install;
 pub mod pairing;
 pub mod show;
+pub mod sshd_listen;
 #[cfg(test)]
 mod testkit;
 
@@ -32,6 +33,7 @@ use ns_ha_common::vrrp::{AdvertListener, RawSocketListener};
 use ns_ha_common::NodeRoot;
 
 use crate::backup::{BackupLink, SshLink};
+use crate::sshd_listen::{ProcNetTcp, TcpListeners};
 
 /// Pair two firewalls into one highly available gateway and manage the cluster.
 #[derive(Debug, Parser)]
@@ -232,6 +234,8 @@ pub struct Ctx<'a> {
     pub link: &'a dyn BackupLink,
     /// Hears other VRRP routers on the links (`check`).
     pub adverts: &'a dyn AdvertListener,
+    /// This node's listening TCP sockets (`check`: where the backup's sshd listens).
+    pub listeners: &'a dyn TcpListeners,
 }
 
 /// Parse a VIP argument; IPv6 and malformed prefixes are refused with the fix.
@@ -247,6 +251,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
         ifs: &IpCommand { runner },
         link,
         adverts: &RawSocketListener,
+        listeners: &ProcNetTcp,
     };
     match cli.command {
         Command::Check {

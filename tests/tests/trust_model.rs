@@ -13,8 +13,9 @@ mod sync_support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use ns_ha_tests::cluster::pair_only;
+use ns_ha_tests::cluster::{init, pair_only};
 use ns_ha_tests::{bin, net, Lab};
 use serde_json::{json, Value};
 use sync_support::{code, describe, frame_with, generation, replies_of, sync};
@@ -98,6 +99,62 @@ fn the_primarys_key_works_only_from_its_ha_address() {
         assert!(s.stderr.contains("Permission denied"), "{}", s.stderr);
         assert!(s.replies.is_empty(), "{:?}", s.replies);
     }
+}
+
+/// `ns-ha-init check` on the backup warns while its sshd listens on every
+/// address, and passes once sshd is limited to the HA link the way the README
+/// says (`ListenAddress`); pairing traffic still works, the LAN no longer
+/// reaches sshd at all.
+#[test]
+fn check_warns_until_the_backups_sshd_listens_on_the_ha_link_only() {
+    let lab = Lab::up();
+    pair_only(&lab);
+    let warn = format!("WARN  sshd on port 22: sshd listens on 0.0.0.0:22 (every address), not only on the HA address {}", net::FW2_HA);
+    let listen = format!("ListenAddress {}", net::FW2_HA);
+    let out = init(&lab, "fw2", &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&warn) && stdout.contains(&listen),
+        "{stdout}"
+    );
+    assert!(
+        lab.tcp_banner("lan", net::FW2_LAN, 22).is_some(),
+        "the LAN reaches fw2's sshd before"
+    );
+
+    let config = lab.read("fw2", "/etc/ssh/sshd_config");
+    assert!(config.contains("ListenAddress 0.0.0.0\n"), "{config}");
+    lab.write(
+        "fw2",
+        "/etc/ssh/sshd_config",
+        config.replace("ListenAddress 0.0.0.0\n", &format!("{listen}\n")),
+    );
+    let restart = lab.service("fw2", "sshd", "restart");
+    assert!(restart.status.success(), "{restart:?}");
+    assert!(
+        ns_ha_tests::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            lab.tcp_banner("fw1", net::FW2_HA, 22).is_some()
+        }),
+        "sshd did not come back on the HA address"
+    );
+    let out = init(&lab, "fw2", &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!stdout.contains("WARN  sshd"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "ok    sshd on port 22: sshd listens on the HA address {}:22 only",
+            net::FW2_HA
+        )),
+        "{stdout}"
+    );
+    assert_eq!(lab.tcp_banner("lan", net::FW2_LAN, 22), None);
+    let ok = session(&lab, "fw1", None, net::FW2_HA, &[hello(&lab)]);
+    assert_eq!(
+        ok.replies.first().map(|r| r["ok"].clone()),
+        Some(json!(true)),
+        "{}",
+        ok.stderr
+    );
 }
 
 /// Every file (with its bytes) and directory under the paths of fw2's identity.
