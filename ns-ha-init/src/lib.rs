@@ -49,6 +49,9 @@ pub struct Cli {
 pub enum Command {
     /// Pre-flight checks for a node, each failure with its fix.
     ///
+    /// On a backup it also warns (without failing) when sshd listens on
+    /// another address than the HA address.
+    ///
     /// Without options it checks what this node's config names; options check
     /// a planned setup before init. It also listens 3 s on the HA link and
     /// each LAN for other VRRP routers (as root) and fails (exit 8) when one
@@ -91,12 +94,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
         service_backend: BackendArg,
     },
-    /// Make this node the backup: authorize the primary's key for the sync command only. Prints this node's host-key fingerprint for `pair`.
+    /// Make this node the backup: authorize the primary's key for the sync command only, from the primary's HA address only. Prints this node's host-key fingerprint for `pair`.
     InitBackup {
         /// The dedicated HA interface (same name as on the primary).
         #[arg(long, value_name = "IF")]
         ha_interface: String,
-        /// The primary's address on the HA link.
+        /// The primary's address on the HA link (its key is accepted from there only).
         #[arg(long, value_name = "ADDR")]
         peer: Ipv4Addr,
         /// The public key line printed by init-primary, quoted: 'ssh-ed25519 AAAA... ns-ha-primary'

@@ -282,7 +282,7 @@ pub fn init_backup(
     write_authorized_keys(&ctx.root, Some(&line))?;
     config::save_node(&ctx.root, &node)?;
     let human = format!(
-        "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only.\nOn the primary run:\n  {}\n(ns-ha-init show-config on this node prints it again.)\n",
+        "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only, from {peer} only.\nOn the primary run:\n  {}\n(ns-ha-init show-config on this node prints it again.)\n",
         host_key.fingerprint,
         key.fingerprint,
         pair_command(&host_key.fingerprint)
