@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::activate::apply_cluster;
 use crate::addresses::{address_problems, AddressProblem};
+use crate::authorized_keys::refresh_primary_line;
 use crate::cmd::CommandRunner;
 use crate::config::{load_cluster_opt, load_node, ClusterConfig, NodeConfig, Role};
 use crate::exit::{fail, Code};
@@ -147,6 +148,16 @@ pub fn handle(
             check_backup_interfaces(&config, &ifs)?;
             let act = apply_cluster(root, runner, Role::Backup, node.service_backend, &config)
                 .context("installing the cluster config on the backup")?;
+            // Keep the primary's key line as this release makes it (an older
+            // line has no from=); the session in progress is not affected.
+            match refresh_primary_line(root, &node) {
+                Ok(true) => log::info!(
+                    "the primary's authorized_keys line was rewritten: from=\"{}\"",
+                    node.peer_address
+                ),
+                Ok(false) => {}
+                Err(e) => log::warn!("the primary's authorized_keys line was not refreshed: {e:#}"),
+            }
             serde_json::to_value(act)?
         }
     };

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ns_ha_tests::cluster::{init, pair_only};
+use ns_ha_tests::cluster::{init, init_ok, pair_only};
 use ns_ha_tests::{bin, net, Lab};
 use serde_json::{json, Value};
 use sync_support::{code, describe, frame_with, generation, replies_of, sync};
@@ -99,6 +99,24 @@ fn the_primarys_key_works_only_from_its_ha_address() {
         assert!(s.stderr.contains("Permission denied"), "{}", s.stderr);
         assert!(s.replies.is_empty(), "{:?}", s.replies);
     }
+    // A backup paired by an older release has the line without from= (the
+    // LAN client gets in); the next cluster install rewrites it.
+    let old = line.replace(&format!("from=\"{}\",", net::FW1_HA), "");
+    assert_ne!(old, line);
+    lab.write("fw2", "/root/.ssh/authorized_keys", &old);
+    let open = session(&lab, "lan", None, net::FW2_LAN, &frames);
+    assert_eq!(
+        open.replies.first().map(|r| r["ok"].clone()),
+        Some(json!(true)),
+        "without from= the LAN client gets in: {}",
+        open.stderr
+    );
+    init_ok(&lab, "fw1", &["add-lan", "--interface", net::LAN_IF]);
+    assert_eq!(lab.read("fw2", "/root/.ssh/authorized_keys"), line);
+    assert_eq!(
+        session(&lab, "lan", None, net::FW2_LAN, &frames).status,
+        255
+    );
 }
 
 /// `ns-ha-init check` on the backup warns while its sshd listens on every
