@@ -32,10 +32,9 @@ pub const MAINTENANCE_TRACK: &str = "ns_ha_maintenance";
 /// Name of the health track file (written by `ns-ha-check monitor`).
 pub const HEALTH_TRACK: &str = "ns_ha_health";
 
-/// Name of the VRRP instance of a LAN interface.
-pub fn lan_instance(interface: &str) -> String {
-    format!("lan_{}", interface.replace(['.', '-', '@'], "_"))
-}
+/// Name of the VRRP instance of a LAN interface (defined with the config
+/// model, which refuses two LANs that would share one).
+pub use crate::config::lan_instance;
 
 /// Inputs of the rendering besides the cluster config.
 pub struct RenderInputs<'a> {
