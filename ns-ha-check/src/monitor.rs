@@ -282,13 +282,23 @@ fn spawn(
             }
             Probe::Reach { interface, targets } => {
                 let ident = ((std::process::id() as u16) << 4) ^ n as u16;
-                let mut pinger = IcmpPinger::new(&interface, ident)?;
                 let timeout = Duration::from_millis(u64::from(h.timeout_ms));
                 std::thread::spawn(move || {
+                    // Opened again after a failure (an interface that is
+                    // missing now may come back): every round says why.
+                    let mut pinger: Option<IcmpPinger> = None;
                     let mut next = Instant::now();
                     while pause_until(next, &stop) {
                         next += period;
-                        let o = match pinger.round(&targets, timeout) {
+                        let round = match pinger.as_mut() {
+                            Some(p) => p.round(&targets, timeout),
+                            None => IcmpPinger::new(&interface, ident).and_then(|mut p| {
+                                let r = p.round(&targets, timeout);
+                                pinger = Some(p);
+                                r
+                            }),
+                        };
+                        let o = match round {
                             Ok(Some(l)) => Outcome {
                                 ok: Some(true),
                                 latency_ms: Some(ms(l)),
@@ -302,11 +312,14 @@ fn spawn(
                                     timeout.as_millis()
                                 ),
                             },
-                            Err(e) => Outcome {
-                                ok: Some(false),
-                                latency_ms: None,
-                                detail: format!("{e:#}"),
-                            },
+                            Err(e) => {
+                                pinger = None;
+                                Outcome {
+                                    ok: Some(false),
+                                    latency_ms: None,
+                                    detail: format!("{e:#}"),
+                                }
+                            }
                         };
                         // A round that overran its period starts the next at once.
                         next = next.max(Instant::now());
