@@ -57,7 +57,8 @@ pub struct SyncSettings {
     pub state_dir: String,
     /// A push whose local manifest did not change since the last successful
     /// push returns at once without contacting the backup, unless that push is
-    /// older than this many seconds (then the backup is checked again).
+    /// older than this many seconds (then the backup is checked again): the
+    /// bound on how long an edit made on the backup goes unreported by `push`.
     pub peer_recheck_secs: u64,
     /// How long `ns-ha-role sync-applied` may run on the backup after an apply.
     pub hook_timeout_secs: u64,
@@ -73,7 +74,7 @@ impl Default for SyncSettings {
             include: Vec::new(),
             exclude: Vec::new(),
             state_dir: DEFAULT_STATE_DIR.into(),
-            peer_recheck_secs: 300,
+            peer_recheck_secs: 60,
             hook_timeout_secs: 120,
         }
     }

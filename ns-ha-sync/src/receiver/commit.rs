@@ -66,6 +66,7 @@ impl Receiver<'_> {
             changed: reply.changed,
             deleted: reply.deleted,
             kept: reply.kept.clone(),
+            interrupted: false,
         };
         if let Err(e) = ctx.state.record(&run) {
             log::warn!("cannot record the sync status: {e:#}");
@@ -90,6 +91,7 @@ impl Receiver<'_> {
                 &fail(Code::Peer, format!("{why}: nothing applied")),
                 txn.generation,
                 txn.started,
+                (txn.files, txn.bytes),
             );
         }
     }

@@ -10,11 +10,13 @@ use std::time::Instant;
 use ns_ha_common::exit::{fail, Code};
 
 use super::staging::prepare_staging;
-use super::{local_view, Ctx, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
+use super::{local_view, recover_and_record, Ctx, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
 use crate::crash;
-use crate::journal::{self, check_ancestors};
+use crate::journal::check_ancestors;
 use crate::manifest::{digest, Kind};
 use crate::rules::{check_path, resolve_link};
+use crate::state::Run;
+use crate::util::now_secs;
 use crate::wire::{BeginReply, BeginRequest, ManifestReply};
 
 impl Receiver<'_> {
@@ -22,7 +24,7 @@ impl Receiver<'_> {
         let ctx = self.ctx()?;
         self.view = None;
         let lock = ctx.state.lock(LOCK_WAIT)?;
-        journal::recover(&self.root, &ctx.set, &ctx.state)?;
+        recover_and_record(&self.root, &ctx.set, &ctx.state)?;
         let view = local_view(&self.root, &ctx.set, &ctx.state)?;
         let d = digest(&view.current);
         let reply = ManifestReply {
@@ -49,6 +51,7 @@ impl Receiver<'_> {
             generation,
             base_generation,
             force,
+            even_if_backup_is_master,
             changes,
             deletes,
         } = req;
@@ -61,6 +64,7 @@ impl Receiver<'_> {
         }
         let ctx = self.ctx()?;
         ns_ha_common::control::refuse_other_cluster(&ctx.cluster.cluster_id, cluster_id)?;
+        self.refuse_if_master(&ctx.cluster, even_if_backup_is_master)?;
         if changes.len() + deletes.len() > MAX_CHANGES {
             return Err(fail(Code::Security, "too many changes in one transaction"));
         }
@@ -68,7 +72,7 @@ impl Receiver<'_> {
             Some(v) => v,
             None => {
                 let lock = ctx.state.lock(LOCK_WAIT)?;
-                journal::recover(&self.root, &ctx.set, &ctx.state)?;
+                recover_and_record(&self.root, &ctx.set, &ctx.state)?;
                 (lock, local_view(&self.root, &ctx.set, &ctx.state)?)
             }
         };
@@ -163,6 +167,18 @@ impl Receiver<'_> {
                 pending.insert(p.clone(), format!("{i}"));
             }
         }
+        // Until commit or abort records this run, the marker says it was cut.
+        let marker = Run {
+            at: now_secs().saturating_sub(started.elapsed().as_secs()),
+            generation,
+            files: pending.len() as u64,
+            bytes: total,
+            changed: (change_map.len() - kept.len().min(change_map.len())) as u64,
+            deleted: deletes.len() as u64,
+            kept: kept.iter().cloned().collect(),
+            ..Default::default()
+        };
+        ctx.state.mark_attempt(&marker)?;
         self.txn = Some(Txn {
             _lock: lock,
             started,
