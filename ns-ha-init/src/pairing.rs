@@ -139,6 +139,8 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     };
     let mut cluster = ClusterConfig::new(random_cluster_id()?, opts.ha_interface.clone(), own, hb);
     cluster.ssh.port = opts.ssh_port;
+    // On persistent storage: on OpenWrt `/var` is a tmpfs.
+    cluster.sync.state_dir = ns_ha_common::sync_config::default_state_dir(&ctx.root).into();
     cluster.vrrp.advert_interval_ms = opts.advert_interval_ms;
     if let Some(vrid) = opts.vrid {
         cluster.vrrp.vrid = vrid;

@@ -54,6 +54,25 @@ impl StateDir {
     pub fn staging(&self) -> PathBuf {
         self.dir.join("staging")
     }
+    /// The staging dirs of the open transaction on other filesystems than
+    /// the state dir's, as `staging/areas.json` lists them (written before
+    /// they are created). Only dirs named [`OTHER_STAGING`] are returned.
+    pub fn other_staging_areas(&self) -> Vec<PathBuf> {
+        let list = self.staging().join(OTHER_STAGING_LIST);
+        let Ok(bytes) = std::fs::read(&list) else {
+            return Vec::new();
+        };
+        match serde_json::from_slice::<Vec<PathBuf>>(&bytes) {
+            Ok(dirs) => dirs
+                .into_iter()
+                .filter(|d| d.is_absolute() && d.file_name() == Some(OTHER_STAGING.as_ref()))
+                .collect(),
+            Err(e) => {
+                log::warn!("{} is damaged: {e}", list.display());
+                Vec::new()
+            }
+        }
+    }
     pub fn journal(&self) -> PathBuf {
         self.dir.join("journal.json")
     }
@@ -90,6 +109,13 @@ impl StateDir {
         atomic_write(&self.file(name), &b, 0o600)
     }
 }
+
+/// Name of a staging dir on a filesystem other than the state dir's, at the
+/// top of that filesystem inside the node root (e.g. `/tmp/.ns-ha-staging`
+/// for OpenWrt's tmpfs `/tmp`).
+pub const OTHER_STAGING: &str = ".ns-ha-staging";
+/// The list of those dirs, in `staging/`.
+pub const OTHER_STAGING_LIST: &str = "areas.json";
 
 /// The generation a backup holds (`applied.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use super::{Receiver, Txn, MAX_HOOK_PATHS};
 use crate::crash;
 use crate::journal::{self, Journal, Op};
 use crate::manifest::{Change, Kind};
-use crate::state::{Run, StateDir};
+use crate::state::Run;
 use crate::util::now_secs;
 use crate::wire::CommitReply;
 
@@ -41,7 +41,7 @@ impl Receiver<'_> {
             ));
         }
         crash::point("staged");
-        let journal = match build_journal(&self.root, &ctx.state, &mut txn) {
+        let journal = match build_journal(&self.root, &mut txn) {
             Ok(j) => j,
             Err(e) => return fail_txn(e),
         };
@@ -130,7 +130,7 @@ impl Receiver<'_> {
 }
 
 /// The ordered operations and the new baseline of a fully staged transaction.
-fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Journal> {
+fn build_journal(root: &NodeRoot, txn: &mut Txn) -> Result<Journal> {
     let mut ops = Vec::new();
     let mut deletes: Vec<&String> = txn
         .deletes
@@ -177,12 +177,13 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             ops.push(Op::Replace {
                 path: c.path.clone(),
                 staged: staged.clone(),
+                area: txn.areas.other_of(&c.path),
             });
         } else if e.kind == Kind::Symlink
             && txn.current.get(&c.path).map(|l| &l.target) != Some(&e.target)
         {
             let name = format!("l{i}");
-            let link = state.staging().join(&name);
+            let link = txn.areas.dir_of(&c.path).join(&name);
             std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &link)
                 .with_context(|| format!("staging symlink {}", c.path))?;
             std::os::unix::fs::lchown(&link, Some(e.uid), Some(e.gid))
@@ -190,6 +191,7 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             ops.push(Op::Replace {
                 path: c.path.clone(),
                 staged: name,
+                area: txn.areas.other_of(&c.path),
             });
         } else {
             ops.push(Op::Meta {

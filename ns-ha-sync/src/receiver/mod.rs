@@ -24,7 +24,6 @@ pub use local::{local_view, recover_if_needed, LocalView};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ns_ha_common::cmd::CommandRunner;
@@ -71,7 +70,8 @@ struct Txn {
     failed: Option<anyhow::Error>,
     files: u64,
     bytes: u64,
-    staging: PathBuf,
+    /// Where each file is staged (one dir per filesystem).
+    areas: staging::StagingAreas,
 }
 
 /// The node-side context of a sync op: config, rules, state.

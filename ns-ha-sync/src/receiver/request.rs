@@ -160,7 +160,18 @@ impl Receiver<'_> {
                 kept.insert(d.clone());
             }
         }
-        prepare_staging(&self.root, &ctx.state, change_map.keys(), total)?;
+        let staged_bytes = |c: &crate::manifest::Change| {
+            if c.data && !kept.contains(&c.path) {
+                c.entry.size
+            } else {
+                0
+            }
+        };
+        let areas = prepare_staging(
+            &self.root,
+            &ctx.state,
+            change_map.iter().map(|(p, c)| (p, staged_bytes(c))),
+        )?;
         let mut pending = HashMap::new();
         for (i, (p, c)) in change_map.iter().enumerate() {
             if c.data && !kept.contains(p) {
@@ -195,7 +206,7 @@ impl Receiver<'_> {
             failed: None,
             files: 0,
             bytes: 0,
-            staging: ctx.state.staging(),
+            areas,
         });
         crash::point("begin");
         Ok(BeginReply {
