@@ -14,8 +14,9 @@ fn dev(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).unwrap().dev()
 }
 
-#[test]
-fn one_generation_spanning_two_filesystems_is_applied_whole() {
+/// A pair whose backup's `/tmp` (holding the synced DHCP leases) is on
+/// `/dev/shm`; returns that dir.
+fn pair_with_tmpfs_tmp() -> (Pair, tempfile::TempDir) {
     let mut p = pair();
     p.cluster.sync.include.push("/tmp/dhcp.leases".into());
     for r in [&p.primary, &p.backup] {
@@ -31,7 +32,13 @@ fn one_generation_spanning_two_filesystems_is_applied_whole() {
         "the test needs /dev/shm on another filesystem than {}",
         state.dir.display()
     );
+    (p, shm)
+}
 
+#[test]
+fn one_generation_spanning_two_filesystems_is_applied_whole() {
+    let (p, shm) = pair_with_tmpfs_tmp();
+    let state = StateDir::new(&p.backup, &p.cluster.sync);
     write(&p.primary, "/etc/config/firewall", "v1\n");
     write(&p.primary, "/tmp/dhcp.leases", "1700000000 aa:bb host1\n");
     let mut link = ThreadLink::new(&p.backup);
@@ -82,4 +89,40 @@ fn one_generation_spanning_two_filesystems_is_applied_whole() {
     assert_eq!(rep.generation, 3, "{rep:?}");
     assert!(!shm.path().join("dhcp.leases").exists());
     assert_eq!(read(&p.backup, "/etc/config/firewall"), "v3\n");
+}
+
+#[test]
+fn a_leftover_staging_dir_is_replaced_and_a_foreign_one_refused() {
+    let (p, shm) = pair_with_tmpfs_tmp();
+    let area = shm.path().join(OTHER_STAGING);
+    // Left by a transaction whose list was lost: ours, replaced.
+    std::fs::create_dir(&area).unwrap();
+    std::fs::write(area.join("0"), "stale").unwrap();
+    write(&p.primary, "/tmp/dhcp.leases", "lease 1\n");
+    let mut link = ThreadLink::new(&p.backup);
+    push(&p.primary, &p.cluster, &mut link, PushOptions::default()).unwrap();
+    link.join();
+    assert_eq!(
+        std::fs::read_to_string(shm.path().join("dhcp.leases")).unwrap(),
+        "lease 1\n"
+    );
+    assert!(!area.exists());
+
+    // A link planted under the name (a world-writable /tmp): never followed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), &area).unwrap();
+    write(&p.primary, "/tmp/dhcp.leases", "lease 2\n");
+    let err = push(&p.primary, &p.cluster, &mut link, PushOptions::default()).unwrap_err();
+    link.join();
+    assert_eq!(
+        ns_ha_common::exit::code_of(&err),
+        ns_ha_common::exit::Code::Security,
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains("remove it"), "{err:#}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_to_string(shm.path().join("dhcp.leases")).unwrap(),
+        "lease 1\n"
+    );
 }

@@ -173,6 +173,37 @@ fn top_of_filesystem(root: &NodeRoot, dir: &Path, dev: u64) -> PathBuf {
     top
 }
 
+/// Create the staging dir of another filesystem, never through a link: one
+/// left by a transaction whose list was lost is removed first if it is a
+/// real dir of ours; anything else there (a world-writable `/tmp` lets any
+/// user create the name) is refused with the path to remove.
+fn create_other_area(dir: &Path) -> Result<()> {
+    let create = || fs::DirBuilder::new().mode(0o700).create(dir);
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let md = fs::symlink_metadata(dir)?;
+            if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(fail(
+                    Code::Security,
+                    format!(
+                        "{} exists and is not a staging dir of this node: remove it, then push again",
+                        dir.display()
+                    ),
+                ));
+            }
+            fs::remove_dir_all(dir)
+                .and_then(|()| create())
+                .with_context(|| format!("recreating the staging dir {}", dir.display()))
+        }
+        r => r.with_context(|| {
+            format!(
+                "creating the staging dir {} for the synced files on its filesystem",
+                dir.display()
+            )
+        }),
+    }
+}
+
 /// Fresh staging directories, one on each filesystem the targets live on,
 /// each with room for its files. `targets` are the changed paths with the
 /// bytes each will stage.
@@ -234,15 +265,7 @@ pub(super) fn prepare_staging<'p>(
         std::fs::write(main.join(OTHER_STAGING_LIST), serde_json::to_vec(&others)?)
             .with_context(|| format!("writing {}", main.join(OTHER_STAGING_LIST).display()))?;
         for dir in &others {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| {
-                    format!(
-                        "creating the staging dir {} for the synced files on its filesystem",
-                        dir.display()
-                    )
-                })?;
+            create_other_area(dir)?;
         }
     }
     for (dir, bytes) in by_dev.values() {
