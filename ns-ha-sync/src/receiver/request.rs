@@ -14,7 +14,7 @@ use super::{local_view, recover_and_record, Ctx, Receiver, Txn, LOCK_WAIT, MAX_C
 use crate::crash;
 use crate::journal::check_ancestors;
 use crate::manifest::{digest, Kind};
-use crate::rules::{check_path, resolve_link};
+use crate::rules::{check_path, resolve_link, Origin};
 use crate::state::Run;
 use crate::util::now_secs;
 use crate::wire::{BeginReply, BeginRequest, ManifestReply};
@@ -218,10 +218,18 @@ impl Receiver<'_> {
     /// announced once, not reached through a symlink.
     fn check_target(&self, ctx: &Ctx, path: &str, seen: &mut BTreeSet<String>) -> Result<()> {
         check_path(path)?;
-        if !ctx.set.is_synced(path) {
+        let decision = ctx.set.decide(path);
+        if !decision.synced {
+            // The identity floor and the per-node configs come first in the
+            // rules (common::sync_config), whatever this node's includes say.
+            let never = decision
+                .rule
+                .filter(|r| r.origin == Origin::Never)
+                .map(|r| format!(" (never accepted from the primary: {})", r.reason))
+                .unwrap_or_default();
             return Err(fail(
                 Code::Security,
-                format!("{path} refused: outside this backup's sync set"),
+                format!("{path} refused: outside this backup's sync set{never}"),
             ));
         }
         if !seen.insert(path.to_string()) {
