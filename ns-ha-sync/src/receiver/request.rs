@@ -24,6 +24,14 @@ use crate::wire::{BeginReply, BeginRequest, ManifestReply};
 impl Receiver<'_> {
     pub(super) fn manifest(&mut self, known_digest: Option<String>) -> Result<ManifestReply> {
         let ctx = self.ctx()?;
+        // The open transaction holds the sync lock: waiting for it would
+        // only stall this channel.
+        if self.txn.is_some() {
+            return Err(fail(
+                Code::Peer,
+                "manifest while a transaction is open on this channel: refused",
+            ));
+        }
         self.view = None;
         let lock = ctx.state.lock(LOCK_WAIT)?;
         journal::recover(&self.root, &ctx.set, &ctx.state)?;
