@@ -631,3 +631,165 @@ fn record_kept(state: &StateDir, generation: u64, kept: &[KeptPath]) {
         log::warn!("cannot record the recovery: {e:#}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ns_ha_common::sync_config::{SyncProfile, SyncSettings};
+
+    fn setup() -> (tempfile::TempDir, NodeRoot, SyncSet, StateDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let set = SyncSet::from_parts(
+            SyncProfile::None,
+            &[("/etc/config", "test")],
+            &SyncSettings::default(),
+        )
+        .unwrap();
+        let state = StateDir::new(&root, &SyncSettings::default());
+        fs::create_dir_all(state.staging()).unwrap();
+        fs::create_dir_all(root.path("/etc/config")).unwrap();
+        (dir, root, set, state)
+    }
+
+    fn stage(state: &StateDir, name: &str, data: &str) {
+        fs::write(state.staging().join(name), data).unwrap();
+    }
+
+    fn journal(ops: Vec<Op>, seen: BTreeMap<String, Seen>) -> Journal {
+        Journal {
+            cluster_id: "c".into(),
+            generation: 7,
+            ops,
+            baseline: Manifest::new(),
+            changed: Vec::new(),
+            deleted: Vec::new(),
+            seen,
+        }
+    }
+
+    /// What a scan would have recorded of a live file.
+    fn seen_now(root: &NodeRoot, path: &str) -> Seen {
+        let live = root.path(path);
+        let md = fs::symlink_metadata(&live).unwrap();
+        Seen {
+            stamp: Some(Stamp::of(&md)),
+            entry: Some(Entry {
+                kind: Kind::File,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime_ns: crate::manifest::mtime_ns(&md),
+                size: md.size(),
+                sha256: Some(hash_file(&live).unwrap()),
+                target: None,
+            }),
+        }
+    }
+
+    fn replace(path: &str, staged: &str) -> Op {
+        Op::Replace {
+            path: path.into(),
+            staged: staged.into(),
+        }
+    }
+
+    #[test]
+    fn a_replay_finishes_and_keeps_a_directory_it_cannot_replace() {
+        let (_d, root, set, state) = setup();
+        fs::create_dir_all(root.path("/etc/config/d")).unwrap();
+        fs::write(root.path("/etc/config/d/not-ours"), "x").unwrap();
+        stage(&state, "0", "d is a file now");
+        stage(&state, "1", "ok");
+        let j = journal(
+            vec![
+                replace("/etc/config/d", "0"),
+                replace("/etc/config/ok", "1"),
+            ],
+            BTreeMap::new(),
+        );
+        let outcome = commit(&root, &set, &state, &j).unwrap();
+        assert_eq!(outcome.kept.len(), 1, "{outcome:?}");
+        assert_eq!(outcome.kept[0].path, "/etc/config/d");
+        assert!(outcome.kept[0].reason.contains("not empty"), "{outcome:?}");
+        assert!(root.path("/etc/config/d/not-ours").exists());
+        assert_eq!(
+            fs::read_to_string(root.path("/etc/config/ok")).unwrap(),
+            "ok"
+        );
+        assert!(!state.journal().exists(), "the journal must be done");
+        let applied: Applied = state.read(APPLIED).unwrap().unwrap();
+        assert_eq!(applied.generation, 7);
+    }
+
+    #[test]
+    fn an_edit_after_the_manifest_is_kept_and_a_touch_is_not() {
+        let (_d, root, set, state) = setup();
+        for f in ["edited", "touched", "renamed-over"] {
+            fs::write(root.path(&format!("/etc/config/{f}")), "as scanned").unwrap();
+        }
+        let seen: BTreeMap<String, Seen> = ["edited", "touched", "renamed-over", "new"]
+            .iter()
+            .map(|f| {
+                let p = format!("/etc/config/{f}");
+                let s = if *f == "new" {
+                    Seen {
+                        stamp: None,
+                        entry: None,
+                    }
+                } else {
+                    seen_now(&root, &p)
+                };
+                (p, s)
+            })
+            .collect();
+        // The edits, after the manifest answer and before the commit.
+        fs::write(root.path("/etc/config/edited"), "as edited").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(9);
+        fs::File::options()
+            .write(true)
+            .open(root.path("/etc/config/touched"))
+            .and_then(|f| f.set_modified(later))
+            .unwrap();
+        fs::write(root.path("/etc/config/tmp"), "as scanned").unwrap();
+        fs::rename(
+            root.path("/etc/config/tmp"),
+            root.path("/etc/config/renamed-over"),
+        )
+        .unwrap();
+        fs::write(root.path("/etc/config/new"), "created meanwhile").unwrap();
+        let mut ops = Vec::new();
+        for (i, f) in ["edited", "touched", "renamed-over", "new"]
+            .iter()
+            .enumerate()
+        {
+            stage(&state, &i.to_string(), "primary's");
+            ops.push(replace(&format!("/etc/config/{f}"), &i.to_string()));
+        }
+        let outcome = commit(&root, &set, &state, &journal(ops, seen)).unwrap();
+        let kept: Vec<&str> = outcome.kept.iter().map(|k| k.path.as_str()).collect();
+        // Rewritten by rename with the same content: not an edit either.
+        assert_eq!(kept, vec!["/etc/config/edited", "/etc/config/new"]);
+        let read = |f: &str| fs::read_to_string(root.path(&format!("/etc/config/{f}"))).unwrap();
+        assert_eq!(read("edited"), "as edited");
+        assert_eq!(read("new"), "created meanwhile");
+        assert_eq!(read("touched"), "primary's");
+        assert_eq!(read("renamed-over"), "primary's");
+    }
+
+    #[test]
+    fn an_unreadable_journal_is_set_aside_not_a_dead_end() {
+        let (_d, root, set, state) = setup();
+        fs::write(state.journal(), "{ not json").unwrap();
+        stage(&state, "0", "half a transfer");
+        let r = recover(&root, &set, &state).unwrap();
+        assert!(r.discarded && r.completed.is_none(), "{r:?}");
+        let aside = r.set_aside.expect("set aside");
+        assert!(Path::new(&aside).exists());
+        assert!(!state.journal().exists());
+        assert!(!state.staging().exists());
+        // And recovery has nothing left to do.
+        let again = recover(&root, &set, &state).unwrap();
+        assert!(!again.discarded && again.set_aside.is_none());
+    }
+}
