@@ -726,7 +726,7 @@ mod tests {
     fn an_edit_after_the_manifest_is_kept_and_a_touch_is_not() {
         let (_d, root, set, state) = setup();
         for f in ["edited", "touched", "renamed-over"] {
-            fs::write(root.path(&format!("/etc/config/{f}")), "as scanned").unwrap();
+            fs::write(root.path(format!("/etc/config/{f}")), "as scanned").unwrap();
         }
         let seen: BTreeMap<String, Seen> = ["edited", "touched", "renamed-over", "new"]
             .iter()
@@ -770,7 +770,7 @@ mod tests {
         let kept: Vec<&str> = outcome.kept.iter().map(|k| k.path.as_str()).collect();
         // Rewritten by rename with the same content: not an edit either.
         assert_eq!(kept, vec!["/etc/config/edited", "/etc/config/new"]);
-        let read = |f: &str| fs::read_to_string(root.path(&format!("/etc/config/{f}"))).unwrap();
+        let read = |f: &str| fs::read_to_string(root.path(format!("/etc/config/{f}"))).unwrap();
         assert_eq!(read("edited"), "as edited");
         assert_eq!(read("new"), "created meanwhile");
         assert_eq!(read("touched"), "primary's");
