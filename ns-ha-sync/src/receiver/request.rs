@@ -18,7 +18,7 @@ use super::{local_view, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, M
 use crate::crash;
 use crate::journal::{self, check_ancestors_except};
 use crate::manifest::{digest, Change, Entry, Kind, Stamp};
-use crate::rules::{check_path, disk_node, Node};
+use crate::rules::{check_path, disk_node, Node, Origin};
 use crate::wire::{BeginReply, BeginRequest, ManifestReply};
 
 impl Receiver<'_> {
@@ -207,10 +207,18 @@ impl Receiver<'_> {
     /// announced once (its parents are checked by `plan_type_changes`).
     fn check_target(&self, ctx: &Ctx, path: &str, seen: &mut BTreeSet<String>) -> Result<()> {
         check_path(path)?;
-        if !ctx.set.is_synced(path) {
+        let decision = ctx.set.decide(path);
+        if !decision.synced {
+            // The identity floor and the per-node configs come first in the
+            // rules (common::sync_config), whatever this node's includes say.
+            let never = decision
+                .rule
+                .filter(|r| r.origin == Origin::Never)
+                .map(|r| format!(" (never accepted from the primary: {})", r.reason))
+                .unwrap_or_default();
             return Err(fail(
                 Code::Security,
-                format!("{path} refused: outside this backup's sync set"),
+                format!("{path} refused: outside this backup's sync set{never}"),
             ));
         }
         if !seen.insert(path.to_string()) {
