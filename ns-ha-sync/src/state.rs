@@ -232,15 +232,27 @@ impl StateDir {
     /// the sync lock, so the run that wrote the marker has ended. Returns
     /// whether there was one.
     pub fn reap_interrupted(&self, note: Option<&str>) -> Result<bool> {
-        let Some(mut run) = self.read::<Run>(ATTEMPT).unwrap_or_else(|e| {
+        let Some(run) = self.attempt() else {
+            return Ok(false);
+        };
+        self.record_interrupted(run, note)?;
+        Ok(true)
+    }
+
+    /// The marker of the run in progress or interrupted, if there is one (a
+    /// damaged one still counts: a run started then).
+    pub fn attempt(&self) -> Option<Run> {
+        self.read::<Run>(ATTEMPT).unwrap_or_else(|e| {
             log::warn!("{e:#}: recording it as an interrupted run");
             Some(Run {
                 at: now_secs(),
                 ..Default::default()
             })
-        }) else {
-            return Ok(false);
-        };
+        })
+    }
+
+    /// Record `run` as one that never finished, with `note` after the reason.
+    pub fn record_interrupted(&self, mut run: Run, note: Option<&str>) -> Result<()> {
         run.ok = false;
         run.interrupted = true;
         run.code = Code::Failure.as_u8();
@@ -252,8 +264,7 @@ impl StateDir {
             "the sync run started at {} was interrupted: recorded",
             run.at
         );
-        self.record(&run)?;
-        Ok(true)
+        self.record(&run)
     }
 
     /// `status.json` as it stands now: a run whose marker is there is either

@@ -36,7 +36,7 @@ use ns_ha_common::proto::{read_value, write_msg, Reply};
 use ns_ha_common::NodeRoot;
 
 use crate::journal;
-use crate::manifest::{Change, Drift, Manifest};
+use crate::manifest::{Change, Drift, Manifest, Stamp};
 use crate::rules::SyncSet;
 use crate::state::{Applied, Run, StateDir, Status, APPLIED};
 use crate::util::now_secs;
@@ -60,6 +60,11 @@ struct Txn {
     changes: BTreeMap<String, Change>,
     deletes: Vec<String>,
     kept: BTreeSet<String>,
+    /// Directories to move aside (`push --force` onto a directory holding
+    /// what the sync does not own).
+    move_aside: BTreeSet<String>,
+    /// What each announced path was when the manifest answer was built.
+    stamps: HashMap<String, Stamp>,
     /// Data files still expected: path -> staging name.
     pending: HashMap<String, String>,
     /// Staging names of received files.
@@ -357,31 +362,46 @@ impl<'a> Receiver<'a> {
 }
 
 /// Finish or discard an interrupted apply (`journal::recover`) and record the
-/// run it interrupted as failed, with what recovery did about it, so `status`
-/// never shows the run before it as the last attempt. The caller holds the
-/// sync lock.
+/// run it interrupted as failed, with what recovery did about it (and the
+/// paths it kept), so `status` never shows the run before it as the last
+/// attempt. The caller holds the sync lock.
 pub fn recover_and_record(
     root: &NodeRoot,
     set: &SyncSet,
     state: &StateDir,
 ) -> Result<journal::Recovery> {
+    // Read first: recovery may record a run of its own, which closes the marker.
+    let marker = state.attempt();
     let r = journal::recover(root, set, state)?;
-    let note = match (r.completed, r.discarded) {
-        (Some(g), _) => Some(format!("recovery completed the apply of generation {g}")),
-        (None, true) => Some("recovery discarded its uncommitted transfer: nothing applied".into()),
-        (None, false) => None,
-    };
-    let reaped = state.reap_interrupted(note.as_deref())?;
-    if let (false, Some(note)) = (reaped, note) {
-        // No marker (written by an older version, or lost): still on record.
-        state.record(&Run {
-            at: now_secs(),
-            code: Code::Failure.as_u8(),
-            error: Some(format!("{}; {note}", crate::state::INTERRUPTED)),
-            generation: r.completed.unwrap_or_default(),
-            interrupted: true,
-            ..Default::default()
-        })?;
+    let mut notes = Vec::new();
+    match (r.completed, r.discarded) {
+        (Some(g), _) => notes.push(format!("recovery completed the apply of generation {g}")),
+        (None, true) => {
+            notes.push("recovery discarded its uncommitted transfer: nothing applied".into())
+        }
+        (None, false) => {}
     }
+    if let Some(k) = r.kept.first() {
+        notes.push(format!(
+            "kept {} path(s) as this backup has them (first: {}: {}); push --force on the primary replaces them",
+            r.kept.len(),
+            k.path,
+            k.reason
+        ));
+    }
+    if marker.is_none() && notes.is_empty() {
+        return Ok(r);
+    }
+    // No marker (an older version, or lost): still on record.
+    let mut run = marker.unwrap_or_else(|| Run {
+        at: now_secs(),
+        generation: r.completed.unwrap_or_default(),
+        ..Default::default()
+    });
+    if !r.kept.is_empty() {
+        run.kept = r.kept.iter().map(|k| k.path.clone()).collect();
+    }
+    let note = notes.join("; ");
+    state.record_interrupted(run, (!note.is_empty()).then_some(note.as_str()))?;
     Ok(r)
 }
