@@ -26,7 +26,7 @@ use ns_ha_common::{peer, NodeRoot};
 use crate::crash;
 use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Manifest};
 use crate::rules::SyncSet;
-use crate::state::{Pushed, Run, StateDir, Status, PUSHED};
+use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter};
 use crate::wire::{BeginReply, BeginRequest, CommitReply, ManifestReply, SyncRequest};
 
@@ -447,7 +447,7 @@ fn transfer<C: Read + Write>(
             .cloned()
             .collect()
     };
-    let generation = m.generation.max(pushed.generation) + 1;
+    let generation = next_generation(m.generation, pushed.generation, &cluster.sync.state_dir)?;
     let mut rep = PushReport {
         dry_run: opts.dry_run,
         generation,
@@ -527,6 +527,22 @@ fn transfer<C: Read + Write>(
     rep.lines = lines_of(&changes, &deletes, &peer, &c.kept.iter().cloned().collect());
     save_pushed(state, c.generation, local, c.kept.is_empty())?;
     Ok(Ok(rep))
+}
+
+/// The number of the generation a push creates: one past the newest the
+/// backup holds or this node pushed. Checked: a generation at `u64::MAX`
+/// (a forged or corrupted state file) cannot be followed, and wrapping to 0
+/// would make the backup refuse every push as stale.
+fn next_generation(backup: u64, pushed: u64, state_dir: &str) -> Result<u64> {
+    let newest = backup.max(pushed);
+    newest.checked_add(1).ok_or_else(|| {
+        fail(
+            Code::Conflict,
+            format!(
+                "generation {newest} is the largest there is, no push can follow it: delete {state_dir}/{APPLIED} on the backup and {state_dir}/{PUSHED} here, then push --force"
+            ),
+        )
+    })
 }
 
 fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) -> Result<()> {
@@ -618,4 +634,23 @@ pub fn peer_verify(
             ..Default::default()
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_at_u64_max_is_a_conflict_not_a_wrap() {
+        assert_eq!(next_generation(4, 7, "/s").unwrap(), 8);
+        assert_eq!(next_generation(u64::MAX - 1, 3, "/s").unwrap(), u64::MAX);
+        for (backup, pushed) in [(u64::MAX, 0), (0, u64::MAX)] {
+            let e = next_generation(backup, pushed, "/var/lib/ns-ha/sync").unwrap_err();
+            assert_eq!(code_of(&e), Code::Conflict);
+            let msg = e.to_string();
+            assert!(msg.contains("18446744073709551615"), "{msg}");
+            assert!(msg.contains("/var/lib/ns-ha/sync/applied.json"), "{msg}");
+            assert!(msg.contains("push --force"), "{msg}");
+        }
+    }
 }

@@ -502,3 +502,27 @@ fn a_push_with_nothing_to_send_is_recorded_on_the_backup_too() {
     link.join();
     assert!(peer.last_attempt.is_some_and(|r| r.ok));
 }
+
+#[test]
+fn a_backup_at_the_last_generation_is_a_conflict_not_an_overflow() {
+    let p = pair();
+    seed(&p);
+    let c = cluster();
+    let state = StateDir::new(&p.backup, &c.sync);
+    state
+        .write(
+            APPLIED,
+            &Applied {
+                cluster_id: Some(CLUSTER_ID.into()),
+                generation: u64::MAX,
+                applied_at: 0,
+            },
+        )
+        .unwrap();
+    let mut link = ThreadLink::new(&p.backup);
+    let e = do_push(&p, &mut link, PushOptions::default()).unwrap_err();
+    assert_eq!(code_of(&e), Code::Conflict, "{e:#}");
+    assert!(format!("{e:#}").contains("push --force"), "{e:#}");
+    assert!(!exists(&p.backup, "/etc/config/firewall"), "applied anyway");
+    assert_eq!(generation(&p.backup), u64::MAX);
+}
