@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ns_ha_common::config::{ClusterConfig, NodeConfig};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::net::InterfaceSource;
-use ns_ha_common::proto::{call, read_msg, write_msg, Reply};
+use ns_ha_common::proto::{call, read_msg, write_msg, Reply, CHUNK_BYTES};
 use ns_ha_common::ssh::PeerSession;
 use ns_ha_common::{peer, NodeRoot};
 
@@ -28,7 +28,9 @@ use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Ma
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter};
-use crate::wire::{BeginReply, BeginRequest, CommitReply, ManifestReply, SyncRequest};
+use crate::wire::{
+    BeginReply, BeginRequest, CommitReply, ManifestPart, ManifestReply, SyncRequest, MAX_ENTRIES,
+};
 
 /// A byte stream to the backup's receiver.
 pub trait Channel: Read + Write {}
@@ -374,19 +376,49 @@ pub fn peer_manifest<C: Read + Write>(
     ch: &mut C,
     known: Option<&Pushed>,
 ) -> Result<(ManifestReply, Manifest)> {
-    let m: ManifestReply = call(
+    let mut m: ManifestReply = call(
         ch,
         &SyncRequest::Manifest {
             known_digest: known.map(|p| p.digest.clone()),
         },
     )
     .context("asking the backup for its manifest")?;
-    let peer = match (&m.entries, known) {
-        (Some(e), _) => e.clone(),
+    if m.parts {
+        read_manifest_parts(ch, &mut m)?;
+    }
+    let peer = match (m.entries.take(), known) {
+        (Some(e), _) => e,
         (None, Some(p)) => p.manifest.clone(),
         (None, None) => return Err(fail(Code::Peer, "the backup sent no manifest")),
     };
     Ok((m, peer))
+}
+
+/// The parts of a manifest that follow its reply, each frame bounded; no
+/// more than [`MAX_ENTRIES`] entries and drift lines in all.
+fn read_manifest_parts<C: Read>(ch: &mut C, m: &mut ManifestReply) -> Result<()> {
+    loop {
+        let part: ManifestPart = read_msg(ch).context("reading the backup's manifest")?;
+        if let Some(entries) = m.entries.as_mut() {
+            entries.extend(part.entries);
+        } else if !part.entries.is_empty() {
+            return Err(fail(
+                Code::Peer,
+                "the backup sent entries it was not asked for",
+            ));
+        }
+        m.drift.extend(part.drift);
+        let total = m.entries.as_ref().map_or(0, |e| e.len()) + m.drift.len();
+        if total > MAX_ENTRIES {
+            return Err(fail(
+                Code::Security,
+                format!("the backup's manifest has more than {MAX_ENTRIES} entries: refused"),
+            ));
+        }
+        if !part.more {
+            return Ok(());
+        }
+    }
 }
 
 /// What a push attempt works with.
@@ -475,16 +507,17 @@ fn transfer<C: Read + Write>(
         }
         return Ok(Ok(rep));
     }
-    let begin: BeginReply = call(
+    let begin = open_transaction(
         ch,
-        &SyncRequest::Begin(BeginRequest {
+        BeginRequest {
             cluster_id: cluster.cluster_id.clone(),
             generation,
             base_generation: m.generation,
             force: opts.force,
             changes: changes.clone(),
             deletes: deletes.clone(),
-        }),
+            more: false,
+        },
     )
     .context("opening the transaction on the backup")?;
     log::debug!(
@@ -543,6 +576,16 @@ fn next_generation(backup: u64, pushed: u64, state_dir: &str) -> Result<u64> {
             ),
         )
     })
+}
+
+/// Send `begin` in chunks of about [`CHUNK_BYTES`]; the answer of the last
+/// chunk is the transaction's.
+pub fn open_transaction<C: Read + Write>(ch: &mut C, req: BeginRequest) -> Result<BeginReply> {
+    let mut reply = BeginReply::default();
+    for chunk in req.into_chunks(CHUNK_BYTES) {
+        reply = call(ch, &SyncRequest::Begin(chunk))?;
+    }
+    Ok(reply)
 }
 
 fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) -> Result<()> {

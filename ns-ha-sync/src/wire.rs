@@ -20,6 +20,10 @@ use ns_ha_common::exit::{io_failure, Code};
 
 use crate::manifest::{Change, Drift, Manifest};
 
+/// Most entries a manifest or a transaction may carry: what bounds the
+/// memory either side spends on what the other sends (README, "Limits").
+pub const MAX_ENTRIES: usize = 400_000;
+
 /// The receiver gives up on a sender that sends no byte (or takes none of
 /// its reply) for this long: a primary that froze or died mid-push must not
 /// hold the backup's sync lock until TCP notices (hours). The sender's SSH
@@ -150,6 +154,62 @@ pub struct BeginRequest {
     pub force: bool,
     pub changes: Vec<Change>,
     pub deletes: Vec<String>,
+    /// More `begin` chunks of this transaction follow (same header, the next
+    /// changes and deletes). Each chunk is answered; the last one's answer
+    /// is the transaction's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl BeginRequest {
+    /// Split into chunks of about `budget` encoded bytes each, in order
+    /// (changes first, then deletes); the last has `more: false`.
+    pub fn into_chunks(self, budget: usize) -> Vec<BeginRequest> {
+        let header = |changes, deletes| BeginRequest {
+            cluster_id: self.cluster_id.clone(),
+            generation: self.generation,
+            base_generation: self.base_generation,
+            force: self.force,
+            changes,
+            deletes,
+            more: true,
+        };
+        let mut chunks = Vec::new();
+        let (mut changes, mut deletes, mut size) = (Vec::new(), Vec::new(), 0usize);
+        for c in self.changes.iter() {
+            size += encoded_len(c);
+            changes.push(c.clone());
+            if size >= budget {
+                chunks.push(header(std::mem::take(&mut changes), Vec::new()));
+                size = 0;
+            }
+        }
+        for d in self.deletes.iter() {
+            size += d.len() + 3;
+            deletes.push(d.clone());
+            if size >= budget {
+                chunks.push(header(
+                    std::mem::take(&mut changes),
+                    std::mem::take(&mut deletes),
+                ));
+                size = 0;
+            }
+        }
+        chunks.push(header(changes, deletes));
+        if let Some(last) = chunks.last_mut() {
+            last.more = false;
+        }
+        chunks
+    }
+}
+
+/// Encoded length of one value (what it adds to a frame).
+pub fn encoded_len<T: Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map(|b| b.len() + 1).unwrap_or(0)
 }
 
 /// Answer to `manifest`.
@@ -164,6 +224,19 @@ pub struct ManifestReply {
     pub entries: Option<Manifest>,
     /// Paths edited on the backup since the last sync.
     pub drift: Vec<Drift>,
+    /// The entries and the drift follow in [`ManifestPart`] frames (until
+    /// one with `more: false`) instead of being in this reply.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub parts: bool,
+}
+
+/// One chunk of a manifest (after a [`ManifestReply`] with `parts`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestPart {
+    pub entries: Manifest,
+    pub drift: Vec<Drift>,
+    pub more: bool,
 }
 
 /// Answer to `begin`.
@@ -218,6 +291,57 @@ mod tests {
         assert_eq!(code_of(&e), Code::Peer);
         assert!(e.to_string().contains("sent nothing for 0.3 s"), "{e}");
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_large_begin_is_cut_into_ordered_chunks_under_the_frame_limit() {
+        use crate::manifest::{Entry, Kind};
+        let change = |i: usize| Change {
+            path: format!("/etc/extra/{i:06}"),
+            entry: Entry {
+                kind: Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                size: 0,
+                sha256: None,
+                target: None,
+            },
+            data: false,
+        };
+        let req = BeginRequest {
+            cluster_id: "c".into(),
+            generation: 2,
+            base_generation: 1,
+            force: true,
+            changes: (0..20_000).map(change).collect(),
+            deletes: (0..5_000).map(|i| format!("/etc/gone/{i:06}")).collect(),
+            more: false,
+        };
+        let chunks = req.clone().into_chunks(64 << 10);
+        assert!(chunks.len() > 5, "{} chunks", chunks.len());
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c.more, i + 1 < chunks.len());
+            assert_eq!((c.generation, c.base_generation, c.force), (2, 1, true));
+            let len = serde_json::to_vec(&SyncRequest::Begin(c.clone()))
+                .unwrap()
+                .len();
+            assert!(len < (64 << 10) + 1024, "chunk {i} is {len} bytes");
+        }
+        let changes: Vec<_> = chunks.iter().flat_map(|c| c.changes.clone()).collect();
+        let deletes: Vec<_> = chunks.iter().flat_map(|c| c.deletes.clone()).collect();
+        assert_eq!(changes, req.changes);
+        assert_eq!(deletes, req.deletes);
+        let small = req.clone();
+        let one = BeginRequest {
+            changes: small.changes[..3].to_vec(),
+            deletes: Vec::new(),
+            ..small
+        }
+        .into_chunks(64 << 10);
+        assert_eq!(one.len(), 1);
+        assert!(!one[0].more);
     }
 
     #[test]

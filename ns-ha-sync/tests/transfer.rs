@@ -526,3 +526,18 @@ fn a_backup_at_the_last_generation_is_a_conflict_not_an_overflow() {
     assert!(!exists(&p.backup, "/etc/config/firewall"), "applied anyway");
     assert_eq!(generation(&p.backup), u64::MAX);
 }
+
+#[test]
+fn a_frame_over_the_limit_is_refused_before_it_is_read() {
+    let p = pair();
+    let mut input = hello_frame(CLUSTER_ID);
+    let declared = (ns_ha_common::proto::MAX_MESSAGE + 1) as u32;
+    input.extend_from_slice(&declared.to_be_bytes());
+    input.extend_from_slice(b"{\"op\":\"manifest\"");
+    let replies = session(&p.backup, &input);
+    let last = replies.last().expect("a reply to the oversized frame");
+    assert!(!last.ok);
+    assert_eq!(last.code, Code::Security.as_u8());
+    let msg = last.error.clone().unwrap_or_default();
+    assert!(msg.contains("limit is 4194304 bytes"), "{msg}");
+}
