@@ -14,7 +14,7 @@ use anyhow::Result;
 use ns_ha_common::config::ClusterConfig;
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::sync_config::{
-    glob_match, profile_defaults, RuleData, SyncProfile, SyncSettings, NEVER_SYNC,
+    glob_match, never_synced, profile_defaults, RuleData, SyncProfile, SyncSettings,
 };
 use ns_ha_common::NodeRoot;
 use serde::Serialize;
@@ -202,9 +202,17 @@ impl SyncSet {
         settings: &SyncSettings,
     ) -> Result<SyncSet> {
         let mut rules = Vec::new();
-        for (p, why) in NEVER_SYNC {
+        // The identity floor and the per-node configs (compiled in), and this
+        // node's own sync state wherever sync.state_dir puts it.
+        for (p, why) in never_synced() {
             rules.push(Rule::new(p, Action::Exclude, Origin::Never, why)?);
         }
+        rules.push(Rule::new(
+            &settings.state_dir,
+            Action::Exclude,
+            Origin::Never,
+            "this node's sync state (sync.state_dir)",
+        )?);
         for (p, why) in defaults {
             rules.push(Rule::new(p, Action::Include, Origin::Default, why)?);
         }
@@ -345,6 +353,37 @@ mod tests {
             &settings,
         )
         .unwrap()
+    }
+
+    /// Issue 8 item 3: the rules the receiver checks every path against carry
+    /// the identity floor and this node's own state_dir, even for settings
+    /// that never went through validation (a hand-edited or older
+    /// cluster.json). Before, an include of /root synced /root/.ssh/id_*,
+    /// and a state_dir under an include was synced.
+    #[test]
+    fn the_identity_floor_and_own_state_dir_beat_any_include() {
+        let settings = SyncSettings {
+            include: vec!["/root".into(), "/srv".into(), "/etc/ssh".into()],
+            state_dir: "/srv/ns-ha-state".into(),
+            ..Default::default()
+        };
+        let s = SyncSet::from_parts(SyncProfile::None, &[], &settings).unwrap();
+        for floor in [
+            "/root/.ssh",
+            "/root/.ssh/id_ed25519",
+            "/root/.ssh/authorized_keys",
+            "/root/.ssh/rc",
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/srv/ns-ha-state",
+            "/srv/ns-ha-state/applied.json",
+        ] {
+            let d = s.decide(floor);
+            assert!(!d.synced, "{floor} is synced");
+            assert_eq!(d.rule.map(|r| r.origin), Some(Origin::Never), "{floor}");
+        }
+        for synced in ["/root/notes", "/srv/www/index.html", "/etc/ssh/sshd_config"] {
+            assert!(s.is_synced(synced), "{synced}");
+        }
     }
 
     #[test]

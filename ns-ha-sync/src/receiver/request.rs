@@ -21,7 +21,7 @@ use super::{local_view, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, M
 use crate::crash;
 use crate::journal::{self, check_ancestors};
 use crate::manifest::{digest, Change, Kind, Manifest};
-use crate::rules::{check_path, resolve_link};
+use crate::rules::{check_path, resolve_link, Origin};
 use crate::wire::{encoded_len, BeginReply, BeginRequest, ManifestPart, ManifestReply};
 
 /// A transaction whose `begin` chunks are still arriving: everything
@@ -326,10 +326,18 @@ impl Receiver<'_> {
     /// not reached through a symlink (announced once: checked by the caller).
     fn check_target(&self, ctx: &Ctx, path: &str) -> Result<()> {
         check_path(path)?;
-        if !ctx.set.is_synced(path) {
+        let decision = ctx.set.decide(path);
+        if !decision.synced {
+            // The identity floor and the per-node configs come first in the
+            // rules (common::sync_config), whatever this node's includes say.
+            let never = decision
+                .rule
+                .filter(|r| r.origin == Origin::Never)
+                .map(|r| format!(" (never accepted from the primary: {})", r.reason))
+                .unwrap_or_default();
             return Err(fail(
                 Code::Security,
-                format!("{path} refused: outside this backup's sync set"),
+                format!("{path} refused: outside this backup's sync set{never}"),
             ));
         }
         check_ancestors(&self.root, &ctx.set, path)
