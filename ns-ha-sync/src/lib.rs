@@ -98,7 +98,8 @@ pub enum Command {
     /// What a push would change, file by file (same as push --dry-run).
     Diff,
     /// Serve the sync protocol on stdin/stdout: the forced command of the
-    /// pairing key on the backup. Not for interactive use.
+    /// pairing key on the backup. Not for interactive use. Gives up (and
+    /// releases the sync lock) after 30 s without a byte from the sender.
     Receive,
     /// Report files edited on the backup since the last sync (exit 10 if any).
     ///
