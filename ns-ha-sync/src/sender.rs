@@ -384,7 +384,7 @@ pub fn peer_manifest<C: Read + Write>(
     )
     .context("asking the backup for its manifest")?;
     if m.parts {
-        read_manifest_parts(ch, &mut m)?;
+        read_manifest_parts(ch, &mut m, MAX_ENTRIES)?;
     }
     let peer = match (m.entries.take(), known) {
         (Some(e), _) => e,
@@ -395,8 +395,8 @@ pub fn peer_manifest<C: Read + Write>(
 }
 
 /// The parts of a manifest that follow its reply, each frame bounded; no
-/// more than [`MAX_ENTRIES`] entries and drift lines in all.
-fn read_manifest_parts<C: Read>(ch: &mut C, m: &mut ManifestReply) -> Result<()> {
+/// more than `limit` ([`MAX_ENTRIES`]) entries and drift lines in all.
+fn read_manifest_parts<C: Read>(ch: &mut C, m: &mut ManifestReply, limit: usize) -> Result<()> {
     loop {
         let part: ManifestPart = read_msg(ch).context("reading the backup's manifest")?;
         if let Some(entries) = m.entries.as_mut() {
@@ -409,10 +409,10 @@ fn read_manifest_parts<C: Read>(ch: &mut C, m: &mut ManifestReply) -> Result<()>
         }
         m.drift.extend(part.drift);
         let total = m.entries.as_ref().map_or(0, |e| e.len()) + m.drift.len();
-        if total > MAX_ENTRIES {
+        if total > limit {
             return Err(fail(
                 Code::Security,
-                format!("the backup's manifest has more than {MAX_ENTRIES} entries: refused"),
+                format!("the backup's manifest has more than {limit} entries: refused"),
             ));
         }
         if !part.more {
@@ -682,6 +682,65 @@ pub fn peer_verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn part(from: usize, n: usize, more: bool) -> ManifestPart {
+        let entry = crate::manifest::Entry {
+            kind: crate::manifest::Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            sha256: None,
+            target: None,
+        };
+        ManifestPart {
+            entries: (from..from + n)
+                .map(|i| (format!("/etc/d{i}"), entry.clone()))
+                .collect(),
+            drift: Vec::new(),
+            more,
+        }
+    }
+
+    fn header() -> ManifestReply {
+        ManifestReply {
+            cluster_id: None,
+            generation: 0,
+            digest: String::new(),
+            rules_digest: String::new(),
+            entries: Some(Manifest::new()),
+            drift: Vec::new(),
+            parts: true,
+        }
+    }
+
+    #[test]
+    fn manifest_parts_are_joined_and_capped() {
+        let mut stream = Vec::new();
+        for (i, more) in [true, true, false].into_iter().enumerate() {
+            write_msg(&mut stream, &part(i * 4, 4, more)).unwrap();
+        }
+        let mut m = header();
+        read_manifest_parts(&mut &stream[..], &mut m, 12).unwrap();
+        assert_eq!(m.entries.as_ref().map(|e| e.len()), Some(12));
+        // A backup that keeps sending is cut off at the limit, not believed.
+        let mut endless = Vec::new();
+        for i in 0..5 {
+            write_msg(&mut endless, &part(i * 4, 4, true)).unwrap();
+        }
+        let mut m = header();
+        let e = read_manifest_parts(&mut &endless[..], &mut m, 12).unwrap_err();
+        assert_eq!(code_of(&e), Code::Security, "{e:#}");
+        assert!(e.to_string().contains("more than 12 entries"), "{e:#}");
+        // Entries the sender did not ask for are refused.
+        let mut m = ManifestReply {
+            entries: None,
+            ..header()
+        };
+        let e = read_manifest_parts(&mut &stream[..], &mut m, 12).unwrap_err();
+        assert_eq!(code_of(&e), Code::Peer);
+    }
 
     #[test]
     fn generation_at_u64_max_is_a_conflict_not_a_wrap() {

@@ -541,3 +541,63 @@ fn a_frame_over_the_limit_is_refused_before_it_is_read() {
     let msg = last.error.clone().unwrap_or_default();
     assert!(msg.contains("limit is 4194304 bytes"), "{msg}");
 }
+
+fn begin_chunk(generation: u64, changes: serde_json::Value, more: bool) -> Vec<u8> {
+    frame(
+        &json!({"op": "begin", "cluster_id": CLUSTER_ID, "generation": generation,
+                "base_generation": 0, "force": false, "changes": changes, "deletes": [],
+                "more": more}),
+        b"",
+    )
+}
+
+#[test]
+fn begin_chunks_are_checked_as_one_transaction() {
+    let p = pair();
+    let data = b"x\n";
+    let change = |path: &str| json!([{"path": path, "entry": file_entry(data), "data": true}]);
+    let h = || hello_frame(CLUSTER_ID);
+    // A path announced in two chunks is announced twice.
+    refused(
+        &p,
+        vec![
+            h(),
+            begin_chunk(1, change("/etc/config/a"), true),
+            begin_chunk(1, change("/etc/config/a"), false),
+        ],
+        Code::Peer,
+        "announced twice",
+    );
+    // A chunk cannot switch to another generation mid-transaction.
+    refused(
+        &p,
+        vec![
+            h(),
+            begin_chunk(1, change("/etc/config/a"), true),
+            begin_chunk(2, change("/etc/config/b"), false),
+        ],
+        Code::Peer,
+        "does not match",
+    );
+    // Two well-formed chunks open one transaction that commits both paths.
+    let script = [
+        h(),
+        begin_chunk(1, change("/etc/config/a"), true),
+        begin_chunk(1, change("/etc/config/b"), false),
+        frame(
+            &json!({"op": "file", "path": "/etc/config/a", "size": data.len(), "sha256": sha(data)}),
+            data,
+        ),
+        frame(
+            &json!({"op": "file", "path": "/etc/config/b", "size": data.len(), "sha256": sha(data)}),
+            data,
+        ),
+        frame(&json!({"op": "commit"}), b""),
+    ]
+    .concat();
+    let replies = session(&p.backup, &script);
+    assert!(replies.iter().all(|r| r.ok), "{replies:?}");
+    assert_eq!(read(&p.backup, "/etc/config/a"), "x\n");
+    assert_eq!(read(&p.backup, "/etc/config/b"), "x\n");
+    assert_eq!(generation(&p.backup), 1);
+}
