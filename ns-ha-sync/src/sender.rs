@@ -684,16 +684,7 @@ mod tests {
     use super::*;
 
     fn part(from: usize, n: usize, more: bool) -> ManifestPart {
-        let entry = crate::manifest::Entry {
-            kind: crate::manifest::Kind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            size: 0,
-            sha256: None,
-            target: None,
-        };
+        let entry = crate::manifest::Entry::root_dir();
         ManifestPart {
             entries: (from..from + n)
                 .map(|i| (format!("/etc/d{i}"), entry.clone()))

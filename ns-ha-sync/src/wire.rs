@@ -295,19 +295,9 @@ mod tests {
 
     #[test]
     fn a_large_begin_is_cut_into_ordered_chunks_under_the_frame_limit() {
-        use crate::manifest::{Entry, Kind};
         let change = |i: usize| Change {
             path: format!("/etc/extra/{i:06}"),
-            entry: Entry {
-                kind: Kind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 0,
-                size: 0,
-                sha256: None,
-                target: None,
-            },
+            entry: crate::manifest::Entry::root_dir(),
             data: false,
         };
         let req = BeginRequest {

@@ -580,18 +580,18 @@ fn begin_chunks_are_checked_as_one_transaction() {
         "does not match",
     );
     // Two well-formed chunks open one transaction that commits both paths.
+    let file = |path: &str| {
+        frame(
+            &json!({"op": "file", "path": path, "size": data.len(), "sha256": sha(data)}),
+            data,
+        )
+    };
     let script = [
         h(),
         begin_chunk(1, change("/etc/config/a"), true),
         begin_chunk(1, change("/etc/config/b"), false),
-        frame(
-            &json!({"op": "file", "path": "/etc/config/a", "size": data.len(), "sha256": sha(data)}),
-            data,
-        ),
-        frame(
-            &json!({"op": "file", "path": "/etc/config/b", "size": data.len(), "sha256": sha(data)}),
-            data,
-        ),
+        file("/etc/config/a"),
+        file("/etc/config/b"),
         frame(&json!({"op": "commit"}), b""),
     ]
     .concat();
