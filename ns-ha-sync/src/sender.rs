@@ -398,7 +398,9 @@ pub fn peer_manifest<C: Read + Write>(
 /// more than `limit` ([`MAX_ENTRIES`]) entries and drift lines in all.
 fn read_manifest_parts<C: Read>(ch: &mut C, m: &mut ManifestReply, limit: usize) -> Result<()> {
     loop {
-        let part: ManifestPart = read_msg(ch).context("reading the backup's manifest")?;
+        let part: ManifestPart = read_msg::<_, Reply>(ch)
+            .and_then(Reply::into_result)
+            .context("reading the backup's manifest")?;
         if let Some(entries) = m.entries.as_mut() {
             entries.extend(part.entries);
         } else if !part.entries.is_empty() {
@@ -710,7 +712,7 @@ mod tests {
     fn manifest_parts_are_joined_and_capped() {
         let mut stream = Vec::new();
         for (i, more) in [true, true, false].into_iter().enumerate() {
-            write_msg(&mut stream, &part(i * 4, 4, more)).unwrap();
+            write_msg(&mut stream, &Reply::ok(part(i * 4, 4, more))).unwrap();
         }
         let mut m = header();
         read_manifest_parts(&mut &stream[..], &mut m, 12).unwrap();
@@ -718,7 +720,7 @@ mod tests {
         // A backup that keeps sending is cut off at the limit, not believed.
         let mut endless = Vec::new();
         for i in 0..5 {
-            write_msg(&mut endless, &part(i * 4, 4, true)).unwrap();
+            write_msg(&mut endless, &Reply::ok(part(i * 4, 4, true))).unwrap();
         }
         let mut m = header();
         let e = read_manifest_parts(&mut &endless[..], &mut m, 12).unwrap_err();

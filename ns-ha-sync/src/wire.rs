@@ -230,7 +230,8 @@ pub struct ManifestReply {
     pub parts: bool,
 }
 
-/// One chunk of a manifest (after a [`ManifestReply`] with `parts`).
+/// One chunk of a manifest (after a [`ManifestReply`] with `parts`), as the
+/// data of a reply frame like every frame the receiver sends.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestPart {
