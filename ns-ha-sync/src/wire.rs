@@ -152,6 +152,10 @@ pub struct BeginRequest {
     pub base_generation: u64,
     /// Overwrite files edited on the backup.
     pub force: bool,
+    /// Apply even though the backup holds the cluster's VIPs (it is MASTER
+    /// itself); sent only when set, so an older backup still parses the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub even_if_backup_is_master: bool,
     pub changes: Vec<Change>,
     pub deletes: Vec<String>,
     /// More `begin` chunks of this transaction follow (same header, the next
@@ -174,6 +178,7 @@ impl BeginRequest {
             generation: self.generation,
             base_generation: self.base_generation,
             force: self.force,
+            even_if_backup_is_master: self.even_if_backup_is_master,
             changes,
             deletes,
             more: true,
@@ -306,6 +311,7 @@ mod tests {
             generation: 2,
             base_generation: 1,
             force: true,
+            even_if_backup_is_master: false,
             changes: (0..20_000).map(change).collect(),
             deletes: (0..5_000).map(|i| format!("/etc/gone/{i:06}")).collect(),
             more: false,
@@ -315,6 +321,7 @@ mod tests {
         for (i, c) in chunks.iter().enumerate() {
             assert_eq!(c.more, i + 1 < chunks.len());
             assert_eq!((c.generation, c.base_generation, c.force), (2, 1, true));
+            assert!(!c.even_if_backup_is_master);
             let len = serde_json::to_vec(&SyncRequest::Begin(c.clone()))
                 .unwrap()
                 .len();

@@ -51,6 +51,7 @@ fn big_begin(entries: usize) -> BeginRequest {
         generation: 1,
         base_generation: 0,
         force: false,
+        even_if_backup_is_master: false,
         changes,
         deletes: Vec::new(),
         more: false,

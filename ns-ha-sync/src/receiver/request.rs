@@ -20,11 +20,15 @@ use ns_ha_common::proto::{write_msg, Reply, CHUNK_BYTES};
 use ns_ha_common::NodeRoot;
 
 use super::staging::prepare_staging;
-use super::{local_view, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
+use super::{
+    local_view, recover_and_record, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE,
+};
 use crate::crash;
-use crate::journal::{self, check_ancestors_except};
+use crate::journal::check_ancestors_except;
 use crate::manifest::{digest, Change, Entry, Kind, Manifest, Stamp};
 use crate::rules::{check_path, disk_node, Node, Origin};
+use crate::state::Run;
+use crate::util::now_secs;
 use crate::wire::{encoded_len, BeginReply, BeginRequest, ManifestPart, ManifestReply};
 
 /// A transaction whose `begin` chunks are still arriving: everything
@@ -37,6 +41,7 @@ pub(super) struct Opening {
     generation: u64,
     base_generation: u64,
     force: bool,
+    even_if_backup_is_master: bool,
     drifted: HashSet<String>,
     changes: BTreeMap<String, Change>,
     deletes: BTreeSet<String>,
@@ -57,7 +62,7 @@ impl Receiver<'_> {
         self.view = None;
         self.opening = None;
         let lock = ctx.state.lock(LOCK_WAIT)?;
-        journal::recover(&self.root, &ctx.set, &ctx.state)?;
+        recover_and_record(&self.root, &ctx.set, &ctx.state)?;
         let view = local_view(&self.root, &ctx.set, &ctx.state)?;
         let d = digest(&view.current);
         let with_entries = known_digest.as_deref() != Some(d.as_str());
@@ -126,6 +131,7 @@ impl Receiver<'_> {
             generation,
             base_generation,
             force,
+            even_if_backup_is_master,
             changes,
             deletes,
             more,
@@ -139,12 +145,14 @@ impl Receiver<'_> {
         let ctx = self.ctx()?;
         let mut o = match self.opening.take() {
             Some(o) => {
-                if (
-                    o.cluster_id.as_str(),
+                let header = (
                     o.generation,
                     o.base_generation,
                     o.force,
-                ) != (cluster_id.as_str(), generation, base_generation, force)
+                    o.even_if_backup_is_master,
+                );
+                if o.cluster_id != cluster_id
+                    || header != (generation, base_generation, force, even_if_backup_is_master)
                 {
                     return Err(fail(
                         Code::Peer,
@@ -153,14 +161,10 @@ impl Receiver<'_> {
                 }
                 o
             }
-            None => self.open(
-                &ctx,
-                cluster_id,
-                generation,
-                base_generation,
-                force,
-                started,
-            )?,
+            None => {
+                let header = (generation, base_generation, force, even_if_backup_is_master);
+                self.open(&ctx, cluster_id, header, started)?
+            }
         };
         if o.changes.len() + o.deletes.len() + changes.len() + deletes.len() > MAX_CHANGES {
             return Err(fail(
@@ -211,7 +215,18 @@ impl Receiver<'_> {
                 stamps.insert(p.clone(), Stamp::of(&md));
             }
         }
-        prepare_staging(&self.root, &ctx.state, changes.keys(), total)?;
+        let staged_bytes = |c: &Change| {
+            if c.data && !kept.contains(&c.path) {
+                c.entry.size
+            } else {
+                0
+            }
+        };
+        let areas = prepare_staging(
+            &self.root,
+            &ctx.state,
+            changes.iter().map(|(p, c)| (p, staged_bytes(c))),
+        )?;
         let mut pending = HashMap::new();
         for (i, (p, c)) in changes.iter().enumerate() {
             if c.data && !kept.contains(p) {
@@ -219,6 +234,18 @@ impl Receiver<'_> {
             }
         }
         let kept_list: Vec<String> = kept.iter().cloned().collect();
+        // Until commit or abort records this run, the marker says it was cut.
+        let marker = Run {
+            at: now_secs().saturating_sub(o.started.elapsed().as_secs()),
+            generation: o.generation,
+            files: pending.len() as u64,
+            bytes: total,
+            changed: (changes.len() - kept.len().min(changes.len())) as u64,
+            deleted: deletes.len() as u64,
+            kept: kept_list.clone(),
+            ..Default::default()
+        };
+        ctx.state.mark_attempt(&marker)?;
         self.txn = Some(Txn {
             _lock: o.lock,
             started: o.started,
@@ -237,7 +264,7 @@ impl Receiver<'_> {
             failed: None,
             files: 0,
             bytes: 0,
-            staging: ctx.state.staging(),
+            areas,
         });
         crash::point("begin");
         Ok(BeginReply { kept: kept_list })
@@ -249,17 +276,16 @@ impl Receiver<'_> {
         &mut self,
         ctx: &Ctx,
         cluster_id: String,
-        generation: u64,
-        base_generation: u64,
-        force: bool,
+        (generation, base_generation, force, even_if_backup_is_master): (u64, u64, bool, bool),
         started: Instant,
     ) -> Result<Opening> {
         ns_ha_common::control::refuse_other_cluster(&ctx.cluster.cluster_id, &cluster_id)?;
+        self.refuse_if_master(&ctx.cluster, even_if_backup_is_master)?;
         let (lock, view) = match self.view.take() {
             Some(v) => v,
             None => {
                 let lock = ctx.state.lock(LOCK_WAIT)?;
-                journal::recover(&self.root, &ctx.set, &ctx.state)?;
+                recover_and_record(&self.root, &ctx.set, &ctx.state)?;
                 (lock, local_view(&self.root, &ctx.set, &ctx.state)?)
             }
         };
@@ -293,6 +319,7 @@ impl Receiver<'_> {
             generation,
             base_generation,
             force,
+            even_if_backup_is_master,
             changes: BTreeMap::new(),
             deletes: BTreeSet::new(),
             kept: BTreeSet::new(),
