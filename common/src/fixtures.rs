@@ -43,6 +43,8 @@ pub fn paired_primary_node(peer: Ipv4Addr) -> NodeConfig {
         }),
         authorized_key_fingerprint: None,
         service_backend: Default::default(),
+        platform: Default::default(),
+        ssh_server: Default::default(),
     }
 }
 

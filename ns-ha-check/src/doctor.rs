@@ -694,6 +694,8 @@ pub(crate) mod tests {
                 }),
                 authorized_key_fingerprint: None,
                 service_backend: Default::default(),
+                platform: Default::default(),
+                ssh_server: Default::default(),
             },
         )
         .unwrap();
