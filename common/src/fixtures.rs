@@ -32,9 +32,14 @@ pub fn sample_cluster() -> ClusterConfig {
 
 /// The node config of a primary paired with the backup at `peer` (a dummy pinned key).
 pub fn paired_primary_node(peer: Ipv4Addr) -> NodeConfig {
+    paired_node(Role::Primary, peer)
+}
+
+/// The node config of a `role` node paired with `peer` (a dummy pinned key).
+pub fn paired_node(role: Role, peer: Ipv4Addr) -> NodeConfig {
     NodeConfig {
         schema_version: SCHEMA_VERSION,
-        role: Role::Primary,
+        role,
         peer_address: peer,
         peer_host_key: Some(PinnedHostKey {
             key_type: "ssh-ed25519".into(),

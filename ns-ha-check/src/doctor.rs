@@ -570,9 +570,9 @@ pub(crate) mod tests {
     use anyhow::Result;
     use ns_ha_common::clock::FixedClock;
     use ns_ha_common::cmd::{CmdOutput, RecordingRunner};
-    use ns_ha_common::config::{save_cluster, save_node, PinnedHostKey, SCHEMA_VERSION};
+    use ns_ha_common::config::{save_cluster, save_node};
     use ns_ha_common::exit::{fail, Code};
-    use ns_ha_common::fixtures::{interface, sample_cluster};
+    use ns_ha_common::fixtures::{interface, paired_node, sample_cluster};
     use ns_ha_common::net::StaticInterfaces;
     use ns_ha_common::proto::HelloReply;
     use ns_ha_common::NodeRoot;
@@ -680,23 +680,13 @@ pub(crate) mod tests {
         save_cluster(&root, &c).unwrap();
         save_node(
             &root,
-            &NodeConfig {
-                schema_version: SCHEMA_VERSION,
+            &paired_node(
                 role,
-                peer_address: match role {
+                match role {
                     Role::Primary => "10.99.0.2".parse().unwrap(),
                     Role::Backup => "10.99.0.1".parse().unwrap(),
                 },
-                peer_host_key: Some(PinnedHostKey {
-                    key_type: "ssh-ed25519".into(),
-                    key_base64: "AAAA".into(),
-                    fingerprint: "SHA256:x".into(),
-                }),
-                authorized_key_fingerprint: None,
-                service_backend: Default::default(),
-                platform: Default::default(),
-                ssh_server: Default::default(),
-            },
+            ),
         )
         .unwrap();
         let text = keepalived::render(&RenderInputs {

@@ -125,8 +125,9 @@ pub enum Command {
     ///
     /// A WAN is configured the same way until WAN takeover lands: a WAN with a
     /// static address on each node plus a shared public VIP is added with
-    /// add-lan (ns-ha-vip list shows its VIP as KIND lan). WANs by DHCP or PPPoE
-    /// and a WAN address that only the MASTER holds are not supported yet.
+    /// add-lan (ns-ha-vip list shows its VIP as KIND add-lan, like a LAN).
+    /// WANs by DHCP or PPPoE and a WAN address that only the MASTER holds are
+    /// not supported yet.
     AddLan {
         /// The interface, same name on both nodes, with a static IPv4 address of
         /// the same subnet on each (e.g. lan0, br-lan, or a WAN such as eth1).

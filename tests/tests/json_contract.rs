@@ -240,8 +240,12 @@ impl Root {
             .arg(self.dir.path())
             .arg("--json")
             .args(args);
-        // No ns-ha-sync next to ns-ha-role here: its push is skipped.
-        c.env("NS_HA_BIN_DIR", self.dir.path());
+        // No ns-ha-sync next to ns-ha-role here: its push is skipped. The
+        // other tools find their siblings (ns-ha-check runs ns-ha-role and
+        // ns-ha-sync) next to themselves, in cargo's build directory.
+        if tool == "ns-ha-role" {
+            c.env("NS_HA_BIN_DIR", self.dir.path());
+        }
         c
     }
 
@@ -447,6 +451,9 @@ fn lab_run(lab: &Lab, node: &str, name: &str, args: &[&str]) -> Output {
 /// that carry data (kept files, drift, failed actions).
 fn in_lab(ck: &mut Checker) {
     let lab = Lab::up();
+    // The roles start dnsmasq on MASTER: `check` wants its config first
+    // (removed again below to make an action fail).
+    ns_ha_tests::cluster::configure_dnsmasq(&lab);
     let lan_vip = format!("{}/24", net::LAN_VIP);
     let wan_vip = format!("{}/24", net::WAN_VIP);
     ck.ok(
@@ -545,7 +552,8 @@ fn in_lab(ck: &mut Checker) {
         "fw1 did not become MASTER"
     );
 
-    // A failed action (dnsmasq has no config yet): apply fails with its passes.
+    // A failed action (dnsmasq's config removed): apply fails with its passes.
+    std::fs::remove_file(lab.path("fw1", "/etc/dnsmasq.conf")).expect("remove dnsmasq.conf");
     let role_fw1 = |args: &[&str]| lab_run(&lab, "fw1", "ns-ha-role", args);
     let a = ck.failed_with_data("ns-ha-role apply", &role_fw1(&["apply"]));
     assert_eq!(a["code"], 9, "{a}");
