@@ -7,7 +7,7 @@
 //! It refuses to run where ns-ha is installed already (it would remove an
 //! administrator's package) and fails, never skips, without the .deb.
 
-use ns_ha_tests::{cluster, net, Lab};
+use ns_ha_tests::{cluster, net, wait_until, Lab};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -142,12 +142,17 @@ fn the_deb_installs_runs_the_lab_from_usr_sbin_and_is_removed_cleanly() {
         assert!(conf.contains("/usr/sbin/ns-ha-role"), "{conf}");
         let version = cluster::tool_ok(&lab, "fw2", "ns-ha-init", &["--version"]);
         assert!(version.starts_with("ns-ha-init "), "{version}");
-        // Failover: fw1 dies, fw2 takes the VIPs.
+        // Failover: fw1 dies (its links down, keepalived killed), fw2
+        // takes the VIP and the LAN client reaches it there.
         lab.crash("fw1");
         assert!(
-            lab.wait_holders(net::LAN_VIP, &["fw2"], Duration::from_secs(5)),
-            "fw2 did not take the LAN VIP: holders {:?}",
-            lab.holders(net::LAN_VIP)
+            wait_until(Duration::from_secs(10), Duration::from_millis(20), || lab
+                .has_addr("fw2", net::LAN_VIP)),
+            "fw2 did not take the LAN VIP after fw1 was lost"
+        );
+        assert!(
+            lab.ping("lan", net::LAN_VIP, 3),
+            "client cannot reach the VIP on fw2"
         );
     }
 
