@@ -25,7 +25,8 @@ use crate::exit::{code_of, Code};
 /// Options every tool takes, flattened into its clap `Cli`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GlobalArgs {
-    /// Root directory of the node's filesystem (default: $NS_HA_ROOT or /).
+    /// Root directory of the node's filesystem (default: $NS_HA_ROOT or /):
+    /// an absolute path of letters, digits and / . _ - + , : @ only.
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Print results as JSON on stdout.

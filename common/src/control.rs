@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::activate::apply_cluster;
 use crate::addresses::{address_problems, AddressProblem};
+use crate::authorized_keys::refresh_primary_line;
 use crate::cmd::CommandRunner;
 use crate::config::{load_cluster_opt, load_node, ClusterConfig, NodeConfig, Role};
 use crate::exit::{fail, Code};
@@ -95,6 +96,25 @@ pub fn check_backup_interfaces(cluster: &ClusterConfig, ifs: &dyn InterfaceSourc
     Ok(())
 }
 
+/// Refuse a cluster whose primary HA address is not the one this backup
+/// authorized the primary's key from (`node.json` `peer_address`, the
+/// `from=` of the key line): keepalived and the key would name two different
+/// primaries.
+pub fn check_primary_address(cluster: &ClusterConfig, node: &NodeConfig) -> Result<()> {
+    let primary = cluster.ha.primary_address.addr;
+    if primary != node.peer_address {
+        return Err(fail(
+            Code::InvalidInput,
+            format!(
+                "the cluster says the primary's HA address is {primary} but this backup accepts the primary's key from {} only: \
+                 run ns-ha-init reset --yes and ns-ha-init init-backup --peer {primary} on the backup",
+                node.peer_address
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Handle one control request on the backup; the value is the reply's data.
 pub fn handle(
     root: &NodeRoot,
@@ -121,12 +141,105 @@ pub fn handle(
         ControlRequest::InstallCluster { config } => {
             let node = backup_node(root)?;
             check_cluster_id(root, &config.cluster_id)?;
+            // The whole model (roles, sync set and its identity floor,
+            // state_dir, addresses) through its one validation entry point.
             config.validate()?;
+            check_primary_address(&config, &node)?;
             check_backup_interfaces(&config, &ifs)?;
             let act = apply_cluster(root, runner, Role::Backup, node.service_backend, &config)
                 .context("installing the cluster config on the backup")?;
+            // Keep the primary's key line as this release makes it (an older
+            // line has no from=); the session in progress is not affected.
+            match refresh_primary_line(root, &node) {
+                Ok(true) => log::info!(
+                    "the primary's authorized_keys line was rewritten: from=\"{}\"",
+                    node.peer_address
+                ),
+                Ok(false) => {}
+                Err(e) => log::warn!("the primary's authorized_keys line was not refreshed: {e:#}"),
+            }
             serde_json::to_value(act)?
         }
     };
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::{CmdOutput, RecordingRunner};
+    use crate::config::{save_node, SCHEMA_VERSION};
+    use crate::exit::code_of;
+    use crate::fixtures::sample_cluster;
+    use crate::root::paths;
+
+    /// A backup root (peer 10.99.0.1) whose `ip` answers with the sample
+    /// cluster's backup interfaces.
+    fn backup() -> (tempfile::TempDir, NodeRoot, RecordingRunner) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        save_node(
+            &root,
+            &NodeConfig {
+                schema_version: SCHEMA_VERSION,
+                role: Role::Backup,
+                peer_address: "10.99.0.1".parse().unwrap(),
+                peer_host_key: None,
+                authorized_key_fingerprint: None,
+                service_backend: Default::default(),
+            },
+        )
+        .unwrap();
+        let runner = RecordingRunner::new();
+        runner.answer(
+            "ip",
+            CmdOutput {
+                status: Some(0),
+                stdout: "[]".into(),
+                ..Default::default()
+            },
+        );
+        (dir, root, runner)
+    }
+
+    fn install(root: &NodeRoot, runner: &RecordingRunner, c: &ClusterConfig) -> anyhow::Error {
+        let req = serde_json::json!({"op": "install-cluster", "config": c});
+        handle(root, runner, req).expect_err("install-cluster accepted")
+    }
+
+    /// Issue 8 item 3: install-cluster refuses, with nothing written, a sync
+    /// set reaching the backup's identity floor (7), a roles section the role
+    /// engine cannot run (4), and a primary at another address than the one
+    /// the key is authorized from (3). Before, the first and the last were
+    /// installed.
+    #[test]
+    fn install_cluster_refuses_floor_roles_and_another_primary_and_writes_nothing() {
+        let (_dir, root, runner) = backup();
+        for (include, floor) in [
+            ("/root/.ssh", "/root/.ssh"),
+            ("/etc/ssh/ssh_host_*", "/etc/ssh/ssh_host_*"),
+            ("/etc/ns-ha", "/etc/ns-ha"),
+        ] {
+            let mut c = sample_cluster();
+            c.sync.include = vec![include.into()];
+            let e = install(&root, &runner, &c);
+            assert_eq!(code_of(&e), Code::Security, "{include}: {e}");
+            assert!(e.to_string().contains(&format!("reaches {floor}")), "{e}");
+        }
+        let mut c = sample_cluster();
+        c.roles = serde_json::from_value(serde_json::json!({"backup": {"links_down": ["lan*"]}}))
+            .unwrap();
+        assert_eq!(code_of(&install(&root, &runner, &c)), Code::Config);
+        let mut c = sample_cluster();
+        c.ha.primary_address = "10.99.0.3/24".parse().unwrap();
+        let e = install(&root, &runner, &c);
+        assert_eq!(code_of(&e), Code::InvalidInput, "{e}");
+        assert!(
+            e.to_string().contains("init-backup --peer 10.99.0.3"),
+            "{e}"
+        );
+        assert!(!root.path(paths::CLUSTER_CONFIG).exists());
+        assert!(!root.path(paths::KEEPALIVED_CONF).exists());
+        assert!(runner.calls().is_empty(), "{:?}", runner.calls());
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod activate;
 pub mod addresses;
+pub mod authorized_keys;
 pub mod cli;
 pub mod clock;
 pub mod cmd;

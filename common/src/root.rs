@@ -4,8 +4,25 @@
 //! directly: every absolute path goes through a [`NodeRoot`], which maps it
 //! under `--root` (or `NS_HA_ROOT`). On a real firewall the root is `/`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
+
+use crate::exit::{fail, Code};
+
+/// The characters a path written unquoted into a shell command line may
+/// have, in words for error messages.
+pub const SHELL_SAFE_DESCRIPTION: &str = "letters, digits and / . _ - + , : @";
+
+/// True when `path` is made only of characters no shell treats specially
+/// (an allow-list: `& | < > # ; $ ` ' " \ ( ) * ? [ ] { } ~ !`, whitespace
+/// and everything non-ASCII are out), so it can be passed through `sh -c`
+/// unquoted and read back as the same single word.
+pub fn is_shell_safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | ',' | ':' | '@')
+        })
+}
 
 /// Environment variable that sets the node root when `--root` is not given.
 pub const ROOT_ENV: &str = "NS_HA_ROOT";
@@ -37,25 +54,29 @@ pub struct NodeRoot {
 }
 
 impl NodeRoot {
-    /// A root at `base`. It must be absolute and free of characters that would
-    /// need quoting in the keepalived config or an authorized_keys command.
+    /// A root at `base`. It must be absolute and made only of
+    /// [`is_shell_safe_path`] characters: it is written unquoted into the
+    /// keepalived config and into the authorized_keys forced command, which
+    /// sshd runs through `sh -c`.
     pub fn new(base: impl Into<PathBuf>) -> Result<Self> {
         let base = base.into();
         if !base.is_absolute() {
-            bail!(
-                "root {} is not an absolute path: give --root as /path",
-                base.display()
-            );
+            return Err(fail(
+                Code::InvalidInput,
+                format!(
+                    "--root {} is not an absolute path: give --root (or NS_HA_ROOT) as /path",
+                    base.display()
+                ),
+            ));
         }
         let text = base.to_string_lossy();
-        if text
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '$' | '`' | ';'))
-        {
-            bail!(
-                "root {} contains whitespace, quotes or shell characters: choose a plain path",
-                base.display()
-            );
+        if !is_shell_safe_path(&text) {
+            return Err(fail(
+                Code::InvalidInput,
+                format!(
+                    "--root {text:?} has characters other than {SHELL_SAFE_DESCRIPTION}: the path goes into the backup's forced command, which sshd runs through sh; give --root (or NS_HA_ROOT) a plain path such as /var/lib/ns-ha-lab/fw1"
+                ),
+            ));
         }
         Ok(NodeRoot { base })
     }
@@ -130,5 +151,28 @@ mod tests {
         assert!(NodeRoot::new("lab/fw1").is_err());
         assert!(NodeRoot::new("/lab/fw 1").is_err());
         assert!(NodeRoot::new("/lab/$(x)").is_err());
+    }
+
+    /// Issue 8 item 10: every character sh treats specially is refused with
+    /// exit 3 naming `--root` (before, `& | < > # ( ) * ? ~ !` and others passed).
+    #[test]
+    fn every_shell_character_in_root_is_refused_with_exit_3() {
+        for c in [
+            '&', '|', '<', '>', '#', ';', '$', '`', '\'', '"', '\\', '(', ')', '*', '?', '[', ']',
+            '{', '}', '~', '!', '=', '%', '^', ' ', '\t', '\n', '\r', 'é',
+        ] {
+            let path = format!("/lab/fw{c}1");
+            let e = NodeRoot::new(&path).expect_err(&path);
+            assert_eq!(crate::exit::code_of(&e), Code::InvalidInput, "{path:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("--root") && msg.contains("plain path"),
+                "{msg}"
+            );
+        }
+        for ok in ["/var/lib/ns-ha-lab/fw1", "/tmp/.tmpAb9_x", "/srv/a+b,c:d@e"] {
+            assert!(NodeRoot::new(ok).is_ok(), "{ok}");
+            assert!(is_shell_safe_path(ok), "{ok}");
+        }
     }
 }

@@ -82,10 +82,12 @@ impl Default for SyncSettings {
 impl SyncSettings {
     /// Check the rules valid sync settings follow, so a bad value is refused
     /// where it is entered instead of failing a later push: every pattern an
-    /// absolute normalized node path, and `state_dir` outside the sync set.
+    /// absolute normalized node path, no include reaching the
+    /// [`IDENTITY_FLOOR`] (exit 7), and `state_dir` outside the sync set.
     pub fn validate(&self) -> Result<()> {
         for p in &self.include {
             check_node_path("sync.include", p)?;
+            check_floor(p)?;
         }
         for p in &self.exclude {
             check_node_path("sync.exclude", p)?;
@@ -111,7 +113,7 @@ impl SyncSettings {
     /// include can bring a path back.
     fn rule_reaching(&self, dir: &str) -> Option<String> {
         let dir: Vec<&str> = components(dir).collect();
-        if NEVER_SYNC.iter().any(|(p, _)| pattern_covers(p, &dir)) {
+        if never_synced().any(|(p, _)| pattern_covers(p, &dir)) {
             return None;
         }
         let defaults: Vec<&str> = match self.profile {
@@ -189,9 +191,16 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 /// A default rule: a path pattern and why it is there.
 pub type RuleData = (&'static str, &'static str);
 
-/// Never synced, whatever the includes say: the pairing, the HA daemons'
-/// configs, the node's network, SSH identities, and ns-ha's own state.
-pub const NEVER_SYNC: &[RuleData] = &[
+/// The backup's identity floor: its SSH authorized keys (root's and
+/// dropbear's), SSH host keys, ns-ha's own keys, pairing files and state.
+/// Compiled in, with no setting to change it: the receiver never writes,
+/// replaces or deletes anything here whatever the primary sends (its rules
+/// put these first), and a cluster config whose `sync.include` reaches one of
+/// these (at, below or above it) is refused with exit 7 wherever it enters
+/// ([`SyncSettings::validate`], so `install-cluster` on the backup too). The
+/// node's own `sync.state_dir` belongs to the floor as well (`validate` keeps
+/// it outside the sync set, and the rules exclude it).
+pub const IDENTITY_FLOOR: &[RuleData] = &[
     ("/etc/ns-ha", "ns-ha cluster and node config, pairing key"),
     ("/etc/ns-ha-sync", "ns-ha-sync state (when moved to flash)"),
     (
@@ -199,6 +208,21 @@ pub const NEVER_SYNC: &[RuleData] = &[
         "ns-ha state (generation, journal, staging)",
     ),
     ("/run/ns-ha", "ns-ha runtime files"),
+    (
+        "/root/.ssh",
+        "root's SSH keys and authorized keys (the pairing key of the sync channel)",
+    ),
+    (
+        "/etc/dropbear",
+        "SSH host keys and authorized keys of this node (dropbear)",
+    ),
+    ("/etc/ssh/ssh_host_*", "SSH host keys (pinned by the peer)"),
+];
+
+/// Never synced either, whatever the includes say, but not identity (an
+/// include naming one is harmless and only listed as not synced): the HA
+/// daemons' configs, rendered per node, and the node's network.
+pub const NEVER_SYNC: &[RuleData] = &[
     ("/etc/keepalived", "keepalived config rendered per node"),
     ("/etc/conntrackd", "conntrackd config rendered per node"),
     ("/etc/config/keepalived", "HA config"),
@@ -207,17 +231,39 @@ pub const NEVER_SYNC: &[RuleData] = &[
         "/etc/config/network",
         "per-node interfaces and addresses (never synced)",
     ),
-    (
-        "/root/.ssh/authorized_keys",
-        "pairing key of the sync channel",
-    ),
-    ("/root/.ssh/authorized_keys2", "SSH authorized keys"),
-    (
-        "/etc/dropbear",
-        "SSH host keys and authorized keys of this node",
-    ),
-    ("/etc/ssh/ssh_host_*", "SSH host keys (pinned by the peer)"),
 ];
+
+/// Every path no rule can bring into the sync set: the identity floor, then
+/// the per-node configs.
+pub fn never_synced() -> impl Iterator<Item = &'static RuleData> {
+    IDENTITY_FLOOR.iter().chain(NEVER_SYNC)
+}
+
+/// The floor entry that the include `pattern` reaches: it names a floor path,
+/// something below one, or a directory above one (`/root`, `/etc/ssh`, `/*`),
+/// wildcards on either side taken as possibly matching.
+pub fn floor_reached_by(pattern: &str) -> Option<&'static RuleData> {
+    let inc: Vec<&str> = components(pattern).collect();
+    IDENTITY_FLOOR.iter().find(|(floor, _)| {
+        components(floor)
+            .zip(&inc)
+            .all(|(f, i)| glob_match(f, i) || glob_match(i, f))
+    })
+}
+
+/// Refuse an include that reaches the identity floor (exit 7, with the fix).
+fn check_floor(include: &str) -> Result<()> {
+    match floor_reached_by(include) {
+        None => Ok(()),
+        Some((floor, why)) => Err(fail(
+            Code::Security,
+            format!(
+                "sync.include '{include}' reaches {floor} ({why}), which a backup never accepts from the primary: \
+                 remove it, or include only the paths you need that lie outside it"
+            ),
+        )),
+    }
+}
 
 /// OpenWrt / NethSecurity: the system backup list except the network and HA
 /// configs, plus the firewall services' directories.
@@ -334,8 +380,16 @@ mod tests {
         with(SyncProfile::Debian, "/etc/config/s", &[])
             .validate()
             .unwrap();
-        // Never-synced paths stay fine whatever the includes say.
-        with(SyncProfile::Auto, "/etc/ns-ha-sync", &["/etc/ns-ha-sync"])
+        // Never-synced paths stay fine whatever the includes say...
+        with(SyncProfile::Auto, "/etc/keepalived/s", &["/etc/keepalived"])
+            .validate()
+            .unwrap();
+        // ...except that an include reaching the identity floor is refused itself.
+        let e = with(SyncProfile::Auto, "/etc/ns-ha-sync", &["/etc/ns-ha-sync"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), Code::Security, "{e}");
+        with(SyncProfile::Auto, "/etc/ns-ha-sync", &[])
             .validate()
             .unwrap();
         // Wildcards in includes are matched per component.
@@ -366,9 +420,53 @@ mod tests {
     fn defaults_never_name_a_hard_exclusion() {
         for (p, _) in OPENWRT_DEFAULTS.iter().chain(DEBIAN_DEFAULTS) {
             assert!(
-                !NEVER_SYNC.iter().any(|(n, _)| n == p),
+                floor_reached_by(p).is_none() && !never_synced().any(|(n, _)| n == p),
                 "{p} is both a default and never synced"
             );
+        }
+    }
+
+    /// Issue 8 item 3: an include that reaches the backup's keys or identity
+    /// is refused with exit 7 naming the floor path (before, `/root/.ssh`,
+    /// `/etc/ssh/ssh_host_*` and `/etc/ns-ha` loaded fine and only the
+    /// exact never-sync paths were carved out).
+    #[test]
+    fn includes_reaching_the_identity_floor_are_refused() {
+        let with = |include: &str| SyncSettings {
+            include: vec![include.to_string()],
+            ..SyncSettings::default()
+        };
+        for (include, floor) in [
+            ("/root/.ssh", "/root/.ssh"),
+            ("/root/.ssh/known_hosts", "/root/.ssh"),
+            ("/root", "/root/.ssh"),
+            ("/root/*", "/root/.ssh"),
+            ("/etc/ssh/ssh_host_*", "/etc/ssh/ssh_host_*"),
+            ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_*"),
+            ("/etc/ssh/*", "/etc/ssh/ssh_host_*"),
+            ("/etc/ssh", "/etc/ssh/ssh_host_*"),
+            ("/etc/ns-ha", "/etc/ns-ha"),
+            ("/etc/ns-ha/node.json", "/etc/ns-ha"),
+            ("/etc", "/etc/ns-ha"),
+            ("/*", "/etc/ns-ha"),
+            ("/etc/dropbear/authorized_keys", "/etc/dropbear"),
+            ("/var/lib/ns-ha/sync", "/var/lib/ns-ha"),
+        ] {
+            let e = with(include).validate().expect_err(include);
+            assert_eq!(crate::exit::code_of(&e), Code::Security, "{include}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("sync.include '{include}' reaches {floor} ")),
+                "{e}"
+            );
+        }
+        for fine in [
+            "/etc/ssh/sshd_config",
+            "/etc/config",
+            "/root/scripts",
+            "/etc/ns-ha-extra",
+        ] {
+            with(fine).validate().unwrap();
         }
     }
 }

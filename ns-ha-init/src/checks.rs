@@ -20,7 +20,7 @@ use ns_ha_common::role_config::unconfigured_master_services;
 use ns_ha_common::service;
 use ns_ha_common::vrrp::{listen_all, Advert, AdvertListener};
 
-use crate::{Ctx, Report};
+use crate::{sshd_listen, Ctx, Report};
 
 /// The HA interface: exists, is a plain NIC, has a static IPv4 address. Returns that address.
 pub fn ha_interface(ifs: &dyn InterfaceSource, name: &str) -> Result<Ipv4Cidr> {
@@ -356,6 +356,30 @@ pub fn run_check(
             });
         }
     }
+    // The backup's sshd: the primary's key works from the HA address only,
+    // but an sshd listening elsewhere is still offered on the other links.
+    let mut warnings: Vec<(String, String)> = Vec::new();
+    if let (Some(Role::Backup), Some(own)) = (role, own_ha) {
+        let port = cluster.as_ref().map(|c| c.ssh.port).unwrap_or(22);
+        let name = format!("sshd on port {port}");
+        match ctx
+            .listeners
+            .listening_on(port)
+            .map_err(|e| {
+                format!(
+                    "cannot read this node's TCP listeners ({e:#}); {}",
+                    sshd_listen::limit_hint(own.addr, port)
+                )
+            })
+            .and_then(|l| sshd_listen::judge(&l, own.addr, port))
+        {
+            Ok(detail) => outcomes.push(Outcome {
+                name,
+                result: Ok(detail),
+            }),
+            Err(warning) => warnings.push((name, warning)),
+        }
+    }
     // Other VRRP routers on the links, and VRID collisions with them.
     outcomes.extend(vrrp_outcomes(ctx.adverts, &vrrp_links, VRRP_LISTEN));
     // Once paired, the primary also asks the backup for its version.
@@ -386,10 +410,16 @@ pub fn run_check(
             "detail": match &o.result { Ok(d) => d.clone(), Err(e) => format!("{e:#}") },
         }));
     }
+    // Warnings do not fail the check: shown, and `warning: true` in JSON.
+    for (name, detail) in &warnings {
+        human.push_str(&format!("WARN  {name}: {detail}\n"));
+        items.push(json!({"check": name, "ok": true, "warning": true, "detail": detail}));
+    }
     human.push_str(&format!(
-        "{} checks, {} failed (ns-ha {NS_HA_VERSION}, protocol {PROTOCOL_VERSION})\n",
-        outcomes.len(),
-        failed.len()
+        "{} checks, {} failed, {} warnings (ns-ha {NS_HA_VERSION}, protocol {PROTOCOL_VERSION})\n",
+        outcomes.len() + warnings.len(),
+        failed.len(),
+        warnings.len()
     ));
     let mut report = Report::new(human, json!({"checks": items, "failed": failed.len()}));
     if let Some(first) = failed.first() {
@@ -538,6 +568,26 @@ mod tests {
         );
     }
 
+    /// `check --role ROLE --ha-interface eth2` on [`node`], with a fake
+    /// runner, backup link and VRRP listener, and sshd listening on `listeners`.
+    fn check_with(root: &ns_ha_common::NodeRoot, role: Role, listeners: &[&str]) -> Report {
+        let runner = ns_ha_common::cmd::RecordingRunner::new();
+        let link = crate::backup::fake::FakeLink::default();
+        let ifs = node();
+        let listeners = crate::sshd_listen::FixedListeners(
+            listeners.iter().map(|a| a.parse().unwrap()).collect(),
+        );
+        let ctx = Ctx {
+            root: root.clone(),
+            runner: &runner,
+            ifs: &ifs,
+            link: &link,
+            adverts: &HeardAdverts::default(),
+            listeners: &listeners,
+        };
+        run_check(&ctx, Some(role), Some("eth2".into()), None, &[]).unwrap()
+    }
+
     #[test]
     fn check_names_master_only_services_that_are_not_configured() {
         let dir = tempfile::tempdir().unwrap();
@@ -545,18 +595,7 @@ mod tests {
         let initd = root.path("/etc/init.d/dnsmasq");
         std::fs::create_dir_all(initd.parent().unwrap()).unwrap();
         std::fs::write(&initd, "#!/bin/sh\n").unwrap();
-        let runner = ns_ha_common::cmd::RecordingRunner::new();
-        let link = crate::backup::fake::FakeLink::default();
-        let ifs = node();
-        let ctx = Ctx {
-            root: root.clone(),
-            runner: &runner,
-            ifs: &ifs,
-            link: &link,
-            adverts: &HeardAdverts::default(),
-        };
-        let check =
-            || run_check(&ctx, Some(Role::Primary), Some("eth2".into()), None, &[]).unwrap();
+        let check = || check_with(&root, Role::Primary, &[]);
         let r = check();
         assert_eq!(r.code, Code::Config, "{}", r.human);
         assert!(
@@ -576,7 +615,38 @@ mod tests {
         );
         // A backup gets the config with the sync: not checked there.
         std::fs::remove_file(root.path("/etc/dnsmasq.conf")).unwrap();
-        let r = run_check(&ctx, Some(Role::Backup), Some("eth2".into()), None, &[]).unwrap();
+        let r = check_with(&root, Role::Backup, &[]);
         assert!(!r.human.contains("master-only"), "{}", r.human);
+    }
+
+    /// Issue 8 item 3: on a backup, an sshd listening on every address is a
+    /// warning with the fix (ListenAddress / dropbear -p), which does not fail
+    /// the check; listening on the HA address only is a passed check.
+    #[test]
+    fn check_on_a_backup_warns_when_sshd_listens_beyond_the_ha_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = ns_ha_common::NodeRoot::new(dir.path()).unwrap();
+        let run = |listeners: Vec<&str>| check_with(&root, Role::Backup, &listeners);
+        let r = run(vec!["0.0.0.0"]);
+        assert_eq!(r.code, Code::Ok, "{}", r.human);
+        assert!(
+            r.human
+                .contains("WARN  sshd on port 22: sshd listens on 0.0.0.0:22 (every address)")
+                && r.human.contains("ListenAddress 10.99.0.1")
+                && r.human.contains("dropbear with -p 10.99.0.1:22"),
+            "{}",
+            r.human
+        );
+        assert!(r.human.contains(", 1 warnings"), "{}", r.human);
+        let r = run(vec!["10.99.0.1", "127.0.0.1"]);
+        assert_eq!(r.code, Code::Ok, "{}", r.human);
+        assert!(!r.human.contains("WARN"), "{}", r.human);
+        assert!(
+            r.human.contains(
+                "ok    sshd on port 22: sshd listens on the HA address 10.99.0.1:22 only"
+            ),
+            "{}",
+            r.human
+        );
     }
 }

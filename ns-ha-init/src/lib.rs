@@ -14,6 +14,7 @@ pub mod install;
 pub mod layout;
 pub mod pairing;
 pub mod show;
+pub mod sshd_listen;
 #[cfg(test)]
 mod testkit;
 
@@ -34,6 +35,7 @@ use ns_ha_common::vrrp::{AdvertListener, RawSocketListener};
 use ns_ha_common::NodeRoot;
 
 use crate::backup::{BackupLink, SshLink};
+use crate::sshd_listen::{ProcNetTcp, TcpListeners};
 
 /// Pair two firewalls into one highly available gateway and manage the cluster.
 #[derive(Debug, Parser)]
@@ -48,6 +50,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pre-flight checks for a node, each failure with its fix.
+    ///
+    /// On a backup it also warns (without failing) when sshd listens on
+    /// another address than the HA address.
     ///
     /// Without options it checks what this node's config names; options check
     /// a planned setup before init. It also listens 3 s on the HA link and
@@ -90,12 +95,12 @@ pub enum Command {
         #[command(flatten)]
         platform: PlatformArgs,
     },
-    /// Make this node the backup: authorize the primary's key for the sync command only. Prints this node's host-key fingerprint for `pair`.
+    /// Make this node the backup: authorize the primary's key for the sync command only, from the primary's HA address only. Prints this node's host-key fingerprint for `pair`.
     InitBackup {
         /// The dedicated HA interface (same name as on the primary).
         #[arg(long, value_name = "IF")]
         ha_interface: String,
-        /// The primary's address on the HA link.
+        /// The primary's address on the HA link (its key is accepted from there only).
         #[arg(long, value_name = "ADDR")]
         peer: Ipv4Addr,
         /// The public key line printed by init-primary, quoted: 'ssh-ed25519 AAAA... ns-ha-primary'
@@ -254,6 +259,8 @@ pub struct Ctx<'a> {
     pub link: &'a dyn BackupLink,
     /// Hears other VRRP routers on the links (`check`).
     pub adverts: &'a dyn AdvertListener,
+    /// This node's listening TCP sockets (`check`: where the backup's sshd listens).
+    pub listeners: &'a dyn TcpListeners,
 }
 
 /// Parse a VIP argument; IPv6 and malformed prefixes are refused with the fix.
@@ -269,6 +276,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
         ifs: &IpCommand { runner },
         link,
         adverts: &RawSocketListener,
+        listeners: &ProcNetTcp,
     };
     match cli.command {
         Command::Check {

@@ -12,7 +12,8 @@ use serde_json::json;
 use std::io::Read;
 use std::net::Ipv4Addr;
 
-use ns_ha_common::activate::{deactivate, tool_path};
+use ns_ha_common::activate::deactivate;
+use ns_ha_common::authorized_keys::{authorize_primary, unauthorize_primary};
 use ns_ha_common::cmd::args;
 use ns_ha_common::config::{
     self, load_cluster, load_node, load_node_opt, ClusterConfig, NodeConfig, PinnedHostKey, Role,
@@ -31,8 +32,7 @@ use crate::install::commit_cluster;
 use crate::layout::NodePlatform;
 use crate::{Ctx, Report};
 
-/// Comment that marks the authorized_keys line ns-ha owns.
-pub const KEY_COMMENT: &str = "ns-ha-primary";
+pub use ns_ha_common::authorized_keys::KEY_COMMENT;
 
 fn refuse_if_initialized(root: &NodeRoot) -> Result<()> {
     if let Some(node) = load_node_opt(root)? {
@@ -179,62 +179,6 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     ))
 }
 
-/// The authorized_keys line that lets the primary run the sync receiver and nothing else.
-pub fn authorized_line(root: &NodeRoot, key: &PinnedHostKey) -> Result<String> {
-    let mut command = tool_path("ns-ha-sync")?.to_string_lossy().into_owned();
-    if command.contains(['"', '\\']) || command.chars().any(char::is_whitespace) {
-        return Err(fail(
-            Code::Failure,
-            format!("ns-ha-sync is installed at a path with quotes or spaces ({command}): install it elsewhere"),
-        ));
-    }
-    for a in root.tool_args() {
-        command.push(' ');
-        command.push_str(&a);
-    }
-    command.push_str(" receive");
-    Ok(format!(
-        "restrict,command=\"{command}\" {} {} {KEY_COMMENT}",
-        key.key_type, key.key_base64
-    ))
-}
-
-/// authorized_keys with ns-ha's line replaced by `line` (or removed when `None`); other keys kept.
-pub fn rewrite_authorized_keys(existing: &str, line: Option<&str>) -> String {
-    let mut out: String = existing
-        .lines()
-        .filter(|l| !l.trim_end().ends_with(&format!(" {KEY_COMMENT}")))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if let Some(l) = line {
-        out.push_str(l);
-        out.push('\n');
-    }
-    out
-}
-
-fn write_authorized_keys(root: &NodeRoot, line: Option<&str>) -> Result<()> {
-    let path = root.path(paths::AUTHORIZED_KEYS);
-    let existing = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if line.is_none() && existing.is_empty() {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    atomic_write(
-        &path,
-        rewrite_authorized_keys(&existing, line).as_bytes(),
-        0o600,
-    )
-}
-
 /// This node's sshd host key: what the primary pins when it pairs with this backup.
 pub fn own_host_key(root: &NodeRoot) -> Result<PinnedHostKey> {
     ssh::read_public_key(&root.path(paths::SSH_HOST_KEY_PUB)).map_err(|e| {
@@ -264,7 +208,6 @@ pub fn init_backup(
     checks::peer_address(&own, peer)?;
     let key = ssh::parse_public_key(primary_key)?;
     let host_key = own_host_key(&ctx.root)?;
-    let line = authorized_line(&ctx.root, &key)?;
     let node = NodeConfig {
         schema_version: SCHEMA_VERSION,
         role: Role::Backup,
@@ -275,10 +218,10 @@ pub fn init_backup(
         platform: platform.platform,
         ssh_server: platform.ssh_server,
     };
-    write_authorized_keys(&ctx.root, Some(&line))?;
+    authorize_primary(&ctx.root, &key, peer)?;
     config::save_node(&ctx.root, &node)?;
     let human = format!(
-        "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only.\nOn the primary run:\n  {}\n(ns-ha-init show-config on this node prints it again.)\n",
+        "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only, from {peer} only.\nOn the primary run:\n  {}\n(ns-ha-init show-config on this node prints it again.)\n",
         host_key.fingerprint,
         key.fingerprint,
         pair_command(&host_key.fingerprint)
@@ -373,7 +316,7 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<Report> {
         .map(|n| n.service_backend)
         .unwrap_or_default();
     deactivate(&ctx.root, ctx.runner, backend)?;
-    write_authorized_keys(&ctx.root, None)?;
+    unauthorize_primary(&ctx.root)?;
     let mut removed = Vec::new();
     for p in [
         paths::CLUSTER_CONFIG,
@@ -417,33 +360,6 @@ mod tests {
         );
         let tiny: Ipv4Cidr = "10.99.0.1/30".parse().unwrap();
         assert!(default_heartbeat_vip(&tiny, "10.99.0.2".parse().unwrap()).is_err());
-    }
-
-    #[test]
-    fn authorized_keys_keeps_other_keys() {
-        let existing = "ssh-ed25519 AAAAother admin@laptop\nrestrict,command=\"old\" ssh-ed25519 AAAAold ns-ha-primary\n";
-        let out = rewrite_authorized_keys(
-            existing,
-            Some("restrict,command=\"new\" ssh-ed25519 AAAAnew ns-ha-primary"),
-        );
-        assert_eq!(out, "ssh-ed25519 AAAAother admin@laptop\nrestrict,command=\"new\" ssh-ed25519 AAAAnew ns-ha-primary\n");
-        assert_eq!(
-            rewrite_authorized_keys(&out, None),
-            "ssh-ed25519 AAAAother admin@laptop\n"
-        );
-    }
-
-    #[test]
-    fn authorized_line_forces_the_receiver() {
-        let root = NodeRoot::new("/lab/fw2").unwrap();
-        let key = ssh::parse_public_key(
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEt1Ig8czKwgR7Z9el8tb0tUfSP1AJewPrV9zoXG26FS x",
-        )
-        .unwrap();
-        let line = authorized_line(&root, &key).unwrap();
-        assert!(line.starts_with("restrict,command=\""));
-        assert!(line.contains("ns-ha-sync --root /lab/fw2 receive\" ssh-ed25519 AAAAC3"));
-        assert!(line.ends_with(" ns-ha-primary"));
     }
 
     /// The test kit's primary, before `pair`: no pinned key, no backup address.

@@ -151,6 +151,7 @@ mod tests {
             ifs: &ifs,
             link: &link,
             adverts: &ns_ha_common::vrrp::HeardAdverts::default(),
+            listeners: &crate::sshd_listen::FixedListeners(Vec::new()),
         };
         let r = show_config(&ctx).unwrap();
         let cmd = format!("ns-ha-init pair --host-key-fingerprint {}", key.fingerprint);

@@ -123,12 +123,15 @@ impl Pair {
     pub fn ctx(&self) -> Ctx<'_> {
         static NO_ADVERTS: ns_ha_common::vrrp::HeardAdverts =
             ns_ha_common::vrrp::HeardAdverts(Vec::new());
+        static NO_LISTENERS: crate::sshd_listen::FixedListeners =
+            crate::sshd_listen::FixedListeners(Vec::new());
         Ctx {
             root: self.root.clone(),
             runner: &self.runner,
             ifs: &self.ifs,
             link: &self.link,
             adverts: &NO_ADVERTS,
+            listeners: &NO_LISTENERS,
         }
     }
 

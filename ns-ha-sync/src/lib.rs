@@ -484,10 +484,27 @@ fn recover(root: &NodeRoot) -> Result<Report> {
     let state = StateDir::new(root, &settings);
     let _lock = state.lock(Duration::from_secs(30))?;
     let r = journal::recover(root, &set, &state)?;
-    report(&r, || match (r.completed, r.discarded) {
-        (Some(g), _) => format!("completed the interrupted apply of generation {g}\n"),
-        (None, true) => "discarded an uncommitted transfer: live files untouched\n".into(),
-        (None, false) => "nothing to recover\n".into(),
+    report(&r, || {
+        let mut out = match (r.completed, r.discarded) {
+            (Some(g), _) => format!("completed the interrupted apply of generation {g}\n"),
+            (None, true) => "discarded an uncommitted transfer: live files untouched\n".into(),
+            (None, false) => "nothing to recover\n".into(),
+        };
+        for k in &r.kept {
+            out.push_str(&format!(
+                "  kept as this backup has it: {}: {}; push --force on the primary replaces it\n",
+                k.path, k.reason
+            ));
+        }
+        for (path, to) in &r.moved_aside {
+            out.push_str(&format!("  moved aside: {path} -> {to}\n"));
+        }
+        if let Some(a) = &r.set_aside {
+            out.push_str(&format!(
+                "  the journal could not be read: set aside as {a}; what it changed shows as edited here until push --force\n"
+            ));
+        }
+        out
     })
 }
 

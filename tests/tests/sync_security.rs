@@ -21,11 +21,7 @@ fn guarded(lab: &Lab) -> (Tree, String, String, u64) {
 }
 
 fn frame(msg: &Value, blob: &[u8]) -> Vec<u8> {
-    let body = serde_json::to_vec(msg).unwrap();
-    let mut out = (body.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out.extend_from_slice(blob);
-    out
+    frame_with(msg, blob)
 }
 
 fn sha256(lab: &Lab, data: &[u8]) -> String {
@@ -67,14 +63,7 @@ fn raw_session(lab: &Lab, key: &str, frames: &[Vec<u8>]) -> (i32, Vec<Value>) {
     );
     let out = lab.sh("fw1", &script);
     let bytes = std::fs::read(&output).unwrap_or_default();
-    let mut replies = Vec::new();
-    let mut rest = &bytes[..];
-    while rest.len() >= 4 {
-        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-        replies.push(serde_json::from_slice(&rest[4..4 + n]).unwrap());
-        rest = &rest[4 + n..];
-    }
-    (out.status.code().unwrap_or(-1), replies)
+    (out.status.code().unwrap_or(-1), replies_of(&bytes))
 }
 
 fn begin(id: &str, generation: u64, changes: Value) -> Vec<u8> {

@@ -162,3 +162,24 @@ pub fn generation(lab: &Lab, node: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["node"]["generation"].as_u64().unwrap()
 }
+
+/// One frame of the sync channel: 4-byte big-endian length, JSON, then `blob`.
+pub fn frame_with(msg: &serde_json::Value, blob: &[u8]) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).unwrap();
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(blob);
+    out
+}
+
+/// The reply frames in what a receiver wrote to its stdout.
+pub fn replies_of(bytes: &[u8]) -> Vec<serde_json::Value> {
+    let mut replies = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 4 {
+        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        replies.push(serde_json::from_slice(&rest[4..4 + n]).unwrap());
+        rest = &rest[4 + n..];
+    }
+    replies
+}

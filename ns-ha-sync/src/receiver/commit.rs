@@ -3,6 +3,7 @@
 //! the status, and the role engine is told what changed.
 
 use anyhow::{Context, Result};
+use std::collections::BTreeSet;
 use std::fs;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use ns_ha_common::NodeRoot;
 
 use super::{Receiver, Txn, MAX_HOOK_PATHS};
 use crate::crash;
-use crate::journal::{self, Journal, Op};
+use crate::journal::{self, Journal, Op, Seen};
 use crate::manifest::{Change, Kind};
 use crate::state::{Run, StateDir};
 use crate::util::now_secs;
@@ -45,14 +46,30 @@ impl Receiver<'_> {
             Ok(j) => j,
             Err(e) => return fail_txn(e),
         };
-        journal::commit(&self.root, &ctx.set, &ctx.state, &journal)?;
+        let outcome = journal::commit(&self.root, &ctx.set, &ctx.state, &journal)?;
+        // Paths the apply kept (edited during the push, or not applicable)
+        // are reported with those kept at begin.
+        let late: BTreeSet<&str> = outcome.kept.iter().map(|k| k.path.as_str()).collect();
+        let mut kept = txn.kept.clone();
+        kept.extend(late.iter().map(|p| p.to_string()));
+        for (path, to) in &outcome.moved_aside {
+            log::warn!("{path} held what the sync does not own: moved aside to {to}");
+        }
         let reply = CommitReply {
             generation: txn.generation,
             files: txn.files,
             bytes: txn.bytes,
-            changed: journal.changed.len() as u64,
-            deleted: journal.deleted.len() as u64,
-            kept: txn.kept.iter().cloned().collect(),
+            changed: journal
+                .changed
+                .iter()
+                .filter(|p| !late.contains(p.as_str()))
+                .count() as u64,
+            deleted: journal
+                .deleted
+                .iter()
+                .filter(|p| !late.contains(p.as_str()))
+                .count() as u64,
+            kept: kept.into_iter().collect(),
         };
         let run = Run {
             at: now_secs().saturating_sub(txn.started.elapsed().as_secs()),
@@ -82,6 +99,7 @@ impl Receiver<'_> {
                 .changed
                 .iter()
                 .chain(&journal.deleted)
+                .filter(|p| !late.contains(p.as_str()))
                 .cloned()
                 .collect(),
         );
@@ -144,8 +162,15 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
         .collect();
     // Deepest first, so directories are empty when their turn comes.
     deletes.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    // A directory holding what the sync does not own is moved aside, out of
+    // the state dir's reach of the sync set, never deleted with it.
+    let aside = |path: &str| Op::MoveAside {
+        path: path.to_string(),
+        to: format!("displaced/{}-{}{path}", txn.generation, now_secs()),
+    };
     for d in &deletes {
         match fs::symlink_metadata(root.path(d)) {
+            Ok(_) if txn.move_aside.contains(*d) => ops.push(aside(d)),
             Ok(m) if m.file_type().is_dir() => ops.push(Op::DeleteDir {
                 path: d.to_string(),
             }),
@@ -160,6 +185,9 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
         .values()
         .filter(|c| !txn.kept.contains(&c.path))
         .collect();
+    for c in applied.iter().filter(|c| txn.move_aside.contains(&c.path)) {
+        ops.push(aside(&c.path));
+    }
     for c in applied.iter().filter(|c| c.entry.kind == Kind::Dir) {
         ops.push(Op::EnsureDir {
             path: c.path.clone(),
@@ -226,7 +254,20 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             None => baseline.remove(&d.path),
         };
     }
+    // Each op first checks its path is still what the manifest answer saw.
+    let seen = ops
+        .iter()
+        .map(|op| {
+            let p = op.path();
+            let s = Seen {
+                stamp: txn.stamps.get(p).copied(),
+                entry: txn.current.get(p).cloned(),
+            };
+            (p.to_string(), s)
+        })
+        .collect();
     Ok(Journal {
+        seen,
         cluster_id: txn.cluster_id.clone(),
         generation: txn.generation,
         ops,

@@ -35,7 +35,7 @@ use ns_ha_common::fsutil::NodeLock;
 use ns_ha_common::proto::{read_value, write_msg, Reply};
 use ns_ha_common::NodeRoot;
 
-use crate::manifest::{Change, Drift, Manifest};
+use crate::manifest::{Change, Drift, Manifest, Stamp};
 use crate::rules::SyncSet;
 use crate::state::{Applied, Run, StateDir, Status, APPLIED, STATUS};
 use crate::util::now_secs;
@@ -59,6 +59,11 @@ struct Txn {
     changes: BTreeMap<String, Change>,
     deletes: Vec<String>,
     kept: BTreeSet<String>,
+    /// Directories to move aside (`push --force` onto a directory holding
+    /// what the sync does not own).
+    move_aside: BTreeSet<String>,
+    /// What each announced path was when the manifest answer was built.
+    stamps: HashMap<String, Stamp>,
     /// Data files still expected: path -> staging name.
     pending: HashMap<String, String>,
     /// Staging names of received files.

@@ -1,7 +1,9 @@
 //! The checking steps of a transaction: `manifest` (the backup's view, with
 //! the lock taken for the `begin` that follows) and `begin`, which checks
 //! every announced path and entry against this backup's own rules before any
-//! data is accepted.
+//! data is accepted, and plans type changes (a directory replaced by a file
+//! and the reverse) so that the apply never meets a directory it cannot
+//! remove.
 
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -9,17 +11,27 @@ use std::time::Instant;
 
 use ns_ha_common::exit::{fail, Code};
 
+use ns_ha_common::NodeRoot;
+
 use super::staging::prepare_staging;
-use super::{local_view, Ctx, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
+use super::{local_view, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
 use crate::crash;
-use crate::journal::{self, check_ancestors};
-use crate::manifest::{digest, Kind};
-use crate::rules::{check_path, resolve_link};
+use crate::journal::{self, check_ancestors_except};
+use crate::manifest::{digest, Change, Entry, Kind, Stamp};
+use crate::rules::{check_path, disk_node, Node, Origin};
 use crate::wire::{BeginReply, BeginRequest, ManifestReply};
 
 impl Receiver<'_> {
     pub(super) fn manifest(&mut self, known_digest: Option<String>) -> Result<ManifestReply> {
         let ctx = self.ctx()?;
+        // The open transaction holds the sync lock: waiting for it would
+        // only stall this channel.
+        if self.txn.is_some() {
+            return Err(fail(
+                Code::Peer,
+                "manifest while a transaction is open on this channel: refused",
+            ));
+        }
         self.view = None;
         let lock = ctx.state.lock(LOCK_WAIT)?;
         journal::recover(&self.root, &ctx.set, &ctx.state)?;
@@ -96,7 +108,6 @@ impl Receiver<'_> {
         let drifted: BTreeSet<&str> = view.drift.iter().map(|d| d.path.as_str()).collect();
         let mut seen = BTreeSet::new();
         let mut kept = BTreeSet::new();
-        let mut total = 0u64;
         let mut change_map = BTreeMap::new();
         for c in changes {
             self.check_target(&ctx, &c.path, &mut seen)?;
@@ -106,18 +117,6 @@ impl Receiver<'_> {
                     Code::Peer,
                     format!("entry of {} is malformed", c.path),
                 ));
-            }
-            if e.kind == Kind::Symlink {
-                let t = e.target.as_deref().unwrap_or_default();
-                if !resolve_link(&c.path, t).is_some_and(|r| ctx.set.is_synced(&r)) {
-                    return Err(fail(
-                        Code::Security,
-                        format!(
-                            "symlink {} -> {t} refused: it points outside the sync set",
-                            c.path
-                        ),
-                    ));
-                }
             }
             if c.data && e.kind != Kind::File {
                 return Err(fail(
@@ -145,8 +144,6 @@ impl Receiver<'_> {
             }
             if !force && drifted.contains(c.path.as_str()) {
                 kept.insert(c.path.clone());
-            } else if c.data {
-                total += e.size;
             }
             change_map.insert(c.path.clone(), c);
         }
@@ -154,6 +151,23 @@ impl Receiver<'_> {
             self.check_target(&ctx, d, &mut seen)?;
             if !force && drifted.contains(d.as_str()) {
                 kept.insert(d.clone());
+            }
+        }
+        let move_aside =
+            plan_type_changes(&self.root, &ctx, &change_map, &deletes, &mut kept, force)?;
+        check_links(&self.root, &ctx, &view, &change_map, &deletes, &kept)?;
+        let total: u64 = change_map
+            .values()
+            .filter(|c| c.data && !kept.contains(&c.path))
+            .map(|c| c.entry.size)
+            .sum();
+        let mut stamps = HashMap::new();
+        for p in change_map.keys().chain(&deletes) {
+            if let Some(st) = view.stamps.get(p) {
+                stamps.insert(p.clone(), *st);
+            } else if let Ok(md) = std::fs::symlink_metadata(self.root.path(p)) {
+                // Not met by the scan (nothing the sync holds): as it is now.
+                stamps.insert(p.clone(), Stamp::of(&md));
             }
         }
         prepare_staging(&self.root, &ctx.state, change_map.keys(), total)?;
@@ -171,6 +185,8 @@ impl Receiver<'_> {
             changes: change_map,
             deletes,
             kept: kept.clone(),
+            move_aside,
+            stamps,
             pending,
             staged: HashMap::new(),
             current: view.current,
@@ -188,18 +204,176 @@ impl Receiver<'_> {
     }
 
     /// A path the sender wants to write or delete: well-formed, synced here,
-    /// announced once, not reached through a symlink.
+    /// announced once (its parents are checked by `plan_type_changes`).
     fn check_target(&self, ctx: &Ctx, path: &str, seen: &mut BTreeSet<String>) -> Result<()> {
         check_path(path)?;
-        if !ctx.set.is_synced(path) {
+        let decision = ctx.set.decide(path);
+        if !decision.synced {
+            // The identity floor and the per-node configs come first in the
+            // rules (common::sync_config), whatever this node's includes say.
+            let never = decision
+                .rule
+                .filter(|r| r.origin == Origin::Never)
+                .map(|r| format!(" (never accepted from the primary: {})", r.reason))
+                .unwrap_or_default();
             return Err(fail(
                 Code::Security,
-                format!("{path} refused: outside this backup's sync set"),
+                format!("{path} refused: outside this backup's sync set{never}"),
             ));
         }
         if !seen.insert(path.to_string()) {
             return Err(fail(Code::Peer, format!("{path} announced twice")));
         }
-        check_ancestors(&self.root, &ctx.set, path)
+        Ok(())
     }
+}
+
+/// The strict ancestors of a node path, outermost first.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .map(|(i, _)| &path[..i])
+        .filter(|a| !a.is_empty())
+}
+
+fn is_dir_here(root: &NodeRoot, path: &str) -> bool {
+    std::fs::symlink_metadata(root.path(path)).is_ok_and(|m| m.is_dir())
+}
+
+/// Paths that change type. Every parent of a target must be a real
+/// directory here, or become one in this transaction (a file replaced by a
+/// directory); below such a parent that is kept, everything is kept. A
+/// directory that must go (replaced by a file or link, or deleted) but holds
+/// what this transaction does not remove (a kept edit, a path this backup
+/// does not list, a local symlink) is kept, or with `force` moved aside: the
+/// directories to move aside.
+fn plan_type_changes(
+    root: &NodeRoot,
+    ctx: &Ctx,
+    changes: &BTreeMap<String, Change>,
+    deletes: &[String],
+    kept: &mut BTreeSet<String>,
+    force: bool,
+) -> Result<BTreeSet<String>> {
+    let becomes_dir = |p: &str| changes.get(p).is_some_and(|c| c.entry.kind == Kind::Dir);
+    for p in changes.keys().chain(deletes) {
+        check_ancestors_except(root, &ctx.set, p, &becomes_dir)?;
+    }
+    let below_kept: Vec<String> = changes
+        .keys()
+        .chain(deletes)
+        .filter(|p| {
+            ancestors(p).any(|a| kept.contains(a) && becomes_dir(a) && !is_dir_here(root, a))
+        })
+        .cloned()
+        .collect();
+    kept.extend(below_kept);
+    let gone: BTreeSet<&str> = deletes
+        .iter()
+        .filter(|d| !kept.contains(*d))
+        .map(String::as_str)
+        .collect();
+    let mut move_aside = BTreeSet::new();
+    let must_go = changes
+        .values()
+        .filter(|c| c.entry.kind != Kind::Dir)
+        .map(|c| &c.path)
+        .chain(deletes);
+    let mut newly_kept = Vec::new();
+    for p in must_go.filter(|p| !kept.contains(*p) && is_dir_here(root, p)) {
+        let Some(left) = leftover(root, p, &gone) else {
+            continue;
+        };
+        if force {
+            log::warn!("{p} holds {left}, which the sync does not remove: moving it aside");
+            move_aside.insert(p.clone());
+        } else {
+            log::warn!("{p} holds {left}, which the sync does not remove: kept (push --force moves it aside)");
+            newly_kept.push(p.clone());
+        }
+    }
+    kept.extend(newly_kept);
+    Ok(move_aside)
+}
+
+/// Something under the directory `dir` that `gone` does not remove, if any.
+fn leftover(root: &NodeRoot, dir: &str, gone: &BTreeSet<&str>) -> Option<String> {
+    for item in walkdir::WalkDir::new(root.path(dir))
+        .follow_links(false)
+        .min_depth(1)
+    {
+        let Ok(item) = item else {
+            return Some(format!("{dir}/... (unreadable)"));
+        };
+        let rel = item.path().strip_prefix(root.base()).unwrap_or(item.path());
+        let node_path = format!("/{}", rel.to_string_lossy().trim_start_matches('/'));
+        if !gone.contains(node_path.as_str()) {
+            return Some(node_path);
+        }
+    }
+    None
+}
+
+/// Every announced symlink, and every symlink already here, must lead inside
+/// the sync set once the transaction is applied (resolved through the links
+/// as they will be). A link here that already led outside before is this
+/// backup's own business: only a link this transaction makes lead outside is refused.
+fn check_links(
+    root: &NodeRoot,
+    ctx: &Ctx,
+    view: &LocalView,
+    changes: &BTreeMap<String, Change>,
+    deletes: &[String],
+    kept: &BTreeSet<String>,
+) -> Result<()> {
+    let applied: HashMap<&str, &Entry> = changes
+        .iter()
+        .filter(|(p, _)| !kept.contains(*p))
+        .map(|(p, c)| (p.as_str(), &c.entry))
+        .collect();
+    let gone: BTreeSet<&str> = deletes
+        .iter()
+        .filter(|d| !kept.contains(*d))
+        .map(String::as_str)
+        .collect();
+    let mut after = |p: &str| -> Node {
+        if let Some(e) = applied.get(p) {
+            return match e.kind {
+                Kind::Dir => Node::Dir,
+                Kind::File => Node::Other,
+                Kind::Symlink => Node::Link(e.target.clone().unwrap_or_default()),
+            };
+        }
+        if gone.contains(p) || ancestors(p).any(|a| gone.contains(a)) {
+            return Node::Absent;
+        }
+        disk_node(root, p)
+    };
+    for c in changes.values().filter(|c| c.entry.kind == Kind::Symlink) {
+        let t = c.entry.target.as_deref().unwrap_or_default();
+        if let Err(why) = ctx.set.contain_link(&c.path, t, &mut after) {
+            return Err(fail(
+                Code::Security,
+                format!("symlink {} -> {t} refused: {why}", c.path),
+            ));
+        }
+    }
+    let here = view.current.iter().filter(|(p, e)| {
+        e.kind == Kind::Symlink && !changes.contains_key(*p) && !gone.contains(p.as_str())
+    });
+    for (p, e) in here {
+        let t = e.target.as_deref().unwrap_or_default();
+        if let Err(why) = ctx.set.contain_link(p, t, &mut after) {
+            if ctx
+                .set
+                .contain_link(p, t, &mut |q| disk_node(root, q))
+                .is_ok()
+            {
+                return Err(fail(
+                    Code::Security,
+                    format!("refused: the transaction would make the symlink {p} -> {t} lead outside the sync set ({why})"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -64,7 +64,12 @@ fn node(role: Role, peer: Ipv4Addr) -> NodeConfig {
 }
 
 pub fn pair() -> Pair {
-    let dir = tempfile::tempdir().unwrap();
+    pair_in(tempfile::tempdir().unwrap())
+}
+
+/// A pair in `dir` (a test that runs many cases puts them on a tmpfs, where
+/// the apply's fsyncs cost nothing).
+pub fn pair_in(dir: tempfile::TempDir) -> Pair {
     let primary = NodeRoot::new(dir.path().join("fw1")).unwrap();
     let backup = NodeRoot::new(dir.path().join("fw2")).unwrap();
     let cluster = cluster();

@@ -1,0 +1,220 @@
+//! The backup's authorized_keys line for the primary's key: the one place it
+//! is made and written.
+//!
+//! `init-backup` writes it, `reset` removes it, and `install-cluster` on the
+//! backup rewrites it whenever it differs from what this release makes of
+//! `node.json` (an older line without `from=`, or another primary address),
+//! so every backup carries the same restriction: the forced command
+//! `ns-ha-sync receive`, `restrict`, and `from="<primary's HA address>"`.
+
+use anyhow::{Context, Result};
+use std::net::Ipv4Addr;
+
+use crate::activate::tool_path;
+use crate::config::{NodeConfig, PinnedHostKey};
+use crate::exit::{fail, Code};
+use crate::fsutil::atomic_write;
+use crate::root::{is_shell_safe_path, paths, NodeRoot, SHELL_SAFE_DESCRIPTION};
+use crate::ssh;
+
+/// Comment that marks the authorized_keys line ns-ha owns.
+pub const KEY_COMMENT: &str = "ns-ha-primary";
+
+/// The authorized_keys line that lets the primary run the sync receiver and
+/// nothing else, and only from `primary_ha_address` (the primary's address on
+/// the HA link).
+///
+/// sshd runs the forced command through `sh -c`, so every word of it must be
+/// read back by sh as written: the tool path is refused here unless made of
+/// [`is_shell_safe_path`] characters, and the node root cannot be anything
+/// else ([`NodeRoot::new`] refuses it).
+pub fn authorized_line(
+    root: &NodeRoot,
+    key: &PinnedHostKey,
+    primary_ha_address: Ipv4Addr,
+) -> Result<String> {
+    let tool = tool_path("ns-ha-sync")?.to_string_lossy().into_owned();
+    if !is_shell_safe_path(&tool) {
+        return Err(fail(
+            Code::Failure,
+            format!("ns-ha-sync is installed at {tool:?}, a path with characters other than {SHELL_SAFE_DESCRIPTION}: sshd runs it through sh, install it elsewhere (e.g. /usr/sbin)"),
+        ));
+    }
+    let mut command = tool;
+    for a in root.tool_args() {
+        command.push(' ');
+        command.push_str(&a);
+    }
+    command.push_str(" receive");
+    Ok(format!(
+        "restrict,from=\"{primary_ha_address}\",command=\"{command}\" {} {} {KEY_COMMENT}",
+        key.key_type, key.key_base64
+    ))
+}
+
+/// authorized_keys with ns-ha's line replaced by `line` (or removed when `None`); other keys kept.
+pub fn rewrite_authorized_keys(existing: &str, line: Option<&str>) -> String {
+    let mut out: String = existing
+        .lines()
+        .filter(|l| !is_ours(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(l) = line {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+fn is_ours(line: &str) -> bool {
+    line.trim_end().ends_with(&format!(" {KEY_COMMENT}"))
+}
+
+fn read_authorized_keys(root: &NodeRoot) -> Result<String> {
+    let path = root.path(paths::AUTHORIZED_KEYS);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_authorized_keys(root: &NodeRoot, existing: &str, line: Option<&str>) -> Result<()> {
+    let path = root.path(paths::AUTHORIZED_KEYS);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    atomic_write(
+        &path,
+        rewrite_authorized_keys(existing, line).as_bytes(),
+        0o600,
+    )
+}
+
+/// Authorize the primary's `key` from `primary_ha_address` (`init-backup`).
+pub fn authorize_primary(
+    root: &NodeRoot,
+    key: &PinnedHostKey,
+    primary_ha_address: Ipv4Addr,
+) -> Result<()> {
+    let line = authorized_line(root, key, primary_ha_address)?;
+    write_authorized_keys(root, &read_authorized_keys(root)?, Some(&line))
+}
+
+/// Remove the primary's line, keeping every other key (`reset`).
+pub fn unauthorize_primary(root: &NodeRoot) -> Result<()> {
+    let existing = read_authorized_keys(root)?;
+    if existing.is_empty() {
+        return Ok(());
+    }
+    write_authorized_keys(root, &existing, None)
+}
+
+/// Rewrite the primary's line from `node` (its key kept, `from=` the node's
+/// peer address) when it differs from what [`authorized_line`] makes; true
+/// when it was rewritten. A missing line, or one whose key is not the
+/// fingerprint `node.json` recorded at init, is left alone: the fix for
+/// those is `init-backup`, not something the primary may trigger.
+pub fn refresh_primary_line(root: &NodeRoot, node: &NodeConfig) -> Result<bool> {
+    let existing = read_authorized_keys(root)?;
+    let Some(current) = existing.lines().find(|l| is_ours(l)) else {
+        return Ok(false);
+    };
+    let words: Vec<&str> = current.split_whitespace().collect();
+    let Some(key_words) = words
+        .len()
+        .checked_sub(3)
+        .map(|i| &words[i..words.len() - 1])
+    else {
+        return Ok(false);
+    };
+    let Ok(key) = ssh::parse_public_key(&key_words.join(" ")) else {
+        return Ok(false);
+    };
+    if node.authorized_key_fingerprint.as_deref() != Some(key.fingerprint.as_str()) {
+        return Ok(false);
+    }
+    let line = authorized_line(root, &key, node.peer_address)?;
+    if line == current.trim_end() {
+        return Ok(false);
+    }
+    write_authorized_keys(root, &existing, Some(&line))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEt1Ig8czKwgR7Z9el8tb0tUfSP1AJewPrV9zoXG26FS x";
+
+    #[test]
+    fn authorized_keys_keeps_other_keys() {
+        let existing = "ssh-ed25519 AAAAother admin@laptop\nrestrict,command=\"old\" ssh-ed25519 AAAAold ns-ha-primary\n";
+        let out = rewrite_authorized_keys(
+            existing,
+            Some("restrict,command=\"new\" ssh-ed25519 AAAAnew ns-ha-primary"),
+        );
+        assert_eq!(out, "ssh-ed25519 AAAAother admin@laptop\nrestrict,command=\"new\" ssh-ed25519 AAAAnew ns-ha-primary\n");
+        assert_eq!(
+            rewrite_authorized_keys(&out, None),
+            "ssh-ed25519 AAAAother admin@laptop\n"
+        );
+    }
+
+    #[test]
+    fn authorized_line_forces_the_receiver_from_the_primary_only() {
+        let root = NodeRoot::new("/lab/fw2").unwrap();
+        let key = ssh::parse_public_key(KEY).unwrap();
+        let line = authorized_line(&root, &key, Ipv4Addr::new(10, 99, 0, 1)).unwrap();
+        assert!(
+            line.starts_with("restrict,from=\"10.99.0.1\",command=\""),
+            "{line}"
+        );
+        assert!(line.contains("ns-ha-sync --root /lab/fw2 receive\" ssh-ed25519 AAAAC3"));
+        assert!(line.ends_with(" ns-ha-primary"));
+    }
+
+    /// A line written by an older release (no `from=`) or for another primary
+    /// address is rewritten from node.json; other keys stay; a line whose key
+    /// is not the one recorded at init is left alone.
+    #[test]
+    fn the_primary_line_is_refreshed_from_the_node_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let key = ssh::parse_public_key(KEY).unwrap();
+        let mut node = crate::fixtures::paired_primary_node(Ipv4Addr::new(10, 99, 0, 1));
+        node.role = crate::config::Role::Backup;
+        node.peer_host_key = None;
+        node.authorized_key_fingerprint = Some(key.fingerprint.clone());
+        let old = format!(
+            "ssh-ed25519 AAAAother admin@laptop\nrestrict,command=\"/usr/sbin/ns-ha-sync receive\" {} {} {KEY_COMMENT}\n",
+            key.key_type, key.key_base64
+        );
+        let path = root.path(paths::AUTHORIZED_KEYS);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &old).unwrap();
+        assert!(refresh_primary_line(&root, &node).unwrap());
+        let now = std::fs::read_to_string(&path).unwrap();
+        let want = authorized_line(&root, &key, node.peer_address).unwrap();
+        assert_eq!(now, format!("ssh-ed25519 AAAAother admin@laptop\n{want}\n"));
+        assert!(
+            !refresh_primary_line(&root, &node).unwrap(),
+            "rewritten twice"
+        );
+        node.peer_address = Ipv4Addr::new(10, 99, 0, 7);
+        assert!(refresh_primary_line(&root, &node).unwrap());
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("from=\"10.99.0.7\""));
+        // Another key than the one init-backup authorized: untouched.
+        node.authorized_key_fingerprint = Some("SHA256:other".into());
+        node.peer_address = Ipv4Addr::new(10, 99, 0, 1);
+        let before = std::fs::read(&path).unwrap();
+        assert!(!refresh_primary_line(&root, &node).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+}
