@@ -171,7 +171,7 @@ pub enum Command {
     Enable,
     /// Stop HA (keepalived) on both nodes; the configuration is kept.
     Disable,
-    /// Undo everything init did on this node (keys, authorization, configs); the node can be paired again.
+    /// Undo everything init did on this node (keys, authorization, configs, sync state); the node can be paired again.
     Reset {
         /// Confirm the reset.
         #[arg(long)]

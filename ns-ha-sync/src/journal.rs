@@ -1,8 +1,10 @@
 //! Making a received generation live, all or nothing, across crashes.
 //!
 //! Every file of a sync is first staged (written, hashed, fsynced, given its
-//! mode, owner and mtime) in the staging directory, on the same filesystem as
-//! the live files. Then the list of operations (renames, deletions,
+//! mode, owner and mtime) in a staging directory on the same filesystem as
+//! its live file (the state dir's `staging/`, or for a target on another
+//! filesystem, such as OpenWrt's tmpfs `/tmp`, a staging dir on that one), so
+//! each rename stays on one filesystem. Then the list of operations (renames, deletions,
 //! directories, metadata) and the new baseline are written as one journal,
 //! atomically. Only then do live files change, by `rename` each. Every
 //! operation is idempotent, so recovery after a crash simply replays the
@@ -25,7 +27,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::{remove_if_exists, sync_dir};
@@ -55,8 +57,15 @@ pub enum Op {
         uid: u32,
         gid: u32,
     },
-    /// Rename `staging/<staged>` onto `path` (staged file absent: done already).
-    Replace { path: String, staged: String },
+    /// Rename `<area>/<staged>` onto `path` (staged file absent: done
+    /// already). `area` is the staging dir on the target's filesystem when
+    /// that is not the state dir's (absent: `staging/`).
+    Replace {
+        path: String,
+        staged: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        area: Option<PathBuf>,
+    },
     /// Set mode, owner and mtime of an existing file, or owner of a symlink.
     Meta {
         path: String,
@@ -221,12 +230,20 @@ enum OpResult {
     Kept(String),
 }
 
+/// Where a `Replace` op's staged file is: in its area on another
+/// filesystem, or in `staging/`.
+fn staged_source(state: &StateDir, area: Option<&PathBuf>, staged: &str) -> PathBuf {
+    area.cloned()
+        .unwrap_or_else(|| state.staging())
+        .join(staged)
+}
+
 /// Whether a replay after a crash finds `op` applied already.
 fn already_done(state: &StateDir, op: &Op, md: Option<&fs::Metadata>) -> bool {
     match (op, md) {
         (Op::DeleteFile { .. } | Op::DeleteDir { .. } | Op::MoveAside { .. }, None) => true,
-        (Op::Replace { staged, .. }, _) => {
-            fs::symlink_metadata(state.staging().join(staged)).is_err()
+        (Op::Replace { staged, area, .. }, _) => {
+            fs::symlink_metadata(staged_source(state, area.as_ref(), staged)).is_err()
         }
         (Op::EnsureDir { mode, uid, gid, .. }, Some(m)) => {
             m.is_dir() && (m.mode() & 0o7777, m.uid(), m.gid()) == (*mode, *uid, *gid)
@@ -359,8 +376,8 @@ fn apply_op(
             }
             chown_if_needed(&live, &md, *uid, *gid)?;
         }
-        Op::Replace { staged, .. } => {
-            let src = state.staging().join(staged);
+        Op::Replace { staged, area, .. } => {
+            let src = staged_source(state, area.as_ref(), staged);
             if is_dir {
                 if let Err(e) = fs::remove_dir(&live) {
                     return Ok(OpResult::Kept(format!(
@@ -421,27 +438,32 @@ pub fn commit(
     journal: &Journal,
 ) -> Result<Outcome> {
     // Staged files must be durable before the journal names them: an fsync
-    // each for a small sync, one syncfs of their filesystem for a large one.
-    let staged: Vec<&String> = journal
+    // each for a small sync, one syncfs of each staging filesystem for a
+    // large one.
+    let staged: Vec<PathBuf> = journal
         .ops
         .iter()
         .filter_map(|op| match op {
-            Op::Replace { staged, .. } => Some(staged),
+            Op::Replace { staged, area, .. } => Some(staged_source(state, area.as_ref(), staged)),
             _ => None,
         })
         .collect();
+    let areas = staging_areas(state, journal);
     if staged.len() > FSYNC_EACH_MAX {
-        sync_fs(&state.staging())?;
+        for a in &areas {
+            sync_fs(a)?;
+        }
     } else {
-        for name in staged {
-            let p = state.staging().join(name);
+        for p in staged {
             if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
                 fs::File::open(&p)
                     .and_then(|f| f.sync_all())
                     .with_context(|| format!("syncing {}", p.display()))?;
             }
         }
-        sync_dir(&state.staging())?;
+        for a in &areas {
+            sync_dir(a)?;
+        }
     }
     state.write_compact("journal.json", journal)?;
     crash::point("journal");
@@ -493,8 +515,8 @@ fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -
             reason,
         })
         .collect();
-    // Make the renames durable before the generation says they happened (the
-    // targets share the staging dir's filesystem: checked at begin).
+    // Make the renames durable before the generation says they happened
+    // (each target shares the filesystem of its staging area).
     let dirs: std::collections::BTreeSet<_> = journal
         .ops
         .iter()
@@ -502,6 +524,9 @@ fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -
         .collect();
     if dirs.len() > FSYNC_EACH_MAX {
         sync_fs(&state.dir)?;
+        for a in staging_areas(state, journal).iter().filter(|a| a.is_dir()) {
+            sync_fs(a)?;
+        }
     } else {
         for d in dirs.iter().filter(|d| d.is_dir()) {
             sync_dir(d)?;
@@ -542,8 +567,31 @@ fn sync_fs(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing the filesystem of {}", dir.display()))
 }
 
-/// Empty the staging directory (an aborted or finished transaction).
+/// The staging dirs a journal's renames come from: `staging/` and those on
+/// other filesystems.
+fn staging_areas(state: &StateDir, journal: &Journal) -> std::collections::BTreeSet<PathBuf> {
+    let mut areas: std::collections::BTreeSet<PathBuf> = journal
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Replace { area, .. } => area.clone(),
+            _ => None,
+        })
+        .collect();
+    areas.insert(state.staging());
+    areas
+}
+
+/// Empty the staging directories (an aborted or finished transaction): those
+/// on other filesystems that `staging/` lists first, then `staging/`.
 pub fn clear_staging(state: &StateDir) -> Result<()> {
+    for other in state.other_staging_areas() {
+        match fs::remove_dir_all(&other) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("clearing {}", other.display())),
+        }
+    }
     let dir = state.staging();
     match fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
@@ -691,6 +739,7 @@ mod tests {
         Op::Replace {
             path: path.into(),
             staged: staged.into(),
+            area: None,
         }
     }
 

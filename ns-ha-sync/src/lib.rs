@@ -39,7 +39,7 @@ use crate::manifest::{scan, HashCache};
 use crate::receiver::{local_view, Receiver};
 use crate::rules::SyncSet;
 use crate::sender::{holds_vips, PushOptions, SshLink};
-use crate::state::{Applied, Pushed, StateDir, Status, APPLIED, PUSHED, STATUS};
+use crate::state::{Applied, Pushed, StateDir, Status, APPLIED, PUSHED};
 
 /// Config sync of an ns-ha pair: the primary pushes its sync set to the
 /// backup over SSH; the backup verifies every path and hash and applies each
@@ -94,6 +94,10 @@ pub enum Command {
         /// Ask the backup even when nothing changed locally.
         #[arg(long)]
         recheck: bool,
+        /// Let the backup apply the push even though it holds the cluster's
+        /// VIPs itself (it is MASTER): without it such a backup refuses (exit 5).
+        #[arg(long)]
+        even_if_backup_is_master: bool,
     },
     /// What a push would change, file by file (same as push --dry-run).
     Diff,
@@ -140,12 +144,14 @@ pub fn run(cli: Cli) -> Result<Report> {
             dry_run,
             skip_master_check,
             recheck,
+            even_if_backup_is_master,
         } => run_push(
             &root,
             PushOptions {
                 force,
                 dry_run,
                 recheck,
+                even_if_backup_is_master,
             },
             skip_master_check || dry_run,
         ),
@@ -381,7 +387,7 @@ fn render_status(name: &str, st: &Status) -> String {
         None => format!("  {label}: never\n"),
         Some(r) => format!(
             "  {label}: {} at {} (generation {}, {} file(s), {} bytes, {} changed, {} deleted, {} ms){}{}\n",
-            if r.ok { "ok" } else { "FAILED" },
+            if r.ok { "ok" } else if r.interrupted { "INTERRUPTED" } else { "FAILED" },
             ns_ha_common::clock::fmt_utc(r.at.saturating_mul(1000)),
             r.generation,
             r.files,
@@ -394,8 +400,14 @@ fn render_status(name: &str, st: &Status) -> String {
         ),
     }
     };
+    if st.running.is_some() {
+        out.push_str(&run("running now", &st.running));
+    }
     out.push_str(&run("last attempt", &st.last_attempt));
     out.push_str(&run("last success", &st.last_success));
+    if st.last_failure.is_some() && st.last_failure != st.last_attempt {
+        out.push_str(&run("last failure", &st.last_failure));
+    }
     if let Some(h) = &st.hook {
         out.push_str(&format!("  reload hook: {h}\n"));
     }
@@ -415,7 +427,7 @@ fn local_status(
     cluster: Option<&ClusterConfig>,
 ) -> Result<NodeStatus> {
     let state = StateDir::of(root, cluster);
-    let mut st: Status = state.read(STATUS)?.unwrap_or_default();
+    let mut st: Status = state.current_status()?;
     match node.map(|n| n.role) {
         Some(Role::Backup) => {
             st.generation = state
@@ -483,7 +495,7 @@ fn recover(root: &NodeRoot) -> Result<Report> {
     let set = SyncSet::for_cluster(root, cluster.as_ref())?;
     let state = StateDir::new(root, &settings);
     let _lock = state.lock(Duration::from_secs(30))?;
-    let r = journal::recover(root, &set, &state)?;
+    let r = receiver::recover_and_record(root, &set, &state)?;
     report(&r, || {
         let mut out = match (r.completed, r.discarded) {
             (Some(g), _) => format!("completed the interrupted apply of generation {g}\n"),

@@ -102,6 +102,8 @@ pub struct PushOptions {
     pub dry_run: bool,
     /// Ask the backup even when nothing changed locally.
     pub recheck: bool,
+    /// Let the backup apply while it holds the cluster's VIPs itself.
+    pub even_if_backup_is_master: bool,
 }
 
 /// One line of a push or diff report.
@@ -275,6 +277,12 @@ pub fn push(
     } else {
         Some(state.lock(Duration::from_secs(5))?)
     };
+    if !opts.dry_run {
+        // A push killed before it recorded its outcome left its marker.
+        if let Err(e) = state.reap_interrupted(None) {
+            log::warn!("cannot record the interrupted push: {e:#}");
+        }
+    }
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -296,6 +304,21 @@ pub fn push(
                 ..Default::default()
             });
         }
+        // What the attempt reached, for the status when it fails.
+        let mut progress = PushReport {
+            generation: pushed.generation.saturating_add(1),
+            ..Default::default()
+        };
+        if !opts.dry_run {
+            let marker = Run {
+                at: now_secs().saturating_sub(started.elapsed().as_secs()),
+                generation: progress.generation,
+                ..Default::default()
+            };
+            if let Err(e) = state.mark_attempt(&marker) {
+                log::warn!("cannot mark the push as started: {e:#}");
+            }
+        }
         let result = (|| -> Result<std::result::Result<PushReport, Retry>> {
             let ch = link.open()?;
             log::debug!("channel open");
@@ -305,8 +328,11 @@ pub fn push(
                 cluster,
                 set: &set,
                 state: &state,
+                started,
             };
-            let r = transfer(&ctx, &mut ch, &local, &pushed, opts);
+            let r = transfer(&ctx, &mut ch, &local, &pushed, opts, &mut progress);
+            progress.bytes_sent = ch.sent;
+            progress.bytes_received = ch.received;
             r.map(|x| {
                 x.map(|mut rep| {
                     rep.bytes_sent = ch.sent;
@@ -315,6 +341,7 @@ pub fn push(
                 })
             })
         })();
+        progress.duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(Ok(mut rep)) => {
                 rep.duration_ms = started.elapsed().as_millis() as u64;
@@ -332,13 +359,13 @@ pub fn push(
                     Code::Conflict,
                     "files keep changing while they are sent: retry later",
                 );
-                record(&state, &PushReport::default(), Some(&e));
+                record(&state, &progress, Some(&e));
                 return Err(e);
             }
             Err(e) => {
                 link.reset();
                 if !opts.dry_run {
-                    record(&state, &PushReport::default(), Some(&e));
+                    record(&state, &progress, Some(&e));
                 }
                 return Err(e);
             }
@@ -363,6 +390,7 @@ fn record(state: &StateDir, rep: &PushReport, err: Option<&anyhow::Error>) {
             .count() as u64,
         deleted: rep.lines.iter().filter(|l| l.action == "delete").count() as u64,
         kept: rep.kept.clone(),
+        interrupted: false,
     };
     if let Err(e) = state.record(&run) {
         log::warn!("cannot record the sync status: {e:#}");
@@ -395,6 +423,8 @@ struct PushCtx<'a> {
     cluster: &'a ClusterConfig,
     set: &'a SyncSet,
     state: &'a StateDir,
+    /// When the push started (for the attempt marker).
+    started: Instant,
 }
 
 fn transfer<C: Read + Write>(
@@ -403,12 +433,14 @@ fn transfer<C: Read + Write>(
     local: &Local,
     pushed: &Pushed,
     opts: PushOptions,
+    progress: &mut PushReport,
 ) -> Result<std::result::Result<PushReport, Retry>> {
     let PushCtx {
         root,
         cluster,
         set,
         state,
+        started,
     } = *ctx;
     let (m, peer) = peer_manifest(ch, pushed.clean.then_some(pushed))?;
     if m.rules_digest != set.digest() {
@@ -460,6 +492,7 @@ fn transfer<C: Read + Write>(
     if opts.dry_run {
         return Ok(Ok(rep));
     }
+    *progress = rep.clone();
     if changes.is_empty() && deletes.is_empty() {
         rep.generation = m.generation;
         save_pushed(state, m.generation, local, true)?;
@@ -482,6 +515,7 @@ fn transfer<C: Read + Write>(
             generation,
             base_generation: m.generation,
             force: opts.force,
+            even_if_backup_is_master: opts.even_if_backup_is_master,
             changes: changes.clone(),
             deletes: deletes.clone(),
         }),
@@ -492,8 +526,27 @@ fn transfer<C: Read + Write>(
         changes.len(),
         deletes.len()
     );
-    crash::point("begin");
     let kept: BTreeSet<String> = begin.kept.into_iter().collect();
+    // What the transaction announced: recorded if this push never finishes.
+    let announced: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.data && !kept.contains(&c.path))
+        .collect();
+    let marker = Run {
+        at: now_secs().saturating_sub(started.elapsed().as_secs()),
+        duration_ms: started.elapsed().as_millis() as u64,
+        generation,
+        files: announced.len() as u64,
+        bytes: announced.iter().map(|c| c.entry.size).sum(),
+        changed: changes.len().saturating_sub(kept.len()) as u64,
+        deleted: deletes.len() as u64,
+        kept: kept.iter().cloned().collect(),
+        ..Default::default()
+    };
+    if let Err(e) = state.mark_attempt(&marker) {
+        log::warn!("cannot mark the push's progress: {e:#}");
+    }
+    crash::point("begin");
     // Frames are coalesced: one SSH packet per small file would cost a
     // round of the channel machinery each.
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut *ch);
@@ -504,6 +557,7 @@ fn transfer<C: Read + Write>(
             break;
         }
         rep.files += 1;
+        progress.files = rep.files;
         if crash::armed("file") {
             out.flush()?;
             crash::point("file");

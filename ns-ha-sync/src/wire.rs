@@ -59,6 +59,10 @@ pub struct BeginRequest {
     pub base_generation: u64,
     /// Overwrite files edited on the backup.
     pub force: bool,
+    /// Apply even though the backup holds the cluster's VIPs (it is MASTER
+    /// itself); sent only when set, so an older backup still parses the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub even_if_backup_is_master: bool,
     pub changes: Vec<Change>,
     pub deletes: Vec<String>,
 }

@@ -492,7 +492,10 @@ fn an_edit_made_while_the_push_is_in_flight_is_kept_and_reported() {
             .unwrap();
     };
     let runner = ns_ha_common::cmd::RecordingRunner::new();
-    let mut rx = ns_ha_sync::receiver::Receiver::new(p.backup.clone(), &runner);
+    // A backup that holds no VIP (it refuses a push while MASTER).
+    let ifs = ns_ha_common::net::StaticInterfaces::default();
+    let mut rx =
+        ns_ha_sync::receiver::Receiver::new(p.backup.clone(), &runner).with_interfaces(&ifs);
     let mut out = Vec::new();
     let mut r = EditWhileStaging {
         data: &input,

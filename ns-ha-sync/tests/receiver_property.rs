@@ -109,7 +109,9 @@ impl Link for RecordingLink {
         let root = self.backup.clone();
         self.threads.push(std::thread::spawn(move || {
             let runner = RecordingRunner::new();
-            let mut rx = Receiver::new(root, &runner);
+            // A backup that holds no VIP (it refuses a push while MASTER).
+            let ifs = ns_ha_common::net::StaticInterfaces::default();
+            let mut rx = Receiver::new(root, &runner).with_interfaces(&ifs);
             let mut r = BufReader::new(b.try_clone().unwrap());
             let mut w = b;
             let _ = rx.serve(&mut r, &mut w);

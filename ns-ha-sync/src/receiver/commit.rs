@@ -15,7 +15,7 @@ use super::{Receiver, Txn, MAX_HOOK_PATHS};
 use crate::crash;
 use crate::journal::{self, Journal, Op, Seen};
 use crate::manifest::{Change, Kind};
-use crate::state::{Run, StateDir};
+use crate::state::Run;
 use crate::util::now_secs;
 use crate::wire::CommitReply;
 
@@ -42,7 +42,7 @@ impl Receiver<'_> {
             ));
         }
         crash::point("staged");
-        let journal = match build_journal(&self.root, &ctx.state, &mut txn) {
+        let journal = match build_journal(&self.root, &mut txn) {
             Ok(j) => j,
             Err(e) => return fail_txn(e),
         };
@@ -83,6 +83,7 @@ impl Receiver<'_> {
             changed: reply.changed,
             deleted: reply.deleted,
             kept: reply.kept.clone(),
+            interrupted: false,
         };
         if let Err(e) = ctx.state.record(&run) {
             log::warn!("cannot record the sync status: {e:#}");
@@ -115,6 +116,7 @@ impl Receiver<'_> {
                 &fail(Code::Peer, format!("{why}: nothing applied")),
                 txn.generation,
                 txn.started,
+                (txn.files, txn.bytes),
             );
         }
     }
@@ -153,7 +155,7 @@ impl Receiver<'_> {
 }
 
 /// The ordered operations and the new baseline of a fully staged transaction.
-fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Journal> {
+fn build_journal(root: &NodeRoot, txn: &mut Txn) -> Result<Journal> {
     let mut ops = Vec::new();
     let mut deletes: Vec<&String> = txn
         .deletes
@@ -210,12 +212,13 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             ops.push(Op::Replace {
                 path: c.path.clone(),
                 staged: staged.clone(),
+                area: txn.areas.other_of(&c.path),
             });
         } else if e.kind == Kind::Symlink
             && txn.current.get(&c.path).map(|l| &l.target) != Some(&e.target)
         {
             let name = format!("l{i}");
-            let link = state.staging().join(&name);
+            let link = txn.areas.dir_of(&c.path).join(&name);
             std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &link)
                 .with_context(|| format!("staging symlink {}", c.path))?;
             std::os::unix::fs::lchown(&link, Some(e.uid), Some(e.gid))
@@ -223,6 +226,7 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             ops.push(Op::Replace {
                 path: c.path.clone(),
                 staged: name,
+                area: txn.areas.other_of(&c.path),
             });
         } else {
             ops.push(Op::Meta {

@@ -62,11 +62,14 @@ pub fn recover_if_needed(
     state: &StateDir,
     wait: Duration,
 ) -> Result<Option<journal::Recovery>> {
-    if !state.journal().exists() && !state.staging().exists() {
+    if !state.journal().exists()
+        && !state.staging().exists()
+        && !state.file(crate::state::ATTEMPT).exists()
+    {
         return Ok(None);
     }
     let _lock = state.lock(wait)?;
-    journal::recover(root, set, state).map(Some)
+    super::recover_and_record(root, set, state).map(Some)
 }
 
 impl Receiver<'_> {

@@ -14,11 +14,15 @@ use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::NodeRoot;
 
 use super::staging::prepare_staging;
-use super::{local_view, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
+use super::{
+    local_view, recover_and_record, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE,
+};
 use crate::crash;
-use crate::journal::{self, check_ancestors_except};
+use crate::journal::check_ancestors_except;
 use crate::manifest::{digest, Change, Entry, Kind, Stamp};
 use crate::rules::{check_path, disk_node, Node, Origin};
+use crate::state::Run;
+use crate::util::now_secs;
 use crate::wire::{BeginReply, BeginRequest, ManifestReply};
 
 impl Receiver<'_> {
@@ -34,7 +38,7 @@ impl Receiver<'_> {
         }
         self.view = None;
         let lock = ctx.state.lock(LOCK_WAIT)?;
-        journal::recover(&self.root, &ctx.set, &ctx.state)?;
+        recover_and_record(&self.root, &ctx.set, &ctx.state)?;
         let view = local_view(&self.root, &ctx.set, &ctx.state)?;
         let d = digest(&view.current);
         let reply = ManifestReply {
@@ -61,6 +65,7 @@ impl Receiver<'_> {
             generation,
             base_generation,
             force,
+            even_if_backup_is_master,
             changes,
             deletes,
         } = req;
@@ -73,6 +78,7 @@ impl Receiver<'_> {
         }
         let ctx = self.ctx()?;
         ns_ha_common::control::refuse_other_cluster(&ctx.cluster.cluster_id, cluster_id)?;
+        self.refuse_if_master(&ctx.cluster, even_if_backup_is_master)?;
         if changes.len() + deletes.len() > MAX_CHANGES {
             return Err(fail(Code::Security, "too many changes in one transaction"));
         }
@@ -80,7 +86,7 @@ impl Receiver<'_> {
             Some(v) => v,
             None => {
                 let lock = ctx.state.lock(LOCK_WAIT)?;
-                journal::recover(&self.root, &ctx.set, &ctx.state)?;
+                recover_and_record(&self.root, &ctx.set, &ctx.state)?;
                 (lock, local_view(&self.root, &ctx.set, &ctx.state)?)
             }
         };
@@ -170,13 +176,36 @@ impl Receiver<'_> {
                 stamps.insert(p.clone(), Stamp::of(&md));
             }
         }
-        prepare_staging(&self.root, &ctx.state, change_map.keys(), total)?;
+        let staged_bytes = |c: &Change| {
+            if c.data && !kept.contains(&c.path) {
+                c.entry.size
+            } else {
+                0
+            }
+        };
+        let areas = prepare_staging(
+            &self.root,
+            &ctx.state,
+            change_map.iter().map(|(p, c)| (p, staged_bytes(c))),
+        )?;
         let mut pending = HashMap::new();
         for (i, (p, c)) in change_map.iter().enumerate() {
             if c.data && !kept.contains(p) {
                 pending.insert(p.clone(), format!("{i}"));
             }
         }
+        // Until commit or abort records this run, the marker says it was cut.
+        let marker = Run {
+            at: now_secs().saturating_sub(started.elapsed().as_secs()),
+            generation,
+            files: pending.len() as u64,
+            bytes: total,
+            changed: (change_map.len() - kept.len().min(change_map.len())) as u64,
+            deleted: deletes.len() as u64,
+            kept: kept.iter().cloned().collect(),
+            ..Default::default()
+        };
+        ctx.state.mark_attempt(&marker)?;
         self.txn = Some(Txn {
             _lock: lock,
             started,
@@ -195,7 +224,7 @@ impl Receiver<'_> {
             failed: None,
             files: 0,
             bytes: 0,
-            staging: ctx.state.staging(),
+            areas,
         });
         crash::point("begin");
         Ok(BeginReply {
