@@ -20,7 +20,7 @@ pub mod util;
 pub mod watch;
 pub mod wire;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::time::Duration;
@@ -102,7 +102,8 @@ pub enum Command {
     /// What a push would change, file by file (same as push --dry-run).
     Diff,
     /// Serve the sync protocol on stdin/stdout: the forced command of the
-    /// pairing key on the backup. Not for interactive use.
+    /// pairing key on the backup. Not for interactive use. Gives up (and
+    /// releases the sync lock) after 30 s without a byte from the sender.
     Receive,
     /// Report files edited on the backup since the last sync (exit 10 if any).
     ///
@@ -282,10 +283,14 @@ fn receive(root: &NodeRoot, json: bool) -> Result<Report> {
     let runner = SystemRunner;
     let mut rx = Receiver::new(root.clone(), &runner);
     rx.startup();
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    let mut r = std::io::BufReader::with_capacity(256 * 1024, stdin.lock());
-    let mut w = std::io::BufWriter::new(stdout.lock());
+    // Both ends time out when the sender goes quiet (see wire::IDLE_TIMEOUT).
+    let idle = wire::IDLE_TIMEOUT;
+    let input = wire::IdleTimeoutFd::new(std::io::stdin(), idle, "sent no byte")
+        .context("preparing stdin")?;
+    let output = wire::IdleTimeoutFd::new(std::io::stdout(), idle, "took no byte of the reply")
+        .context("preparing stdout")?;
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, input);
+    let mut w = std::io::BufWriter::new(output);
     rx.serve(&mut r, &mut w)?;
     Ok(Report::printed())
 }

@@ -87,6 +87,21 @@ impl Entry {
             && self.target == other.target
     }
 
+    /// A directory owned by root with mode 0755 (a fixture for tests).
+    #[cfg(test)]
+    pub(crate) fn root_dir() -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            sha256: None,
+            target: None,
+        }
+    }
+
     /// Whether the entry is internally consistent (checked on what the peer sends).
     pub fn well_formed(&self) -> bool {
         let sha_ok = |s: &Option<String>| {

@@ -45,7 +45,7 @@ use crate::wire::SyncRequest;
 /// Largest single file accepted.
 pub const MAX_FILE: u64 = 1 << 30;
 /// Most changes accepted in one transaction.
-pub const MAX_CHANGES: usize = 1_000_000;
+pub const MAX_CHANGES: usize = crate::wire::MAX_ENTRIES;
 /// Beyond this many changed paths the hook is told nothing (reload everything).
 const MAX_HOOK_PATHS: usize = 200;
 /// How long a receiver waits for another sync on this node to finish.
@@ -99,6 +99,10 @@ pub struct Receiver<'a> {
     /// The view read by `manifest`, with the lock held since, so that `begin`
     /// does not scan again.
     view: Option<(NodeLock, LocalView)>,
+    /// A transaction whose `begin` chunks are still arriving.
+    opening: Option<request::Opening>,
+    /// A `manifest` reply was sent: its parts follow (with the entries or not).
+    parts_due: Option<bool>,
     /// Paths changed by the last commit, for `ns-ha-role sync-applied`.
     hook_due: Option<Vec<String>>,
 }
@@ -112,6 +116,8 @@ impl<'a> Receiver<'a> {
             greeted: None,
             txn: None,
             view: None,
+            opening: None,
+            parts_due: None,
             hook_due: None,
         }
     }
@@ -198,7 +204,13 @@ impl<'a> Receiver<'a> {
                     Reply::from_error(&e)
                 }
             };
+            let ok = reply.ok;
             write_msg(w, &reply)?;
+            if let Some(with_entries) = self.parts_due.take() {
+                if ok {
+                    self.write_manifest_parts(w, with_entries)?;
+                }
+            }
             if let Some(paths) = self.hook_due.take() {
                 self.run_hook(&paths);
             }
