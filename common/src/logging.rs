@@ -9,9 +9,11 @@
 //! journald or rsyslog on Debian) with the tool's name as tag:
 //! `<PRI>TAG[PID]: MESSAGE` (RFC 3164 without the timestamp, which every
 //! local syslog daemon stamps itself; facility daemon). No syslog crate: the
-//! format is one line, and the socket is a non-blocking `UnixDatagram`, so a
-//! stalled or missing syslog daemon never holds a tool up (the record is
-//! dropped).
+//! format is one line on a `UnixDatagram`. A missing syslog costs nothing;
+//! a busy one gets at most 50 ms, once per process, to take a record (its
+//! queue holds only a few datagrams, and several tools log at once during a
+//! failover); after that the process drops records rather than wait, so a
+//! stalled syslog daemon never holds a failover up.
 //!
 //! The socket is the node root's `/dev/log`, so a lab node's tools log to
 //! `NODEROOT/dev/log` (a lab test binds its own socket there); the variable
@@ -26,6 +28,9 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// The syslog socket of a node (under its root).
 pub const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// How long one record may wait for a busy syslog, once per process.
+const SYSLOG_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// Overrides the syslog socket path (absolute path, not under the root); empty: no syslog.
 pub const SYSLOG_SOCKET_ENV: &str = "NS_HA_SYSLOG_SOCKET";
 /// syslog facility `daemon`.
@@ -113,17 +118,28 @@ impl Syslog {
     fn connect(tool: &str, path: &Path) -> Option<Syslog> {
         let socket = UnixDatagram::unbound().ok()?;
         socket.connect(path).ok()?;
-        socket.set_nonblocking(true).ok()?;
+        socket.set_write_timeout(Some(SYSLOG_WAIT)).ok()?;
         Some(Syslog {
             socket: Mutex::new(socket),
             tag: format!("{tool}[{}]", std::process::id()),
         })
     }
 
+    /// Send one record. A busy syslog (its queue of a few datagrams full,
+    /// as when several tools log at once during a failover) gets up to
+    /// [`SYSLOG_WAIT`] to take it; one that does not is taken as stalled
+    /// and the process drops its records from then on rather than wait again.
     fn send(&self, level: Level, message: &str) {
         let line = format_line(&self.tag, level, message);
         if let Ok(s) = self.socket.lock() {
-            let _ = s.send(line.as_bytes());
+            if let Err(e) = s.send(line.as_bytes()) {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    let _ = s.set_nonblocking(true);
+                }
+            }
         }
     }
 }
