@@ -144,6 +144,51 @@ pub fn refresh_primary_line(root: &NodeRoot, node: &NodeConfig) -> Result<bool> 
     Ok(true)
 }
 
+/// The variable in which the SSH server (OpenSSH and dropbear alike) tells
+/// the forced command who connected: `ADDR PORT LOCALPORT`.
+pub const SSH_CLIENT_ENV: &str = "SSH_CLIENT";
+
+/// `from=` enforced by the receiver itself: on a backup, refuse a channel
+/// whose `SSH_CLIENT` is not the primary's HA address (`node.json`'s peer).
+///
+/// dropbear refuses a key line with `from=` outright (it knows `restrict`,
+/// `no-*`, `command=` and `permitopen=` only), so on dropbear this is what
+/// keeps a copy of the primary's key useless off the HA link; on OpenSSH it
+/// repeats `from=`. `None` (no SSH server: the receiver run by hand or by a
+/// test on its stdin) and a node that is not a paired backup pass: the
+/// receiver refuses those by itself.
+pub fn check_ssh_client(root: &NodeRoot, ssh_client: Option<&str>) -> Result<()> {
+    let Some(client) = ssh_client else {
+        return Ok(());
+    };
+    let Some(node) = crate::config::load_node_opt(root)? else {
+        return Ok(());
+    };
+    if node.role != crate::config::Role::Backup {
+        return Ok(());
+    }
+    let from = client
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+        .map(|a| match a {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        });
+    if from != Some(std::net::IpAddr::V4(node.peer_address)) {
+        return Err(fail(
+            Code::Security,
+            format!(
+                "the primary's key was used from {client:?}, but it is accepted only from the primary's HA address {}: refused (if the primary's HA address changed, run ns-ha-init reset --yes and init-backup --peer NEW here)",
+                node.peer_address
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +221,30 @@ mod tests {
         );
         assert!(line.contains("ns-ha-sync --root /lab/fw2 receive\" ssh-ed25519 AAAAC3"));
         assert!(line.ends_with(" ns-ha-primary"));
+    }
+
+    #[test]
+    fn the_receiver_accepts_the_primary_only_from_its_ha_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        // Not initialized: nothing to compare with (the receiver refuses later).
+        check_ssh_client(&root, Some("10.99.1.1 5000 22")).unwrap();
+        let node =
+            crate::fixtures::paired_node(crate::config::Role::Backup, Ipv4Addr::new(10, 99, 0, 1));
+        crate::config::save_node(&root, &node).unwrap();
+        check_ssh_client(&root, Some("10.99.0.1 5000 22")).unwrap();
+        check_ssh_client(&root, Some("::ffff:10.99.0.1 5000 22")).unwrap();
+        check_ssh_client(&root, None).unwrap();
+        for bad in ["10.99.1.1 5000 22", "", "garbage"] {
+            let e = check_ssh_client(&root, Some(bad)).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), Code::Security, "{bad}");
+            assert!(e.to_string().contains("10.99.0.1"), "{e}");
+        }
+        // The primary itself is never a receiver of its own key.
+        let node =
+            crate::fixtures::paired_node(crate::config::Role::Primary, Ipv4Addr::new(10, 99, 0, 2));
+        crate::config::save_node(&root, &node).unwrap();
+        check_ssh_client(&root, Some("10.99.1.1 5000 22")).unwrap();
     }
 
     /// A line written by an older release (no `from=`) or for another primary
