@@ -190,6 +190,8 @@ mod tests {
                 peer_host_key: None,
                 authorized_key_fingerprint: None,
                 service_backend: Default::default(),
+                platform: Default::default(),
+                ssh_server: Default::default(),
             },
         )
         .unwrap();

@@ -23,6 +23,7 @@ pub mod keepalived;
 pub mod logging;
 pub mod net;
 pub mod peer;
+pub mod platform;
 pub mod proto;
 pub mod role_config;
 pub mod root;

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod checks;
 pub mod edit;
 pub mod install;
+pub mod layout;
 pub mod pairing;
 pub mod show;
 pub mod sshd_listen;
@@ -29,6 +30,7 @@ use ns_ha_common::cli::{self, GlobalArgs};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::exit::help_table;
 use ns_ha_common::net::{InterfaceSource, IpCommand, Ipv4Cidr};
+use ns_ha_common::platform::Platform;
 use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::vrrp::{AdvertListener, RawSocketListener};
 use ns_ha_common::NodeRoot;
@@ -91,9 +93,8 @@ pub enum Command {
         /// VRRP router id of the HA-link instance (1..255, default 50); `check` reports the ones other routers use.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
         vrid: Option<u8>,
-        /// How this node manages services.
-        #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
-        service_backend: BackendArg,
+        #[command(flatten)]
+        platform: PlatformArgs,
     },
     /// Make this node the backup: authorize the primary's key for the sync command only, from the primary's HA address only. Prints this node's host-key fingerprint for `pair`.
     InitBackup {
@@ -107,9 +108,8 @@ pub enum Command {
         /// (pasted unquoted, its words are taken together as the key).
         #[arg(long, value_name = "KEY", num_args = 1.., required = true)]
         primary_key: Vec<String>,
-        /// How this node manages services.
-        #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
-        service_backend: BackendArg,
+        #[command(flatten)]
+        platform: PlatformArgs,
     },
     /// Connect to the backup, pin its host key, check versions, and install the cluster config on both nodes.
     Pair {
@@ -210,6 +210,27 @@ impl From<RoleArg> for ns_ha_common::config::Role {
     }
 }
 
+/// The node's platform, stored in node.json by init-primary and init-backup.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct PlatformArgs {
+    /// The node's platform: its paths (crontab, SSH server files, state on
+    /// flash), service and interface manager (default: detected from
+    /// /etc/openwrt_release or /etc/os-release under the root; openwrt when
+    /// neither exists). show-config shows it.
+    #[arg(long, value_enum, value_name = "PLATFORM")]
+    pub platform: Option<Platform>,
+    /// How this node manages services (default: the platform's, initd on
+    /// openwrt, systemd on debian).
+    #[arg(long, value_enum)]
+    pub service_backend: Option<BackendArg>,
+}
+
+impl PlatformArgs {
+    fn resolve(&self, root: &NodeRoot) -> Result<layout::NodePlatform> {
+        layout::NodePlatform::resolve(root, self.platform, self.service_backend.map(Into::into))
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
 pub enum BackendArg {
     Initd,
@@ -287,7 +308,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
             ssh_port,
             advert_interval_ms,
             vrid,
-            service_backend,
+            platform,
         } => pairing::init_primary(
             &ctx,
             &pairing::PrimaryInit {
@@ -297,20 +318,20 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
                 ssh_port,
                 advert_interval_ms,
                 vrid,
-                service_backend: service_backend.into(),
+                platform: platform.resolve(&ctx.root)?,
             },
         ),
         Command::InitBackup {
             ha_interface,
             peer,
             primary_key,
-            service_backend,
+            platform,
         } => pairing::init_backup(
             &ctx,
             &ha_interface,
             peer,
             &primary_key.join(" "),
-            service_backend.into(),
+            &platform.resolve(&ctx.root)?,
         ),
         Command::Pair {
             host_key_fingerprint,

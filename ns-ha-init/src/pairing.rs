@@ -23,13 +23,13 @@ use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::{atomic_write, remove_if_exists};
 use ns_ha_common::net::Ipv4Cidr;
 use ns_ha_common::root::paths;
-use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::ssh::{self, HostKeyCheck};
 use ns_ha_common::NodeRoot;
 
 use crate::backup::{backup_address, lock};
 use crate::checks;
 use crate::install::commit_cluster;
+use crate::layout::NodePlatform;
 use crate::{Ctx, Report};
 
 pub use ns_ha_common::authorized_keys::KEY_COMMENT;
@@ -62,7 +62,8 @@ pub struct PrimaryInit {
     ///
     /// [`VrrpSettings`]: ns_ha_common::config::VrrpSettings
     pub vrid: Option<u8>,
-    pub service_backend: ServiceBackend,
+    /// The node's platform (node.json) and the cluster defaults it implies.
+    pub platform: NodePlatform,
 }
 
 /// The highest host address of the HA subnet that neither node uses.
@@ -143,6 +144,9 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     if let Some(vrid) = opts.vrid {
         cluster.vrrp.vrid = vrid;
     }
+    let layout = opts.platform.layout();
+    cluster.roles.crontab = layout.crontab.into();
+    cluster.sync.state_dir = layout.sync_state_dir.into();
     cluster.validate()?;
     if hb == opts.peer {
         return Err(fail(
@@ -156,7 +160,9 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
         peer_address: opts.peer,
         peer_host_key: None,
         authorized_key_fingerprint: None,
-        service_backend: opts.service_backend,
+        service_backend: opts.platform.service_backend,
+        platform: opts.platform.platform,
+        ssh_server: opts.platform.ssh_server,
     };
     // Everything validated: now write.
     let key = generate_key(ctx, KEY_COMMENT)?;
@@ -194,7 +200,7 @@ pub fn init_backup(
     ha_interface: &str,
     peer: Ipv4Addr,
     primary_key: &str,
-    backend: ServiceBackend,
+    platform: &NodePlatform,
 ) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     refuse_if_initialized(&ctx.root)?;
@@ -208,7 +214,9 @@ pub fn init_backup(
         peer_address: peer,
         peer_host_key: None,
         authorized_key_fingerprint: Some(key.fingerprint.clone()),
-        service_backend: backend,
+        service_backend: platform.service_backend,
+        platform: platform.platform,
+        ssh_server: platform.ssh_server,
     };
     authorize_primary(&ctx.root, &key, peer)?;
     config::save_node(&ctx.root, &node)?;

@@ -167,25 +167,41 @@ pub struct Lab {
     prefix: String,
     dir: PathBuf,
     info: Value,
+    /// Where the firewalls' ns-ha tools are: LABDIR/bin, or an installed package's dir.
+    bin_dir: PathBuf,
 }
 
 impl Lab {
-    /// Build a fresh lab with a unique prefix. Panics with lab.sh's reason if
-    /// it cannot be built (the test must fail, not skip).
+    /// Build a fresh lab with a unique prefix, running the workspace's
+    /// tools. Panics with lab.sh's reason if it cannot be built (the test
+    /// must fail, not skip).
     pub fn up() -> Lab {
+        Lab::up_with_tools(None)
+    }
+
+    /// A lab whose firewalls run the ns-ha tools installed in `dir` (e.g.
+    /// `/usr/sbin` from the .deb) instead of the workspace's.
+    pub fn up_installed(dir: &Path) -> Lab {
+        Lab::up_with_tools(Some(dir))
+    }
+
+    fn up_with_tools(installed: Option<&Path>) -> Lab {
         let mut last = String::new();
         for _ in 0..3 {
             let prefix = new_prefix();
-            // The tools are installed into the lab (LABDIR/bin) as a package
-            // would install them: keepalived runs notify scripts only from
-            // paths no other user can write, and a checkout may be in /tmp.
-            let tools = bin("ns-ha-init");
-            let tools = tools.parent().expect("binary has a directory");
-            let out = run(Command::new(lab_script())
-                .args(["up", &prefix])
-                .env("NS_HA_BIN_SRC", tools));
+            let mut cmd = Command::new(lab_script());
+            cmd.args(["up", &prefix]);
+            if installed.is_none() {
+                // The tools are installed into the lab (LABDIR/bin) as a package
+                // would install them: keepalived runs notify scripts only from
+                // paths no other user can write, and a checkout may be in /tmp.
+                let tools = bin("ns-ha-init");
+                let tools = tools.parent().expect("binary has a directory");
+                cmd.env("NS_HA_BIN_SRC", tools);
+            }
+            let out = run(&mut cmd);
             if out.status.success() {
-                return Lab::attach(prefix);
+                return Lab::attach(prefix, installed);
             }
             last = describe(&format!("lab.sh up {prefix}"), &out);
             // A leftover lab with the same prefix: try another one.
@@ -196,18 +212,25 @@ impl Lab {
         panic!("cannot build the lab (tests need root and `ip netns`): {last}");
     }
 
-    fn attach(prefix: String) -> Lab {
+    fn attach(prefix: String, installed: Option<&Path>) -> Lab {
         let out = run(Command::new(lab_script()).args(["dir", &prefix]));
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let json = std::fs::read_to_string(dir.join("lab.json"))
             .unwrap_or_else(|e| panic!("cannot read {}/lab.json: {e}", dir.display()));
         let info = serde_json::from_str(&json).expect("lab.json is valid JSON");
-        Lab { prefix, dir, info }
+        let bin_dir = installed.map_or_else(|| dir.join("bin"), Path::to_path_buf);
+        Lab {
+            prefix,
+            dir,
+            info,
+            bin_dir,
+        }
     }
 
-    /// Path of an ns-ha tool as installed in this lab (`LABDIR/bin/NAME`).
+    /// Path of an ns-ha tool as this lab runs it (`LABDIR/bin/NAME`, or the
+    /// installed package's).
     pub fn bin(&self, name: &str) -> PathBuf {
-        let p = self.dir.join("bin").join(name);
+        let p = self.bin_dir.join(name);
         assert!(p.is_file(), "{} is not installed in the lab", p.display());
         p
     }
