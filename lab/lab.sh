@@ -208,6 +208,10 @@ X11Forwarding no
 LogLevel VERBOSE
 EOF
 	chmod 0644 "$root/etc/ssh/sshd_config"
+	# fw2's sshd (and the sync receiver) sees a tmpfs of its own on /tmp,
+	# like OpenWrt's, so a sync set spanning filesystems is tested (init.d/sshd).
+	[[ $node == fw2 ]] && : >"$root/etc/ssh/lab-private-tmp"
+	return 0
 }
 
 write_lab_json() {

@@ -16,7 +16,6 @@ use std::path::Path;
 
 use crate::exit::{fail, Code};
 use crate::fsutil::atomic_write;
-use crate::keepalived::lan_instance;
 use crate::net::{check_ifname, Ipv4Cidr};
 use crate::platform::{Layout, Platform, SshServer};
 use crate::role_config::RoleSettings;
@@ -116,6 +115,12 @@ impl Default for VrrpSettings {
             preempt: true,
         }
     }
+}
+
+/// Name of the keepalived VRRP instance of a LAN interface: the rendering
+/// uses it, and validation refuses two LANs whose names map to one.
+pub fn lan_instance(interface: &str) -> String {
+    format!("lan_{}", interface.replace(['.', '-', '@'], "_"))
 }
 
 /// A LAN interface in the cluster, with its VIPs.

@@ -111,11 +111,29 @@ pub fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
 }
 
 /// The exit code of an error: the first [`Failure`] found in its chain, else `Failure`.
+/// A [`Failure`] carried inside an `io::Error` (a stream that knows why it
+/// failed, such as the sync channel to the peer) counts too.
 pub fn code_of(err: &anyhow::Error) -> Code {
     err.chain()
-        .find_map(|cause| cause.downcast_ref::<Failure>())
+        .find_map(|cause| {
+            cause.downcast_ref::<Failure>().or_else(|| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|e| e.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<Failure>())
+            })
+        })
         .map(|f| f.code)
         .unwrap_or(Code::Failure)
+}
+
+/// An `io::Error` of `kind` that carries `code` (see [`code_of`]).
+pub fn io_failure(
+    kind: std::io::ErrorKind,
+    code: Code,
+    message: impl Into<String>,
+) -> std::io::Error {
+    std::io::Error::new(kind, Failure::new(code, message))
 }
 
 /// Text for the end of every tool's `--help`.
@@ -142,6 +160,14 @@ mod tests {
             format!("{err:#}"),
             "pairing with 10.99.0.2: host key mismatch"
         );
+    }
+
+    #[test]
+    fn code_survives_an_io_error_and_context() {
+        let io = io_failure(std::io::ErrorKind::TimedOut, Code::Peer, "no answer");
+        let err = Err::<(), _>(io).context("sending file data").unwrap_err();
+        assert_eq!(code_of(&err), Code::Peer);
+        assert!(format!("{err:#}").contains("no answer"));
     }
 
     #[test]

@@ -30,10 +30,9 @@ pub const ADVERT_TTL: u8 = 255;
 /// Name of the maintenance track file in the keepalived config.
 pub const MAINTENANCE_TRACK: &str = "ns_ha_maintenance";
 
-/// Name of the VRRP instance of a LAN interface.
-pub fn lan_instance(interface: &str) -> String {
-    format!("lan_{}", interface.replace(['.', '-', '@'], "_"))
-}
+/// Name of the VRRP instance of a LAN interface (defined with the config
+/// model, which refuses two LANs that would share one).
+pub use crate::config::lan_instance;
 
 /// Inputs of the rendering besides the cluster config.
 pub struct RenderInputs<'a> {

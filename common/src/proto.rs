@@ -16,8 +16,9 @@ use crate::config::ClusterConfig;
 use crate::exit::{code_of, fail, Code};
 use crate::net::Interface;
 
-/// Bumped when a message changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped when a message changes incompatibly. 2: frames of at most
+/// [`MAX_MESSAGE`]; large requests and manifests travel in chunks.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The ns-ha release; both nodes must run the same one.
 pub const NS_HA_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How `hello` starts its refusal of another release, so the primary's
@@ -25,12 +26,26 @@ pub const NS_HA_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const VERSION_MISMATCH: &str = "version mismatch";
 /// The fix for two nodes on different releases.
 pub const UPGRADE_FIX: &str = "install the same ns-ha release on both nodes: upgrade this node's package first, then the backup from the primary with `ns-ha-init upgrade-remote PACKAGE`";
-/// Largest JSON message accepted (manifests of large trees fit comfortably).
-pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest JSON message accepted, checked before anything is allocated.
+/// Large requests and manifests are sent in chunks of about
+/// [`CHUNK_BYTES`], so this only bounds what a broken or hostile peer can
+/// make the reader allocate (the decoded message is a few times larger).
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// Target size of one chunk of a large request or manifest.
+pub const CHUNK_BYTES: usize = 512 << 10;
 
 /// Write one JSON message frame.
 pub fn write_msg<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
     let body = serde_json::to_vec(msg).context("encoding message")?;
+    if body.len() > MAX_MESSAGE {
+        return Err(fail(
+            Code::Failure,
+            format!(
+                "message of {} bytes is over the {MAX_MESSAGE}-byte frame limit: not sent",
+                body.len()
+            ),
+        ));
+    }
     w.write_all(&(body.len() as u32).to_be_bytes())
         .and_then(|_| w.write_all(&body))
         .and_then(|_| w.flush())
@@ -49,7 +64,9 @@ pub fn read_value<R: Read>(r: &mut R) -> Result<Option<serde_json::Value>> {
     if len > MAX_MESSAGE {
         return Err(fail(
             Code::Security,
-            format!("message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit"),
+            format!(
+                "message of {len} bytes from the peer refused: the limit is {MAX_MESSAGE} bytes (protocol {PROTOCOL_VERSION} sends large requests in chunks): install the same ns-ha release on both nodes"
+            ),
         ));
     }
     let mut body = vec![0u8; len];

@@ -4,6 +4,13 @@
 //! key that the backup restricts to one forced command (`ns-ha-sync receive`).
 //! This module opens that channel and enforces the host-key pin before any
 //! authentication happens, so the primary never talks to an impostor.
+//!
+//! The channel never waits blindly: every read and write waits in slices of
+//! [`IO_SLICE`], sends an SSH keepalive when one is due ([`KEEPALIVE_SECS`]),
+//! and between slices checks whether the peer closed the channel (its
+//! receiver died): a dead receiver is noticed within a slice and reported as
+//! "peer unreachable" (exit 6), and a peer that stops answering is given up
+//! after the endpoint's timeout without progress, also exit 6.
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -11,10 +18,19 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::PinnedHostKey;
-use crate::exit::{fail, Code};
+use crate::exit::{fail, io_failure, Code};
+
+/// SSH keepalive interval of the sender: a keepalive (with a reply wanted)
+/// goes out after this many seconds without traffic, so NAT and firewall
+/// state along the HA link does not expire and the backup's sshd sees a live
+/// client while the backup works (a long apply).
+pub const KEEPALIVE_SECS: u32 = 5;
+/// How long one blocking read or write on the channel waits before the
+/// channel checks whether the peer closed it (and sends a due keepalive).
+pub const IO_SLICE: Duration = Duration::from_millis(200);
 
 /// How the peer's host key is checked.
 #[derive(Debug, Clone)]
@@ -104,6 +120,8 @@ pub struct PeerEndpoint {
 /// An authenticated SSH session with the peer; reuse it for every request.
 pub struct PeerSession {
     session: ssh2::Session,
+    /// Longest wait without progress on a channel.
+    timeout: Duration,
     /// The host key the peer presented (pinned, or to be pinned by the caller).
     pub host_key: PinnedHostKey,
 }
@@ -180,8 +198,10 @@ impl PeerSession {
         if !session.authenticated() {
             return Err(fail(Code::Peer, "SSH authentication did not complete"));
         }
+        session.set_keepalive(true, KEEPALIVE_SECS);
         Ok(PeerSession {
             session,
+            timeout: ep.timeout,
             host_key: seen,
         })
     }
@@ -189,45 +209,118 @@ impl PeerSession {
     /// Open a channel to the peer's forced command. The command we request is
     /// informative only: the peer's authorized_keys decides what runs.
     pub fn open_receiver(&self) -> Result<PeerChannel> {
-        let mut channel = self
-            .session
-            .channel_session()
-            .context("opening SSH channel")?;
+        // A session kept open between pushes (`watch`) owes a keepalive.
+        let _ = self.session.keepalive_send();
+        self.session
+            .set_timeout(self.timeout.as_millis().min(u32::MAX as u128) as u32);
+        let mut channel = self.session.channel_session().map_err(|e| {
+            fail(
+                Code::Peer,
+                format!("opening an SSH channel to the peer: {e}"),
+            )
+        })?;
         channel
             .exec("ns-ha-sync receive")
-            .context("starting the peer's receiver")?;
-        Ok(PeerChannel { channel })
+            .map_err(|e| fail(Code::Peer, format!("starting the peer's receiver: {e}")))?;
+        Ok(PeerChannel {
+            channel,
+            session: self.session.clone(),
+            timeout: self.timeout,
+        })
     }
 }
 
 /// A bidirectional byte stream to the peer's receiver.
 pub struct PeerChannel {
     channel: ssh2::Channel,
+    session: ssh2::Session,
+    timeout: Duration,
 }
 
 impl PeerChannel {
     /// Close our side and collect the receiver's exit status and stderr.
     pub fn finish(mut self) -> Result<(i32, String)> {
+        self.session
+            .set_timeout(self.timeout.as_millis().min(u32::MAX as u128) as u32);
         self.channel.send_eof().ok();
         let mut err = String::new();
         self.channel.stderr().read_to_string(&mut err).ok();
         self.channel.wait_close().ok();
         Ok((self.channel.exit_status().unwrap_or(-1), err))
     }
+
+    /// The peer ended the channel: its receiver exited or was killed.
+    fn closed_by_peer(&self) -> Option<String> {
+        if let Ok(sig) = self.channel.exit_signal() {
+            if let Some(name) = sig.exit_signal {
+                return Some(format!("killed by SIG{name}"));
+            }
+        }
+        match self.channel.exit_status() {
+            Ok(code) if code != 0 => return Some(format!("exit status {code}")),
+            _ => {}
+        }
+        self.channel.eof().then(|| "end of stream".to_string())
+    }
+
+    /// Run one blocking channel operation in slices of [`IO_SLICE`]: between
+    /// slices, send a due keepalive and see whether the peer closed the
+    /// channel; give up after the session's timeout without progress.
+    fn wait<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut ssh2::Channel) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        self.session
+            .set_timeout(IO_SLICE.as_millis().min(u32::MAX as u128) as u32);
+        let started = Instant::now();
+        loop {
+            let _ = self.session.keepalive_send();
+            match op(&mut self.channel) {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    if let Some(how) = self.closed_by_peer() {
+                        return Err(io_failure(
+                            std::io::ErrorKind::ConnectionAborted,
+                            Code::Peer,
+                            format!("the peer's receiver closed the channel while {what} ({how}): see the peer's log"),
+                        ));
+                    }
+                    if started.elapsed() >= self.timeout {
+                        return Err(io_failure(
+                            std::io::ErrorKind::TimedOut,
+                            Code::Peer,
+                            format!(
+                                "the peer did not answer for {} s while {what}: check the HA link and the peer",
+                                self.timeout.as_secs()
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    return Err(io_failure(
+                        e.kind(),
+                        Code::Peer,
+                        format!("SSH channel to the peer failed while {what}: {e}"),
+                    ))
+                }
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
 }
 
 impl Read for PeerChannel {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.channel.read(buf)
+        self.wait("waiting for it", |ch| ch.read(buf))
     }
 }
 
 impl Write for PeerChannel {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.channel.write(buf)
+        self.wait("sending to it", |ch| ch.write(buf))
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.channel.flush()
+        self.wait("sending to it", |ch| ch.flush())
     }
 }
 

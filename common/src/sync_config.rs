@@ -12,6 +12,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{fail, Code};
+use crate::NodeRoot;
 
 /// Which default list applies to this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -51,13 +52,16 @@ pub struct SyncSettings {
     /// Paths never to sync, even when a default or an include names them.
     pub exclude: Vec<String>,
     /// Where the sync keeps its state (generation, journal, staging, hash
-    /// cache, status). Staging must be on the same filesystem as the synced
-    /// files so that a rename makes them live: on OpenWrt, where `/var` is a
-    /// tmpfs, point it at flash (e.g. `/etc/ns-ha-sync`, never synced).
+    /// cache, status). It must be on persistent storage, or the journal of an
+    /// apply cut by a power loss is lost with it: on OpenWrt, where `/var` is
+    /// a tmpfs, `ns-ha-init` puts it on flash ([`OPENWRT_STATE_DIR`]) and
+    /// `ns-ha-init check` fails for one on a tmpfs. Synced files on other
+    /// filesystems are staged on theirs (see ns-ha-sync/README.md).
     pub state_dir: String,
     /// A push whose local manifest did not change since the last successful
     /// push returns at once without contacting the backup, unless that push is
-    /// older than this many seconds (then the backup is checked again).
+    /// older than this many seconds (then the backup is checked again): the
+    /// bound on how long an edit made on the backup goes unreported by `push`.
     pub peer_recheck_secs: u64,
     /// How long `ns-ha-role sync-applied` may run on the backup after an apply.
     pub hook_timeout_secs: u64,
@@ -66,6 +70,56 @@ pub struct SyncSettings {
 /// Default [`SyncSettings::state_dir`].
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ns-ha/sync";
 
+/// The file whose presence makes a node OpenWrt (profile `auto`, state dir).
+pub const OPENWRT_RELEASE: &str = "/etc/openwrt_release";
+
+/// [`SyncSettings::state_dir`] on an OpenWrt layout, where `/var` is a tmpfs:
+/// on flash, under the never-synced `/etc/ns-ha`, so that the generation, the
+/// baseline and the journal of an apply survive a reboot.
+pub const OPENWRT_STATE_DIR: &str = "/etc/ns-ha/sync-state";
+
+/// Whether the node under `root` has the OpenWrt layout.
+pub fn is_openwrt(root: &NodeRoot) -> bool {
+    root.path(OPENWRT_RELEASE).exists()
+}
+
+/// The state dir a new cluster gets on this node: on persistent storage.
+pub fn default_state_dir(root: &NodeRoot) -> &'static str {
+    if is_openwrt(root) {
+        OPENWRT_STATE_DIR
+    } else {
+        DEFAULT_STATE_DIR
+    }
+}
+
+/// The name of the RAM filesystem (`tmpfs`, `ramfs`) that `state_dir` (or
+/// its nearest existing parent) is on, if it is on one: there the journal
+/// of an apply is lost at a reboot, and an apply cut by a power loss can
+/// no longer be completed.
+pub fn state_dir_in_ram(root: &NodeRoot, state_dir: &str) -> Result<Option<&'static str>> {
+    use nix::sys::statfs::statfs;
+    // linux/magic.h (nix does not name ramfs'); compared as u32, the width
+    // of the magic on every target, 32-bit OpenWrt ones included.
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let path = root.path(state_dir);
+    let existing = path.ancestors().find(|a| a.exists()).unwrap_or(root.base());
+    let fs = statfs(existing).map_err(|e| {
+        fail(
+            Code::Failure,
+            format!(
+                "cannot inspect the filesystem of {}: {e}",
+                existing.display()
+            ),
+        )
+    })?;
+    Ok(match fs.filesystem_type().0 as u32 {
+        TMPFS_MAGIC => Some("tmpfs"),
+        RAMFS_MAGIC => Some("ramfs"),
+        _ => None,
+    })
+}
+
 impl Default for SyncSettings {
     fn default() -> Self {
         SyncSettings {
@@ -73,7 +127,7 @@ impl Default for SyncSettings {
             include: Vec::new(),
             exclude: Vec::new(),
             state_dir: DEFAULT_STATE_DIR.into(),
-            peer_recheck_secs: 300,
+            peer_recheck_secs: 60,
             hook_timeout_secs: 120,
         }
     }
@@ -98,7 +152,7 @@ impl SyncSettings {
                 Code::Config,
                 format!(
                     "sync.state_dir {} is inside the sync set (rule {rule} syncs it or a path below it): \
-                     put it where nothing is synced, e.g. {DEFAULT_STATE_DIR} or /etc/ns-ha-sync (never synced)",
+                     put it where nothing is synced, e.g. {DEFAULT_STATE_DIR} or {OPENWRT_STATE_DIR} (never synced)",
                     self.state_dir
                 ),
             ));
@@ -335,6 +389,43 @@ pub fn profile_defaults(profile: SyncProfile) -> &'static [RuleData] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_cluster_keeps_its_sync_state_on_persistent_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        assert_eq!(default_state_dir(&root), DEFAULT_STATE_DIR);
+        std::fs::create_dir_all(root.path("/etc")).unwrap();
+        std::fs::write(root.path(OPENWRT_RELEASE), "DISTRIB_ID='OpenWrt'\n").unwrap();
+        // OpenWrt's /var is a tmpfs: the state goes to flash, never synced.
+        assert_eq!(default_state_dir(&root), OPENWRT_STATE_DIR);
+        assert_eq!(
+            SyncSettings {
+                state_dir: OPENWRT_STATE_DIR.into(),
+                profile: SyncProfile::Openwrt,
+                ..SyncSettings::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_state_dir_on_a_tmpfs_is_recognized() {
+        let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let root = NodeRoot::new(disk.path()).unwrap();
+        assert_eq!(
+            state_dir_in_ram(&root, "/var/lib/ns-ha/sync").unwrap(),
+            None
+        );
+        let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (a tmpfs) is needed");
+        let root = NodeRoot::new(shm.path()).unwrap();
+        assert_eq!(
+            state_dir_in_ram(&root, "/var/lib/ns-ha/sync").unwrap(),
+            Some("tmpfs")
+        );
+    }
 
     #[test]
     fn old_configs_without_new_fields_load() {

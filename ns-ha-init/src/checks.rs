@@ -18,9 +18,28 @@ use ns_ha_common::net::{check_ifname, InterfaceSource, Ipv4Cidr, LinkKind};
 use ns_ha_common::proto::{NS_HA_VERSION, PROTOCOL_VERSION};
 use ns_ha_common::role_config::unconfigured_master_services;
 use ns_ha_common::service;
+use ns_ha_common::sync_config;
 use ns_ha_common::vrrp::{listen_all, Advert, AdvertListener};
 
 use crate::{sshd_listen, Ctx, Report};
+
+/// `sync.state_dir` is on persistent storage: on a tmpfs the journal of an
+/// apply is lost at a reboot, so an apply cut by a power loss could no longer
+/// be completed (and the generation and drift baseline start over).
+pub fn state_dir_persistent(root: &ns_ha_common::NodeRoot, state_dir: &str) -> Result<String> {
+    match sync_config::state_dir_in_ram(root, state_dir)? {
+        None => Ok("on persistent storage".into()),
+        Some(fs) => Err(fail(
+            Code::Config,
+            format!(
+                "sync.state_dir {state_dir} is on a {fs}: the sync's journal and generation are lost at a reboot; \
+                 set sync.state_dir in the cluster config to persistent storage, e.g. {} (OpenWrt) or {}",
+                sync_config::OPENWRT_STATE_DIR,
+                sync_config::DEFAULT_STATE_DIR
+            ),
+        )),
+    }
+}
 
 /// The HA interface: exists, is a plain NIC, has a static IPv4 address. Returns that address.
 pub fn ha_interface(ifs: &dyn InterfaceSource, name: &str) -> Result<Ipv4Cidr> {
@@ -356,6 +375,13 @@ pub fn run_check(
             });
         }
     }
+    // The sync's journal must survive a reboot (OpenWrt's /var is a tmpfs).
+    if let Some(c) = &cluster {
+        outcomes.push(Outcome {
+            name: format!("sync state dir {}", c.sync.state_dir),
+            result: state_dir_persistent(&ctx.root, &c.sync.state_dir),
+        });
+    }
     // The backup's sshd: the primary's key works from the HA address only,
     // but an sshd listening elsewhere is still offered on the other links.
     let mut warnings: Vec<(String, String)> = Vec::new();
@@ -464,6 +490,22 @@ mod tests {
             iface("br-lan", LinkKind::Bridge, Some("10.99.1.1/24")),
             iface("eth3", LinkKind::Physical, None),
         ])
+    }
+
+    #[test]
+    fn a_sync_state_dir_on_a_tmpfs_fails_the_check_with_the_fix() {
+        let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (a tmpfs) is needed");
+        let root = ns_ha_common::NodeRoot::new(shm.path()).unwrap();
+        let e = state_dir_persistent(&root, "/var/lib/ns-ha/sync").unwrap_err();
+        assert_eq!(code_of(&e), Code::Config);
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("tmpfs") && msg.contains(sync_config::OPENWRT_STATE_DIR),
+            "{msg}"
+        );
+        let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let root = ns_ha_common::NodeRoot::new(disk.path()).unwrap();
+        assert!(state_dir_persistent(&root, sync_config::OPENWRT_STATE_DIR).is_ok());
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub enum Command {
         #[arg(long)]
         force_downgrade: bool,
     },
-    /// Undo everything init did on this node (keys, authorization, configs); the node can be paired again.
+    /// Undo everything init did on this node (keys, authorization, configs, sync state); the node can be paired again.
     Reset {
         /// Confirm the reset.
         #[arg(long)]

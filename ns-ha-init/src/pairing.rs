@@ -16,8 +16,8 @@ use ns_ha_common::activate::deactivate;
 use ns_ha_common::authorized_keys::{authorize_primary, unauthorize_primary};
 use ns_ha_common::cmd::{args, CommandRunner};
 use ns_ha_common::config::{
-    self, load_cluster, load_node, load_node_opt, ClusterConfig, NodeConfig, PinnedHostKey, Role,
-    SCHEMA_VERSION,
+    self, load_cluster, load_cluster_opt, load_node, load_node_opt, ClusterConfig, NodeConfig,
+    PinnedHostKey, Role, SCHEMA_VERSION,
 };
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::{atomic_write, remove_if_exists};
@@ -141,6 +141,8 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     };
     let mut cluster = ClusterConfig::new(random_cluster_id()?, opts.ha_interface.clone(), own, hb);
     cluster.ssh.port = opts.ssh_port;
+    // On persistent storage: on OpenWrt `/var` is a tmpfs.
+    cluster.sync.state_dir = ns_ha_common::sync_config::default_state_dir(&ctx.root).into();
     cluster.vrrp.advert_interval_ms = opts.advert_interval_ms;
     if let Some(vrid) = opts.vrid {
         cluster.vrrp.vrid = vrid;
@@ -315,9 +317,25 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<Report> {
         .flatten()
         .map(|n| n.service_backend)
         .unwrap_or_default();
+    // The sync's state goes too when it lives in ns-ha's own trees (on
+    // OpenWrt it is on flash under /etc/ns-ha): a re-paired node must not
+    // keep the old cluster's generation, or it refuses the new one's pushes.
+    let sync_state = load_cluster_opt(&ctx.root)
+        .ok()
+        .flatten()
+        .map(|c| c.sync.state_dir)
+        .filter(|d| d.starts_with("/etc/ns-ha/"));
     deactivate(&ctx.root, ctx.runner, backend)?;
     unauthorize_primary(&ctx.root)?;
     let mut removed = Vec::new();
+    if let Some(dir) = &sync_state {
+        let path = ctx.root.path(dir);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
+            removed.push(dir.as_str());
+        }
+    }
     for p in [
         paths::CLUSTER_CONFIG,
         paths::NODE_CONFIG,
@@ -346,6 +364,24 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_removes_the_sync_state_kept_under_etc_ns_ha() {
+        let p = crate::testkit::Pair::new(false);
+        let mut cluster = load_cluster(&p.root).unwrap();
+        cluster.sync.state_dir = ns_ha_common::sync_config::OPENWRT_STATE_DIR.into();
+        config::save_cluster(&p.root, &cluster).unwrap();
+        let applied = p.root.path("/etc/ns-ha/sync-state/applied.json");
+        std::fs::create_dir_all(applied.parent().unwrap()).unwrap();
+        std::fs::write(&applied, "{\"generation\": 7}").unwrap();
+        reset(&p.ctx(), true).unwrap();
+        assert!(
+            !p.root
+                .path(ns_ha_common::sync_config::OPENWRT_STATE_DIR)
+                .exists(),
+            "the old cluster's generation stays"
+        );
+    }
 
     #[test]
     fn heartbeat_vip_is_highest_free_host() {

@@ -20,7 +20,7 @@ pub mod util;
 pub mod watch;
 pub mod wire;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::time::Duration;
@@ -40,7 +40,7 @@ use crate::manifest::{scan, HashCache};
 use crate::receiver::{local_view, Receiver};
 use crate::rules::SyncSet;
 use crate::sender::{holds_vips, PushOptions, SshLink};
-use crate::state::{Applied, Pushed, StateDir, Status, APPLIED, PUSHED, STATUS};
+use crate::state::{Applied, Pushed, StateDir, Status, APPLIED, PUSHED};
 
 /// Config sync of an ns-ha pair: the primary pushes its sync set to the
 /// backup over SSH; the backup verifies every path and hash and applies each
@@ -95,11 +95,16 @@ pub enum Command {
         /// Ask the backup even when nothing changed locally.
         #[arg(long)]
         recheck: bool,
+        /// Let the backup apply the push even though it holds the cluster's
+        /// VIPs itself (it is MASTER): without it such a backup refuses (exit 5).
+        #[arg(long)]
+        even_if_backup_is_master: bool,
     },
     /// What a push would change, file by file (same as push --dry-run).
     Diff,
     /// Serve the sync protocol on stdin/stdout: the forced command of the
-    /// pairing key on the backup. Not for interactive use.
+    /// pairing key on the backup. Not for interactive use. Gives up (and
+    /// releases the sync lock) after 30 s without a byte from the sender.
     Receive,
     /// Report files edited on the backup since the last sync (exit 10 if any).
     ///
@@ -141,12 +146,14 @@ pub fn run(cli: Cli) -> Result<Report> {
             dry_run,
             skip_master_check,
             recheck,
+            even_if_backup_is_master,
         } => run_push(
             &root,
             PushOptions {
                 force,
                 dry_run,
                 recheck,
+                even_if_backup_is_master,
             },
             skip_master_check || dry_run,
         ),
@@ -274,19 +281,24 @@ fn receive(root: &NodeRoot, json: bool) -> Result<Report> {
             "receive speaks the sync protocol on stdout: run it without --json",
         ));
     }
-    let stdout = std::io::stdout();
-    let mut w = std::io::BufWriter::new(stdout.lock());
     let client = std::env::var(authorized_keys::SSH_CLIENT_ENV).ok();
     if let Err(e) = authorized_keys::check_ssh_client(root, client.as_deref()) {
         // Answer the sender's first request with the refusal, then stop.
+        let mut w = std::io::stdout().lock();
         let _ = ns_ha_common::proto::write_msg(&mut w, &ns_ha_common::proto::Reply::from_error(&e));
         return Err(e);
     }
     let runner = SystemRunner;
     let mut rx = Receiver::new(root.clone(), &runner);
     rx.startup();
-    let stdin = std::io::stdin();
-    let mut r = std::io::BufReader::with_capacity(256 * 1024, stdin.lock());
+    // Both ends time out when the sender goes quiet (see wire::IDLE_TIMEOUT).
+    let idle = wire::IDLE_TIMEOUT;
+    let input = wire::IdleTimeoutFd::new(std::io::stdin(), idle, "sent no byte")
+        .context("preparing stdin")?;
+    let output = wire::IdleTimeoutFd::new(std::io::stdout(), idle, "took no byte of the reply")
+        .context("preparing stdout")?;
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, input);
+    let mut w = std::io::BufWriter::new(output);
     rx.serve(&mut r, &mut w)?;
     Ok(Report::printed())
 }
@@ -388,7 +400,7 @@ fn render_status(name: &str, st: &Status) -> String {
         None => format!("  {label}: never\n"),
         Some(r) => format!(
             "  {label}: {} at {} (generation {}, {} file(s), {} bytes, {} changed, {} deleted, {} ms){}{}\n",
-            if r.ok { "ok" } else { "FAILED" },
+            if r.ok { "ok" } else if r.interrupted { "INTERRUPTED" } else { "FAILED" },
             ns_ha_common::clock::fmt_utc(r.at.saturating_mul(1000)),
             r.generation,
             r.files,
@@ -401,8 +413,14 @@ fn render_status(name: &str, st: &Status) -> String {
         ),
     }
     };
+    if st.running.is_some() {
+        out.push_str(&run("running now", &st.running));
+    }
     out.push_str(&run("last attempt", &st.last_attempt));
     out.push_str(&run("last success", &st.last_success));
+    if st.last_failure.is_some() && st.last_failure != st.last_attempt {
+        out.push_str(&run("last failure", &st.last_failure));
+    }
     if let Some(h) = &st.hook {
         out.push_str(&format!("  reload hook: {h}\n"));
     }
@@ -422,7 +440,7 @@ fn local_status(
     cluster: Option<&ClusterConfig>,
 ) -> Result<NodeStatus> {
     let state = StateDir::of(root, cluster);
-    let mut st: Status = state.read(STATUS)?.unwrap_or_default();
+    let mut st: Status = state.current_status()?;
     match node.map(|n| n.role) {
         Some(Role::Backup) => {
             st.generation = state
@@ -490,11 +508,28 @@ fn recover(root: &NodeRoot) -> Result<Report> {
     let set = SyncSet::for_cluster(root, cluster.as_ref())?;
     let state = StateDir::new(root, &settings);
     let _lock = state.lock(Duration::from_secs(30))?;
-    let r = journal::recover(root, &set, &state)?;
-    report(&r, || match (r.completed, r.discarded) {
-        (Some(g), _) => format!("completed the interrupted apply of generation {g}\n"),
-        (None, true) => "discarded an uncommitted transfer: live files untouched\n".into(),
-        (None, false) => "nothing to recover\n".into(),
+    let r = receiver::recover_and_record(root, &set, &state)?;
+    report(&r, || {
+        let mut out = match (r.completed, r.discarded) {
+            (Some(g), _) => format!("completed the interrupted apply of generation {g}\n"),
+            (None, true) => "discarded an uncommitted transfer: live files untouched\n".into(),
+            (None, false) => "nothing to recover\n".into(),
+        };
+        for k in &r.kept {
+            out.push_str(&format!(
+                "  kept as this backup has it: {}: {}; push --force on the primary replaces it\n",
+                k.path, k.reason
+            ));
+        }
+        for (path, to) in &r.moved_aside {
+            out.push_str(&format!("  moved aside: {path} -> {to}\n"));
+        }
+        if let Some(a) = &r.set_aside {
+            out.push_str(&format!(
+                "  the journal could not be read: set aside as {a}; what it changed shows as edited here until push --force\n"
+            ));
+        }
+        out
     })
 }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use ns_ha_common::fsutil::atomic_write;
 use ns_ha_common::NodeRoot;
 
-use crate::rules::{check_path, resolve_link, Decision, SyncSet};
+use crate::rules::{check_path, disk_node, Decision, SyncSet};
 use crate::util::{hex, now_secs, HashingWriter};
 
 /// What a path is.
@@ -85,6 +85,21 @@ impl Entry {
             && self.gid == other.gid
             && self.sha256 == other.sha256
             && self.target == other.target
+    }
+
+    /// A directory owned by root with mode 0755 (a fixture for tests).
+    #[cfg(test)]
+    pub(crate) fn root_dir() -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            sha256: None,
+            target: None,
+        }
     }
 
     /// Whether the entry is internally consistent (checked on what the peer sends).
@@ -240,11 +255,61 @@ pub struct Scan {
     pub refused: Vec<(String, String)>,
     /// Every path met, when asked for.
     pub listed: Vec<Listed>,
+    /// What each synced path was on disk when it was scanned (the receiver
+    /// checks a target again right before it changes it).
+    pub stamps: HashMap<String, Stamp>,
+}
+
+/// A path's identity and times from one `lstat`: any write, rename onto it,
+/// chmod or chown changes it. Directories keep only type, mode, owner and
+/// inode (their times move with their entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The file type bits (`S_IFMT`): files, directories, links and the rest.
+    pub format: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(md: &fs::Metadata) -> Stamp {
+        let dir = md.is_dir();
+        Stamp {
+            format: md.mode() & nix::libc::S_IFMT,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            ino: md.ino(),
+            size: if dir { 0 } else { md.size() },
+            mtime_ns: if dir { 0 } else { mtime_ns(md) },
+            ctime_ns: if dir {
+                0
+            } else {
+                md.ctime() * 1_000_000_000 + md.ctime_nsec()
+            },
+        }
+    }
+
+    /// What the sync calls this kind of path (`None`: a FIFO, socket, device).
+    pub fn kind(&self) -> Option<Kind> {
+        match self.format {
+            nix::libc::S_IFREG => Some(Kind::File),
+            nix::libc::S_IFDIR => Some(Kind::Dir),
+            nix::libc::S_IFLNK => Some(Kind::Symlink),
+            _ => None,
+        }
+    }
 }
 
 /// The entry of a path as it is on disk, or `None` when it cannot be synced
 /// (the reason goes to `refused`).
 fn entry_of(
+    root: &NodeRoot,
     set: &SyncSet,
     cache: &mut HashCache,
     node_path: &str,
@@ -280,11 +345,11 @@ fn entry_of(
         let Some(t) = t.to_str().map(str::to_string) else {
             return Ok(Err("symlink target is not UTF-8".into()));
         };
-        match resolve_link(node_path, &t) {
-            Some(r) if set.is_synced(&r) => e.target = Some(t),
-            _ => {
+        match set.contain_link(node_path, &t, &mut |p| disk_node(root, p)) {
+            Ok(_) => e.target = Some(t),
+            Err(why) => {
                 return Ok(Err(format!(
-                    "symlink target {t} is outside the sync set (never followed)"
+                    "symlink target {t} is outside the sync set ({why}; never followed)"
                 )))
             }
         }
@@ -362,10 +427,11 @@ pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -
                 }
             };
             let rule = d.rule.map(|r| r.describe()).unwrap_or_default();
-            match entry_of(set, cache, &node_path, item.path(), &md) {
+            match entry_of(root, set, cache, &node_path, item.path(), &md) {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(e),
                 Ok(Ok(entry)) => {
+                    out.stamps.insert(node_path.clone(), Stamp::of(&md));
                     if list {
                         out.listed.push(Listed {
                             path: node_path.clone(),
@@ -376,6 +442,7 @@ pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -
                     out.manifest.insert(node_path, entry);
                 }
                 Ok(Err(why)) => {
+                    out.stamps.insert(node_path.clone(), Stamp::of(&md));
                     if list {
                         out.listed.push(Listed {
                             path: node_path.clone(),

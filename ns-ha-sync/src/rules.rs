@@ -167,7 +167,7 @@ fn check_pattern(pattern: &str) -> Result<()> {
 /// Resolve `auto` by looking at the node.
 pub fn resolve_profile(root: &NodeRoot, profile: SyncProfile) -> SyncProfile {
     match profile {
-        SyncProfile::Auto if root.path("/etc/openwrt_release").exists() => SyncProfile::Openwrt,
+        SyncProfile::Auto if ns_ha_common::sync_config::is_openwrt(root) => SyncProfile::Openwrt,
         SyncProfile::Auto => SyncProfile::Debian,
         p => p,
     }
@@ -315,26 +315,123 @@ impl SyncSet {
     }
 }
 
-/// Resolve `target` of a symlink at `link` lexically to a node path; `None`
-/// when it climbs above the root.
-pub fn resolve_link(link: &str, target: &str) -> Option<String> {
-    let mut stack: Vec<&str> = if target.starts_with('/') {
-        Vec::new()
-    } else {
-        let mut s: Vec<&str> = components(link).collect();
-        s.pop();
-        s
-    };
-    for c in components(target) {
-        match c {
-            "." => {}
-            ".." => {
-                stack.pop()?;
+/// What a node path is, as far as resolving a symlink needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    Link(String),
+    /// A file or anything else that is not a directory.
+    Other,
+    Absent,
+    /// Cannot be inspected (or a link whose target is not UTF-8).
+    Unreadable,
+}
+
+/// Most links followed while resolving one target (the kernel's MAXSYMLINKS).
+pub const MAX_LINK_HOPS: usize = 40;
+
+/// What `path` is on the node's disk (never following a link).
+pub fn disk_node(root: &NodeRoot, path: &str) -> Node {
+    let live = root.path(path);
+    match std::fs::symlink_metadata(&live) {
+        Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&live) {
+            Ok(t) => t
+                .to_str()
+                .map(|t| Node::Link(t.to_string()))
+                .unwrap_or(Node::Unreadable),
+            Err(_) => Node::Unreadable,
+        },
+        Ok(m) if m.is_dir() => Node::Dir,
+        Ok(_) => Node::Other,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Node::Absent,
+        Err(_) => Node::Unreadable,
+    }
+}
+
+impl SyncSet {
+    /// Whether `path` is a strict ancestor of what an include rule covers (a
+    /// directory such as `/etc` that a path into the set passes through).
+    pub fn leads_to_area(&self, path: &str) -> bool {
+        let comps: Vec<&str> = components(path).collect();
+        self.rules.iter().any(|r| {
+            r.action == Action::Include
+                && r.components.len() > comps.len()
+                && r.components
+                    .iter()
+                    .zip(&comps)
+                    .all(|(p, c)| glob_match(p, c))
+        })
+    }
+
+    /// Where the symlink `link -> target` leads, resolved the way the kernel
+    /// resolves it: component by component, following every link met (as
+    /// `lookup` says the node holds them), at most [`MAX_LINK_HOPS`] links.
+    /// `Err` (the reason) unless the end is synced and every path met on the
+    /// way is synced or a directory leading to the set (`/etc`): a path
+    /// outside the set can change under the sync, so a target through it
+    /// cannot be shown to stay inside.
+    pub fn contain_link(
+        &self,
+        link: &str,
+        target: &str,
+        lookup: &mut dyn FnMut(&str) -> Node,
+    ) -> std::result::Result<String, String> {
+        // The link's own directory: a real directory inside the area (the
+        // receiver checks its ancestors), the system's layout above it.
+        let mut stack: Vec<String> = if target.starts_with('/') {
+            Vec::new()
+        } else {
+            let mut s: Vec<String> = components(link).map(str::to_string).collect();
+            s.pop();
+            s
+        };
+        let mut queue: std::collections::VecDeque<String> =
+            components(target).map(str::to_string).collect();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            match c.as_str() {
+                "." => {}
+                ".." => {
+                    stack.pop();
+                }
+                _ => {
+                    stack.push(c);
+                    let here = format!("/{}", stack.join("/"));
+                    if !self.is_synced(&here) && !self.leads_to_area(&here) {
+                        return Err(format!("it passes through {here}, outside the sync set"));
+                    }
+                    match lookup(&here) {
+                        Node::Link(t) => {
+                            hops += 1;
+                            if hops > MAX_LINK_HOPS {
+                                return Err(format!(
+                                    "more than {MAX_LINK_HOPS} links to follow (a loop)"
+                                ));
+                            }
+                            stack.pop();
+                            if t.starts_with('/') {
+                                stack.clear();
+                            }
+                            for c in components(&t).collect::<Vec<_>>().into_iter().rev() {
+                                queue.push_front(c.to_string());
+                            }
+                        }
+                        Node::Other if !queue.is_empty() => {
+                            return Err(format!("it passes through {here}, not a directory"))
+                        }
+                        Node::Unreadable => return Err(format!("{here} cannot be inspected")),
+                        Node::Dir | Node::Other | Node::Absent => {}
+                    }
+                }
             }
-            c => stack.push(c),
+        }
+        let end = format!("/{}", stack.join("/"));
+        if self.is_synced(&end) {
+            Ok(end)
+        } else {
+            Err(format!("it resolves to {end}, outside the sync set"))
         }
     }
-    Some(format!("/{}", stack.join("/")))
 }
 
 #[cfg(test)]
@@ -444,18 +541,71 @@ mod tests {
         .is_err());
     }
 
+    /// Issue 8 item 7: containment follows links the way the kernel does.
     #[test]
-    fn symlinks_resolve_lexically() {
-        assert_eq!(resolve_link("/etc/a/l", "b").as_deref(), Some("/etc/a/b"));
+    fn symlinks_are_resolved_through_links_before_they_are_trusted() {
+        let s = set(&["/etc/extra"], &[]);
+        let links: std::collections::HashMap<&str, &str> = [
+            ("/etc/config/d", "."),
+            ("/etc/config/e", "d/d/../../root/.ssh/authorized_keys"),
+            ("/etc/config/loop1", "loop2"),
+            ("/etc/config/loop2", "loop1"),
+            ("/etc/config/self", "self/x"),
+            ("/etc/config/a", "b"),
+            ("/etc/config/b", "../extra/c"),
+            ("/etc/config/up", ".."),
+            ("/etc/config/out", "/tmp"),
+        ]
+        .into();
+        let dirs = ["/etc", "/etc/config", "/etc/extra", "/tmp", "/root"];
+        let mut lookup = |p: &str| match links.get(p) {
+            Some(t) => Node::Link(t.to_string()),
+            None if dirs.contains(&p) => Node::Dir,
+            None if p == "/etc/config/firewall" => Node::Other,
+            None => Node::Absent,
+        };
+        let mut ok = |link: &str, t: &str| s.contain_link(link, t, &mut lookup);
+        // The issue's case: textually /etc/config/root/..., really /root/....
+        let e = ok("/etc/config/e", "d/d/../../root/.ssh/authorized_keys").unwrap_err();
+        assert!(e.contains("/root"), "{e}");
+        // Plain targets inside the set, relative and absolute, dangling too.
         assert_eq!(
-            resolve_link("/etc/a/l", "../../root/x").as_deref(),
-            Some("/root/x")
+            ok("/etc/config/l", "firewall").as_deref(),
+            Ok("/etc/config/firewall")
         );
         assert_eq!(
-            resolve_link("/etc/a/l", "/etc/shadow").as_deref(),
-            Some("/etc/shadow")
+            ok("/etc/config/l", "/etc/extra/x").as_deref(),
+            Ok("/etc/extra/x")
         );
-        assert_eq!(resolve_link("/etc/l", "../../../x"), None);
+        assert_eq!(
+            ok("/etc/config/l", "../extra/new").as_deref(),
+            Ok("/etc/extra/new")
+        );
+        // A chain that stays inside, and one through a link leading out.
+        assert_eq!(ok("/etc/config/l", "a").as_deref(), Ok("/etc/extra/c"));
+        assert!(ok("/etc/config/l", "out/x").unwrap_err().contains("/tmp"));
+        assert!(ok("/etc/config/l", "up/issue").is_err());
+        assert!(
+            ok("/etc/config/l", "up/shadow").is_ok(),
+            "/etc/shadow is synced"
+        );
+        assert!(ok("/etc/config/l", "d/d/firewall").is_ok());
+        // Loops end at the hop bound.
+        assert!(ok("/etc/config/l", "loop1").unwrap_err().contains("loop"));
+        assert!(ok("/etc/config/self", "self/x")
+            .unwrap_err()
+            .contains("loop"));
+        // Absolute targets and climbs outside, through a file, to the root.
+        assert!(ok("/etc/config/l", "/etc/issue").is_err());
+        assert!(ok("/etc/config/l", "/root/../etc/config/firewall").is_err());
+        // /tmp leads to /tmp/dhcp.leases: passing through it is the system's layout.
+        assert!(ok("/etc/config/l", "/tmp/../etc/config/firewall").is_ok());
+        assert!(ok("/etc/config/l", "../../../../etc/config/x").is_ok());
+        assert!(ok("/etc/config/l", "../../..").is_err());
+        assert!(ok("/etc/config/l", "firewall/x")
+            .unwrap_err()
+            .contains("not a directory"));
+        assert!(ok("/etc/config/l", "../network").is_err(), "never-sync");
     }
 
     #[test]

@@ -19,16 +19,18 @@ use std::time::{Duration, Instant};
 use ns_ha_common::config::{ClusterConfig, NodeConfig};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::net::InterfaceSource;
-use ns_ha_common::proto::{call, read_msg, write_msg, Reply};
+use ns_ha_common::proto::{call, read_msg, write_msg, Reply, CHUNK_BYTES};
 use ns_ha_common::ssh::PeerSession;
 use ns_ha_common::{peer, NodeRoot};
 
 use crate::crash;
 use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Manifest};
 use crate::rules::SyncSet;
-use crate::state::{Pushed, Run, StateDir, Status, PUSHED};
+use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter};
-use crate::wire::{BeginReply, BeginRequest, CommitReply, ManifestReply, SyncRequest};
+use crate::wire::{
+    BeginReply, BeginRequest, CommitReply, ManifestPart, ManifestReply, SyncRequest, MAX_ENTRIES,
+};
 
 /// A byte stream to the backup's receiver.
 pub trait Channel: Read + Write {}
@@ -102,6 +104,8 @@ pub struct PushOptions {
     pub dry_run: bool,
     /// Ask the backup even when nothing changed locally.
     pub recheck: bool,
+    /// Let the backup apply while it holds the cluster's VIPs itself.
+    pub even_if_backup_is_master: bool,
 }
 
 /// One line of a push or diff report.
@@ -275,6 +279,12 @@ pub fn push(
     } else {
         Some(state.lock(Duration::from_secs(5))?)
     };
+    if !opts.dry_run {
+        // A push killed before it recorded its outcome left its marker.
+        if let Err(e) = state.reap_interrupted(None) {
+            log::warn!("cannot record the interrupted push: {e:#}");
+        }
+    }
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -296,6 +306,21 @@ pub fn push(
                 ..Default::default()
             });
         }
+        // What the attempt reached, for the status when it fails.
+        let mut progress = PushReport {
+            generation: pushed.generation.saturating_add(1),
+            ..Default::default()
+        };
+        if !opts.dry_run {
+            let marker = Run {
+                at: now_secs().saturating_sub(started.elapsed().as_secs()),
+                generation: progress.generation,
+                ..Default::default()
+            };
+            if let Err(e) = state.mark_attempt(&marker) {
+                log::warn!("cannot mark the push as started: {e:#}");
+            }
+        }
         let result = (|| -> Result<std::result::Result<PushReport, Retry>> {
             let ch = link.open()?;
             log::debug!("channel open");
@@ -305,8 +330,11 @@ pub fn push(
                 cluster,
                 set: &set,
                 state: &state,
+                started,
             };
-            let r = transfer(&ctx, &mut ch, &local, &pushed, opts);
+            let r = transfer(&ctx, &mut ch, &local, &pushed, opts, &mut progress);
+            progress.bytes_sent = ch.sent;
+            progress.bytes_received = ch.received;
             r.map(|x| {
                 x.map(|mut rep| {
                     rep.bytes_sent = ch.sent;
@@ -315,6 +343,7 @@ pub fn push(
                 })
             })
         })();
+        progress.duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(Ok(mut rep)) => {
                 rep.duration_ms = started.elapsed().as_millis() as u64;
@@ -332,13 +361,13 @@ pub fn push(
                     Code::Conflict,
                     "files keep changing while they are sent: retry later",
                 );
-                record(&state, &PushReport::default(), Some(&e));
+                record(&state, &progress, Some(&e));
                 return Err(e);
             }
             Err(e) => {
                 link.reset();
                 if !opts.dry_run {
-                    record(&state, &PushReport::default(), Some(&e));
+                    record(&state, &progress, Some(&e));
                 }
                 return Err(e);
             }
@@ -363,6 +392,7 @@ fn record(state: &StateDir, rep: &PushReport, err: Option<&anyhow::Error>) {
             .count() as u64,
         deleted: rep.lines.iter().filter(|l| l.action == "delete").count() as u64,
         kept: rep.kept.clone(),
+        interrupted: false,
     };
     if let Err(e) = state.record(&run) {
         log::warn!("cannot record the sync status: {e:#}");
@@ -374,19 +404,51 @@ pub fn peer_manifest<C: Read + Write>(
     ch: &mut C,
     known: Option<&Pushed>,
 ) -> Result<(ManifestReply, Manifest)> {
-    let m: ManifestReply = call(
+    let mut m: ManifestReply = call(
         ch,
         &SyncRequest::Manifest {
             known_digest: known.map(|p| p.digest.clone()),
         },
     )
     .context("asking the backup for its manifest")?;
-    let peer = match (&m.entries, known) {
-        (Some(e), _) => e.clone(),
+    if m.parts {
+        read_manifest_parts(ch, &mut m, MAX_ENTRIES)?;
+    }
+    let peer = match (m.entries.take(), known) {
+        (Some(e), _) => e,
         (None, Some(p)) => p.manifest.clone(),
         (None, None) => return Err(fail(Code::Peer, "the backup sent no manifest")),
     };
     Ok((m, peer))
+}
+
+/// The parts of a manifest that follow its reply, each frame bounded; no
+/// more than `limit` ([`MAX_ENTRIES`]) entries and drift lines in all.
+fn read_manifest_parts<C: Read>(ch: &mut C, m: &mut ManifestReply, limit: usize) -> Result<()> {
+    loop {
+        let part: ManifestPart = read_msg::<_, Reply>(ch)
+            .and_then(Reply::into_result)
+            .context("reading the backup's manifest")?;
+        if let Some(entries) = m.entries.as_mut() {
+            entries.extend(part.entries);
+        } else if !part.entries.is_empty() {
+            return Err(fail(
+                Code::Peer,
+                "the backup sent entries it was not asked for",
+            ));
+        }
+        m.drift.extend(part.drift);
+        let total = m.entries.as_ref().map_or(0, |e| e.len()) + m.drift.len();
+        if total > limit {
+            return Err(fail(
+                Code::Security,
+                format!("the backup's manifest has more than {limit} entries: refused"),
+            ));
+        }
+        if !part.more {
+            return Ok(());
+        }
+    }
 }
 
 /// What a push attempt works with.
@@ -395,6 +457,8 @@ struct PushCtx<'a> {
     cluster: &'a ClusterConfig,
     set: &'a SyncSet,
     state: &'a StateDir,
+    /// When the push started (for the attempt marker).
+    started: Instant,
 }
 
 fn transfer<C: Read + Write>(
@@ -403,12 +467,14 @@ fn transfer<C: Read + Write>(
     local: &Local,
     pushed: &Pushed,
     opts: PushOptions,
+    progress: &mut PushReport,
 ) -> Result<std::result::Result<PushReport, Retry>> {
     let PushCtx {
         root,
         cluster,
         set,
         state,
+        started,
     } = *ctx;
     let (m, peer) = peer_manifest(ch, pushed.clean.then_some(pushed))?;
     if m.rules_digest != set.digest() {
@@ -447,7 +513,7 @@ fn transfer<C: Read + Write>(
             .cloned()
             .collect()
     };
-    let generation = m.generation.max(pushed.generation) + 1;
+    let generation = next_generation(m.generation, pushed.generation, &cluster.sync.state_dir)?;
     let mut rep = PushReport {
         dry_run: opts.dry_run,
         generation,
@@ -460,6 +526,7 @@ fn transfer<C: Read + Write>(
     if opts.dry_run {
         return Ok(Ok(rep));
     }
+    *progress = rep.clone();
     if changes.is_empty() && deletes.is_empty() {
         rep.generation = m.generation;
         save_pushed(state, m.generation, local, true)?;
@@ -475,16 +542,18 @@ fn transfer<C: Read + Write>(
         }
         return Ok(Ok(rep));
     }
-    let begin: BeginReply = call(
+    let begin = open_transaction(
         ch,
-        &SyncRequest::Begin(BeginRequest {
+        BeginRequest {
             cluster_id: cluster.cluster_id.clone(),
             generation,
             base_generation: m.generation,
             force: opts.force,
+            even_if_backup_is_master: opts.even_if_backup_is_master,
             changes: changes.clone(),
             deletes: deletes.clone(),
-        }),
+            more: false,
+        },
     )
     .context("opening the transaction on the backup")?;
     log::debug!(
@@ -492,8 +561,27 @@ fn transfer<C: Read + Write>(
         changes.len(),
         deletes.len()
     );
-    crash::point("begin");
     let kept: BTreeSet<String> = begin.kept.into_iter().collect();
+    // What the transaction announced: recorded if this push never finishes.
+    let announced: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.data && !kept.contains(&c.path))
+        .collect();
+    let marker = Run {
+        at: now_secs().saturating_sub(started.elapsed().as_secs()),
+        duration_ms: started.elapsed().as_millis() as u64,
+        generation,
+        files: announced.len() as u64,
+        bytes: announced.iter().map(|c| c.entry.size).sum(),
+        changed: changes.len().saturating_sub(kept.len()) as u64,
+        deleted: deletes.len() as u64,
+        kept: kept.iter().cloned().collect(),
+        ..Default::default()
+    };
+    if let Err(e) = state.mark_attempt(&marker) {
+        log::warn!("cannot mark the push's progress: {e:#}");
+    }
+    crash::point("begin");
     // Frames are coalesced: one SSH packet per small file would cost a
     // round of the channel machinery each.
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut *ch);
@@ -504,6 +592,7 @@ fn transfer<C: Read + Write>(
             break;
         }
         rep.files += 1;
+        progress.files = rep.files;
         if crash::armed("file") {
             out.flush()?;
             crash::point("file");
@@ -533,6 +622,32 @@ fn transfer<C: Read + Write>(
     rep.lines = lines_of(&changes, &deletes, &peer, &c.kept.iter().cloned().collect());
     save_pushed(state, c.generation, local, c.kept.is_empty())?;
     Ok(Ok(rep))
+}
+
+/// The number of the generation a push creates: one past the newest the
+/// backup holds or this node pushed. Checked: a generation at `u64::MAX`
+/// (a forged or corrupted state file) cannot be followed, and wrapping to 0
+/// would make the backup refuse every push as stale.
+fn next_generation(backup: u64, pushed: u64, state_dir: &str) -> Result<u64> {
+    let newest = backup.max(pushed);
+    newest.checked_add(1).ok_or_else(|| {
+        fail(
+            Code::Conflict,
+            format!(
+                "generation {newest} is the largest there is, no push can follow it: delete {state_dir}/{APPLIED} on the backup and {state_dir}/{PUSHED} here, then push --force"
+            ),
+        )
+    })
+}
+
+/// Send `begin` in chunks of about [`CHUNK_BYTES`]; the answer of the last
+/// chunk is the transaction's.
+pub fn open_transaction<C: Read + Write>(ch: &mut C, req: BeginRequest) -> Result<BeginReply> {
+    let mut reply = BeginReply::default();
+    for chunk in req.into_chunks(CHUNK_BYTES) {
+        reply = call(ch, &SyncRequest::Begin(chunk))?;
+    }
+    Ok(reply)
 }
 
 fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) -> Result<()> {
@@ -624,4 +739,73 @@ pub fn peer_verify(
             ..Default::default()
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(from: usize, n: usize, more: bool) -> ManifestPart {
+        let entry = crate::manifest::Entry::root_dir();
+        ManifestPart {
+            entries: (from..from + n)
+                .map(|i| (format!("/etc/d{i}"), entry.clone()))
+                .collect(),
+            drift: Vec::new(),
+            more,
+        }
+    }
+
+    fn header() -> ManifestReply {
+        ManifestReply {
+            cluster_id: None,
+            generation: 0,
+            digest: String::new(),
+            rules_digest: String::new(),
+            entries: Some(Manifest::new()),
+            drift: Vec::new(),
+            parts: true,
+        }
+    }
+
+    #[test]
+    fn manifest_parts_are_joined_and_capped() {
+        let mut stream = Vec::new();
+        for (i, more) in [true, true, false].into_iter().enumerate() {
+            write_msg(&mut stream, &Reply::ok(part(i * 4, 4, more))).unwrap();
+        }
+        let mut m = header();
+        read_manifest_parts(&mut &stream[..], &mut m, 12).unwrap();
+        assert_eq!(m.entries.as_ref().map(|e| e.len()), Some(12));
+        // A backup that keeps sending is cut off at the limit, not believed.
+        let mut endless = Vec::new();
+        for i in 0..5 {
+            write_msg(&mut endless, &Reply::ok(part(i * 4, 4, true))).unwrap();
+        }
+        let mut m = header();
+        let e = read_manifest_parts(&mut &endless[..], &mut m, 12).unwrap_err();
+        assert_eq!(code_of(&e), Code::Security, "{e:#}");
+        assert!(e.to_string().contains("more than 12 entries"), "{e:#}");
+        // Entries the sender did not ask for are refused.
+        let mut m = ManifestReply {
+            entries: None,
+            ..header()
+        };
+        let e = read_manifest_parts(&mut &stream[..], &mut m, 12).unwrap_err();
+        assert_eq!(code_of(&e), Code::Peer);
+    }
+
+    #[test]
+    fn generation_at_u64_max_is_a_conflict_not_a_wrap() {
+        assert_eq!(next_generation(4, 7, "/s").unwrap(), 8);
+        assert_eq!(next_generation(u64::MAX - 1, 3, "/s").unwrap(), u64::MAX);
+        for (backup, pushed) in [(u64::MAX, 0), (0, u64::MAX)] {
+            let e = next_generation(backup, pushed, "/var/lib/ns-ha/sync").unwrap_err();
+            assert_eq!(code_of(&e), Code::Conflict);
+            let msg = e.to_string();
+            assert!(msg.contains("18446744073709551615"), "{msg}");
+            assert!(msg.contains("/var/lib/ns-ha/sync/applied.json"), "{msg}");
+            assert!(msg.contains("push --force"), "{msg}");
+        }
+    }
 }

@@ -13,11 +13,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ns_ha_common::config::ClusterConfig;
-use ns_ha_common::fsutil::{atomic_write, NodeLock};
+use ns_ha_common::exit::Code;
+use ns_ha_common::fsutil::{atomic_write, remove_if_exists, NodeLock};
 use ns_ha_common::sync_config::SyncSettings;
 use ns_ha_common::NodeRoot;
 
 use crate::manifest::Manifest;
+use crate::util::now_secs;
 
 /// The sync's lock: its own, so that `ns-ha-role` (which holds the node lock
 /// while it runs `ns-ha-sync push`) and the sync never wait for each other.
@@ -51,6 +53,25 @@ impl StateDir {
     }
     pub fn staging(&self) -> PathBuf {
         self.dir.join("staging")
+    }
+    /// The staging dirs of the open transaction on other filesystems than
+    /// the state dir's, as `staging/areas.json` lists them (written before
+    /// they are created). Only dirs named [`OTHER_STAGING`] are returned.
+    pub fn other_staging_areas(&self) -> Vec<PathBuf> {
+        let list = self.staging().join(OTHER_STAGING_LIST);
+        let Ok(bytes) = std::fs::read(&list) else {
+            return Vec::new();
+        };
+        match serde_json::from_slice::<Vec<PathBuf>>(&bytes) {
+            Ok(dirs) => dirs
+                .into_iter()
+                .filter(|d| d.is_absolute() && d.file_name() == Some(OTHER_STAGING.as_ref()))
+                .collect(),
+            Err(e) => {
+                log::warn!("{} is damaged: {e}", list.display());
+                Vec::new()
+            }
+        }
     }
     pub fn journal(&self) -> PathBuf {
         self.dir.join("journal.json")
@@ -88,6 +109,13 @@ impl StateDir {
         atomic_write(&self.file(name), &b, 0o600)
     }
 }
+
+/// Name of a staging dir on a filesystem other than the state dir's, at the
+/// top of that filesystem inside the node root (e.g. `/tmp/.ns-ha-staging`
+/// for OpenWrt's tmpfs `/tmp`).
+pub const OTHER_STAGING: &str = ".ns-ha-staging";
+/// The list of those dirs, in `staging/`.
+pub const OTHER_STAGING_LIST: &str = "areas.json";
 
 /// The generation a backup holds (`applied.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +163,11 @@ pub struct Run {
     /// Paths edited on the backup and therefore kept there.
     #[serde(default)]
     pub kept: Vec<String>,
+    /// The run never finished (process killed, crash, power loss): found and
+    /// recorded by a later run; `files`, `bytes` and `duration_ms` are then
+    /// what the run had announced and reached.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 /// `status.json` of a node.
@@ -145,19 +178,117 @@ pub struct Status {
     pub last_success: Option<Run>,
     /// Outcome of the last `ns-ha-role sync-applied` (backup).
     pub hook: Option<String>,
+    /// The last run that failed or was interrupted, kept when later runs
+    /// succeed.
+    #[serde(default)]
+    pub last_failure: Option<Run>,
+    /// A run in progress while the status was read (not stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Run>,
 }
 pub const STATUS: &str = "status.json";
 
+/// The run in progress (`attempt.json`): written when a push (primary) or a
+/// transaction (backup) starts, removed when its outcome is recorded. One
+/// found by a later run that holds the sync lock was interrupted, and is
+/// recorded then as a failed run, so no attempt goes unrecorded.
+pub const ATTEMPT: &str = "attempt.json";
+
+/// The error of a run that a later one found unfinished.
+pub const INTERRUPTED: &str =
+    "interrupted: the process ended before the run finished (killed, crashed or power lost)";
+
 impl StateDir {
-    /// Record a run in `status.json`.
+    /// Record a run in `status.json` and close its attempt marker.
     pub fn record(&self, run: &Run) -> Result<()> {
         let mut st: Status = self.read(STATUS).ok().flatten().unwrap_or_default();
         if run.ok {
             st.generation = run.generation.max(st.generation);
             st.last_success = Some(run.clone());
+        } else {
+            st.last_failure = Some(run.clone());
         }
         st.last_attempt = Some(run.clone());
-        self.write(STATUS, &st)
+        st.running = None;
+        self.write(STATUS, &st)?;
+        remove_if_exists(&self.file(ATTEMPT))?;
+        Ok(())
+    }
+
+    /// Mark a run as started (or update what it reached): until its outcome
+    /// is recorded, the marker says it was interrupted. The caller holds the
+    /// sync lock.
+    pub fn mark_attempt(&self, run: &Run) -> Result<()> {
+        let mut marker = run.clone();
+        marker.ok = false;
+        marker.interrupted = true;
+        marker.code = Code::Failure.as_u8();
+        marker.error = Some(INTERRUPTED.into());
+        self.write(ATTEMPT, &marker)
+    }
+
+    /// Record the run a marker left unfinished, if any, as failed; `note`
+    /// (what recovery did about it) is added to its error. The caller holds
+    /// the sync lock, so the run that wrote the marker has ended. Returns
+    /// whether there was one.
+    pub fn reap_interrupted(&self, note: Option<&str>) -> Result<bool> {
+        let Some(run) = self.attempt() else {
+            return Ok(false);
+        };
+        self.record_interrupted(run, note)?;
+        Ok(true)
+    }
+
+    /// The marker of the run in progress or interrupted, if there is one (a
+    /// damaged one still counts: a run started then).
+    pub fn attempt(&self) -> Option<Run> {
+        self.read::<Run>(ATTEMPT).unwrap_or_else(|e| {
+            log::warn!("{e:#}: recording it as an interrupted run");
+            Some(Run {
+                at: now_secs(),
+                ..Default::default()
+            })
+        })
+    }
+
+    /// Record `run` as one that never finished, with `note` after the reason.
+    pub fn record_interrupted(&self, mut run: Run, note: Option<&str>) -> Result<()> {
+        run.ok = false;
+        run.interrupted = true;
+        run.code = Code::Failure.as_u8();
+        run.error = Some(match note {
+            Some(n) => format!("{INTERRUPTED}; {n}"),
+            None => INTERRUPTED.into(),
+        });
+        log::warn!(
+            "the sync run started at {} was interrupted: recorded",
+            run.at
+        );
+        self.record(&run)
+    }
+
+    /// `status.json` as it stands now: a run whose marker is there is either
+    /// in progress (another process holds the sync lock: shown as `running`)
+    /// or was interrupted (then recorded here, before the status is read).
+    pub fn current_status(&self) -> Result<Status> {
+        if self.file(ATTEMPT).exists() {
+            match self.lock(Duration::ZERO) {
+                Ok(_lock) => {
+                    self.reap_interrupted(None)?;
+                }
+                Err(_) => {
+                    let mut st: Status = self.read(STATUS)?.unwrap_or_default();
+                    st.running = self.read::<Run>(ATTEMPT).ok().flatten().map(|mut r| {
+                        r.error = None;
+                        r.interrupted = false;
+                        r.duration_ms = now_secs().saturating_sub(r.at).saturating_mul(1000);
+                        r
+                    });
+                    return Ok(st);
+                }
+            }
+        }
+        Ok(self.read(STATUS)?.unwrap_or_default())
     }
 
     pub fn record_hook(&self, outcome: &str) -> Result<()> {

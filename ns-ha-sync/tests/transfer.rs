@@ -502,3 +502,102 @@ fn a_push_with_nothing_to_send_is_recorded_on_the_backup_too() {
     link.join();
     assert!(peer.last_attempt.is_some_and(|r| r.ok));
 }
+
+#[test]
+fn a_backup_at_the_last_generation_is_a_conflict_not_an_overflow() {
+    let p = pair();
+    seed(&p);
+    let c = cluster();
+    let state = StateDir::new(&p.backup, &c.sync);
+    state
+        .write(
+            APPLIED,
+            &Applied {
+                cluster_id: Some(CLUSTER_ID.into()),
+                generation: u64::MAX,
+                applied_at: 0,
+            },
+        )
+        .unwrap();
+    let mut link = ThreadLink::new(&p.backup);
+    let e = do_push(&p, &mut link, PushOptions::default()).unwrap_err();
+    assert_eq!(code_of(&e), Code::Conflict, "{e:#}");
+    assert!(format!("{e:#}").contains("push --force"), "{e:#}");
+    assert!(!exists(&p.backup, "/etc/config/firewall"), "applied anyway");
+    assert_eq!(generation(&p.backup), u64::MAX);
+}
+
+#[test]
+fn a_frame_over_the_limit_is_refused_before_it_is_read() {
+    let p = pair();
+    let mut input = hello_frame(CLUSTER_ID);
+    let declared = (ns_ha_common::proto::MAX_MESSAGE + 1) as u32;
+    input.extend_from_slice(&declared.to_be_bytes());
+    input.extend_from_slice(b"{\"op\":\"manifest\"");
+    let replies = session(&p.backup, &input);
+    let last = replies.last().expect("a reply to the oversized frame");
+    assert!(!last.ok);
+    assert_eq!(last.code, Code::Security.as_u8());
+    let msg = last.error.clone().unwrap_or_default();
+    assert!(msg.contains("limit is 4194304 bytes"), "{msg}");
+}
+
+fn begin_chunk(generation: u64, changes: serde_json::Value, more: bool) -> Vec<u8> {
+    frame(
+        &json!({"op": "begin", "cluster_id": CLUSTER_ID, "generation": generation,
+                "base_generation": 0, "force": false, "changes": changes, "deletes": [],
+                "more": more}),
+        b"",
+    )
+}
+
+#[test]
+fn begin_chunks_are_checked_as_one_transaction() {
+    let p = pair();
+    let data = b"x\n";
+    let change = |path: &str| json!([{"path": path, "entry": file_entry(data), "data": true}]);
+    let h = || hello_frame(CLUSTER_ID);
+    // A path announced in two chunks is announced twice.
+    refused(
+        &p,
+        vec![
+            h(),
+            begin_chunk(1, change("/etc/config/a"), true),
+            begin_chunk(1, change("/etc/config/a"), false),
+        ],
+        Code::Peer,
+        "announced twice",
+    );
+    // A chunk cannot switch to another generation mid-transaction.
+    refused(
+        &p,
+        vec![
+            h(),
+            begin_chunk(1, change("/etc/config/a"), true),
+            begin_chunk(2, change("/etc/config/b"), false),
+        ],
+        Code::Peer,
+        "does not match",
+    );
+    // Two well-formed chunks open one transaction that commits both paths.
+    let file = |path: &str| {
+        frame(
+            &json!({"op": "file", "path": path, "size": data.len(), "sha256": sha(data)}),
+            data,
+        )
+    };
+    let script = [
+        h(),
+        begin_chunk(1, change("/etc/config/a"), true),
+        begin_chunk(1, change("/etc/config/b"), false),
+        file("/etc/config/a"),
+        file("/etc/config/b"),
+        frame(&json!({"op": "commit"}), b""),
+    ]
+    .concat();
+    let replies = session(&p.backup, &script);
+    assert!(replies.iter().all(|r| r.ok), "{replies:?}");
+    assert_eq!(read(&p.backup, "/etc/config/a"), "x\n");
+    assert_eq!(read(&p.backup, "/etc/config/b"), "x\n");
+    assert_eq!(generation(&p.backup), 1);
+}

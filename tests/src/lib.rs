@@ -356,6 +356,16 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Run `argv` in the mount namespace of `node`'s sshd (fw2's has a tmpfs
+    /// of its own on `NODEROOT/tmp`, see lab/README.md): what the sync
+    /// receiver sees.
+    pub fn in_sshd_mounts(&self, node: &str, argv: &[&str]) -> Output {
+        let pid = self.read(node, "/run/sshd.pid");
+        run(Command::new("nsenter")
+            .args(["--target", pid.trim(), "--mount", "--"])
+            .args(argv))
+    }
+
     /// Run a shell script (`sh -c`) inside `node`'s namespace, for test-only plumbing.
     pub fn sh(&self, node: &str, script: &str) -> Output {
         self.exec(node, &["sh", "-c", script])

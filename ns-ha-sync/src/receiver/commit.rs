@@ -3,6 +3,7 @@
 //! the status, and the role engine is told what changed.
 
 use anyhow::{Context, Result};
+use std::collections::BTreeSet;
 use std::fs;
 use std::time::Duration;
 
@@ -12,9 +13,9 @@ use ns_ha_common::NodeRoot;
 
 use super::{Receiver, Txn, MAX_HOOK_PATHS};
 use crate::crash;
-use crate::journal::{self, Journal, Op};
+use crate::journal::{self, Journal, Op, Seen};
 use crate::manifest::{Change, Kind};
-use crate::state::{Run, StateDir};
+use crate::state::Run;
 use crate::util::now_secs;
 use crate::wire::CommitReply;
 
@@ -41,18 +42,34 @@ impl Receiver<'_> {
             ));
         }
         crash::point("staged");
-        let journal = match build_journal(&self.root, &ctx.state, &mut txn) {
+        let journal = match build_journal(&self.root, &mut txn) {
             Ok(j) => j,
             Err(e) => return fail_txn(e),
         };
-        journal::commit(&self.root, &ctx.set, &ctx.state, &journal)?;
+        let outcome = journal::commit(&self.root, &ctx.set, &ctx.state, &journal)?;
+        // Paths the apply kept (edited during the push, or not applicable)
+        // are reported with those kept at begin.
+        let late: BTreeSet<&str> = outcome.kept.iter().map(|k| k.path.as_str()).collect();
+        let mut kept = txn.kept.clone();
+        kept.extend(late.iter().map(|p| p.to_string()));
+        for (path, to) in &outcome.moved_aside {
+            log::warn!("{path} held what the sync does not own: moved aside to {to}");
+        }
         let reply = CommitReply {
             generation: txn.generation,
             files: txn.files,
             bytes: txn.bytes,
-            changed: journal.changed.len() as u64,
-            deleted: journal.deleted.len() as u64,
-            kept: txn.kept.iter().cloned().collect(),
+            changed: journal
+                .changed
+                .iter()
+                .filter(|p| !late.contains(p.as_str()))
+                .count() as u64,
+            deleted: journal
+                .deleted
+                .iter()
+                .filter(|p| !late.contains(p.as_str()))
+                .count() as u64,
+            kept: kept.into_iter().collect(),
         };
         let run = Run {
             at: now_secs().saturating_sub(txn.started.elapsed().as_secs()),
@@ -66,6 +83,7 @@ impl Receiver<'_> {
             changed: reply.changed,
             deleted: reply.deleted,
             kept: reply.kept.clone(),
+            interrupted: false,
         };
         if let Err(e) = ctx.state.record(&run) {
             log::warn!("cannot record the sync status: {e:#}");
@@ -82,6 +100,7 @@ impl Receiver<'_> {
                 .changed
                 .iter()
                 .chain(&journal.deleted)
+                .filter(|p| !late.contains(p.as_str()))
                 .cloned()
                 .collect(),
         );
@@ -97,6 +116,7 @@ impl Receiver<'_> {
                 &fail(Code::Peer, format!("{why}: nothing applied")),
                 txn.generation,
                 txn.started,
+                (txn.files, txn.bytes),
             );
         }
     }
@@ -135,7 +155,7 @@ impl Receiver<'_> {
 }
 
 /// The ordered operations and the new baseline of a fully staged transaction.
-fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Journal> {
+fn build_journal(root: &NodeRoot, txn: &mut Txn) -> Result<Journal> {
     let mut ops = Vec::new();
     let mut deletes: Vec<&String> = txn
         .deletes
@@ -144,8 +164,15 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
         .collect();
     // Deepest first, so directories are empty when their turn comes.
     deletes.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    // A directory holding what the sync does not own is moved aside, out of
+    // the state dir's reach of the sync set, never deleted with it.
+    let aside = |path: &str| Op::MoveAside {
+        path: path.to_string(),
+        to: format!("displaced/{}-{}{path}", txn.generation, now_secs()),
+    };
     for d in &deletes {
         match fs::symlink_metadata(root.path(d)) {
+            Ok(_) if txn.move_aside.contains(*d) => ops.push(aside(d)),
             Ok(m) if m.file_type().is_dir() => ops.push(Op::DeleteDir {
                 path: d.to_string(),
             }),
@@ -160,6 +187,9 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
         .values()
         .filter(|c| !txn.kept.contains(&c.path))
         .collect();
+    for c in applied.iter().filter(|c| txn.move_aside.contains(&c.path)) {
+        ops.push(aside(&c.path));
+    }
     for c in applied.iter().filter(|c| c.entry.kind == Kind::Dir) {
         ops.push(Op::EnsureDir {
             path: c.path.clone(),
@@ -182,12 +212,13 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             ops.push(Op::Replace {
                 path: c.path.clone(),
                 staged: staged.clone(),
+                area: txn.areas.other_of(&c.path),
             });
         } else if e.kind == Kind::Symlink
             && txn.current.get(&c.path).map(|l| &l.target) != Some(&e.target)
         {
             let name = format!("l{i}");
-            let link = state.staging().join(&name);
+            let link = txn.areas.dir_of(&c.path).join(&name);
             std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &link)
                 .with_context(|| format!("staging symlink {}", c.path))?;
             std::os::unix::fs::lchown(&link, Some(e.uid), Some(e.gid))
@@ -195,6 +226,7 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             ops.push(Op::Replace {
                 path: c.path.clone(),
                 staged: name,
+                area: txn.areas.other_of(&c.path),
             });
         } else {
             ops.push(Op::Meta {
@@ -226,7 +258,20 @@ fn build_journal(root: &NodeRoot, state: &StateDir, txn: &mut Txn) -> Result<Jou
             None => baseline.remove(&d.path),
         };
     }
+    // Each op first checks its path is still what the manifest answer saw.
+    let seen = ops
+        .iter()
+        .map(|op| {
+            let p = op.path();
+            let s = Seen {
+                stamp: txn.stamps.get(p).copied(),
+                entry: txn.current.get(p).cloned(),
+            };
+            (p.to_string(), s)
+        })
+        .collect();
     Ok(Journal {
+        seen,
         cluster_id: txn.cluster_id.clone(),
         generation: txn.generation,
         ops,

@@ -3,6 +3,7 @@
 //! edited here), and recovery of an apply a crash interrupted.
 
 use anyhow::Result;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ns_ha_common::config::load_cluster_opt;
@@ -11,7 +12,7 @@ use ns_ha_common::NodeRoot;
 use super::Receiver;
 use crate::crash;
 use crate::journal;
-use crate::manifest::{drift, scan, Drift, HashCache, Manifest};
+use crate::manifest::{drift, scan, Drift, HashCache, Manifest, Scan, Stamp};
 use crate::rules::SyncSet;
 use crate::state::{Applied, StateDir, APPLIED, BASELINE};
 
@@ -22,12 +23,18 @@ pub struct LocalView {
     pub applied: Applied,
     pub baseline: Manifest,
     pub drift: Vec<Drift>,
+    /// What each path was on disk when `current` was read.
+    pub stamps: HashMap<String, Stamp>,
 }
 
 /// Scan this node's sync set and compare it with the baseline of the last sync.
 pub fn local_view(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<LocalView> {
     let mut cache = HashCache::load(&state.cache());
-    let current = scan(root, set, &mut cache, false)?.manifest;
+    let Scan {
+        manifest: current,
+        stamps,
+        ..
+    } = scan(root, set, &mut cache, false)?;
     if let Err(e) = cache.save(&state.cache()) {
         log::warn!("cannot save the hash cache: {e:#}");
     }
@@ -44,6 +51,7 @@ pub fn local_view(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<Lo
         applied,
         baseline,
         drift,
+        stamps,
     })
 }
 
@@ -54,11 +62,14 @@ pub fn recover_if_needed(
     state: &StateDir,
     wait: Duration,
 ) -> Result<Option<journal::Recovery>> {
-    if !state.journal().exists() && !state.staging().exists() {
+    if !state.journal().exists()
+        && !state.staging().exists()
+        && !state.file(crate::state::ATTEMPT).exists()
+    {
         return Ok(None);
     }
     let _lock = state.lock(wait)?;
-    journal::recover(root, set, state).map(Some)
+    super::recover_and_record(root, set, state).map(Some)
 }
 
 impl Receiver<'_> {

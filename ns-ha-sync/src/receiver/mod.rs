@@ -24,7 +24,6 @@ pub use local::{local_view, recover_if_needed, LocalView};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ns_ha_common::cmd::CommandRunner;
@@ -32,20 +31,22 @@ use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, Role};
 use ns_ha_common::control::{self, CONTROL_OPS};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::fsutil::NodeLock;
+use ns_ha_common::net::{InterfaceSource, IpCommand};
 use ns_ha_common::proto::{read_value, write_msg, Reply, UpgradeMessage, UPGRADE_OP};
 use ns_ha_common::upgrade::{self, UpgradeReply};
 use ns_ha_common::NodeRoot;
 
-use crate::manifest::{Change, Drift, Manifest};
+use crate::journal;
+use crate::manifest::{Change, Drift, Manifest, Stamp};
 use crate::rules::SyncSet;
-use crate::state::{Applied, Run, StateDir, Status, APPLIED, STATUS};
+use crate::state::{Applied, Run, StateDir, Status, APPLIED};
 use crate::util::now_secs;
 use crate::wire::SyncRequest;
 
 /// Largest single file accepted.
 pub const MAX_FILE: u64 = 1 << 30;
 /// Most changes accepted in one transaction.
-pub const MAX_CHANGES: usize = 1_000_000;
+pub const MAX_CHANGES: usize = crate::wire::MAX_ENTRIES;
 /// Beyond this many changed paths the hook is told nothing (reload everything).
 const MAX_HOOK_PATHS: usize = 200;
 /// How long a receiver waits for another sync on this node to finish.
@@ -60,6 +61,11 @@ struct Txn {
     changes: BTreeMap<String, Change>,
     deletes: Vec<String>,
     kept: BTreeSet<String>,
+    /// Directories to move aside (`push --force` onto a directory holding
+    /// what the sync does not own).
+    move_aside: BTreeSet<String>,
+    /// What each announced path was when the manifest answer was built.
+    stamps: HashMap<String, Stamp>,
     /// Data files still expected: path -> staging name.
     pending: HashMap<String, String>,
     /// Staging names of received files.
@@ -70,7 +76,8 @@ struct Txn {
     failed: Option<anyhow::Error>,
     files: u64,
     bytes: u64,
-    staging: PathBuf,
+    /// Where each file is staged (one dir per filesystem).
+    areas: staging::StagingAreas,
 }
 
 /// The node-side context of a sync op: config, rules, state.
@@ -84,12 +91,19 @@ struct Ctx {
 pub struct Receiver<'a> {
     root: NodeRoot,
     runner: &'a dyn CommandRunner,
+    /// Where the backup sees its addresses (to refuse a push while it holds
+    /// the VIPs); `None`: `ip` through `runner`.
+    interfaces: Option<&'a dyn InterfaceSource>,
     /// The cluster named by a successful `hello`.
     greeted: Option<String>,
     txn: Option<Txn>,
     /// The view read by `manifest`, with the lock held since, so that `begin`
     /// does not scan again.
     view: Option<(NodeLock, LocalView)>,
+    /// A transaction whose `begin` chunks are still arriving.
+    opening: Option<request::Opening>,
+    /// A `manifest` reply was sent: its parts follow (with the entries or not).
+    parts_due: Option<bool>,
     /// Paths changed by the last commit, for `ns-ha-role sync-applied`.
     hook_due: Option<Vec<String>>,
 }
@@ -99,11 +113,58 @@ impl<'a> Receiver<'a> {
         Receiver {
             root,
             runner,
+            interfaces: None,
             greeted: None,
             txn: None,
             view: None,
+            opening: None,
+            parts_due: None,
             hook_due: None,
         }
+    }
+
+    /// Read this node's addresses from `ifs` instead of `ip` (tests).
+    pub fn with_interfaces(mut self, ifs: &'a dyn InterfaceSource) -> Self {
+        self.interfaces = Some(ifs);
+        self
+    }
+
+    /// A backup that holds the cluster's VIPs is MASTER: a push would
+    /// overwrite the config of the node that carries the traffic, so it is
+    /// refused unless the sender says `even_if_backup_is_master`.
+    fn refuse_if_master(&self, cluster: &ClusterConfig, forced: bool) -> Result<()> {
+        let ip = IpCommand {
+            runner: self.runner,
+        };
+        let ifs: &dyn InterfaceSource = self.interfaces.unwrap_or(&ip);
+        let vips = ns_ha_common::vips::observe(cluster, ifs).map_err(|e| {
+            fail(
+                Code::State,
+                format!("{e:#}: this backup cannot tell whether it holds the VIPs, so it refuses the push; push --even-if-backup-is-master overrides"),
+            )
+        })?;
+        let held: Vec<String> = vips
+            .iter()
+            .filter(|v| v.held)
+            .map(|v| v.vip.addr.to_string())
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        if forced {
+            log::warn!(
+                "applying a push although this backup holds {} (forced by the sender)",
+                held.join(" ")
+            );
+            return Ok(());
+        }
+        Err(fail(
+            Code::State,
+            format!(
+                "this backup holds the cluster's VIPs ({}): it is MASTER and refuses the push; let the primary take the VIPs back (e.g. ns-ha-role maintenance on this node), or push --even-if-backup-is-master",
+                held.join(" ")
+            ),
+        ))
     }
 
     /// Serve requests until the sender closes the channel.
@@ -157,7 +218,13 @@ impl<'a> Receiver<'a> {
                     Reply::from_error(&e)
                 }
             };
+            let ok = reply.ok;
             write_msg(w, &reply)?;
+            if let Some(with_entries) = self.parts_due.take() {
+                if ok {
+                    self.write_manifest_parts(w, with_entries)?;
+                }
+            }
             if let Some(paths) = self.hook_due.take() {
                 self.run_hook(&paths);
             }
@@ -194,7 +261,7 @@ impl<'a> Receiver<'a> {
                 match self.begin(req, started) {
                     Ok(r) => serde_json::to_value(r)?,
                     Err(e) => {
-                        self.record_failure(&e, generation, started);
+                        self.record_failure(&e, generation, started, (0, 0));
                         return Err(e);
                     }
                 }
@@ -205,10 +272,11 @@ impl<'a> Receiver<'a> {
                     .take()
                     .ok_or_else(|| fail(Code::Peer, "commit without an open transaction"))?;
                 let (generation, started) = (txn.generation, txn.started);
+                let received = (txn.files, txn.bytes);
                 match self.commit(txn) {
                     Ok(r) => serde_json::to_value(r)?,
                     Err(e) => {
-                        self.record_failure(&e, generation, started);
+                        self.record_failure(&e, generation, started, received);
                         return Err(e);
                     }
                 }
@@ -225,7 +293,7 @@ impl<'a> Receiver<'a> {
             }
             SyncRequest::Status => {
                 let ctx = self.ctx()?;
-                let mut st: Status = ctx.state.read(STATUS)?.unwrap_or_default();
+                let mut st: Status = ctx.state.current_status()?;
                 st.generation = ctx
                     .state
                     .read::<Applied>(APPLIED)?
@@ -301,7 +369,14 @@ impl<'a> Receiver<'a> {
         ctx.state.record(&run)
     }
 
-    fn record_failure(&self, err: &anyhow::Error, generation: u64, started: Instant) {
+    /// Record a failed run; `received` is (files, bytes) received so far.
+    fn record_failure(
+        &self,
+        err: &anyhow::Error,
+        generation: u64,
+        started: Instant,
+        received: (u64, u64),
+    ) {
         let Ok(ctx) = self.ctx() else { return };
         let run = Run {
             at: now_secs().saturating_sub(started.elapsed().as_secs()),
@@ -310,10 +385,57 @@ impl<'a> Receiver<'a> {
             code: code_of(err).as_u8(),
             error: Some(format!("{err:#}")),
             generation,
+            files: received.0,
+            bytes: received.1,
             ..Default::default()
         };
         if let Err(e) = ctx.state.record(&run) {
             log::warn!("cannot record the sync status: {e:#}");
         }
     }
+}
+
+/// Finish or discard an interrupted apply (`journal::recover`) and record the
+/// run it interrupted as failed, with what recovery did about it (and the
+/// paths it kept), so `status` never shows the run before it as the last
+/// attempt. The caller holds the sync lock.
+pub fn recover_and_record(
+    root: &NodeRoot,
+    set: &SyncSet,
+    state: &StateDir,
+) -> Result<journal::Recovery> {
+    // Read first: recovery may record a run of its own, which closes the marker.
+    let marker = state.attempt();
+    let r = journal::recover(root, set, state)?;
+    let mut notes = Vec::new();
+    match (r.completed, r.discarded) {
+        (Some(g), _) => notes.push(format!("recovery completed the apply of generation {g}")),
+        (None, true) => {
+            notes.push("recovery discarded its uncommitted transfer: nothing applied".into())
+        }
+        (None, false) => {}
+    }
+    if let Some(k) = r.kept.first() {
+        notes.push(format!(
+            "kept {} path(s) as this backup has them (first: {}: {}); push --force on the primary replaces them",
+            r.kept.len(),
+            k.path,
+            k.reason
+        ));
+    }
+    if marker.is_none() && notes.is_empty() {
+        return Ok(r);
+    }
+    // No marker (an older version, or lost): still on record.
+    let mut run = marker.unwrap_or_else(|| Run {
+        at: now_secs(),
+        generation: r.completed.unwrap_or_default(),
+        ..Default::default()
+    });
+    if !r.kept.is_empty() {
+        run.kept = r.kept.iter().map(|k| k.path.clone()).collect();
+    }
+    let note = notes.join("; ");
+    state.record_interrupted(run, (!note.is_empty()).then_some(note.as_str()))?;
+    Ok(r)
 }

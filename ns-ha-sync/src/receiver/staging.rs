@@ -1,9 +1,15 @@
 //! The data step of a transaction: each `file` frame's bytes are hashed
-//! while they are written into the staging directory (on the targets'
-//! filesystem, so the journal can rename them into place).
+//! while they are written into a staging directory on its target's
+//! filesystem, so the journal can rename them into place.
+//!
+//! A sync set may span filesystems (OpenWrt: `/etc` on flash, the DHCP leases
+//! on the tmpfs `/tmp`), and a rename cannot cross one. So a transaction
+//! stages per filesystem: targets on the state dir's filesystem in its
+//! `staging/`, the others in `<top of their filesystem>/.ns-ha-staging`. One
+//! journal still names every rename, so the generation is decided whole.
 
 use anyhow::{Context, Result};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -15,7 +21,7 @@ use ns_ha_common::NodeRoot;
 use super::{Receiver, MAX_FILE};
 use crate::crash;
 use crate::journal::{self, set_file_meta};
-use crate::state::StateDir;
+use crate::state::{StateDir, OTHER_STAGING, OTHER_STAGING_LIST};
 use crate::util::hex;
 use crate::wire::SyncRequest;
 
@@ -54,7 +60,7 @@ impl Receiver<'_> {
                 return Ok(());
             }
         };
-        let dest = txn.staging.join(&staged);
+        let dest = txn.areas.dir_of(&path).join(&staged);
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -133,52 +139,147 @@ pub(super) fn receive_blob<R: Read>(
     Ok((file, write_err, hex(&hasher.finalize())))
 }
 
-/// Fresh staging directory, on the same filesystem as every target, with room.
+/// Where a transaction stages each target: `staging/` for the targets on
+/// the state dir's filesystem, a dir of its own for each other filesystem.
+#[derive(Debug)]
+pub(super) struct StagingAreas {
+    main: PathBuf,
+    /// Targets on another filesystem -> the staging dir on theirs.
+    other: BTreeMap<String, PathBuf>,
+}
+
+impl StagingAreas {
+    /// The staging dir of `path`.
+    pub(super) fn dir_of(&self, path: &str) -> &Path {
+        self.other.get(path).map_or(&self.main, |d| d.as_path())
+    }
+
+    /// The staging dir of `path` when it is not `staging/` (for the journal).
+    pub(super) fn other_of(&self, path: &str) -> Option<PathBuf> {
+        self.other.get(path).cloned()
+    }
+}
+
+/// The highest dir above `dir` (itself included) still on `dev` and inside
+/// the node root: where a staging dir for that filesystem goes.
+fn top_of_filesystem(root: &NodeRoot, dir: &Path, dev: u64) -> PathBuf {
+    let mut top = dir.to_path_buf();
+    while let Some(up) = top.parent() {
+        if !up.starts_with(root.base()) || fs::metadata(up).map(|m| m.dev()).ok() != Some(dev) {
+            break;
+        }
+        top = up.to_path_buf();
+    }
+    top
+}
+
+/// Create the staging dir of another filesystem, never through a link: one
+/// left by a transaction whose list was lost is removed first if it is a
+/// real dir of ours; anything else there (a world-writable `/tmp` lets any
+/// user create the name) is refused with the path to remove.
+fn create_other_area(dir: &Path) -> Result<()> {
+    let create = || fs::DirBuilder::new().mode(0o700).create(dir);
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let md = fs::symlink_metadata(dir)?;
+            if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(fail(
+                    Code::Security,
+                    format!(
+                        "{} exists and is not a staging dir of this node: remove it, then push again",
+                        dir.display()
+                    ),
+                ));
+            }
+            fs::remove_dir_all(dir)
+                .and_then(|()| create())
+                .with_context(|| format!("recreating the staging dir {}", dir.display()))
+        }
+        r => r.with_context(|| {
+            format!(
+                "creating the staging dir {} for the synced files on its filesystem",
+                dir.display()
+            )
+        }),
+    }
+}
+
+/// Fresh staging directories, one on each filesystem the targets live on,
+/// each with room for its files. `targets` are the changed paths with the
+/// bytes each will stage.
 pub(super) fn prepare_staging<'p>(
     root: &NodeRoot,
     state: &StateDir,
-    targets: impl Iterator<Item = &'p String>,
-    bytes: u64,
-) -> Result<()> {
+    targets: impl Iterator<Item = (&'p String, u64)>,
+) -> Result<StagingAreas> {
     journal::clear_staging(state)?;
+    let main = state.staging();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(state.staging())
-        .with_context(|| format!("creating {}", state.staging().display()))?;
-    let dev = fs::metadata(state.staging())?.dev();
-    let mut checked: BTreeSet<PathBuf> = BTreeSet::new();
-    for t in targets {
+        .create(&main)
+        .with_context(|| format!("creating {}", main.display()))?;
+    let main_dev = fs::metadata(&main)?.dev();
+    // Filesystem -> (its staging dir, bytes to stage there).
+    let mut by_dev: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
+    by_dev.insert(main_dev, (main.clone(), 0));
+    let mut dev_of_parent: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    let mut other = BTreeMap::new();
+    for (t, bytes) in targets {
         let Some(parent) = root.path(t).parent().map(Path::to_path_buf) else {
             continue;
         };
-        if !checked.insert(parent.clone()) {
-            continue;
+        let dev = match dev_of_parent.get(&parent) {
+            Some(d) => *d,
+            None => {
+                let existing = parent
+                    .ancestors()
+                    .find(|a| a.exists())
+                    .unwrap_or(root.base())
+                    .to_path_buf();
+                let dev = fs::metadata(&existing)?.dev();
+                by_dev.entry(dev).or_insert_with(|| {
+                    (
+                        top_of_filesystem(root, &existing, dev).join(OTHER_STAGING),
+                        0,
+                    )
+                });
+                dev_of_parent.insert(parent, dev);
+                dev
+            }
+        };
+        if let Some((dir, total)) = by_dev.get_mut(&dev) {
+            *total += bytes;
+            if dev != main_dev {
+                other.insert(t.clone(), dir.clone());
+            }
         }
-        let existing = parent
-            .ancestors()
-            .find(|a| a.exists())
-            .unwrap_or(root.base());
-        if fs::metadata(existing)?.dev() != dev {
+    }
+    let others: Vec<&PathBuf> = by_dev
+        .iter()
+        .filter(|(d, _)| **d != main_dev)
+        .map(|(_, (dir, _))| dir)
+        .collect();
+    if !others.is_empty() {
+        // Listed before they exist, so an interrupted transaction's are found.
+        std::fs::write(main.join(OTHER_STAGING_LIST), serde_json::to_vec(&others)?)
+            .with_context(|| format!("writing {}", main.join(OTHER_STAGING_LIST).display()))?;
+        for dir in &others {
+            create_other_area(dir)?;
+        }
+    }
+    for (dir, bytes) in by_dev.values() {
+        let vfs = nix::sys::statvfs::statvfs(dir).context("checking free space")?;
+        let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+        if *bytes > free {
             return Err(fail(
-                Code::Config,
+                Code::Failure,
                 format!(
-                    "{t} is on another filesystem than the staging dir {}: set sync.state_dir to a directory on the same filesystem as the synced files",
-                    state.staging().display()
+                    "{bytes} bytes to stage but only {free} free in {}",
+                    dir.display()
                 ),
             ));
         }
     }
-    let vfs = nix::sys::statvfs::statvfs(&state.staging()).context("checking free space")?;
-    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
-    if bytes > free {
-        return Err(fail(
-            Code::Failure,
-            format!(
-                "{bytes} bytes to stage but only {free} free in {}",
-                state.staging().display()
-            ),
-        ));
-    }
-    Ok(())
+    Ok(StagingAreas { main, other })
 }

@@ -19,6 +19,7 @@ use ns_ha_common::cmd::RecordingRunner;
 use ns_ha_common::config::{
     save_cluster, save_node, ClusterConfig, NodeConfig, Role, SCHEMA_VERSION,
 };
+use ns_ha_common::net::StaticInterfaces;
 use ns_ha_common::proto::{
     call, write_msg, ControlRequest, HelloReply, Reply, NS_HA_VERSION, PROTOCOL_VERSION,
 };
@@ -64,7 +65,12 @@ fn node(role: Role, peer: Ipv4Addr) -> NodeConfig {
 }
 
 pub fn pair() -> Pair {
-    let dir = tempfile::tempdir().unwrap();
+    pair_in(tempfile::tempdir().unwrap())
+}
+
+/// A pair in `dir` (a test that runs many cases puts them on a tmpfs, where
+/// the apply's fsyncs cost nothing).
+pub fn pair_in(dir: tempfile::TempDir) -> Pair {
     let primary = NodeRoot::new(dir.path().join("fw1")).unwrap();
     let backup = NodeRoot::new(dir.path().join("fw2")).unwrap();
     let cluster = cluster();
@@ -173,7 +179,8 @@ impl Link for ThreadLink {
         let root = self.backup.clone();
         self.threads.push(std::thread::spawn(move || {
             let runner = RecordingRunner::new();
-            let mut rx = Receiver::new(root, &runner);
+            let ifs = StaticInterfaces::default();
+            let mut rx = Receiver::new(root, &runner).with_interfaces(&ifs);
             rx.startup();
             let mut r = BufReader::new(b.try_clone().unwrap());
             let mut w = b;
@@ -295,8 +302,13 @@ pub const TOPS: &[&str] = &["/etc/config", "/etc/extra", "/etc/passwd"];
 
 /// Scripted session against an in-process receiver: frames in, replies out.
 pub fn session(backup: &NodeRoot, input: &[u8]) -> Vec<Reply> {
+    session_with(backup, input, &StaticInterfaces::default())
+}
+
+/// Like [`session`], with the backup's addresses read from `ifs`.
+pub fn session_with(backup: &NodeRoot, input: &[u8], ifs: &StaticInterfaces) -> Vec<Reply> {
     let runner = RecordingRunner::new();
-    let mut rx = Receiver::new(backup.clone(), &runner);
+    let mut rx = Receiver::new(backup.clone(), &runner).with_interfaces(ifs);
     let mut out = Vec::new();
     let _ = rx.serve(&mut &input[..], &mut out);
     let mut r = &out[..];
