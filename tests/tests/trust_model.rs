@@ -65,6 +65,26 @@ fn session(lab: &Lab, node: &str, bind: Option<&str>, target: &str, frames: &[Ve
     }
 }
 
+/// Where the primary's key must not work from: the LAN client, and fw1
+/// itself from its LAN and WAN addresses (node, source address, target).
+const ELSEWHERE: [(&str, Option<&str>, &str); 3] = [
+    ("lan", None, net::FW2_LAN),
+    ("fw1", Some(net::FW1_LAN), net::FW2_LAN),
+    ("fw1", Some(net::FW1_WAN), net::FW2_WAN),
+];
+
+/// From fw1's HA address (the route to fw2's HA address picks it): accepted.
+fn assert_accepted_from_the_ha_link(lab: &Lab, frames: &[Vec<u8>]) {
+    let ok = session(lab, "fw1", None, net::FW2_HA, frames);
+    assert_eq!(
+        ok.replies.first().map(|r| r["ok"].clone()),
+        Some(json!(true)),
+        "status {} stderr {}",
+        ok.status,
+        ok.stderr
+    );
+}
+
 /// The receiver's own refusal of a channel from elsewhere than the
 /// primary's HA address: one reply, code 7, naming that address.
 fn assert_refused_by_the_receiver(s: &Session) {
@@ -101,19 +121,8 @@ fn the_primarys_key_works_only_from_its_ha_address_over_dropbear() {
     );
     assert!(!line.contains("from="), "{line}");
     let frames = [hello(&lab)];
-    let ok = session(&lab, "fw1", None, net::FW2_HA, &frames);
-    assert_eq!(
-        ok.replies.first().map(|r| r["ok"].clone()),
-        Some(json!(true)),
-        "status {} stderr {}",
-        ok.status,
-        ok.stderr
-    );
-    for (node, bind, target) in [
-        ("lan", None, net::FW2_LAN),
-        ("fw1", Some(net::FW1_LAN), net::FW2_LAN),
-        ("fw1", Some(net::FW1_WAN), net::FW2_WAN),
-    ] {
+    assert_accepted_from_the_ha_link(&lab, &frames);
+    for (node, bind, target) in ELSEWHERE {
         let s = session(&lab, node, bind, target, &frames);
         assert_refused_by_the_receiver(&s);
     }
@@ -129,21 +138,9 @@ fn the_primarys_key_works_only_from_its_ha_address() {
         "{line}"
     );
     let frames = [hello(&lab)];
-    // From fw1's HA address (the route to fw2's HA address picks it): accepted.
-    let ok = session(&lab, "fw1", None, net::FW2_HA, &frames);
-    assert_eq!(
-        ok.replies.first().map(|r| r["ok"].clone()),
-        Some(json!(true)),
-        "status {} stderr {}",
-        ok.status,
-        ok.stderr
-    );
+    assert_accepted_from_the_ha_link(&lab, &frames);
     // The same key from anywhere else: sshd refuses it before any command runs.
-    for (node, bind, target) in [
-        ("lan", None, net::FW2_LAN),
-        ("fw1", Some(net::FW1_LAN), net::FW2_LAN),
-        ("fw1", Some(net::FW1_WAN), net::FW2_WAN),
-    ] {
+    for (node, bind, target) in ELSEWHERE {
         let s = session(&lab, node, bind, target, &frames);
         assert_eq!(
             s.status, 255,
