@@ -3,8 +3,8 @@
 #   make demo   install what is missing, build, run the two-firewall lab demo
 #   make test   install what is missing, build, run every test (lab included)
 #   make bench  run the benchmarks (figures and ratios against a baseline)
-#   make release                 the five tools, built with the router profile (Cargo.toml)
-#   make install DESTDIR= PREFIX=/usr   install them (root-owned /usr/sbin) and the systemd units
+#   make release                 the multi-call binary ns-ha (the five tools), router profile (Cargo.toml)
+#   make install DESTDIR= PREFIX=/usr   install it (root-owned /usr/sbin, the tools as links) and the systemd units
 #   make deb                     target/deb/ns-ha_VERSION_ARCH.deb from a staged `make install`
 
 SHELL := /bin/bash
@@ -79,12 +79,15 @@ UNITS := $(wildcard packaging/debian/systemd/*.service packaging/debian/systemd/
 # Root-owned when installing as root (a package is made root-owned by dpkg-deb).
 OWNER := $(if $(filter 0,$(shell id -u)),-o root -g root,)
 
+# One multi-call binary (crate ns-ha) with the five tools as links to it:
+# a third of the five separate binaries' size (README, "Release builds").
 release: deps
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release -p ns-ha
 
 install: release
 	install -d -m 0755 $(OWNER) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
-	install -m 0755 $(OWNER) $(addprefix $(RELEASE_DIR)/,$(TOOLS)) $(DESTDIR)$(SBINDIR)/
+	install -m 0755 $(OWNER) $(RELEASE_DIR)/ns-ha $(DESTDIR)$(SBINDIR)/ns-ha
+	for t in $(TOOLS); do ln -sfn ns-ha $(DESTDIR)$(SBINDIR)/$$t; done
 	install -m 0644 $(OWNER) $(UNITS) $(DESTDIR)$(UNITDIR)/
 	install -m 0644 $(OWNER) README.md docs/json.md $(DESTDIR)$(DOCDIR)/
 

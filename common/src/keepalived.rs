@@ -29,6 +29,8 @@ pub const HA_INSTANCE: &str = "ha_link";
 pub const ADVERT_TTL: u8 = 255;
 /// Name of the maintenance track file in the keepalived config.
 pub const MAINTENANCE_TRACK: &str = "ns_ha_maintenance";
+/// Name of the health track file (written by `ns-ha-check monitor`).
+pub const HEALTH_TRACK: &str = "ns_ha_health";
 
 /// Name of the VRRP instance of a LAN interface (defined with the config
 /// model, which refuses two LANs that would share one).
@@ -110,6 +112,22 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
     writeln!(w, "    weight -253")?;
     writeln!(w, "}}")?;
     writeln!(w)?;
+    // Health: `ns-ha-check monitor` writes the offset from the configured
+    // priority to the one health asks for (weight 1: the file holds the
+    // number itself, e.g. -198 for an unhealthy MASTER primary at 200 that
+    // must yield to a healthy backup at 100 and no further; see
+    // common::health_config::target_priority). The file starts at 0, so a
+    // node without a monitor keeps its configured priority.
+    writeln!(w, "vrrp_track_file {HEALTH_TRACK} {{")?;
+    writeln!(
+        w,
+        "    file \"{}\"",
+        root.path(paths::HEALTH_PRIORITY_TRACK).display()
+    )?;
+    writeln!(w, "    weight 1")?;
+    writeln!(w, "    init_file 0")?;
+    writeln!(w, "}}")?;
+    writeln!(w)?;
     // VRRPv3 refuses an instance without a VIP, so a LAN gets an instance
     // (and a heartbeat) once it has at least one VIP.
     let lans: Vec<_> = c.lans.iter().filter(|l| !l.vips.is_empty()).collect();
@@ -127,8 +145,9 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
         }
         writeln!(w, "    }}")?;
         writeln!(w, "    {notify}")?;
-        // Every member tracks the same maintenance file, so a weight is safe
-        // here; keepalived otherwise ignores weighted tracking in a sync group.
+        // Every member tracks the same maintenance and health files, so a
+        // weight is safe here; keepalived otherwise ignores weighted
+        // tracking in a sync group.
         writeln!(w, "    sync_group_tracking_weight")?;
         writeln!(w, "}}")?;
     }
@@ -176,6 +195,7 @@ pub fn render(inp: &RenderInputs) -> Result<String> {
         writeln!(w, "    }}")?;
         writeln!(w, "    track_file {{")?;
         writeln!(w, "        {MAINTENANCE_TRACK}")?;
+        writeln!(w, "        {HEALTH_TRACK}")?;
         writeln!(w, "    }}")?;
         writeln!(w, "}}")?;
         Ok(())
@@ -291,11 +311,16 @@ mod tests {
         assert!(
             p.contains("notify_fifo_script \"/usr/bin/ns-ha-role --root /lab/fw1 fifo-reader\"")
         );
-        assert!(p.contains("advert_int 0.1\n"));
+        assert!(p.contains("advert_int 0.05\n"));
         assert!(
             p.contains("weight -253\n"),
             "maintenance must demote, not FAULT"
         );
+        // Every instance tracks the monitor's health file at weight 1.
+        assert!(p.contains(
+            "vrrp_track_file ns_ha_health {\n    file \"/lab/fw1/run/ns-ha/health-priority.track\"\n    weight 1\n    init_file 0\n}"
+        ));
+        assert_eq!(p.matches("        ns_ha_health\n").count(), 2, "{p}");
     }
 
     #[test]

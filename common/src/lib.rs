@@ -19,6 +19,7 @@ pub mod exit;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod fsutil;
+pub mod health_config;
 pub mod keepalived;
 pub mod logging;
 pub mod net;

@@ -42,6 +42,12 @@ pub mod paths {
     pub const LOCK: &str = "/run/ns-ha/ns-ha.lock";
     pub const MAINTENANCE_TRACK: &str = "/etc/ns-ha/maintenance.track";
     pub const HEALTH_TRACK: &str = "/run/ns-ha/health.track";
+    /// The monitor's priority offset for keepalived (weight 1).
+    pub const HEALTH_PRIORITY_TRACK: &str = "/run/ns-ha/health-priority.track";
+    /// The monitor's state: checks, decisions, alerts sent.
+    pub const HEALTH_STATE: &str = "/run/ns-ha/health.json";
+    /// The role marker the shell prompt shows (one short line).
+    pub const PROMPT_STATE: &str = "/run/ns-ha/prompt";
     /// Directly under /run: keepalived creates it at boot, before any ns-ha
     /// tool has made /run/ns-ha.
     pub const NOTIFY_FIFO: &str = "/run/ns-ha-keepalived.fifo";

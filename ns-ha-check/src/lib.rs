@@ -3,16 +3,23 @@
 //! Three audiences, three commands: `status` for an administrator or a
 //! monitoring script (one view of role, VRRP, VIPs, sync and transitions),
 //! `doctor` for someone fixing a pair (every problem with its fix), and
-//! `health` for keepalived or cron (an exit code, optionally a track file).
+//! `health` for keepalived or cron (an exit code, optionally a track file;
+//! `--list` names every check), `monitor` the long-running health monitor
+//! that moves the VIPs (see [`monitor`]), and `metrics` for Prometheus.
 //! Facts come from the tools that own them, through their command lines and
 //! JSON (`tools`), or from `common`; this crate adds only the checks.
 
+pub mod alert;
 pub mod doctor;
 pub mod health;
 pub mod liveness;
+pub mod metrics;
+pub mod monitor;
 pub mod peer;
+pub mod probe;
 pub mod status;
 pub mod tools;
+pub mod verdict;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +45,9 @@ use crate::tools::{ToolQuery, ToolRunner};
 ///   ns-ha-check status          role, VRRP state, VIPs, sync, transitions
 ///   ns-ha-check doctor          every problem of the pair with its fix (exit 10 if any)
 ///   ns-ha-check health          can this node serve as master? (exit 0 or 10)
+///   ns-ha-check health --list   every health check of this node, with its period
+///   ns-ha-check monitor         run the checks, move the VIPs when unhealthy (runs until killed)
+///   ns-ha-check metrics         Prometheus text (or --textfile-dir DIR)
 #[derive(Debug, Parser)]
 #[command(name = "ns-ha-check", version, verbatim_doc_comment, after_help = help_table())]
 pub struct Cli {
@@ -62,6 +72,25 @@ pub enum Command {
         /// Also write 0 (healthy) or 1 into /run/ns-ha/health.track for keepalived's track_file.
         #[arg(long)]
         track_file: bool,
+        /// List every check the monitor runs on this node (from the cluster
+        /// config's health section) instead of checking.
+        #[arg(long, conflicts_with = "track_file")]
+        list: bool,
+    },
+    /// Run the health checks for as long as the node runs and move the VIPs:
+    /// writes keepalived's health track file (priority offset), the state
+    /// file /run/ns-ha/health.json, the prompt marker, and runs the alert hook.
+    ///
+    /// Started and restarted with keepalived by its init script:
+    /// `ns-ha-check [--root R] monitor`. Logs on stderr.
+    Monitor,
+    /// Prometheus text: role, VRRP state, VIPs, transitions, health checks,
+    /// sync, failing role actions.
+    Metrics {
+        /// Write DIR/ns-ha.prom atomically (node_exporter textfile collector)
+        /// instead of printing; default: health.metrics_dir if set.
+        #[arg(long, value_name = "DIR")]
+        textfile_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -113,7 +142,13 @@ pub fn run(cli: Cli, env: &Env) -> Result<Report> {
                 report
             })
         }
-        Command::Health { track_file } => health(&ctx, track_file),
+        Command::Health { list: true, .. } => health_list(&ctx),
+        Command::Health { track_file, .. } => health(&ctx, track_file),
+        Command::Monitor => {
+            monitor::run(&ctx.root)?;
+            Ok(Report::printed())
+        }
+        Command::Metrics { textfile_dir } => metrics(&ctx, textfile_dir),
     }
 }
 
@@ -145,6 +180,75 @@ pub fn health(ctx: &Ctx, track_file: bool) -> Result<Report> {
         format!("healthy: every cluster interface is up with its address{track}\n"),
         json!({"healthy": true}),
     ))
+}
+
+/// `health --list`: the checks of this node, and the links none covers.
+pub fn health_list(ctx: &Ctx) -> Result<Report> {
+    let node = load_node(&ctx.root)?;
+    let cluster = load_cluster(&ctx.root)?;
+    let checks = monitor::plan(&cluster, node.role);
+    let unchecked = monitor::unchecked_links(&cluster);
+    let h = &cluster.health;
+    let mut human = String::new();
+    for c in &checks {
+        human.push_str(&format!(
+            "{:<20} every {:>5} ms  {}\n",
+            c.id, c.period_ms, c.what
+        ));
+    }
+    for l in &unchecked {
+        human.push_str(&format!(
+            "{:<20} not checked: a silent failure of {l} is not detected (add health.links with targets)\n",
+            format!("reach:{l}")
+        ));
+    }
+    human.push_str(&format!(
+        "failover: {}; hold-down {} ms after giving up MASTER; alert hook {}\n",
+        if h.act {
+            "an unhealthy MASTER yields to a healthy peer"
+        } else {
+            "off (health.act false: checks are recorded, nothing moves)"
+        },
+        h.hold_down_ms,
+        h.alert_hook.as_deref().unwrap_or("none")
+    ));
+    Ok(Report::new(
+        human,
+        json!({"checks": checks, "unchecked_links": unchecked, "act": h.act,
+               "hold_down_ms": h.hold_down_ms, "alert_hook": h.alert_hook}),
+    ))
+}
+
+/// `metrics`: print, or write into a textfile directory.
+pub fn metrics(ctx: &Ctx, textfile_dir: Option<std::path::PathBuf>) -> Result<Report> {
+    let s = status::collect(ctx)?;
+    let role = tools::role_status(ctx.tools, &ctx.root, 1)?;
+    let instances = role
+        .instances
+        .iter()
+        .map(|i| (i.name.clone(), i.state.clone()))
+        .collect();
+    let health = monitor::read_state(&ctx.root)?;
+    let text = metrics::render(&s, &instances, health.as_ref(), ctx.clock.now_ms());
+    // A directory given here is taken as is; the config's is a node path.
+    let dir = textfile_dir.or_else(|| {
+        load_cluster(&ctx.root)
+            .ok()
+            .and_then(|c| c.health.metrics_dir.map(|d| ctx.root.path(d)))
+    });
+    match dir {
+        Some(d) => {
+            let p = metrics::write_textfile(&d, &text)?;
+            Ok(Report::new(
+                format!("written to {}\n", p.display()),
+                json!({"metrics": text, "written": p.to_string_lossy()}),
+            ))
+        }
+        None => Ok(Report::new(
+            text.clone(),
+            json!({"metrics": text, "written": null}),
+        )),
+    }
 }
 
 /// The whole program: parse, run, print the result or the error once, exit with its code.
@@ -240,6 +344,63 @@ mod tests {
         let backup = StaticInterfaces(vec![interface("lan0", &["10.99.1.1/24"])]);
         let rep = run_with(&root, &["status"], &backup, &FakePeer::healthy()).unwrap();
         assert!(rep.human.contains("BACKUP (0/2"), "{}", rep.human);
+    }
+
+    #[test]
+    fn status_shows_the_monitors_verdict_and_health_lists_the_checks() {
+        let (_d, root) = primary_root();
+        let ifs = master_ifs();
+        let rep = run_with(&root, &["--json", "status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(rep.json["health"].is_null(), "no monitor has run");
+        std::fs::create_dir_all(root.path(paths::RUN_DIR)).unwrap();
+        let state = json!({
+            "updated_ms": CLOCK_MS - 1000, "priority": 2, "fit": false,
+            "reason": "failing: reach:lan0",
+            "checks": {"reach:lan0": {"id": "reach:lan0", "state": "failing",
+                                      "detail": "no answer on lan0 within 100 ms",
+                                      "last_latency_ms": null}},
+            "decisions": [{"unix_ms": CLOCK_MS - 2000, "priority": 2, "track_value": -198,
+                           "fit": false, "master": true, "reason": "failing: reach:lan0"}]
+        });
+        std::fs::write(root.path(paths::HEALTH_STATE), state.to_string()).unwrap();
+        let rep = run_with(&root, &["--json", "status"], &ifs, &FakePeer::healthy()).unwrap();
+        let h = &rep.json["health"];
+        assert_eq!(
+            (h["priority"].as_u64(), &h["fit"]),
+            (Some(2), &json!(false))
+        );
+        assert_eq!(h["monitor_running"], true);
+        assert_eq!(h["checks"][0]["state"], "failing");
+        assert_eq!(h["decisions"][0]["track_value"], -198);
+        let rep = run_with(&root, &["status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(
+            rep.human
+                .contains("health:      UNFIT, priority 2: failing: reach:lan0\n"),
+            "{}",
+            rep.human
+        );
+        assert!(rep.human.contains("no answer on lan0 within 100 ms"));
+        // A state older than 5 s: the monitor is not running.
+        let mut old = state;
+        old["updated_ms"] = json!(CLOCK_MS - 6000);
+        std::fs::write(root.path(paths::HEALTH_STATE), old.to_string()).unwrap();
+        let rep = run_with(&root, &["status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(rep.human.contains("(monitor not running"), "{}", rep.human);
+
+        let rep = run_with(
+            &root,
+            &["--json", "health", "--list"],
+            &ifs,
+            &FakePeer::healthy(),
+        )
+        .unwrap();
+        assert_eq!(rep.json["checks"][0]["id"], "interfaces");
+        assert_eq!(rep.json["unchecked_links"], json!(["lan0"]));
+        assert!(
+            rep.human.contains("reach:lan0           not checked"),
+            "{}",
+            rep.human
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub struct SyncView {
 #[derive(Debug, Clone, Serialize)]
 pub struct TransitionView {
     pub at: String,
+    pub unix_ms: u64,
     pub from: String,
     pub to: String,
     pub reason: String,
@@ -85,6 +86,56 @@ pub struct NodeStatus {
     pub transitions: Vec<TransitionView>,
     /// Whether the peer answers (None: not paired).
     pub peer: Option<PeerLiveness>,
+    /// The health monitor's verdict (None: no monitor has run here).
+    pub health: Option<HealthView>,
+}
+
+/// A check as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheckView {
+    pub id: String,
+    pub state: String,
+    pub detail: String,
+    pub last_latency_ms: Option<f64>,
+}
+
+/// The monitor's verdict and its recent decisions.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthView {
+    /// Whether the monitor wrote its state in the last 5 s.
+    pub monitor_running: bool,
+    pub priority: Option<u64>,
+    pub fit: bool,
+    pub reason: String,
+    pub checks: Vec<HealthCheckView>,
+    /// `{unix_ms, priority, track_value, fit, master, reason}`, oldest first.
+    pub decisions: Vec<serde_json::Value>,
+}
+
+/// The status view of the monitor's state file.
+pub fn health_view(state: &serde_json::Value, now_ms: u64) -> HealthView {
+    let updated = state["updated_ms"].as_u64().unwrap_or(0);
+    let checks = state["checks"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .map(|c| HealthCheckView {
+                    id: c["id"].as_str().unwrap_or_default().into(),
+                    state: c["state"].as_str().unwrap_or_default().into(),
+                    detail: c["detail"].as_str().unwrap_or_default().into(),
+                    last_latency_ms: c["last_latency_ms"].as_f64(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    HealthView {
+        monitor_running: now_ms.saturating_sub(updated) <= 5_000,
+        priority: state["priority"].as_u64(),
+        fit: state["fit"].as_bool().unwrap_or(false),
+        reason: state["reason"].as_str().unwrap_or_default().into(),
+        checks,
+        decisions: state["decisions"].as_array().cloned().unwrap_or_default(),
+    }
 }
 
 /// Whether keepalived runs, by the node's service backend.
@@ -133,6 +184,8 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
     };
     let now = ctx.clock.now_secs();
     let sync = sync_view(tools::sync_status(ctx.tools, &ctx.root)?, now);
+    let health =
+        crate::monitor::read_state(&ctx.root)?.map(|st| health_view(&st, ctx.clock.now_ms()));
     Ok(NodeStatus {
         node_role: node.map(|n| n.role.to_string()),
         cluster_id: cluster.as_ref().map(|c| c.cluster_id.clone()),
@@ -160,6 +213,7 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
             .iter()
             .map(|t| TransitionView {
                 at: fmt_utc(t.unix_ms),
+                unix_ms: t.unix_ms,
                 from: t.from.clone(),
                 to: t.to.clone(),
                 reason: t.reason.clone(),
@@ -168,6 +222,7 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
             })
             .collect(),
         peer,
+        health,
     })
 }
 
@@ -281,6 +336,50 @@ pub fn render(s: &NodeStatus) -> String {
     }
     if let Some(p) = &s.peer {
         line(&mut w, "peer", p.summary.clone());
+    }
+    if let Some(h) = &s.health {
+        line(
+            &mut w,
+            "health",
+            format!(
+                "{} priority {}: {}{}",
+                if h.fit { "fit," } else { "UNFIT," },
+                h.priority.map_or("-".into(), |p| p.to_string()),
+                h.reason,
+                if h.monitor_running {
+                    ""
+                } else {
+                    " (monitor not running: state is stale)"
+                }
+            ),
+        );
+        for c in &h.checks {
+            line(
+                &mut w,
+                "",
+                format!(
+                    "{:<18} {:<15} {}{}",
+                    c.id,
+                    c.state,
+                    c.detail,
+                    c.last_latency_ms
+                        .map(|l| format!(" ({l} ms)"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        for d in h.decisions.iter().rev().take(3) {
+            line(
+                &mut w,
+                "",
+                format!(
+                    "decision {} priority {}: {}",
+                    fmt_utc(d["unix_ms"].as_u64().unwrap_or(0)),
+                    d["priority"],
+                    d["reason"].as_str().unwrap_or_default()
+                ),
+            );
+        }
     }
     for (i, t) in s.transitions.iter().rev().enumerate() {
         line(

@@ -88,7 +88,7 @@ pub enum Command {
         #[arg(long, default_value_t = 22)]
         ssh_port: u16,
         /// VRRP advertisement interval in milliseconds (multiple of 10).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = ns_ha_common::config::VrrpSettings::default().advert_interval_ms)]
         advert_interval_ms: u32,
         /// VRRP router id of the HA-link instance (1..255, default 50); `check` reports the ones other routers use.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]

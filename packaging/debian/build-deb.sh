@@ -10,7 +10,7 @@ top=$(cd "$here/../.." && pwd)
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$top/Cargo.toml" | head -n 1)
 arch=$(dpkg --print-architecture)
 [ -n "$version" ] || { echo "build-deb.sh: no version in $top/Cargo.toml" >&2; exit 1; }
-[ -x "$stage/usr/sbin/ns-ha-init" ] || { echo "build-deb.sh: $stage has no usr/sbin/ns-ha-init: run make install DESTDIR=$stage first" >&2; exit 1; }
+[ -x "$stage/usr/sbin/ns-ha" ] || { echo "build-deb.sh: $stage has no usr/sbin/ns-ha: run make install DESTDIR=$stage first" >&2; exit 1; }
 install -d -m 0755 "$stage/DEBIAN" "$outdir"
 for s in postinst prerm postrm; do
 	install -m 0755 "$here/$s" "$stage/DEBIAN/$s"

@@ -19,6 +19,7 @@
 //! prefix is printed; remove it with `lab/lab.sh down PREFIX`).
 
 pub mod cluster;
+pub mod health;
 pub mod packages;
 
 use serde_json::Value;

@@ -94,7 +94,7 @@ fn the_deb_installs_runs_the_lab_from_usr_sbin_and_is_removed_cleanly() {
         !installed(),
         "ns-ha is installed on this machine already: this test would remove it (dpkg -r ns-ha first)"
     );
-    for t in TOOLS {
+    for t in TOOLS.iter().chain(&["ns-ha"]) {
         assert!(
             !Path::new("/usr/sbin").join(t).exists(),
             "/usr/sbin/{t} exists outside the package: remove it first"
@@ -107,11 +107,21 @@ fn the_deb_installs_runs_the_lab_from_usr_sbin_and_is_removed_cleanly() {
         .map(PathBuf::from)
         .filter(|p| p.is_file())
         .collect();
+    // One multi-call binary, root-owned, and the tools as links to it.
+    let multi = Path::new("/usr/sbin/ns-ha");
+    let meta = std::fs::symlink_metadata(multi).expect("/usr/sbin/ns-ha");
+    assert!(meta.is_file());
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (0, 0),
+        "owner of {}",
+        multi.display()
+    );
+    assert_eq!(meta.mode() & 0o7777, 0o755, "mode of {}", multi.display());
     for t in TOOLS {
         let p = Path::new("/usr/sbin").join(t);
-        let meta = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{} owner", p.display());
-        assert_eq!(meta.mode() & 0o7777, 0o755, "{} mode", p.display());
+        let link = std::fs::read_link(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(link, Path::new("ns-ha"), "{}", p.display());
         assert!(listed.contains(&p), "{} not in dpkg -L", p.display());
     }
     let units: Vec<String> = listed
@@ -140,8 +150,11 @@ fn the_deb_installs_runs_the_lab_from_usr_sbin_and_is_removed_cleanly() {
         // keepalived runs the installed role engine.
         let conf = lab.read("fw1", "/etc/keepalived/keepalived.conf");
         assert!(conf.contains("/usr/sbin/ns-ha-role"), "{conf}");
-        let version = cluster::tool_ok(&lab, "fw2", "ns-ha-init", &["--version"]);
-        assert!(version.starts_with("ns-ha-init "), "{version}");
+        // Each link runs its own tool.
+        for t in TOOLS {
+            let version = cluster::tool_ok(&lab, "fw2", t, &["--version"]);
+            assert!(version.starts_with(&format!("{t} ")), "{version}");
+        }
         // Failover: fw1 dies (its links down, keepalived killed), fw2
         // takes the VIP and the LAN client reaches it there.
         lab.crash("fw1");
@@ -159,7 +172,12 @@ fn the_deb_installs_runs_the_lab_from_usr_sbin_and_is_removed_cleanly() {
     drop(guard);
     assert!(!installed(), "ns-ha still installed after dpkg --purge");
     for p in &listed {
-        assert!(!p.exists(), "{} left behind", p.display());
+        // symlink_metadata: a link left behind counts even when dangling.
+        assert!(
+            std::fs::symlink_metadata(p).is_err(),
+            "{} left behind",
+            p.display()
+        );
     }
     let wants = Path::new("/etc/systemd/system");
     for dir in ["multi-user.target.wants", "timers.target.wants"] {

@@ -57,7 +57,7 @@ fn cutting_only_the_ha_link_does_not_make_two_masters() {
     let lab = Lab::up();
     pair(&lab);
     lab.cut("fw1", net::HA_IF);
-    // 3 s is 10x the master-down interval at the default 0.1 s advert.
+    // 3 s is 20x the master-down interval at the default 0.05 s advert.
     for holders in sample_holders(&lab, net::LAN_VIP, 30, Duration::from_millis(100)) {
         assert_eq!(holders, ["fw1"], "LAN VIP holders with the HA link cut");
     }

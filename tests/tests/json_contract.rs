@@ -378,6 +378,8 @@ fn offline(ck: &mut Checker) {
         ("ns-ha-role defaults", &["defaults", "--bogus"]),
         ("ns-ha-check status", &["status"]),
         ("ns-ha-check health", &["health"]),
+        ("ns-ha-check monitor", &["monitor"]),
+        ("ns-ha-check metrics", &["metrics"]),
         ("ns-ha-vip list", &["list"]),
         ("ns-ha-vip announce", &["announce"]),
         ("ns-ha-vip who-holds", &["who-holds", "10.99.1.254"]),
@@ -638,6 +640,14 @@ fn in_lab(ck: &mut Checker) {
     ck.ok(
         "ns-ha-check health",
         &lab_run(&lab, "fw1", "ns-ha-check", &["health"]),
+    );
+    ck.ok(
+        "ns-ha-check health (list)",
+        &lab_run(&lab, "fw1", "ns-ha-check", &["health", "--list"]),
+    );
+    ck.ok(
+        "ns-ha-check metrics",
+        &lab_run(&lab, "fw1", "ns-ha-check", &["metrics"]),
     );
     let d = lab_run(&lab, "fw1", "ns-ha-check", &["doctor"]);
     if d.status.success() {

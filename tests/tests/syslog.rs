@@ -77,8 +77,10 @@ fn a_role_transition_a_sync_and_a_failed_action_reach_syslog_with_the_tools_tag(
     let line = fw1.wait_for(30, "ns-ha-role", &["-> MASTER"]);
     assert!(
         line.is_some(),
-        "no ns-ha-role transition to MASTER in fw1's syslog: {:#?}",
-        fw1.lines()
+        "no ns-ha-role transition to MASTER in fw1's syslog (socket there: {}): {:#?}\nfw2's: {:#?}",
+        lab.path("fw1", "/dev/log").exists(),
+        fw1.lines(),
+        logs[1].lines()
     );
     // daemon.warning (28): the failed action, named.
     let line = fw1.wait_for(28, "ns-ha-role", &["dnsmasq", "failed"]);

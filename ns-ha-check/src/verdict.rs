@@ -1,0 +1,621 @@
+//! The monitor's judgement: from probe outcomes to a priority, with its reason.
+//!
+//! Pure (no I/O, time passed in), so every rule that keeps failover honest is
+//! a unit test: hysteresis (a check fails after `fall` bad rounds in a row
+//! and recovers after `rise` good ones), the asymmetry that stops two nodes
+//! unhealthy in the same way from swapping (a node that is not MASTER is
+//! unfit at its first failed round, the MASTER only after `fall`), the
+//! hold-down (a node that gave up MASTER for health is unfit until healthy
+//! for `hold_down_ms`), and services (checked only while MASTER; a failure
+//! that made the node give up stays until the monitor restarts, since a
+//! backup cannot run the service to prove it fixed). Every change of the
+//! priority is a [`Decision`] with its reason; alerts are [`Event`]s, one per
+//! change of a condition.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+use ns_ha_common::health_config::{target_priority, track_value, HealthSettings};
+
+/// How many decisions the state keeps.
+pub const DECISIONS_KEPT: usize = 20;
+/// A node must have been BACKUP this long before its becoming MASTER counts
+/// as a failover (and not as the first election after a start).
+pub const FAILOVER_AFTER_BACKUP_MS: u64 = 5_000;
+
+/// What kind of thing a check looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// Every cluster interface up with its static address.
+    Interfaces,
+    /// Packets exchanged on a link (ICMP echo to targets).
+    Reach,
+    /// A master-only service.
+    Service,
+}
+
+/// A check's state after hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckState {
+    /// No round yet.
+    Unknown,
+    Ok,
+    Failing,
+    /// A service check on a node that is not MASTER.
+    NotApplicable,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Unknown => "unknown",
+            CheckState::Ok => "ok",
+            CheckState::Failing => "failing",
+            CheckState::NotApplicable => "not-applicable",
+        }
+    }
+}
+
+/// One round of one check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// None: the check does not apply now (a service on a non-MASTER).
+    pub ok: Option<bool>,
+    pub latency_ms: Option<f64>,
+    pub detail: String,
+}
+
+/// A check as the state file, `status` and `metrics` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    pub id: String,
+    pub kind: CheckKind,
+    pub state: CheckState,
+    /// Consecutive failed and good rounds.
+    pub fails: u32,
+    pub oks: u32,
+    pub rounds: u64,
+    pub failed_rounds: u64,
+    pub last_latency_ms: Option<f64>,
+    pub max_latency_ms: Option<f64>,
+    pub since_ms: u64,
+    pub detail: String,
+}
+
+/// One change of the advertised priority, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub unix_ms: u64,
+    pub priority: u8,
+    pub track_value: i32,
+    pub fit: bool,
+    pub master: bool,
+    pub reason: String,
+}
+
+/// Something an administrator is told about, once per change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// `failover`, `health-failing`, `health-recovered`, `sync-failing`,
+    /// `sync-recovered`, `split-brain`.
+    pub event: String,
+    pub unix_ms: u64,
+    /// The check, or the node's new state.
+    pub subject: String,
+    pub detail: String,
+}
+
+/// The node gave up MASTER while unfit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GaveUp {
+    pub unix_ms: u64,
+    pub reason: String,
+}
+
+/// The whole judgement of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub configured_priority: u8,
+    pub checks: BTreeMap<String, CheckStatus>,
+    /// None until the first observation of the VIPs.
+    pub master: Option<bool>,
+    pub master_since_ms: u64,
+    pub gave_up: Option<GaveUp>,
+    /// Since when no check has a failed round (None: one has).
+    pub healthy_since_ms: Option<u64>,
+    pub priority: u8,
+    pub fit: bool,
+    pub reason: String,
+    pub decisions: VecDeque<Decision>,
+    pub transitions: u64,
+    /// Whether the last sync attempt succeeded (None: not known yet).
+    pub sync_ok: Option<bool>,
+    #[serde(skip)]
+    fall: u32,
+    #[serde(skip)]
+    rise: u32,
+    #[serde(skip)]
+    service_fall: u32,
+    #[serde(skip)]
+    hold_down_ms: u64,
+    #[serde(skip)]
+    pending: Vec<Event>,
+}
+
+impl Verdict {
+    pub fn new(settings: &HealthSettings, configured_priority: u8, now_ms: u64) -> Verdict {
+        Verdict {
+            configured_priority,
+            checks: BTreeMap::new(),
+            master: None,
+            master_since_ms: now_ms,
+            gave_up: None,
+            healthy_since_ms: Some(now_ms),
+            priority: configured_priority,
+            fit: true,
+            reason: "starting: no check has failed".into(),
+            decisions: VecDeque::new(),
+            transitions: 0,
+            sync_ok: None,
+            fall: settings.fall,
+            rise: settings.rise,
+            service_fall: settings.service_fall,
+            hold_down_ms: settings.hold_down_ms,
+            pending: Vec::new(),
+        }
+    }
+
+    /// New settings (the cluster config changed): thresholds and the set of
+    /// checks; states of checks that remain are kept.
+    pub fn reconfigure(&mut self, settings: &HealthSettings, configured: u8, ids: &[String]) {
+        self.fall = settings.fall;
+        self.rise = settings.rise;
+        self.service_fall = settings.service_fall;
+        self.hold_down_ms = settings.hold_down_ms;
+        self.configured_priority = configured;
+        self.checks.retain(|id, _| ids.contains(id));
+    }
+
+    /// Register a check (state unknown until its first round).
+    pub fn add_check(&mut self, id: &str, kind: CheckKind, now_ms: u64) {
+        self.checks
+            .entry(id.to_string())
+            .or_insert_with(|| CheckStatus {
+                id: id.to_string(),
+                kind,
+                state: CheckState::Unknown,
+                fails: 0,
+                oks: 0,
+                rounds: 0,
+                failed_rounds: 0,
+                last_latency_ms: None,
+                max_latency_ms: None,
+                since_ms: now_ms,
+                detail: String::new(),
+            });
+    }
+
+    /// Apply one round of a check.
+    pub fn observe(&mut self, id: &str, o: Outcome, now_ms: u64) {
+        let (fall, rise, service_fall) = (self.fall, self.rise, self.service_fall);
+        let master = self.master == Some(true);
+        let Some(c) = self.checks.get_mut(id) else {
+            return;
+        };
+        let mut event = None;
+        // A service runs only on the MASTER: elsewhere its round says nothing.
+        let ok = if c.kind == CheckKind::Service && !master {
+            None
+        } else {
+            o.ok
+        };
+        match ok {
+            None => {
+                // A service whose failure made this node give up stays
+                // failing: a backup cannot show it fixed.
+                if c.state != CheckState::Failing && c.state != CheckState::NotApplicable {
+                    c.state = CheckState::NotApplicable;
+                    c.since_ms = now_ms;
+                }
+                c.fails = 0;
+                c.oks = 0;
+            }
+            Some(true) => {
+                c.rounds += 1;
+                c.fails = 0;
+                c.oks = c.oks.saturating_add(1);
+                c.last_latency_ms = o.latency_ms;
+                c.max_latency_ms = max_opt(c.max_latency_ms, o.latency_ms);
+                let back = match c.state {
+                    CheckState::Failing => c.oks >= rise,
+                    _ => true,
+                };
+                if back && c.state != CheckState::Ok {
+                    if c.state == CheckState::Failing {
+                        event = Some(("health-recovered", o.detail.clone()));
+                    }
+                    c.state = CheckState::Ok;
+                    c.since_ms = now_ms;
+                }
+                c.detail = o.detail;
+            }
+            Some(false) => {
+                c.rounds += 1;
+                c.failed_rounds += 1;
+                c.oks = 0;
+                c.fails = c.fails.saturating_add(1);
+                c.last_latency_ms = None;
+                let limit = if c.kind == CheckKind::Service {
+                    service_fall
+                } else {
+                    fall
+                };
+                if c.fails >= limit && c.state != CheckState::Failing {
+                    c.state = CheckState::Failing;
+                    c.since_ms = now_ms;
+                    event = Some(("health-failing", o.detail.clone()));
+                }
+                c.detail = o.detail;
+            }
+        }
+        if let Some((name, detail)) = event {
+            self.pending.push(Event {
+                event: name.into(),
+                unix_ms: now_ms,
+                subject: id.to_string(),
+                detail,
+            });
+        }
+        self.update_healthy_since(now_ms);
+    }
+
+    fn update_healthy_since(&mut self, now_ms: u64) {
+        let clean = self
+            .checks
+            .values()
+            .all(|c| c.state != CheckState::Failing && c.fails == 0);
+        match (clean, self.healthy_since_ms) {
+            (true, None) => self.healthy_since_ms = Some(now_ms),
+            (false, Some(_)) => self.healthy_since_ms = None,
+            _ => {}
+        }
+    }
+
+    /// What the node holds now (by its VIPs).
+    pub fn set_master(&mut self, master: bool, now_ms: u64) {
+        let before = self.master;
+        if before == Some(master) {
+            return;
+        }
+        self.master = Some(master);
+        if before.is_some() {
+            self.transitions += 1;
+        }
+        let held_backup_ms = now_ms.saturating_sub(self.master_since_ms);
+        self.master_since_ms = now_ms;
+        match (before, master) {
+            (Some(true), false) if !self.fit => {
+                self.gave_up = Some(GaveUp {
+                    unix_ms: now_ms,
+                    reason: self.reason.clone(),
+                });
+            }
+            (Some(false), true) if held_backup_ms >= FAILOVER_AFTER_BACKUP_MS => {
+                self.pending.push(Event {
+                    event: "failover".into(),
+                    unix_ms: now_ms,
+                    subject: "MASTER".into(),
+                    detail: format!(
+                        "this node took the VIPs after {} s as BACKUP",
+                        held_backup_ms / 1000
+                    ),
+                });
+            }
+            _ => {}
+        }
+        if master {
+            // Holding the role again: a past give-up no longer matters.
+            self.gave_up = None;
+        }
+    }
+
+    /// Recompute fitness and priority; returns the decision if it changed.
+    pub fn evaluate(&mut self, now_ms: u64) -> Option<Decision> {
+        let master = self.master == Some(true);
+        let failing: Vec<&str> = self
+            .checks
+            .values()
+            .filter(|c| c.state == CheckState::Failing)
+            .map(|c| c.id.as_str())
+            .collect();
+        let suspect: Vec<&str> = self
+            .checks
+            .values()
+            .filter(|c| c.fails > 0 && c.state != CheckState::Failing)
+            .map(|c| c.id.as_str())
+            .collect();
+        let (fit, reason) = if !failing.is_empty() {
+            (false, format!("failing: {}", failing.join(", ")))
+        } else if !master && !suspect.is_empty() {
+            (
+                false,
+                format!(
+                    "not MASTER and a round failed ({}): not fit to take over",
+                    suspect.join(", ")
+                ),
+            )
+        } else if let Some(g) = self.gave_up.as_ref().filter(|_| !master) {
+            let healthy_for = self
+                .healthy_since_ms
+                .map(|s| now_ms.saturating_sub(s.max(g.unix_ms)));
+            match healthy_for {
+                Some(h) if h >= self.hold_down_ms => {
+                    self.gave_up = None;
+                    (true, "healthy for the hold-down after giving up".into())
+                }
+                _ => (
+                    false,
+                    format!(
+                        "hold-down: gave up MASTER ({}); healthy for {} of {} ms",
+                        g.reason,
+                        healthy_for.unwrap_or(0),
+                        self.hold_down_ms
+                    ),
+                ),
+            }
+        } else {
+            (true, "every check ok".into())
+        };
+        let priority = target_priority(self.configured_priority, fit, master);
+        let changed = priority != self.priority || fit != self.fit;
+        self.fit = fit;
+        self.reason = reason;
+        if !changed {
+            return None;
+        }
+        self.priority = priority;
+        let d = Decision {
+            unix_ms: now_ms,
+            priority,
+            track_value: track_value(self.configured_priority, priority),
+            fit,
+            master,
+            reason: self.reason.clone(),
+        };
+        self.decisions.push_back(d.clone());
+        while self.decisions.len() > DECISIONS_KEPT {
+            self.decisions.pop_front();
+        }
+        Some(d)
+    }
+
+    /// The value for keepalived's health track file.
+    pub fn track_value(&self) -> i32 {
+        track_value(self.configured_priority, self.priority)
+    }
+
+    /// Events not yet handed to the alert hook.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The sync's last attempt: an event when it starts or stops failing
+    /// (not for the first reading, and not again while it persists).
+    pub fn set_sync(&mut self, ok: bool, detail: &str, now_ms: u64) {
+        let before = self.sync_ok.replace(ok);
+        let event = match (before, ok) {
+            (Some(true) | None, false) => "sync-failing",
+            (Some(false), true) => "sync-recovered",
+            _ => return,
+        };
+        self.pending.push(Event {
+            event: event.into(),
+            unix_ms: now_ms,
+            subject: "sync".into(),
+            detail: detail.into(),
+        });
+    }
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Outcome {
+        Outcome {
+            ok: Some(true),
+            latency_ms: Some(0.5),
+            detail: "answered".into(),
+        }
+    }
+    fn bad() -> Outcome {
+        Outcome {
+            ok: Some(false),
+            latency_ms: None,
+            detail: "no answer".into(),
+        }
+    }
+    fn na() -> Outcome {
+        Outcome {
+            ok: None,
+            latency_ms: None,
+            detail: String::new(),
+        }
+    }
+
+    fn settings() -> HealthSettings {
+        HealthSettings {
+            fall: 3,
+            rise: 2,
+            service_fall: 2,
+            hold_down_ms: 10_000,
+            ..Default::default()
+        }
+    }
+
+    fn verdict(prio: u8, master: bool) -> Verdict {
+        let mut v = Verdict::new(&settings(), prio, 0);
+        v.add_check("reach:lan0", CheckKind::Reach, 0);
+        v.add_check("service:dnsmasq", CheckKind::Service, 0);
+        v.set_master(master, 0);
+        v.evaluate(0);
+        v
+    }
+
+    #[test]
+    fn a_master_gives_up_after_fall_rounds_and_a_backup_at_the_first() {
+        let mut m = verdict(200, true);
+        for t in 1..=2 {
+            m.observe("reach:lan0", bad(), t);
+            assert_eq!(m.evaluate(t), None, "still fit after {t} failed rounds");
+        }
+        m.observe("reach:lan0", bad(), 3);
+        let d = m.evaluate(3).expect("the third failed round decides");
+        assert_eq!((d.priority, d.track_value, d.fit), (2, -198, false));
+        assert!(d.reason.contains("failing: reach:lan0"), "{}", d.reason);
+        let ev = m.take_events();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event, "health-failing");
+        // More failed rounds: no second decision, no second alert.
+        m.observe("reach:lan0", bad(), 4);
+        assert_eq!(m.evaluate(4), None);
+        assert!(m.take_events().is_empty());
+
+        let mut b = verdict(100, false);
+        b.observe("reach:lan0", bad(), 1);
+        let d = b.evaluate(1).expect("a backup is unfit at once");
+        assert_eq!(d.priority, 1);
+        // No alert: the check itself is not failing yet.
+        assert!(b.take_events().is_empty());
+        b.observe("reach:lan0", ok(), 2);
+        assert_eq!(b.evaluate(2).unwrap().priority, 100);
+    }
+
+    #[test]
+    fn both_nodes_unhealthy_the_same_way_keep_the_master() {
+        let mut m = verdict(200, true);
+        let mut b = verdict(100, false);
+        for t in 1..=5 {
+            m.observe("reach:lan0", bad(), t);
+            b.observe("reach:lan0", bad(), t);
+            m.evaluate(t);
+            b.evaluate(t);
+            assert!(
+                m.priority > b.priority,
+                "round {t}: master {} backup {}",
+                m.priority,
+                b.priority
+            );
+        }
+        // The same after a failover: the unfit backup-turned-master keeps it.
+        let mut b2 = verdict(100, true);
+        let mut p2 = verdict(200, false);
+        for t in 1..=5 {
+            b2.observe("reach:lan0", bad(), t);
+            p2.observe("reach:lan0", bad(), t);
+            b2.evaluate(t);
+            p2.evaluate(t);
+            assert!(b2.priority > p2.priority, "round {t}");
+        }
+    }
+
+    #[test]
+    fn a_node_that_gave_up_waits_for_the_hold_down() {
+        let mut m = verdict(200, true);
+        for t in 1..=3 {
+            m.observe("reach:lan0", bad(), t);
+            m.evaluate(t);
+        }
+        m.set_master(false, 500);
+        assert!(m.gave_up.is_some());
+        m.evaluate(500);
+        assert_eq!(m.priority, 1);
+        // Healthy again after rise rounds, but the hold-down runs.
+        m.observe("reach:lan0", ok(), 1_000);
+        m.observe("reach:lan0", ok(), 1_100);
+        assert!(m
+            .take_events()
+            .iter()
+            .any(|e| e.event == "health-recovered"));
+        m.evaluate(1_100);
+        assert!(!m.fit);
+        assert!(m.reason.starts_with("hold-down"), "{}", m.reason);
+        // A failed round restarts the hold-down.
+        m.observe("reach:lan0", bad(), 5_000);
+        m.observe("reach:lan0", ok(), 5_100);
+        m.evaluate(10_500);
+        assert!(!m.fit, "{}", m.reason);
+        m.evaluate(15_099);
+        assert!(!m.fit);
+        let d = m.evaluate(15_100).expect("fit after the hold-down");
+        assert_eq!(d.priority, 200);
+        assert!(m.gave_up.is_none());
+    }
+
+    #[test]
+    fn services_count_only_on_the_master_and_stick_after_giving_up() {
+        let mut b = verdict(100, false);
+        b.observe("service:dnsmasq", na(), 1);
+        assert_eq!(b.checks["service:dnsmasq"].state, CheckState::NotApplicable);
+        assert_eq!(b.evaluate(1), None);
+        // Not running on a backup is as it should be: still fit.
+        b.observe("service:dnsmasq", bad(), 2);
+        assert_eq!(b.checks["service:dnsmasq"].fails, 0);
+        assert_eq!(b.evaluate(2), None);
+        assert!(b.fit);
+        let mut m = verdict(200, true);
+        // A restart: one failed round, then ok: nothing moves.
+        m.observe("service:dnsmasq", bad(), 1);
+        assert_eq!(m.evaluate(1), None);
+        m.observe("service:dnsmasq", ok(), 2);
+        assert_eq!(m.evaluate(2), None);
+        // Dead for service_fall rounds: unfit.
+        m.observe("service:dnsmasq", bad(), 3);
+        m.observe("service:dnsmasq", bad(), 4);
+        assert_eq!(m.evaluate(4).unwrap().priority, 2);
+        m.set_master(false, 5);
+        // As backup the service is not run: the failure stays.
+        m.observe("service:dnsmasq", na(), 6);
+        assert_eq!(m.checks["service:dnsmasq"].state, CheckState::Failing);
+        m.evaluate(100_000);
+        assert!(!m.fit);
+    }
+
+    #[test]
+    fn sync_alerts_once_per_change() {
+        let mut v = Verdict::new(&settings(), 100, 0);
+        v.set_sync(true, "", 1);
+        assert!(v.take_events().is_empty());
+        v.set_sync(false, "peer does not answer", 2);
+        v.set_sync(false, "peer does not answer", 3);
+        let ev = v.take_events();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event, "sync-failing");
+        v.set_sync(true, "ok", 4);
+        assert_eq!(v.take_events()[0].event, "sync-recovered");
+    }
+
+    #[test]
+    fn failover_is_an_event_only_after_a_settled_backup() {
+        let mut v = Verdict::new(&settings(), 100, 0);
+        v.set_master(false, 0);
+        v.set_master(true, 1_000);
+        assert!(v.take_events().is_empty(), "an election at start");
+        v.set_master(false, 2_000);
+        v.set_master(true, 2_000 + FAILOVER_AFTER_BACKUP_MS);
+        let ev = v.take_events();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event, "failover");
+        assert_eq!(v.transitions, 3);
+    }
+}
