@@ -12,7 +12,7 @@ CARGO ?= cargo
 # Debian packages the product and its lab need: the real daemons (keepalived,
 # sshd, conntrackd, dnsmasq), the tools the lab drives, and what the ssh2
 # crate builds against.
-PACKAGES := keepalived openssh-server openssh-client conntrackd conntrack iputils-arping \
+PACKAGES := keepalived openssh-server openssh-client dropbear-bin conntrackd conntrack iputils-arping \
 	dnsmasq-base nftables iproute2 iputils-ping procps socat ncat \
 	isc-dhcp-client pkg-config libssl-dev build-essential ca-certificates \
 	shellcheck systemd

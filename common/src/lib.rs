@@ -31,6 +31,7 @@ pub mod root;
 pub mod service;
 pub mod ssh;
 pub mod sync_config;
+pub mod upgrade;
 pub mod vips;
 pub mod vrrp;
 

@@ -125,6 +125,46 @@ impl SshServerFiles {
         }
     }
 
+    /// This node's ed25519 host key as SSH clients see it (what the primary
+    /// pins): the ready `.pub` file when the server keeps one, else the
+    /// public line printed by `host_key_tool -y -f host_key` (dropbear keeps
+    /// only the private key; `dropbearkey -y` prints a `Public key portion
+    /// is:` header, the key line and a fingerprint line).
+    pub fn read_host_key(
+        &self,
+        root: &NodeRoot,
+        runner: &dyn CommandRunner,
+    ) -> Result<crate::config::PinnedHostKey> {
+        let fix = match self.server {
+            SshServer::Openssh => "generate it with ssh-keygen -A and start sshd",
+            SshServer::Dropbear => {
+                "generate it with dropbearkey -t ed25519 -f /etc/dropbear/dropbear_ed25519_host_key and restart dropbear"
+            }
+        };
+        let unusable = |e: anyhow::Error| {
+            crate::exit::fail(
+                crate::exit::Code::Dependency,
+                format!(
+                    "this node's {} has no usable ed25519 host key ({e:#}): {fix}",
+                    self.service
+                ),
+            )
+        };
+        if let Some(public) = self.host_key_pub {
+            return crate::ssh::read_public_key(&root.path(public)).map_err(unusable);
+        }
+        let (program, argv) = self.host_key_command(root);
+        let out = runner
+            .run_ok(&program, &argv, HOST_KEY_TIMEOUT)
+            .map_err(unusable)?;
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("ssh-ed25519 "))
+            .ok_or_else(|| unusable(anyhow::anyhow!("{program} printed no ssh-ed25519 key")))?;
+        crate::ssh::parse_public_key(line.trim()).map_err(unusable)
+    }
+
     /// The argument vector that prints the host key's public line
     /// (`ssh-keygen -y -f KEY`, `dropbearkey -y -f KEY`; both take the same flags).
     pub fn host_key_command(&self, root: &NodeRoot) -> (String, Vec<String>) {
@@ -335,6 +375,7 @@ pub fn wire_keepalived(
 }
 
 const UCI: &str = "/sbin/uci";
+const HOST_KEY_TIMEOUT: Duration = Duration::from_secs(10);
 const UCI_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]

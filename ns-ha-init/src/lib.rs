@@ -17,6 +17,7 @@ pub mod show;
 pub mod sshd_listen;
 #[cfg(test)]
 mod testkit;
+pub mod upgrade_remote;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -171,6 +172,21 @@ pub enum Command {
     Enable,
     /// Stop HA (keepalived) on both nodes; the configuration is kept.
     Disable,
+    /// Upgrade the backup from the primary: send a package (.deb or .ipk) over the pinned channel, have the backup install it, check both nodes then run the same ns-ha release.
+    ///
+    /// The backup checks the package's sha256 against the one this node
+    /// declares before installing it (dpkg for a .deb, opkg for an .ipk),
+    /// refuses a package older than the one installed unless
+    /// --force-downgrade, and removes the file afterwards. Upgrade this node
+    /// first (dpkg -i / opkg install), then run this with the same file.
+    UpgradeRemote {
+        /// The package file (at most 128 MiB).
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Install it even if the backup has a newer version of the package.
+        #[arg(long)]
+        force_downgrade: bool,
+    },
     /// Undo everything init did on this node (keys, authorization, configs, sync state); the node can be paired again.
     Reset {
         /// Confirm the reset.
@@ -334,6 +350,10 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
         Command::Enable => edit::set_enabled(&ctx, true),
         Command::Disable => edit::set_enabled(&ctx, false),
         Command::Reset { yes } => pairing::reset(&ctx, yes),
+        Command::UpgradeRemote {
+            file,
+            force_downgrade,
+        } => upgrade_remote::upgrade_remote(&ctx, &file, force_downgrade),
     }
 }
 

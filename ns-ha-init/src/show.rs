@@ -47,7 +47,7 @@ pub fn show_config(ctx: &Ctx) -> Result<Report> {
     }
     // The backup's own host key: what the primary pins (again) with `pair`.
     let host_key = match node.role {
-        Role::Backup => match own_host_key(&ctx.root) {
+        Role::Backup => match own_host_key(&ctx.root, ctx.runner, node.ssh_server) {
             Ok(k) => {
                 h.push_str(&format!("host key:    {}\n", k.fingerprint));
                 h.push_str(&format!(

@@ -20,6 +20,7 @@
 
 pub mod cluster;
 pub mod health;
+pub mod packages;
 
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -162,6 +163,44 @@ fn new_prefix() -> String {
     format!("nh{}{}{}", base36(pid, 3), base36(n, 2), base36(noise, 3))
 }
 
+/// The SSH server the lab's firewalls run: what pairing configures and the
+/// primary's sync channel talks to (`NS_HA_LAB_SSH_SERVER` of `lab.sh up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshServer {
+    /// OpenSSH's sshd (`/etc/ssh/sshd_config`, `init.d/sshd`).
+    Openssh,
+    /// dropbear, as on NethSecurity/OpenWrt (`/etc/dropbear`, `init.d/dropbear`).
+    Dropbear,
+}
+
+impl SshServer {
+    /// Both, for tests that run once with each.
+    pub const ALL: [SshServer; 2] = [SshServer::Openssh, SshServer::Dropbear];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "openssh",
+            SshServer::Dropbear => "dropbear",
+        }
+    }
+
+    /// Its init script under the node root (`lab.service(node, server.service(), ...)`).
+    pub fn service(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "sshd",
+            SshServer::Dropbear => "dropbear",
+        }
+    }
+
+    /// The node file pairing writes the primary's key line into.
+    pub fn authorized_keys(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "/root/.ssh/authorized_keys",
+            SshServer::Dropbear => "/etc/dropbear/authorized_keys",
+        }
+    }
+}
+
 /// A running lab; dropped = torn down.
 pub struct Lab {
     prefix: String,
@@ -176,21 +215,27 @@ impl Lab {
     /// tools. Panics with lab.sh's reason if it cannot be built (the test
     /// must fail, not skip).
     pub fn up() -> Lab {
-        Lab::up_with_tools(None)
+        Lab::up_with_tools(None, SshServer::Openssh)
+    }
+
+    /// Like [`Lab::up`], with the firewalls running `server` as their SSH server.
+    pub fn up_with(server: SshServer) -> Lab {
+        Lab::up_with_tools(None, server)
     }
 
     /// A lab whose firewalls run the ns-ha tools installed in `dir` (e.g.
     /// `/usr/sbin` from the .deb) instead of the workspace's.
     pub fn up_installed(dir: &Path) -> Lab {
-        Lab::up_with_tools(Some(dir))
+        Lab::up_with_tools(Some(dir), SshServer::Openssh)
     }
 
-    fn up_with_tools(installed: Option<&Path>) -> Lab {
+    fn up_with_tools(installed: Option<&Path>, server: SshServer) -> Lab {
         let mut last = String::new();
         for _ in 0..3 {
             let prefix = new_prefix();
             let mut cmd = Command::new(lab_script());
-            cmd.args(["up", &prefix]);
+            cmd.args(["up", &prefix])
+                .env("NS_HA_LAB_SSH_SERVER", server.as_str());
             if installed.is_none() {
                 // The tools are installed into the lab (LABDIR/bin) as a package
                 // would install them: keepalived runs notify scripts only from
@@ -248,6 +293,14 @@ impl Lab {
     /// The contents of `lab.json` (prefix, namespaces, node roots, addresses).
     pub fn info(&self) -> &Value {
         &self.info
+    }
+
+    /// The SSH server the firewalls run (`ssh_server` of lab.json).
+    pub fn ssh_server(&self) -> SshServer {
+        match self.info["ssh_server"].as_str() {
+            Some("dropbear") => SshServer::Dropbear,
+            _ => SshServer::Openssh,
+        }
     }
 
     /// Namespace name of `node` (`fw1`, `fw2`, `lan`, `wan`, `sw`).
