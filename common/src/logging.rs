@@ -10,10 +10,11 @@
 //! `<PRI>TAG[PID]: MESSAGE` (RFC 3164 without the timestamp, which every
 //! local syslog daemon stamps itself; facility daemon). No syslog crate: the
 //! format is one line on a `UnixDatagram`. A missing syslog costs nothing;
-//! a busy one gets at most 50 ms, once per process, to take a record (its
-//! queue holds only a few datagrams, and several tools log at once during a
-//! failover); after that the process drops records rather than wait, so a
-//! stalled syslog daemon never holds a failover up.
+//! a busy one gets at most 50 ms to take a record (its queue holds only a
+//! few datagrams, and several tools log at once during a failover); after a
+//! record it did not take, the process drops records for a second rather
+//! than wait, so a stalled syslog daemon costs a failover at most 50 ms a
+//! second.
 //!
 //! The socket is the node root's `/dev/log`, so a lab node's tools log to
 //! `NODEROOT/dev/log` (a lab test binds its own socket there); the variable
@@ -23,14 +24,18 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// The syslog socket of a node (under its root).
 pub const SYSLOG_SOCKET: &str = "/dev/log";
 
-/// How long one record may wait for a busy syslog, once per process.
-const SYSLOG_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long one record may wait for a busy syslog.
+const SYSLOG_WAIT: Duration = Duration::from_millis(50);
+
+/// How long records are dropped after syslog did not take one in time.
+const SYSLOG_BACKOFF: Duration = Duration::from_secs(1);
 /// Overrides the syslog socket path (absolute path, not under the root); empty: no syslog.
 pub const SYSLOG_SOCKET_ENV: &str = "NS_HA_SYSLOG_SOCKET";
 /// syslog facility `daemon`.
@@ -110,7 +115,8 @@ impl Log for ToolLogger {
 
 /// A connected syslog socket and the tag of this process.
 struct Syslog {
-    socket: Mutex<UnixDatagram>,
+    /// The socket, and until when records are dropped after syslog was slow.
+    socket: Mutex<(UnixDatagram, Option<Instant>)>,
     tag: String,
 }
 
@@ -120,27 +126,35 @@ impl Syslog {
         socket.connect(path).ok()?;
         socket.set_write_timeout(Some(SYSLOG_WAIT)).ok()?;
         Some(Syslog {
-            socket: Mutex::new(socket),
+            socket: Mutex::new((socket, None)),
             tag: format!("{tool}[{}]", std::process::id()),
         })
     }
 
     /// Send one record. A busy syslog (its queue of a few datagrams full,
     /// as when several tools log at once during a failover) gets up to
-    /// [`SYSLOG_WAIT`] to take it; one that does not is taken as stalled
-    /// and the process drops its records from then on rather than wait again.
+    /// [`SYSLOG_WAIT`] to take it; one that does not is taken as stalled,
+    /// and records are dropped for [`SYSLOG_BACKOFF`] rather than waited for.
     fn send(&self, level: Level, message: &str) {
         let line = format_line(&self.tag, level, message);
-        if let Ok(s) = self.socket.lock() {
-            if let Err(e) = s.send(line.as_bytes()) {
+        let Ok(mut guard) = self.socket.lock() else {
+            return;
+        };
+        let (socket, dropping_until) = &mut *guard;
+        if dropping_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        *dropping_until = match socket.send(line.as_bytes()) {
+            Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) {
-                    let _ = s.set_nonblocking(true);
-                }
+                ) =>
+            {
+                Some(Instant::now() + SYSLOG_BACKOFF)
             }
-        }
+            _ => None,
+        };
     }
 }
 

@@ -126,31 +126,6 @@ fn passes_json(reports: &[PassReport]) -> Result<serde_json::Value> {
     Ok(serde_json::json!({ "passes": serde_json::to_value(reports)? }))
 }
 
-/// Log each pass of a reconcile that runs unattended (keepalived, the FIFO reader, sync).
-fn log_passes(reports: &[PassReport]) {
-    for r in reports {
-        log::info!("{}", summary(r));
-    }
-}
-
-fn summary(r: &PassReport) -> String {
-    let count = |o| r.actions.iter().filter(|a| a.outcome == o).count();
-    use crate::history::Outcome::*;
-    let what = match r.kind {
-        reconcile::PassKind::Transition => format!("{} -> {}", r.from, r.to),
-        reconcile::PassKind::Returned => format!("{} again", r.to),
-        _ => format!("{} (no transition)", r.to),
-    };
-    format!(
-        "{what}: {} changed, {} unchanged, {} skipped, {} failed in {} ms",
-        count(Changed),
-        count(Unchanged),
-        count(Skipped),
-        r.failures(),
-        r.duration_ms
-    )
-}
-
 /// The error `apply` ends with when actions failed: Timeout if one timed out.
 fn failures_error(reports: &[PassReport]) -> Result<()> {
     let Some(last) = reports.last() else {
@@ -206,7 +181,6 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
             let e = EventStore::new(&root).record(ev, Source::Notify)?;
             log::info!("event {}", e.describe());
             let reports = reconcile(&ctx, "notify", None)?;
-            log_passes(&reports);
             Ok(Report::new("", passes_json(&reports)?))
         }
         Command::FifoReader { fifo } => {
@@ -219,7 +193,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
             let reports = reconcile(&ctx, "apply", Some(Duration::from_secs(wait)))?;
             let mut human = String::new();
             for r in &reports {
-                human.push_str(&format!("{}\n", summary(r)));
+                human.push_str(&format!("{}\n", r.summary()));
                 for a in r
                     .actions
                     .iter()
@@ -273,7 +247,6 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
             let changed = (!changed.is_empty()).then_some(changed);
             EventStore::new(&root).record_sync(changed)?;
             let reports = reconcile(&ctx, "sync-applied", None)?;
-            log_passes(&reports);
             Ok(Report::new("", passes_json(&reports)?))
         }
         Command::Defaults => {

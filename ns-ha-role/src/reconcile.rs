@@ -124,6 +124,25 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// One line: what the pass was and how its actions ended (logged by
+    /// every pass, whoever runs it: notify, the FIFO reader, apply, a sync).
+    pub fn summary(&self) -> String {
+        let count = |o| self.actions.iter().filter(|a| a.outcome == o).count();
+        let what = match self.kind {
+            PassKind::Transition => format!("{} -> {}", self.from, self.to),
+            PassKind::Returned => format!("{} again", self.to),
+            _ => format!("{} (no transition)", self.to),
+        };
+        format!(
+            "{what}: {} changed, {} unchanged, {} skipped, {} failed in {} ms",
+            count(Outcome::Changed),
+            count(Outcome::Unchanged),
+            count(Outcome::Skipped),
+            self.failures(),
+            self.duration_ms
+        )
+    }
+
     pub fn failures(&self) -> usize {
         self.actions
             .iter()
@@ -291,6 +310,7 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
     for a in report.actions.iter().filter(|a| a.outcome.is_failure()) {
         log::warn!("{} {}: {}", a.action, a.outcome.as_str(), a.detail);
     }
+    log::info!("{}", report.summary());
     Ok(report)
 }
 

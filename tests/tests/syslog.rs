@@ -50,11 +50,14 @@ impl Syslog {
         self.lines.lock().expect("lines").clone()
     }
 
-    /// Wait until a line from `tool` at priority `pri` contains every one of `words`.
+    /// Wait until a line from `tool` at priority `pri` contains every one of
+    /// `words`. A role pass is logged when it ends, and the new master's
+    /// first pass includes a push to a backup that `enable` may still be
+    /// busy with: give it a minute.
     fn wait_for(&self, pri: u8, tool: &str, words: &[&str]) -> Option<String> {
         let prefix = format!("<{pri}>{tool}[");
         let mut found = None;
-        wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
             found = self
                 .lines()
                 .into_iter()
