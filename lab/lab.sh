@@ -15,7 +15,10 @@
 #   lab.sh crash PREFIX NODE  simulate a dead box (freeze+kill keepalived, links down)
 #   lab.sh dir PREFIX         print the lab dir
 #
-# Environment: NS_HA_BIN_SRC, if set, is a directory of built ns-ha-* tools
+# Environment: NS_HA_LAB_SSH_SERVER picks the firewalls' SSH server: openssh
+# (default: sshd, /etc/ssh) or dropbear (as on NethSecurity/OpenWrt:
+# /etc/dropbear with its host key and authorized_keys, no /etc/ssh/sshd_config).
+# NS_HA_BIN_SRC, if set, is a directory of built ns-ha-* tools
 # that `up` installs into LABDIR/bin (root-owned, 0755), as a package would:
 # keepalived runs notify scripts only from paths no other user can write, and
 # a checkout may live under /tmp. NS_HA_LAB_BASE (default /var/lib/ns-ha-lab)
@@ -25,6 +28,7 @@ set -Eeuo pipefail
 
 LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 LAB_BASE=${NS_HA_LAB_BASE:-/var/lib/ns-ha-lab}
+SSH_SERVER=${NS_HA_LAB_SSH_SERVER:-openssh}
 
 # Roles in the lab and the namespace suffix of each.
 ROLES=(sw fw1 fw2 lan wan)
@@ -178,6 +182,11 @@ make_node_root() { # NODE
 	for d in "$LAB_SRC"/node/init.d/*; do
 		install -m 0755 "$d" "$root/etc/init.d/$(basename "$d")"
 	done
+	if [[ $SSH_SERVER == dropbear ]]; then
+		install -d -m 0700 "$root/etc/dropbear"
+		dropbearkey -t ed25519 -f "$root/etc/dropbear/dropbear_ed25519_host_key" >/dev/null
+		return
+	fi
 	ssh-keygen -q -t ed25519 -N '' -C "ns-ha-lab-$PREFIX-$node" \
 		-f "$root/etc/ssh/ssh_host_ed25519_key"
 	cat >"$root/etc/ssh/sshd_config" <<EOF
@@ -213,6 +222,7 @@ write_lab_json() {
 {
   "version": 1,
   "prefix": "$PREFIX",
+  "ssh_server": "$SSH_SERVER",
   "dir": "$dir",
   "namespaces": {"sw": "$sw", "fw1": "$fw1", "fw2": "$fw2", "lan": "$lan", "wan": "$wan"},
   "bridges": {"lan": "brlan", "wan": "brwan"},
@@ -236,9 +246,14 @@ EOF
 }
 
 cmd_up() {
-	local role ns fw sw dir
+	local role ns fw sw dir ssh_service
 	[[ $(id -u) -eq 0 ]] || die "up: must run as root"
-	for role in ip bridge ssh-keygen sshd keepalived; do
+	case $SSH_SERVER in
+	openssh) ssh_service=sshd ;;
+	dropbear) ssh_service=dropbear ;;
+	*) die "up: NS_HA_LAB_SSH_SERVER must be openssh or dropbear, not '$SSH_SERVER'" ;;
+	esac
+	for role in ip bridge ssh-keygen "$ssh_service" keepalived; do
 		command -v "$role" >/dev/null 2>&1 || [[ -x /usr/sbin/$role ]] ||
 			die "up: missing command '$role'"
 	done
@@ -308,7 +323,7 @@ cmd_up() {
 	fi
 	write_lab_json
 	for fw in "${FIREWALLS[@]}"; do
-		ip netns exec "$(ns_of "$fw")" "$dir/$fw/etc/init.d/sshd" start >/dev/null
+		ip netns exec "$(ns_of "$fw")" "$dir/$fw/etc/init.d/$ssh_service" start >/dev/null
 	done
 	[[ -n ${NS_HA_LAB_FAIL_TEST:-} ]] && false # lets the tests check the teardown
 	trap - ERR

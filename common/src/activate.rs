@@ -105,6 +105,11 @@ pub fn install(
     atomic_write(&ka_path, prepared.keepalived.as_bytes(), 0o600)?;
     atomic_write(&ct_path, prepared.conntrackd.as_bytes(), 0o644)?;
 
+    // On OpenWrt keepalived's init script runs the rendered config only when
+    // UCI names it (and UCI enables it).
+    for done in crate::platform::wire_keepalived(root, runner, cluster.enabled)? {
+        log::info!("{done}");
+    }
     let services = manager(backend, root, runner);
     let state = if cluster.enabled {
         if services.is_running("keepalived", SERVICE_TIMEOUT)? {

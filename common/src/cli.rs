@@ -183,7 +183,10 @@ pub fn main<C: ToolCli>(
         Ok(c) => c,
         Err(code) => return code,
     };
-    crate::logging::init(cli.global().verbose);
+    // The node's syslog socket is under its root (a bad root fails the
+    // command later, with its fix; logging then just has no syslog).
+    let root = crate::root::NodeRoot::from_arg_or_env(cli.global().root.as_deref()).ok();
+    crate::logging::init(tool, cli.global().verbose, root.as_ref().map(|r| r.base()));
     let json = cli.global().json;
     finish(tool, json, run(cli))
 }

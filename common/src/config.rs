@@ -18,6 +18,7 @@ use crate::exit::{fail, Code};
 use crate::fsutil::atomic_write;
 use crate::health_config::HealthSettings;
 use crate::net::{check_ifname, Ipv4Cidr};
+use crate::platform::{Layout, Platform, SshServer};
 use crate::role_config::RoleSettings;
 use crate::root::{paths, NodeRoot};
 use crate::service::ServiceBackend;
@@ -462,6 +463,21 @@ pub struct NodeConfig {
     /// How this node starts and stops services (init.d scripts or systemd).
     #[serde(default)]
     pub service_backend: ServiceBackend,
+    /// The node's platform (`ns-ha-init --platform`, detected by default);
+    /// a node.json from before platforms is an OpenWrt-style node.
+    #[serde(default)]
+    pub platform: Platform,
+    /// The SSH server that answers the primary on this node (detected at init).
+    #[serde(default)]
+    pub ssh_server: SshServer,
+}
+
+impl NodeConfig {
+    /// The install layout of this node: its platform's paths and managers,
+    /// with its SSH server.
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.platform, self.ssh_server)
+    }
 }
 
 /// A pinned SSH host key.

@@ -14,7 +14,10 @@ use crate::cmd::CommandRunner;
 use crate::config::{load_cluster_opt, load_node, ClusterConfig, NodeConfig, Role};
 use crate::exit::{fail, Code};
 use crate::net::{InterfaceSource, IpCommand};
-use crate::proto::{ControlRequest, HelloReply, InspectReply, NS_HA_VERSION, PROTOCOL_VERSION};
+use crate::proto::{
+    ControlRequest, HelloReply, InspectReply, NS_HA_VERSION, PROTOCOL_VERSION, UPGRADE_FIX,
+    VERSION_MISMATCH,
+};
 use crate::root::NodeRoot;
 
 /// The `op` names handled here; a receiver dispatches these to [`handle`].
@@ -64,7 +67,7 @@ pub fn hello(
         return Err(fail(
             Code::Conflict,
             format!(
-                "version mismatch: primary runs ns-ha {version} (protocol {protocol}), this backup {NS_HA_VERSION} (protocol {PROTOCOL_VERSION}): install the same ns-ha release on both nodes"
+                "{VERSION_MISMATCH}: primary runs ns-ha {version} (protocol {protocol}), this backup {NS_HA_VERSION} (protocol {PROTOCOL_VERSION}): {UPGRADE_FIX}"
             ),
         ));
     }
@@ -187,6 +190,8 @@ mod tests {
                 peer_host_key: None,
                 authorized_key_fingerprint: None,
                 service_backend: Default::default(),
+                platform: Default::default(),
+                ssh_server: Default::default(),
             },
         )
         .unwrap();

@@ -48,6 +48,8 @@ pub fn paired_node(role: Role, peer: Ipv4Addr) -> NodeConfig {
         }),
         authorized_key_fingerprint: None,
         service_backend: Default::default(),
+        platform: Default::default(),
+        ssh_server: Default::default(),
     }
 }
 

@@ -24,12 +24,14 @@ pub mod keepalived;
 pub mod logging;
 pub mod net;
 pub mod peer;
+pub mod platform;
 pub mod proto;
 pub mod role_config;
 pub mod root;
 pub mod service;
 pub mod ssh;
 pub mod sync_config;
+pub mod upgrade;
 pub mod vips;
 pub mod vrrp;
 

@@ -21,6 +21,11 @@ use crate::net::Interface;
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The ns-ha release; both nodes must run the same one.
 pub const NS_HA_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How `hello` starts its refusal of another release, so the primary's
+/// `doctor` can tell it from other refusals and name its fix ([`UPGRADE_FIX`]).
+pub const VERSION_MISMATCH: &str = "version mismatch";
+/// The fix for two nodes on different releases.
+pub const UPGRADE_FIX: &str = "install the same ns-ha release on both nodes: upgrade this node's package first, then the backup from the primary with `ns-ha-init upgrade-remote PACKAGE`";
 /// Largest JSON message accepted, checked before anything is allocated.
 /// Large requests and manifests are sent in chunks of about
 /// [`CHUNK_BYTES`], so this only bounds what a broken or hostile peer can
@@ -155,6 +160,21 @@ pub enum ControlRequest {
     InstallCluster { config: Box<ClusterConfig> },
 }
 
+/// The `op` of [`UpgradeMessage`].
+pub const UPGRADE_OP: &str = "upgrade";
+
+/// `upgrade` (`ns-ha-init upgrade-remote`): a package for the backup to
+/// install, followed by its bytes as a blob. The receiver handles it itself
+/// (it reads the blob; [`crate::upgrade::receive`]), not through the control
+/// ops, and without a `hello` first: the two nodes' versions differ exactly
+/// when it is needed, and `hello` refuses that. It is the last request of its
+/// channel; the reply's data is an [`crate::upgrade::UpgradeReply`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum UpgradeMessage {
+    Upgrade(crate::upgrade::UpgradeRequest),
+}
+
 /// What the peer answers to `hello`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HelloReply {
@@ -215,6 +235,27 @@ mod tests {
         let e = r.into_result::<serde_json::Value>().unwrap_err();
         assert_eq!(code_of(&e), Code::Conflict);
         assert!(e.to_string().contains("older generation"));
+    }
+
+    #[test]
+    fn the_upgrade_request_round_trips_and_refuses_unknown_fields() {
+        let msg = UpgradeMessage::Upgrade(crate::upgrade::UpgradeRequest {
+            cluster_id: "c".into(),
+            kind: crate::upgrade::PackageKind::Deb,
+            size: 3,
+            sha256: "ab".into(),
+            force_downgrade: true,
+        });
+        let v = serde_json::to_value(&msg).unwrap();
+        assert_eq!(v["op"], UPGRADE_OP);
+        assert_eq!(v["kind"], "deb");
+        assert_eq!(
+            serde_json::from_value::<UpgradeMessage>(v.clone()).unwrap(),
+            msg
+        );
+        let mut extra = v;
+        extra["path"] = "/etc/shadow".into();
+        assert!(serde_json::from_value::<UpgradeMessage>(extra).is_err());
     }
 
     #[test]

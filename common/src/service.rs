@@ -24,6 +24,15 @@ pub enum ServiceBackend {
     Systemd,
 }
 
+impl ServiceBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceBackend::Initd => "initd",
+            ServiceBackend::Systemd => "systemd",
+        }
+    }
+}
+
 /// What to do with a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

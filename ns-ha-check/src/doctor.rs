@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use ns_ha_common::activate::tool_path;
 use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, NodeConfig, Role};
 use ns_ha_common::keepalived::{self, RenderInputs};
-use ns_ha_common::proto::NS_HA_VERSION;
+use ns_ha_common::proto::{NS_HA_VERSION, UPGRADE_FIX, VERSION_MISMATCH};
 use ns_ha_common::role_config::unconfigured_master_services;
 use ns_ha_common::root::paths;
 use ns_ha_common::service;
@@ -413,7 +413,7 @@ fn sync_checks(
                             "the backup runs ns-ha {} but this node runs {NS_HA_VERSION}",
                             h.version
                         ),
-                        "install the same ns-ha release on both nodes",
+                        UPGRADE_FIX,
                     ));
                     true
                 }
@@ -439,6 +439,16 @@ fn sync_checks(
                         ),
                     ));
                     true
+                }
+                // The backup refuses the hello of another release.
+                Err(e) if format!("{e:#}").contains(VERSION_MISMATCH) => {
+                    out.push(bad(
+                        "peer",
+                        Severity::Problem,
+                        format!("{e:#}"),
+                        UPGRADE_FIX,
+                    ));
+                    false
                 }
                 Err(e) => {
                     out.push(bad(
@@ -835,6 +845,11 @@ pub(crate) mod tests {
         assert_eq!(severity(&f, "backup drift"), Severity::Problem);
         assert_eq!(severity(&f, "role engine"), Severity::Problem);
         let text = render(&f);
+        assert!(
+            text.contains("the backup runs ns-ha 0.0.1")
+                && text.contains("ns-ha-init upgrade-remote PACKAGE"),
+            "{text}"
+        );
         assert!(
             text.contains("1 path(s) edited on the backup: /etc/config/x (changed)"),
             "{text}"

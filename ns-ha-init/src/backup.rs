@@ -7,7 +7,9 @@
 //! over the pinned SSH channel). This module sits below `pairing` and `edit`
 //! (both use it, it uses neither).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use ns_ha_common::config::{ClusterConfig, NodeConfig, PinnedHostKey};
@@ -15,9 +17,13 @@ use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::NodeLock;
 use ns_ha_common::net::{Interface, Ipv4Cidr};
 use ns_ha_common::peer;
-use ns_ha_common::proto::{call, ControlRequest, HelloReply, InspectReply};
+use ns_ha_common::proto::{
+    call, copy_exact, read_msg, write_msg, ControlRequest, HelloReply, InspectReply, Reply,
+    UpgradeMessage,
+};
 use ns_ha_common::root::paths;
 use ns_ha_common::ssh::{HostKeyCheck, PeerChannel, PeerSession};
+use ns_ha_common::upgrade::{UpgradeReply, UpgradeRequest};
 use ns_ha_common::NodeRoot;
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -63,6 +69,19 @@ pub trait BackupLink {
         node: &NodeConfig,
         cluster: &ClusterConfig,
     ) -> Result<Connected>;
+
+    /// Send the package `file` (described by `req`) to the backup over the
+    /// pinned channel as an `upgrade` request, without a `hello` (which
+    /// refuses the version mismatch an upgrade is for), and return what the
+    /// backup installed.
+    fn upgrade(
+        &self,
+        root: &NodeRoot,
+        node: &NodeConfig,
+        cluster: &ClusterConfig,
+        req: &UpgradeRequest,
+        file: &Path,
+    ) -> Result<UpgradeReply>;
 }
 
 /// The real backup: the sync receiver behind the pinned SSH channel.
@@ -94,6 +113,25 @@ impl BackupLink for SshLink {
     ) -> Result<Connected> {
         // The one pinned connect every tool uses (common::peer).
         greet(peer::connect(root, node, cluster)?, cluster)
+    }
+
+    fn upgrade(
+        &self,
+        root: &NodeRoot,
+        node: &NodeConfig,
+        cluster: &ClusterConfig,
+        req: &UpgradeRequest,
+        file: &Path,
+    ) -> Result<UpgradeReply> {
+        let session = peer::connect(root, node, cluster)?;
+        let mut ch = session.open_receiver()?;
+        write_msg(&mut ch, &UpgradeMessage::Upgrade(req.clone()))?;
+        let mut f =
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        copy_exact(&mut f, &mut ch, req.size)?;
+        ch.flush().context("sending the package")?;
+        let reply: Reply = read_msg(&mut ch)?;
+        reply.into_result()
     }
 }
 
@@ -184,6 +222,12 @@ pub mod fake {
         pub refuse: Option<String>,
         /// Entries `backup install enabled=BOOL` in order, shared with the runner.
         pub journal: Arc<Mutex<Vec<String>>>,
+        /// Upgrade requests received, with the bytes sent.
+        pub upgrades: Vec<(UpgradeRequest, Vec<u8>)>,
+        /// The answer to an upgrade (default: refused, nothing installed).
+        pub upgrade_reply: Option<UpgradeReply>,
+        /// The ns-ha version the fake backup's hello reports (default: this one).
+        pub version: Option<String>,
     }
 
     #[derive(Clone, Default)]
@@ -218,7 +262,11 @@ pub mod fake {
                 host_key: backup_host_key(),
                 hello: HelloReply {
                     protocol: ns_ha_common::proto::PROTOCOL_VERSION,
-                    version: ns_ha_common::proto::NS_HA_VERSION.into(),
+                    version: self
+                        .state()
+                        .version
+                        .clone()
+                        .unwrap_or_else(|| ns_ha_common::proto::NS_HA_VERSION.into()),
                     role: "backup".into(),
                     cluster_id: Some(cluster.cluster_id.clone()),
                 },
@@ -238,6 +286,22 @@ pub mod fake {
                 )
             })?;
             self.connect(root, node, cluster, &HostKeyCheck::Pinned(pin))
+        }
+
+        fn upgrade(
+            &self,
+            _root: &NodeRoot,
+            _node: &NodeConfig,
+            _cluster: &ClusterConfig,
+            req: &UpgradeRequest,
+            file: &Path,
+        ) -> Result<UpgradeReply> {
+            let bytes = std::fs::read(file)?;
+            let mut s = self.state();
+            s.upgrades.push((req.clone(), bytes));
+            s.upgrade_reply
+                .clone()
+                .ok_or_else(|| fail(Code::Conflict, "peer: refused"))
         }
     }
 

@@ -11,11 +11,13 @@ pub mod backup;
 pub mod checks;
 pub mod edit;
 pub mod install;
+pub mod layout;
 pub mod pairing;
 pub mod show;
 pub mod sshd_listen;
 #[cfg(test)]
 mod testkit;
+pub mod upgrade_remote;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +30,7 @@ use ns_ha_common::cli::{self, GlobalArgs};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::exit::help_table;
 use ns_ha_common::net::{InterfaceSource, IpCommand, Ipv4Cidr};
+use ns_ha_common::platform::Platform;
 use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::vrrp::{AdvertListener, RawSocketListener};
 use ns_ha_common::NodeRoot;
@@ -90,9 +93,8 @@ pub enum Command {
         /// VRRP router id of the HA-link instance (1..255, default 50); `check` reports the ones other routers use.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
         vrid: Option<u8>,
-        /// How this node manages services.
-        #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
-        service_backend: BackendArg,
+        #[command(flatten)]
+        platform: PlatformArgs,
     },
     /// Make this node the backup: authorize the primary's key for the sync command only, from the primary's HA address only. Prints this node's host-key fingerprint for `pair`.
     InitBackup {
@@ -106,9 +108,8 @@ pub enum Command {
         /// (pasted unquoted, its words are taken together as the key).
         #[arg(long, value_name = "KEY", num_args = 1.., required = true)]
         primary_key: Vec<String>,
-        /// How this node manages services.
-        #[arg(long, value_enum, default_value_t = BackendArg::Initd)]
-        service_backend: BackendArg,
+        #[command(flatten)]
+        platform: PlatformArgs,
     },
     /// Connect to the backup, pin its host key, check versions, and install the cluster config on both nodes.
     Pair {
@@ -171,6 +172,21 @@ pub enum Command {
     Enable,
     /// Stop HA (keepalived) on both nodes; the configuration is kept.
     Disable,
+    /// Upgrade the backup from the primary: send a package (.deb or .ipk) over the pinned channel, have the backup install it, check both nodes then run the same ns-ha release.
+    ///
+    /// The backup checks the package's sha256 against the one this node
+    /// declares before installing it (dpkg for a .deb, opkg for an .ipk),
+    /// refuses a package older than the one installed unless
+    /// --force-downgrade, and removes the file afterwards. Upgrade this node
+    /// first (dpkg -i / opkg install), then run this with the same file.
+    UpgradeRemote {
+        /// The package file (at most 128 MiB).
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Install it even if the backup has a newer version of the package.
+        #[arg(long)]
+        force_downgrade: bool,
+    },
     /// Undo everything init did on this node (keys, authorization, configs, sync state); the node can be paired again.
     Reset {
         /// Confirm the reset.
@@ -191,6 +207,27 @@ impl From<RoleArg> for ns_ha_common::config::Role {
             RoleArg::Primary => ns_ha_common::config::Role::Primary,
             RoleArg::Backup => ns_ha_common::config::Role::Backup,
         }
+    }
+}
+
+/// The node's platform, stored in node.json by init-primary and init-backup.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct PlatformArgs {
+    /// The node's platform: its paths (crontab, SSH server files, state on
+    /// flash), service and interface manager (default: detected from
+    /// /etc/openwrt_release or /etc/os-release under the root; openwrt when
+    /// neither exists). show-config shows it.
+    #[arg(long, value_enum, value_name = "PLATFORM")]
+    pub platform: Option<Platform>,
+    /// How this node manages services (default: the platform's, initd on
+    /// openwrt, systemd on debian).
+    #[arg(long, value_enum)]
+    pub service_backend: Option<BackendArg>,
+}
+
+impl PlatformArgs {
+    fn resolve(&self, root: &NodeRoot) -> Result<layout::NodePlatform> {
+        layout::NodePlatform::resolve(root, self.platform, self.service_backend.map(Into::into))
     }
 }
 
@@ -271,7 +308,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
             ssh_port,
             advert_interval_ms,
             vrid,
-            service_backend,
+            platform,
         } => pairing::init_primary(
             &ctx,
             &pairing::PrimaryInit {
@@ -281,20 +318,20 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
                 ssh_port,
                 advert_interval_ms,
                 vrid,
-                service_backend: service_backend.into(),
+                platform: platform.resolve(&ctx.root)?,
             },
         ),
         Command::InitBackup {
             ha_interface,
             peer,
             primary_key,
-            service_backend,
+            platform,
         } => pairing::init_backup(
             &ctx,
             &ha_interface,
             peer,
             &primary_key.join(" "),
-            service_backend.into(),
+            &platform.resolve(&ctx.root)?,
         ),
         Command::Pair {
             host_key_fingerprint,
@@ -313,6 +350,10 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
         Command::Enable => edit::set_enabled(&ctx, true),
         Command::Disable => edit::set_enabled(&ctx, false),
         Command::Reset { yes } => pairing::reset(&ctx, yes),
+        Command::UpgradeRemote {
+            file,
+            force_downgrade,
+        } => upgrade_remote::upgrade_remote(&ctx, &file, force_downgrade),
     }
 }
 

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use ns_ha_common::activate::deactivate;
 use ns_ha_common::authorized_keys::{authorize_primary, unauthorize_primary};
-use ns_ha_common::cmd::args;
+use ns_ha_common::cmd::{args, CommandRunner};
 use ns_ha_common::config::{
     self, load_cluster, load_cluster_opt, load_node, load_node_opt, ClusterConfig, NodeConfig,
     PinnedHostKey, Role, SCHEMA_VERSION,
@@ -22,14 +22,15 @@ use ns_ha_common::config::{
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::{atomic_write, remove_if_exists};
 use ns_ha_common::net::Ipv4Cidr;
+use ns_ha_common::platform::{SshServer, SshServerFiles};
 use ns_ha_common::root::paths;
-use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::ssh::{self, HostKeyCheck};
 use ns_ha_common::NodeRoot;
 
 use crate::backup::{backup_address, lock};
 use crate::checks;
 use crate::install::commit_cluster;
+use crate::layout::NodePlatform;
 use crate::{Ctx, Report};
 
 pub use ns_ha_common::authorized_keys::KEY_COMMENT;
@@ -62,7 +63,8 @@ pub struct PrimaryInit {
     ///
     /// [`VrrpSettings`]: ns_ha_common::config::VrrpSettings
     pub vrid: Option<u8>,
-    pub service_backend: ServiceBackend,
+    /// The node's platform (node.json) and the cluster defaults it implies.
+    pub platform: NodePlatform,
 }
 
 /// The highest host address of the HA subnet that neither node uses.
@@ -145,6 +147,9 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     if let Some(vrid) = opts.vrid {
         cluster.vrrp.vrid = vrid;
     }
+    let layout = opts.platform.layout();
+    cluster.roles.crontab = layout.crontab.into();
+    cluster.sync.state_dir = layout.sync_state_dir.into();
     cluster.validate()?;
     if hb == opts.peer {
         return Err(fail(
@@ -158,7 +163,9 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
         peer_address: opts.peer,
         peer_host_key: None,
         authorized_key_fingerprint: None,
-        service_backend: opts.service_backend,
+        service_backend: opts.platform.service_backend,
+        platform: opts.platform.platform,
+        ssh_server: opts.platform.ssh_server,
     };
     // Everything validated: now write.
     let key = generate_key(ctx, KEY_COMMENT)?;
@@ -176,13 +183,12 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
 }
 
 /// This node's sshd host key: what the primary pins when it pairs with this backup.
-pub fn own_host_key(root: &NodeRoot) -> Result<PinnedHostKey> {
-    ssh::read_public_key(&root.path(paths::SSH_HOST_KEY_PUB)).map_err(|e| {
-        fail(
-            Code::Dependency,
-            format!("this node's sshd has no usable ed25519 host key ({e:#}): generate it with ssh-keygen -A and start sshd"),
-        )
-    })
+pub fn own_host_key(
+    root: &NodeRoot,
+    runner: &dyn CommandRunner,
+    server: SshServer,
+) -> Result<PinnedHostKey> {
+    SshServerFiles::of(server).read_host_key(root, runner)
 }
 
 /// The command to run on the primary to pin this backup's host key.
@@ -196,23 +202,25 @@ pub fn init_backup(
     ha_interface: &str,
     peer: Ipv4Addr,
     primary_key: &str,
-    backend: ServiceBackend,
+    platform: &NodePlatform,
 ) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     refuse_if_initialized(&ctx.root)?;
     let own = checks::ha_interface(ctx.ifs, ha_interface)?;
     checks::peer_address(&own, peer)?;
     let key = ssh::parse_public_key(primary_key)?;
-    let host_key = own_host_key(&ctx.root)?;
+    let host_key = own_host_key(&ctx.root, ctx.runner, platform.ssh_server)?;
     let node = NodeConfig {
         schema_version: SCHEMA_VERSION,
         role: Role::Backup,
         peer_address: peer,
         peer_host_key: None,
         authorized_key_fingerprint: Some(key.fingerprint.clone()),
-        service_backend: backend,
+        service_backend: platform.service_backend,
+        platform: platform.platform,
+        ssh_server: platform.ssh_server,
     };
-    authorize_primary(&ctx.root, &key, peer)?;
+    authorize_primary(&ctx.root, &key, peer, platform.ssh_server)?;
     config::save_node(&ctx.root, &node)?;
     let human = format!(
         "{}\n\nThis node is now the backup; the primary's key {} may run the sync receiver only, from {peer} only.\nOn the primary run:\n  {}\n(ns-ha-init show-config on this node prints it again.)\n",

@@ -19,6 +19,25 @@ pub fn show_config(ctx: &Ctx) -> Result<Report> {
     let mut h = String::new();
     h.push_str(&format!("role:        {}\n", node.role));
     h.push_str(&format!("peer:        {}\n", node.peer_address));
+    let layout = node.layout();
+    h.push_str(&format!(
+        "platform:    {} (services {}, interfaces {}, packages {})\n",
+        layout.platform,
+        layout.service_backend.as_str(),
+        layout.interface_manager.as_str(),
+        layout.package_manager
+    ));
+    h.push_str(&format!(
+        "SSH server:  {} (authorized keys {}, host key {} via {})\n",
+        layout.ssh.server.as_str(),
+        layout.ssh.authorized_keys,
+        layout.ssh.host_key,
+        layout.ssh.host_key_tool
+    ));
+    h.push_str(&format!(
+        "paths:       crontab {}, sync state {}\n",
+        layout.crontab, layout.sync_state_dir
+    ));
     match (&node.peer_host_key, &node.authorized_key_fingerprint) {
         (Some(k), _) => h.push_str(&format!("peer key:    {} (pinned)\n", k.fingerprint)),
         (None, Some(fp)) => h.push_str(&format!(
@@ -28,7 +47,7 @@ pub fn show_config(ctx: &Ctx) -> Result<Report> {
     }
     // The backup's own host key: what the primary pins (again) with `pair`.
     let host_key = match node.role {
-        Role::Backup => match own_host_key(&ctx.root) {
+        Role::Backup => match own_host_key(&ctx.root, ctx.runner, node.ssh_server) {
             Ok(k) => {
                 h.push_str(&format!("host key:    {}\n", k.fingerprint));
                 h.push_str(&format!(
@@ -81,6 +100,7 @@ pub fn show_config(ctx: &Ctx) -> Result<Report> {
         h,
         json!({
             "node": node,
+            "layout": layout,
             "cluster": cluster,
             "host_key_fingerprint": host_key,
             "pair_command": host_key.as_deref().map(pair_command),
@@ -109,6 +129,8 @@ mod tests {
                 peer_host_key: None,
                 authorized_key_fingerprint: Some("SHA256:primary".into()),
                 service_backend: ServiceBackend::Initd,
+                platform: Default::default(),
+                ssh_server: Default::default(),
             },
         )
         .unwrap();

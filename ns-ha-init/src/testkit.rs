@@ -86,6 +86,8 @@ impl Pair {
                 peer_host_key: Some(crate::backup::fake::backup_host_key()),
                 authorized_key_fingerprint: None,
                 service_backend: ServiceBackend::Initd,
+                platform: Default::default(),
+                ssh_server: Default::default(),
             },
         )
         .unwrap();

@@ -152,6 +152,8 @@ impl FakeNode {
                 peer_host_key: None,
                 authorized_key_fingerprint: None,
                 service_backend: Default::default(),
+                platform: Default::default(),
+                ssh_server: Default::default(),
             },
         )
         .expect("save node");

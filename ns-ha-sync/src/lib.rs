@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::time::Duration;
 
+use ns_ha_common::authorized_keys;
 use ns_ha_common::cli::{GlobalArgs, Report, ToolCli};
 use ns_ha_common::cmd::SystemRunner;
 use ns_ha_common::config::{
@@ -279,6 +280,13 @@ fn receive(root: &NodeRoot, json: bool) -> Result<Report> {
             Code::Usage,
             "receive speaks the sync protocol on stdout: run it without --json",
         ));
+    }
+    let client = std::env::var(authorized_keys::SSH_CLIENT_ENV).ok();
+    if let Err(e) = authorized_keys::check_ssh_client(root, client.as_deref()) {
+        // Answer the sender's first request with the refusal, then stop.
+        let mut w = std::io::stdout().lock();
+        let _ = ns_ha_common::proto::write_msg(&mut w, &ns_ha_common::proto::Reply::from_error(&e));
+        return Err(e);
     }
     let runner = SystemRunner;
     let mut rx = Receiver::new(root.clone(), &runner);

@@ -610,7 +610,13 @@ fn transfer<C: Read + Write>(
     crash::point("commit");
     let reply: Reply = read_msg(ch).context("waiting for the backup to apply")?;
     let c: CommitReply = reply.into_result().context("the backup refused the sync")?;
-    log::debug!("backup applied generation {}", c.generation);
+    log::info!(
+        "pushed generation {} to the backup: {} file(s), {} deleted, {} kept",
+        c.generation,
+        rep.files,
+        deletes.len(),
+        c.kept.len()
+    );
     crash::point("committed");
     rep.kept = c.kept.clone();
     rep.lines = lines_of(&changes, &deletes, &peer, &c.kept.iter().cloned().collect());

@@ -20,6 +20,7 @@
 
 pub mod cluster;
 pub mod health;
+pub mod packages;
 
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -162,30 +163,90 @@ fn new_prefix() -> String {
     format!("nh{}{}{}", base36(pid, 3), base36(n, 2), base36(noise, 3))
 }
 
+/// The SSH server the lab's firewalls run: what pairing configures and the
+/// primary's sync channel talks to (`NS_HA_LAB_SSH_SERVER` of `lab.sh up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshServer {
+    /// OpenSSH's sshd (`/etc/ssh/sshd_config`, `init.d/sshd`).
+    Openssh,
+    /// dropbear, as on NethSecurity/OpenWrt (`/etc/dropbear`, `init.d/dropbear`).
+    Dropbear,
+}
+
+impl SshServer {
+    /// Both, for tests that run once with each.
+    pub const ALL: [SshServer; 2] = [SshServer::Openssh, SshServer::Dropbear];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "openssh",
+            SshServer::Dropbear => "dropbear",
+        }
+    }
+
+    /// Its init script under the node root (`lab.service(node, server.service(), ...)`).
+    pub fn service(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "sshd",
+            SshServer::Dropbear => "dropbear",
+        }
+    }
+
+    /// The node file pairing writes the primary's key line into.
+    pub fn authorized_keys(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "/root/.ssh/authorized_keys",
+            SshServer::Dropbear => "/etc/dropbear/authorized_keys",
+        }
+    }
+}
+
 /// A running lab; dropped = torn down.
 pub struct Lab {
     prefix: String,
     dir: PathBuf,
     info: Value,
+    /// Where the firewalls' ns-ha tools are: LABDIR/bin, or an installed package's dir.
+    bin_dir: PathBuf,
 }
 
 impl Lab {
-    /// Build a fresh lab with a unique prefix. Panics with lab.sh's reason if
-    /// it cannot be built (the test must fail, not skip).
+    /// Build a fresh lab with a unique prefix, running the workspace's
+    /// tools. Panics with lab.sh's reason if it cannot be built (the test
+    /// must fail, not skip).
     pub fn up() -> Lab {
+        Lab::up_with_tools(None, SshServer::Openssh)
+    }
+
+    /// Like [`Lab::up`], with the firewalls running `server` as their SSH server.
+    pub fn up_with(server: SshServer) -> Lab {
+        Lab::up_with_tools(None, server)
+    }
+
+    /// A lab whose firewalls run the ns-ha tools installed in `dir` (e.g.
+    /// `/usr/sbin` from the .deb) instead of the workspace's.
+    pub fn up_installed(dir: &Path) -> Lab {
+        Lab::up_with_tools(Some(dir), SshServer::Openssh)
+    }
+
+    fn up_with_tools(installed: Option<&Path>, server: SshServer) -> Lab {
         let mut last = String::new();
         for _ in 0..3 {
             let prefix = new_prefix();
-            // The tools are installed into the lab (LABDIR/bin) as a package
-            // would install them: keepalived runs notify scripts only from
-            // paths no other user can write, and a checkout may be in /tmp.
-            let tools = bin("ns-ha-init");
-            let tools = tools.parent().expect("binary has a directory");
-            let out = run(Command::new(lab_script())
-                .args(["up", &prefix])
-                .env("NS_HA_BIN_SRC", tools));
+            let mut cmd = Command::new(lab_script());
+            cmd.args(["up", &prefix])
+                .env("NS_HA_LAB_SSH_SERVER", server.as_str());
+            if installed.is_none() {
+                // The tools are installed into the lab (LABDIR/bin) as a package
+                // would install them: keepalived runs notify scripts only from
+                // paths no other user can write, and a checkout may be in /tmp.
+                let tools = bin("ns-ha-init");
+                let tools = tools.parent().expect("binary has a directory");
+                cmd.env("NS_HA_BIN_SRC", tools);
+            }
+            let out = run(&mut cmd);
             if out.status.success() {
-                return Lab::attach(prefix);
+                return Lab::attach(prefix, installed);
             }
             last = describe(&format!("lab.sh up {prefix}"), &out);
             // A leftover lab with the same prefix: try another one.
@@ -196,18 +257,25 @@ impl Lab {
         panic!("cannot build the lab (tests need root and `ip netns`): {last}");
     }
 
-    fn attach(prefix: String) -> Lab {
+    fn attach(prefix: String, installed: Option<&Path>) -> Lab {
         let out = run(Command::new(lab_script()).args(["dir", &prefix]));
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let json = std::fs::read_to_string(dir.join("lab.json"))
             .unwrap_or_else(|e| panic!("cannot read {}/lab.json: {e}", dir.display()));
         let info = serde_json::from_str(&json).expect("lab.json is valid JSON");
-        Lab { prefix, dir, info }
+        let bin_dir = installed.map_or_else(|| dir.join("bin"), Path::to_path_buf);
+        Lab {
+            prefix,
+            dir,
+            info,
+            bin_dir,
+        }
     }
 
-    /// Path of an ns-ha tool as installed in this lab (`LABDIR/bin/NAME`).
+    /// Path of an ns-ha tool as this lab runs it (`LABDIR/bin/NAME`, or the
+    /// installed package's).
     pub fn bin(&self, name: &str) -> PathBuf {
-        let p = self.dir.join("bin").join(name);
+        let p = self.bin_dir.join(name);
         assert!(p.is_file(), "{} is not installed in the lab", p.display());
         p
     }
@@ -225,6 +293,14 @@ impl Lab {
     /// The contents of `lab.json` (prefix, namespaces, node roots, addresses).
     pub fn info(&self) -> &Value {
         &self.info
+    }
+
+    /// The SSH server the firewalls run (`ssh_server` of lab.json).
+    pub fn ssh_server(&self) -> SshServer {
+        match self.info["ssh_server"].as_str() {
+            Some("dropbear") => SshServer::Dropbear,
+            _ => SshServer::Openssh,
+        }
     }
 
     /// Namespace name of `node` (`fw1`, `fw2`, `lan`, `wan`, `sw`).

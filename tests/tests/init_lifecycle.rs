@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ns_ha_tests::cluster::{init, init_ok, pair, pair_only};
-use ns_ha_tests::{net, Lab};
+use ns_ha_tests::{net, Lab, SshServer};
 
 fn code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
@@ -113,7 +113,17 @@ fn vips_and_interfaces_are_removed_and_ha_disabled_on_both_nodes() {
 
 #[test]
 fn reset_nodes_can_be_paired_again() {
-    let lab = Lab::up();
+    reset_and_pair_again(SshServer::Openssh);
+}
+
+/// The same with dropbear as the SSH server: reset clears its key file (issue 11).
+#[test]
+fn reset_nodes_can_be_paired_again_over_dropbear() {
+    reset_and_pair_again(SshServer::Dropbear);
+}
+
+fn reset_and_pair_again(server: SshServer) {
+    let lab = Lab::up_with(server);
     pair(&lab);
     let refused = init(&lab, "fw1", &["reset"]);
     assert_eq!(
@@ -134,7 +144,7 @@ fn reset_nodes_can_be_paired_again() {
         }
     }
     assert!(!lab
-        .read("fw2", "root/.ssh/authorized_keys")
+        .read("fw2", server.authorized_keys())
         .contains("ns-ha-primary"));
     // A reset node is not part of a pair any more.
     let out = init(&lab, "fw1", &["show-config"]);

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use ns_ha_tests::{net, Lab};
+use ns_ha_tests::{net, Lab, SshServer};
 
 /// The README's example values and the lab's.
 const LAB_VALUES: &[(&str, &str)] = &[
@@ -96,6 +96,16 @@ fn for_the_lab(lab: &Lab, node: &str, script: &str, key: &str, fingerprint: &str
 
 #[test]
 fn the_readme_pairing_walkthrough_ends_with_a_clean_doctor() {
+    walkthrough_with(SshServer::Openssh);
+}
+
+/// The same walk-through with dropbear as both firewalls' SSH server (issue 11).
+#[test]
+fn the_readme_pairing_walkthrough_with_dropbear_ends_with_a_clean_doctor() {
+    walkthrough_with(SshServer::Dropbear);
+}
+
+fn walkthrough_with(server: SshServer) {
     let steps = walkthrough();
     assert!(
         steps.len() >= 8
@@ -106,7 +116,7 @@ fn the_readme_pairing_walkthrough_ends_with_a_clean_doctor() {
                 .starts_with("ns-ha-check doctor"),
         "the walk-through should end with ns-ha-check doctor"
     );
-    let lab = Lab::up();
+    let lab = Lab::up_with(server);
     let (mut key, mut fingerprint) = (String::new(), String::new());
     for step in &steps {
         let script = for_the_lab(&lab, step.node, &step.script, &key, &fingerprint);
@@ -129,6 +139,18 @@ fn the_readme_pairing_walkthrough_ends_with_a_clean_doctor() {
     }
     assert!(key.starts_with("ssh-ed25519 "), "{key}");
     assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    // The primary's line is in the file this server reads, and only there.
+    let body = key.split_whitespace().nth(1).expect("key body");
+    assert!(
+        lab.read("fw2", server.authorized_keys()).contains(body),
+        "{} lacks the primary's key",
+        server.authorized_keys()
+    );
+    for other in SshServer::ALL.into_iter().filter(|s| *s != server) {
+        let p = lab.path("fw2", other.authorized_keys());
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        assert!(!text.contains(body), "{} has the key too", p.display());
+    }
     // What the walk-through promises: fw1 holds the VIPs, fw2 does not.
     assert_eq!(lab.holders(net::LAN_VIP), ["fw1"]);
     assert_eq!(lab.holders(net::WAN_VIP), ["fw1"]);

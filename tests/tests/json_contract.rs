@@ -348,6 +348,13 @@ fn offline(ck: &mut Checker) {
         ("ns-ha-init enable", &["enable"]),
         ("ns-ha-init disable", &["disable"]),
         ("ns-ha-init reset", &["reset"]),
+        (
+            "ns-ha-init upgrade-remote",
+            &[
+                "upgrade-remote",
+                "/nonexistent/ns-ha-upgrade-probe_1.0_all.deb",
+            ],
+        ),
         ("ns-ha-sync list", &["list"]),
         ("ns-ha-sync push", &["push"]),
         ("ns-ha-sync diff", &["diff"]),
@@ -522,6 +529,13 @@ fn in_lab(ck: &mut Checker) {
         ),
     );
     let init = |args: &[&str]| lab_run(&lab, "fw1", "ns-ha-init", args);
+    ns_ha_tests::packages::dpkg_root(&lab, "fw2");
+    let debs = tempfile::tempdir().expect("tempdir");
+    let probe = ns_ha_tests::packages::probe_deb(debs.path(), "1.0");
+    ck.ok(
+        "ns-ha-init upgrade-remote",
+        &init(&["upgrade-remote", probe.to_str().expect("utf-8 path")]),
+    );
     ck.ok(
         "ns-ha-init add-lan",
         &init(&["add-lan", "--interface", net::WAN_IF, "--vip", &wan_vip]),

@@ -69,7 +69,13 @@ fn a_push_killed_anywhere_leaves_fw2_wholly_at_one_generation() {
         "begin", "file:1", "file:2", "staged", "journal", "op:1", "op:3", "op:5", "baseline",
         "applied", "done",
     ];
-    let crash_file = lab.path("fw2", "/var/lib/ns-ha/sync/crash-at");
+    // The sync's state dir as init-primary chose it for the node's platform.
+    let cluster: serde_json::Value =
+        serde_json::from_str(&lab.read("fw2", "/etc/ns-ha/cluster.json")).expect("cluster.json");
+    let state_dir = cluster["sync"]["state_dir"]
+        .as_str()
+        .expect("sync.state_dir");
+    let crash_file = lab.path("fw2", &format!("{state_dir}/crash-at"));
     let mut report = Vec::new();
     for (i, (side, step)) in sender_steps
         .iter()

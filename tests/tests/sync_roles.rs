@@ -20,7 +20,18 @@ fn crontab(lab: &ns_ha_tests::Lab, node: &str) -> String {
 
 #[test]
 fn master_only_cron_jobs_stay_disabled_on_the_backup_without_blocking_sync() {
-    let lab = paired_lab();
+    cron_jobs_and_sync(ns_ha_tests::SshServer::Openssh);
+}
+
+/// The same with dropbear as the backup's SSH server (issue 11): the role
+/// engine's push on becoming MASTER and the plain pushes go through it.
+#[test]
+fn master_only_cron_jobs_stay_disabled_on_the_backup_without_blocking_sync_over_dropbear() {
+    cron_jobs_and_sync(ns_ha_tests::SshServer::Dropbear);
+}
+
+fn cron_jobs_and_sync(server: ns_ha_tests::SshServer) {
+    let lab = paired_lab_with(server);
     let jobs = "0 3 * * * /usr/sbin/acme-renew\n*/5 * * * * /usr/sbin/logrotate\n";
     lab.write("fw1", CRONTAB, jobs);
     sync_ok(&lab, "fw1", &["push"]);

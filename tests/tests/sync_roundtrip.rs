@@ -9,7 +9,17 @@ use sync_support::*;
 
 #[test]
 fn created_changed_chmoded_deleted_on_fw1_shows_the_same_on_fw2() {
-    let lab = paired_lab();
+    roundtrip(ns_ha_tests::SshServer::Openssh);
+}
+
+/// The same with dropbear as the backup's SSH server (issue 11).
+#[test]
+fn created_changed_chmoded_deleted_on_fw1_shows_the_same_on_fw2_over_dropbear() {
+    roundtrip(ns_ha_tests::SshServer::Dropbear);
+}
+
+fn roundtrip(server: ns_ha_tests::SshServer) {
+    let lab = paired_lab_with(server);
     sync_ok(&lab, "fw1", &["push"]);
     assert_eq!(tree(&lab, "fw2"), tree(&lab, "fw1"));
     let g1 = generation(&lab, "fw2");

@@ -89,7 +89,17 @@ fn assert_refused(replies: &[Value], code: u64, needle: &str) {
 
 #[test]
 fn crafted_requests_and_impostors_are_refused_with_nothing_applied() {
-    let lab = paired_lab();
+    crafted_and_impostors(ns_ha_tests::SshServer::Openssh);
+}
+
+/// The same with dropbear as the backup's SSH server (issue 11).
+#[test]
+fn crafted_requests_and_impostors_are_refused_with_nothing_applied_over_dropbear() {
+    crafted_and_impostors(ns_ha_tests::SshServer::Dropbear);
+}
+
+fn crafted_and_impostors(server: ns_ha_tests::SshServer) {
+    let lab = paired_lab_with(server);
     sync_ok(&lab, "fw1", &["push"]);
     let before = guarded(&lab);
     let g = before.3;

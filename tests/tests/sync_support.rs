@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Output;
 
 use ns_ha_tests::cluster::{pair, tool};
-use ns_ha_tests::Lab;
+use ns_ha_tests::{Lab, SshServer};
 
 /// Paths the sync tests play with: all inside the OpenWrt default set.
 pub const TOPS: &[&str] = &[
@@ -52,7 +52,12 @@ pub fn code(out: &Output) -> i32 {
 /// A paired, enabled lab (fw1 MASTER) whose nodes are OpenWrt-like, with a
 /// first tree on fw1.
 pub fn paired_lab() -> Lab {
-    let lab = Lab::up();
+    paired_lab_with(SshServer::Openssh)
+}
+
+/// [`paired_lab`] with `server` as both firewalls' SSH server.
+pub fn paired_lab_with(server: SshServer) -> Lab {
+    let lab = Lab::up_with(server);
     pair(&lab);
     for node in ["fw1", "fw2"] {
         lab.write(node, "/etc/openwrt_release", "DISTRIB_ID='OpenWrt'\n");

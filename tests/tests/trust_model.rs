@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ns_ha_tests::cluster::{init, init_ok, pair_only};
-use ns_ha_tests::{bin, net, Lab};
+use ns_ha_tests::{bin, net, Lab, SshServer};
 use serde_json::{json, Value};
 use sync_support::{code, describe, frame_with, generation, replies_of, sync};
 
@@ -65,6 +65,69 @@ fn session(lab: &Lab, node: &str, bind: Option<&str>, target: &str, frames: &[Ve
     }
 }
 
+/// Where the primary's key must not work from: the LAN client, and fw1
+/// itself from its LAN and WAN addresses (node, source address, target).
+const ELSEWHERE: [(&str, Option<&str>, &str); 3] = [
+    ("lan", None, net::FW2_LAN),
+    ("fw1", Some(net::FW1_LAN), net::FW2_LAN),
+    ("fw1", Some(net::FW1_WAN), net::FW2_WAN),
+];
+
+/// From fw1's HA address (the route to fw2's HA address picks it): accepted.
+fn assert_accepted_from_the_ha_link(lab: &Lab, frames: &[Vec<u8>]) {
+    let ok = session(lab, "fw1", None, net::FW2_HA, frames);
+    assert_eq!(
+        ok.replies.first().map(|r| r["ok"].clone()),
+        Some(json!(true)),
+        "status {} stderr {}",
+        ok.status,
+        ok.stderr
+    );
+}
+
+/// The receiver's own refusal of a channel from elsewhere than the
+/// primary's HA address: one reply, code 7, naming that address.
+fn assert_refused_by_the_receiver(s: &Session) {
+    let first = s.replies.first().unwrap_or_else(|| {
+        panic!(
+            "no reply (status {}): {} {:?}",
+            s.status, s.stderr, s.replies
+        )
+    });
+    assert_eq!(first["ok"], json!(false), "{first}");
+    assert_eq!(first["code"], json!(7), "{first}");
+    assert!(
+        first["error"].as_str().is_some_and(|e| e.contains(&format!(
+            "only from the primary's HA address {}",
+            net::FW1_HA
+        ))),
+        "{first}"
+    );
+    assert_eq!(s.replies.len(), 1, "{:?}", s.replies);
+}
+
+/// dropbear refuses a key line with from=, so the line has the no-*
+/// options only and the receiver refuses every other source (issue 11).
+#[test]
+fn the_primarys_key_works_only_from_its_ha_address_over_dropbear() {
+    let lab = Lab::up_with(SshServer::Dropbear);
+    pair_only(&lab);
+    let line = lab.read("fw2", "/etc/dropbear/authorized_keys");
+    assert!(
+        line.starts_with(
+            "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-pty,command=\""
+        ),
+        "{line}"
+    );
+    assert!(!line.contains("from="), "{line}");
+    let frames = [hello(&lab)];
+    assert_accepted_from_the_ha_link(&lab, &frames);
+    for (node, bind, target) in ELSEWHERE {
+        let s = session(&lab, node, bind, target, &frames);
+        assert_refused_by_the_receiver(&s);
+    }
+}
+
 #[test]
 fn the_primarys_key_works_only_from_its_ha_address() {
     let lab = Lab::up();
@@ -75,21 +138,9 @@ fn the_primarys_key_works_only_from_its_ha_address() {
         "{line}"
     );
     let frames = [hello(&lab)];
-    // From fw1's HA address (the route to fw2's HA address picks it): accepted.
-    let ok = session(&lab, "fw1", None, net::FW2_HA, &frames);
-    assert_eq!(
-        ok.replies.first().map(|r| r["ok"].clone()),
-        Some(json!(true)),
-        "status {} stderr {}",
-        ok.status,
-        ok.stderr
-    );
+    assert_accepted_from_the_ha_link(&lab, &frames);
     // The same key from anywhere else: sshd refuses it before any command runs.
-    for (node, bind, target) in [
-        ("lan", None, net::FW2_LAN),
-        ("fw1", Some(net::FW1_LAN), net::FW2_LAN),
-        ("fw1", Some(net::FW1_WAN), net::FW2_WAN),
-    ] {
+    for (node, bind, target) in ELSEWHERE {
         let s = session(&lab, node, bind, target, &frames);
         assert_eq!(
             s.status, 255,
@@ -99,18 +150,15 @@ fn the_primarys_key_works_only_from_its_ha_address() {
         assert!(s.stderr.contains("Permission denied"), "{}", s.stderr);
         assert!(s.replies.is_empty(), "{:?}", s.replies);
     }
-    // A backup paired by an older release has the line without from= (the
-    // LAN client gets in); the next cluster install rewrites it.
+    // A backup paired by an older release has the line without from=: the
+    // LAN client gets past sshd, and the receiver itself refuses it (its
+    // SSH_CLIENT is not the primary's HA address); the next cluster install
+    // rewrites the line.
     let old = line.replace(&format!("from=\"{}\",", net::FW1_HA), "");
     assert_ne!(old, line);
     lab.write("fw2", "/root/.ssh/authorized_keys", &old);
     let open = session(&lab, "lan", None, net::FW2_LAN, &frames);
-    assert_eq!(
-        open.replies.first().map(|r| r["ok"].clone()),
-        Some(json!(true)),
-        "without from= the LAN client gets in: {}",
-        open.stderr
-    );
+    assert_refused_by_the_receiver(&open);
     init_ok(&lab, "fw1", &["add-lan", "--interface", net::LAN_IF]);
     assert_eq!(lab.read("fw2", "/root/.ssh/authorized_keys"), line);
     assert_eq!(

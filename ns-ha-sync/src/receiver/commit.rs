@@ -88,6 +88,13 @@ impl Receiver<'_> {
         if let Err(e) = ctx.state.record(&run) {
             log::warn!("cannot record the sync status: {e:#}");
         }
+        log::info!(
+            "applied generation {} from the primary: {} changed, {} deleted, {} kept",
+            txn.generation,
+            reply.changed,
+            reply.deleted,
+            reply.kept.len()
+        );
         self.hook_due = Some(
             journal
                 .changed

@@ -32,7 +32,8 @@ use ns_ha_common::control::{self, CONTROL_OPS};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::fsutil::NodeLock;
 use ns_ha_common::net::{InterfaceSource, IpCommand};
-use ns_ha_common::proto::{read_value, write_msg, Reply};
+use ns_ha_common::proto::{read_value, write_msg, Reply, UpgradeMessage, UPGRADE_OP};
+use ns_ha_common::upgrade::{self, UpgradeReply};
 use ns_ha_common::NodeRoot;
 
 use crate::journal;
@@ -190,6 +191,19 @@ impl<'a> Receiver<'a> {
                 .and_then(|o| o.as_str())
                 .unwrap_or("")
                 .to_string();
+            if op == UPGRADE_OP {
+                // The last request of its channel: after a refusal the
+                // blob may be partly unread, so nothing can follow it.
+                let reply = match self.upgrade(v, r) {
+                    Ok(data) => Reply::ok(data),
+                    Err(e) => {
+                        log::warn!("{op}: {e:#}");
+                        Reply::from_error(&e)
+                    }
+                };
+                write_msg(w, &reply)?;
+                return Ok(());
+            }
             if op == "file" {
                 if let Err(e) = self.file(v, r) {
                     let _ = write_msg(w, &Reply::from_error(&e));
@@ -289,6 +303,14 @@ impl<'a> Receiver<'a> {
             }
             SyncRequest::File { .. } => return Err(fail(Code::Peer, "file frame out of place")),
         })
+    }
+
+    /// `upgrade`: a package from the primary, installed by the package
+    /// manager if its hash is the declared one (see `ns_ha_common::upgrade`).
+    fn upgrade<R: Read>(&mut self, v: serde_json::Value, r: &mut R) -> Result<UpgradeReply> {
+        let UpgradeMessage::Upgrade(req) = serde_json::from_value(v)
+            .map_err(|e| fail(Code::Peer, format!("malformed upgrade request: {e}")))?;
+        upgrade::receive(&self.root, self.runner, &req, r)
     }
 
     /// This node must be a backup of the cluster greeted on this channel.

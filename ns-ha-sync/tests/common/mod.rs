@@ -59,6 +59,8 @@ fn node(role: Role, peer: Ipv4Addr) -> NodeConfig {
         peer_host_key: None,
         authorized_key_fingerprint: None,
         service_backend: Default::default(),
+        platform: Default::default(),
+        ssh_server: Default::default(),
     }
 }
 

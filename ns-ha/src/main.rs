@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    ns_ha::main_with_args(std::env::args_os())
+}
