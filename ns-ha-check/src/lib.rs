@@ -380,6 +380,36 @@ mod tests {
             rep.human
         );
         assert!(rep.human.contains("no answer on lan0 within 100 ms"));
+        assert!(!rep.human.contains("SPLIT BRAIN"), "{}", rep.human);
+        // A second holder of a VIP, as the monitor records it.
+        let mut split = state.clone();
+        split["split_brain"] = json!("10.99.1.254 on lan0 also answered by 02:00:00:00:00:02");
+        std::fs::write(root.path(paths::HEALTH_STATE), split.to_string()).unwrap();
+        let rep = run_with(&root, &["--json", "status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert_eq!(
+            rep.json["health"]["split_brain"],
+            "10.99.1.254 on lan0 also answered by 02:00:00:00:00:02"
+        );
+        let rep = run_with(&root, &["status"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(
+            rep.human
+                .contains("SPLIT BRAIN: 10.99.1.254 on lan0 also answered by 02:00:00:00:00:02"),
+            "{}",
+            rep.human
+        );
+        let rep = run_with(&root, &["metrics"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(
+            rep.human.contains("\nns_ha_split_brain 1\n"),
+            "{}",
+            rep.human
+        );
+        std::fs::write(root.path(paths::HEALTH_STATE), state.to_string()).unwrap();
+        let rep = run_with(&root, &["metrics"], &ifs, &FakePeer::healthy()).unwrap();
+        assert!(
+            rep.human.contains("\nns_ha_split_brain 0\n"),
+            "{}",
+            rep.human
+        );
         // A state older than 5 s: the monitor is not running.
         let mut old = state;
         old["updated_ms"] = json!(CLOCK_MS - 6000);

@@ -233,6 +233,12 @@ fn health_metrics(f: &mut Families, h: &serde_json::Value, now_ms: u64) {
             t,
         );
     }
+    f.one(
+        "ns_ha_split_brain",
+        "gauge",
+        "1 while this node is MASTER and another host answers ARP for one of its LAN VIPs.",
+        b(h["split_brain"].is_string()),
+    );
     for (name, field, help) in [
         (
             "ns_ha_alerts_sent_total",

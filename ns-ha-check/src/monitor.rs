@@ -13,6 +13,10 @@
 //! - `ns-ha.prom` in `health.metrics_dir`, if set, every 10 s (by running
 //!   `ns-ha-check metrics`, which asks the other tools).
 //!
+//! Every 10 s, while MASTER, it also asks the LAN who answers for each LAN
+//! VIP (`ns-ha-vip who-holds`): a second holder is a split brain, alerted
+//! once and shown in the state until it clears.
+//!
 //! Alerts run the hook on a thread of their own, so a slow mail script
 //! never delays a decision. A changed cluster config is picked up within
 //! two seconds; the verdict (and a hold-down in progress) is kept.
@@ -40,6 +44,7 @@ use ns_ha_common::NodeRoot;
 
 use crate::alert::AlertSender;
 use crate::probe::{IcmpPinger, Pinger, ServiceProbe, SystemServiceProbe};
+use crate::tools::ToolQuery;
 use crate::verdict::{CheckKind, Outcome, Verdict};
 
 /// One check the monitor runs.
@@ -147,24 +152,72 @@ enum Msg {
     Master(bool),
     /// The sync's last attempt: ok, and its error.
     Sync(bool, String),
+    /// The split-brain round: the second holders found (None: none).
+    SplitBrain(Option<String>),
 }
 
 /// How often the sync's status is read and the metrics file rewritten.
 const SLOW_PERIOD: Duration = Duration::from_secs(10);
 
+/// The LAN VIPs of the cluster (not the HA link's heartbeat VIP): the
+/// addresses a second holder would take clients from.
+pub fn lan_vips(cluster: &ClusterConfig) -> Vec<Ipv4Addr> {
+    vips::cluster_vips(cluster)
+        .into_iter()
+        .filter(|v| !v.heartbeat)
+        .map(|v| v.vip.addr)
+        .collect()
+}
+
+/// One split-brain round on a MASTER: ask the LAN who holds each VIP
+/// (`ns-ha-vip who-holds VIP --json`, a real ARP request) and name the VIPs
+/// this node holds that another MAC also answers for (`conflict`). A VIP
+/// the tool cannot ask about is logged and skipped, not counted as either.
+pub fn split_brain_round(q: &dyn ToolQuery, root: &NodeRoot, vips: &[Ipv4Addr]) -> Option<String> {
+    let mut found = Vec::new();
+    for v in vips {
+        let vip = v.to_string();
+        match q.query(root, "ns-ha-vip", &["who-holds", &vip]) {
+            Ok(a) if a.doc["conflict"].as_bool() == Some(true) => found.push(format!(
+                "{vip} on {} also answered by {}",
+                a.doc["interface"].as_str().unwrap_or("?"),
+                a.doc["mac"].as_str().unwrap_or("?")
+            )),
+            Ok(_) => {}
+            Err(e) => log::warn!("split-brain check of {vip}: {e:#}"),
+        }
+    }
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
 /// The slow jobs, on a thread of their own: read the sync's status (for
-/// its alerts) through `ns-ha-sync status --json --local`, and rewrite the
-/// textfile metrics with `ns-ha-check metrics` (both run other tools, which
-/// a check thread must not wait for).
-fn spawn_slow(root: &NodeRoot, metrics_dir: Option<String>, tx: &Sender<Msg>) -> Workers {
+/// its alerts) through `ns-ha-sync status --json --local`; while this node
+/// is MASTER, look for a second holder of its LAN VIPs
+/// ([`split_brain_round`]); and rewrite the textfile metrics with
+/// `ns-ha-check metrics`. All run other tools, which a check thread must
+/// not wait for.
+fn spawn_slow(
+    root: &NodeRoot,
+    cluster: &ClusterConfig,
+    master: &Arc<AtomicBool>,
+    tx: &Sender<Msg>,
+) -> Workers {
     let stop = Arc::new(AtomicBool::new(false));
     let (root, tx, stop2) = (root.clone(), tx.clone(), stop.clone());
+    let (master, lan) = (master.clone(), lan_vips(cluster));
+    let metrics_dir = cluster.health.metrics_dir.clone();
     let handle = std::thread::spawn(move || {
         let runner = SystemRunner;
         let tools = crate::tools::ToolRunner { runner: &runner };
         let mut next = Instant::now() + Duration::from_secs(2);
         while pause_until(next, &stop2) {
             next += SLOW_PERIOD;
+            let found = if master.load(Ordering::SeqCst) {
+                split_brain_round(&tools, &root, &lan)
+            } else {
+                None
+            };
+            let _ = tx.send(Msg::SplitBrain(found));
             match crate::tools::sync_status(&tools, &root) {
                 Ok(s) => {
                     if let Some(a) = s.last_attempt {
@@ -447,7 +500,9 @@ pub fn run(root: &NodeRoot) -> Result<()> {
         verdict.add_check(&c.id, c.kind, started);
     }
     let mut workers = spawn(root, &cluster, role, &checks, &tx)?;
-    let mut slow = spawn_slow(root, cluster.health.metrics_dir.clone(), &tx);
+    // The verdict's MASTER flag, for the slow thread's split-brain round.
+    let master = Arc::new(AtomicBool::new(false));
+    let mut slow = spawn_slow(root, &cluster, &master, &tx);
     let alerts = AlertSender::start(root.clone(), role);
     let mut out = Outputs::new(root.clone(), role);
     out.track(&cluster.health, verdict.track_value())?;
@@ -473,6 +528,7 @@ pub fn run(root: &NodeRoot) -> Result<()> {
             // The loop holds a sender itself: the channel never disconnects.
             Err(RecvTimeoutError::Disconnected) => {}
         }
+        master.store(verdict.master == Some(true), Ordering::SeqCst);
         let now = now_ms();
         if let Some(d) = verdict.evaluate(now) {
             log::warn!(
@@ -523,7 +579,7 @@ pub fn run(root: &NodeRoot) -> Result<()> {
                         }
                         workers = spawn(root, &cluster, role, &checks, &tx)?;
                         slow.stop();
-                        slow = spawn_slow(root, cluster.health.metrics_dir.clone(), &tx);
+                        slow = spawn_slow(root, &cluster, &master, &tx);
                         out.track(&cluster.health, verdict.track_value())?;
                     }
                     Ok(_) => {}
@@ -540,6 +596,7 @@ fn apply(v: &mut Verdict, m: Msg) {
         Msg::Outcome(id, o) => v.observe(&id, o, now),
         Msg::Master(b) => v.set_master(b, now),
         Msg::Sync(ok, e) => v.set_sync(ok, &e, now),
+        Msg::SplitBrain(found) => v.set_split_brain(found, now),
     }
 }
 
@@ -698,6 +755,39 @@ mod tests {
         );
         assert_eq!(o.ok, Some(false));
         assert!(o.detail.contains("no DNS answer from 10.99.1.254:53"));
+    }
+
+    #[test]
+    fn a_split_brain_round_names_the_vips_another_mac_answers_for() {
+        use crate::tools::tests::ReplayTools;
+        let d = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(d.path()).unwrap();
+        let c = sample_cluster();
+        let vips = lan_vips(&c);
+        assert_eq!(vips, vec!["10.99.1.254".parse::<Ipv4Addr>().unwrap()]);
+        let q = ReplayTools::default();
+        q.answer(
+            "ns-ha-vip who-holds",
+            0,
+            include_str!("../tests/fixtures/fw1-who-holds-local.json"),
+        );
+        assert_eq!(split_brain_round(&q, &root, &vips), None);
+        q.answer(
+            "ns-ha-vip who-holds",
+            0,
+            include_str!("../tests/fixtures/fw1-who-holds-split.json"),
+        );
+        assert_eq!(
+            split_brain_round(&q, &root, &vips).as_deref(),
+            Some("10.99.1.254 on lan0 also answered by 02:00:00:00:00:02")
+        );
+        // A tool that fails is no evidence either way.
+        q.answer(
+            "ns-ha-vip who-holds",
+            5,
+            r#"{"error":"interface lan0 does not exist on this node","code":5}"#,
+        );
+        assert_eq!(split_brain_round(&q, &root, &vips), None);
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub struct HealthView {
     pub fit: bool,
     pub reason: String,
     pub checks: Vec<HealthCheckView>,
+    /// The LAN VIPs another MAC answers for while this node is MASTER
+    /// (None: no split brain seen in the last round).
+    pub split_brain: Option<String>,
     /// `{unix_ms, priority, track_value, fit, master, reason}`, oldest first.
     pub decisions: Vec<serde_json::Value>,
 }
@@ -134,6 +137,7 @@ pub fn health_view(state: &serde_json::Value, now_ms: u64) -> HealthView {
         fit: state["fit"].as_bool().unwrap_or(false),
         reason: state["reason"].as_str().unwrap_or_default().into(),
         checks,
+        split_brain: state["split_brain"].as_str().map(str::to_string),
         decisions: state["decisions"].as_array().cloned().unwrap_or_default(),
     }
 }
@@ -353,6 +357,9 @@ pub fn render(s: &NodeStatus) -> String {
                 }
             ),
         );
+        if let Some(sb) = &h.split_brain {
+            line(&mut w, "", format!("SPLIT BRAIN: {sb}"));
+        }
         for c in &h.checks {
             line(
                 &mut w,

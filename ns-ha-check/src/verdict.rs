@@ -99,7 +99,7 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// `failover`, `health-failing`, `health-recovered`, `sync-failing`,
-    /// `sync-recovered`, `split-brain`.
+    /// `sync-recovered`, `split-brain`, `split-brain-recovered`.
     pub event: String,
     pub unix_ms: u64,
     /// The check, or the node's new state.
@@ -132,6 +132,10 @@ pub struct Verdict {
     pub transitions: u64,
     /// Whether the last sync attempt succeeded (None: not known yet).
     pub sync_ok: Option<bool>,
+    /// While this node is MASTER and another host answers ARP for one of
+    /// its LAN VIPs: which VIPs and MACs (None: no second holder seen).
+    #[serde(default)]
+    pub split_brain: Option<String>,
     #[serde(skip)]
     fall: u32,
     #[serde(skip)]
@@ -159,6 +163,7 @@ impl Verdict {
             decisions: VecDeque::new(),
             transitions: 0,
             sync_ok: None,
+            split_brain: None,
             fall: settings.fall,
             rise: settings.rise,
             service_fall: settings.service_fall,
@@ -417,6 +422,27 @@ impl Verdict {
             detail: detail.into(),
         });
     }
+
+    /// The slow thread's split-brain round: an event when a second holder
+    /// appears (`split-brain`) and when none is left (`split-brain-recovered`),
+    /// not again while it persists (a changed detail only updates the state).
+    pub fn set_split_brain(&mut self, found: Option<String>, now_ms: u64) {
+        let (event, detail) = match (&self.split_brain, &found) {
+            (None, Some(d)) => ("split-brain", d.clone()),
+            (Some(d), None) => ("split-brain-recovered", format!("no other holder of {d}")),
+            _ => {
+                self.split_brain = found;
+                return;
+            }
+        };
+        self.split_brain = found;
+        self.pending.push(Event {
+            event: event.into(),
+            unix_ms: now_ms,
+            subject: "vip".into(),
+            detail,
+        });
+    }
 }
 
 fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -589,6 +615,27 @@ mod tests {
         assert_eq!(m.checks["service:dnsmasq"].state, CheckState::Failing);
         m.evaluate(100_000);
         assert!(!m.fit);
+    }
+
+    #[test]
+    fn split_brain_alerts_once_per_change() {
+        let mut v = Verdict::new(&settings(), 150, 0);
+        v.set_split_brain(None, 1);
+        assert!(v.take_events().is_empty(), "nothing found, nothing said");
+        v.set_split_brain(Some("10.99.1.254 also at 02:00:00:00:00:02".into()), 2);
+        v.set_split_brain(Some("10.99.1.254 also at 02:00:00:00:00:03".into()), 3);
+        let ev = v.take_events();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].event, "split-brain");
+        assert!(ev[0].detail.contains("02:00:00:00:00:02"), "{ev:?}");
+        assert!(v.split_brain.as_deref().unwrap().contains(":03"));
+        v.set_split_brain(None, 4);
+        v.set_split_brain(None, 5);
+        let ev = v.take_events();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].event, "split-brain-recovered");
+        assert!(ev[0].detail.contains("10.99.1.254"), "{ev:?}");
+        assert_eq!(v.split_brain, None);
     }
 
     #[test]

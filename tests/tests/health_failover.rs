@@ -3,7 +3,8 @@
 //! gateway unreachable, master-only service dead), and only then: both
 //! nodes unhealthy in the same way keep the master, a merely restarting
 //! service moves nothing, and a node that gave up takes the VIPs back only
-//! after the hold-down, once.
+//! after the hold-down, once. Alerts: one per failover, and one when a
+//! second host answers for the master's LAN VIP (and one when it stops).
 
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -246,10 +247,9 @@ fn a_dead_master_service_moves_the_vips_a_restart_does_not() {
     assert!(held.iter().all(|h| h.as_slice() == ["fw2"]), "{held:?}");
 }
 
-#[test]
-fn a_failover_runs_the_alert_hook_once() {
-    let lab = Lab::up();
-    pair(&lab);
+/// Install an alert hook on both nodes that appends each event to
+/// `/var/log/alerts.jsonl`, and configure it.
+fn install_alert_hook(lab: &Lab) {
     let hook = "/usr/local/sbin/ns-ha-lab-alert";
     for fw in ["fw1", "fw2"] {
         let log = lab.path(fw, "/var/log/alerts.jsonl");
@@ -261,7 +261,22 @@ fn a_failover_runs_the_alert_hook_once() {
         .unwrap();
     }
     // The hook path is a node path: each node's monitor runs its own.
-    set_health(&lab, &lab_health(json!({ "alert_hook": hook })));
+    set_health(lab, &lab_health(json!({ "alert_hook": hook })));
+}
+
+/// The events the hook of `fw` received so far.
+fn alerts(lab: &Lab, fw: &str) -> Vec<serde_json::Value> {
+    { std::fs::read_to_string(lab.path(fw, "/var/log/alerts.jsonl")).unwrap_or_default() }
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document per hook run"))
+        .collect()
+}
+
+#[test]
+fn a_failover_runs_the_alert_hook_once() {
+    let lab = Lab::up();
+    pair(&lab);
+    install_alert_hook(&lab);
     assert!(wait_all_ok(&lab, &LINKS, Duration::from_secs(15)));
     std::thread::sleep(Duration::from_secs(6)); // fw2 a settled BACKUP
     lab.crash("fw1");
@@ -274,12 +289,7 @@ fn a_failover_runs_the_alert_hook_once() {
     std::thread::sleep(Duration::from_secs(3));
     let events: Vec<serde_json::Value> = ["fw1", "fw2"]
         .iter()
-        .flat_map(|fw| {
-            { std::fs::read_to_string(lab.path(fw, "/var/log/alerts.jsonl")).unwrap_or_default() }
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("one JSON document per hook run"))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|fw| alerts(&lab, fw))
         .collect();
     let failovers: Vec<_> = events.iter().filter(|e| e["event"] == "failover").collect();
     assert_eq!(failovers.len(), 1, "{events:?}");
@@ -289,4 +299,56 @@ fn a_failover_runs_the_alert_hook_once() {
     assert!(f["unix_ms"].as_u64().unwrap() > 0);
     assert_eq!(f["cluster_id"].as_str().unwrap().len(), 32);
     assert!(f["detail"].is_string());
+}
+
+#[test]
+fn a_second_holder_of_the_lan_vip_is_alerted_once_and_its_end_too() {
+    let lab = Lab::up();
+    pair(&lab);
+    install_alert_hook(&lab);
+    assert!(wait_all_ok(&lab, &LINKS, Duration::from_secs(15)));
+    assert!(lab.has_addr("fw1", net::LAN_VIP), "fw1 is MASTER");
+    let split = |fw: &str, event: &str| {
+        alerts(&lab, fw)
+            .into_iter()
+            .filter(|e| e["event"] == event)
+            .collect::<Vec<_>>()
+    };
+    let vip = format!("{}/24", net::LAN_VIP);
+    lab.exec_ok("fw2", &["ip", "addr", "add", &vip, "dev", net::LAN_IF]);
+    // The monitor looks every 10 s.
+    assert!(
+        wait_until(Duration::from_secs(25), Duration::from_millis(200), || {
+            !split("fw1", "split-brain").is_empty()
+        }),
+        "no split-brain alert on fw1: {:?}",
+        alerts(&lab, "fw1")
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&tool_ok(&lab, "fw1", "ns-ha-check", &["--json", "status"]))
+            .expect("status --json is JSON");
+    let sb = status["health"]["split_brain"].as_str().unwrap_or_default();
+    assert!(sb.contains(net::LAN_VIP), "{status}");
+    // It persists for two more rounds: still one alert.
+    std::thread::sleep(Duration::from_secs(21));
+    let raised = split("fw1", "split-brain");
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0]["subject"], "vip");
+    assert!(
+        raised[0]["detail"].as_str().unwrap().contains(net::LAN_VIP),
+        "{raised:?}"
+    );
+    lab.exec_ok("fw2", &["ip", "addr", "del", &vip, "dev", net::LAN_IF]);
+    assert!(
+        wait_until(Duration::from_secs(25), Duration::from_millis(200), || {
+            !split("fw1", "split-brain-recovered").is_empty()
+        }),
+        "no recovery alert on fw1: {:?}",
+        alerts(&lab, "fw1")
+    );
+    assert_eq!(split("fw1", "split-brain").len(), 1);
+    let status: serde_json::Value =
+        serde_json::from_str(&tool_ok(&lab, "fw1", "ns-ha-check", &["--json", "status"]))
+            .expect("status --json is JSON");
+    assert!(status["health"]["split_brain"].is_null(), "{status}");
 }
