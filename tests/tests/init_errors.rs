@@ -9,12 +9,19 @@ use std::process::Output;
 use ns_ha_tests::cluster::{init, pair};
 use ns_ha_tests::{net, Lab};
 
-/// Every file under the nodes' /etc and /root with its contents.
+/// Every file under the nodes' /etc and /root with its contents, but the
+/// sync's own state dir (under /etc on the OpenWrt layout): the new master's
+/// role engine pushes in the background after `enable`, on its own schedule.
 fn snapshot(lab: &Lab) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     for fw in ["fw1", "fw2"] {
+        // The OpenWrt layout's sync state dir (common::platform).
+        let state_dir = lab.path(fw, "/etc/ns-ha-sync");
         for top in ["etc", "root"] {
             walk(&lab.root(fw).join(top), &mut |p| {
+                if p.starts_with(&state_dir) {
+                    return;
+                }
                 files.insert(
                     p.display().to_string(),
                     std::fs::read(p).unwrap_or_default(),
