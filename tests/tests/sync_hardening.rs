@@ -88,7 +88,7 @@ fn a_path_that_changes_type_never_wedges_the_backup() {
         "fw2",
         &format!(
             "find {} -path '*etc/nginx/sites/*'",
-            lab.path("fw2", "/var/lib/ns-ha/sync/displaced").display()
+            lab.path("fw2", "/etc/ns-ha-sync/displaced").display()
         ),
     );
     assert!(
@@ -103,7 +103,7 @@ fn a_path_that_changes_type_never_wedges_the_backup() {
     sync_ok(&lab, "fw1", &["push"]);
     std::fs::remove_dir_all(lab.path("fw1", "/etc/nginx/conf.d/extra")).unwrap();
     lab.write("fw1", "/etc/nginx/conf.d/extra", "# a file\n");
-    let crash = lab.path("fw2", "/var/lib/ns-ha/sync/crash-at");
+    let crash = lab.path("fw2", "/etc/ns-ha-sync/crash-at");
     std::fs::write(&crash, "journal").unwrap();
     let out = sync(&lab, "fw1", &["push"]);
     assert!(!out.status.success(), "{}", describe(&out));
@@ -144,7 +144,7 @@ fn an_edit_made_on_the_backup_while_it_stages_is_kept_and_reported() {
         .and_then(|f| f.set_len(200 << 20))
         .unwrap();
     lab.write("fw1", "/etc/config/dhcp", "config dnsmasq from fw1\n");
-    let staging = lab.path("fw2", "/var/lib/ns-ha/sync/staging");
+    let staging = lab.path("fw2", "/etc/ns-ha-sync/staging");
     let started = Instant::now();
     let (out, edited_after) = std::thread::scope(|s| {
         let push = s.spawn(|| tool(&lab, "fw1", "ns-ha-sync", &["--json", "push"]));

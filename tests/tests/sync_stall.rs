@@ -53,7 +53,7 @@ fn spawn_push(lab: &Lab) -> Child {
 
 /// Bytes staged so far on fw2 (the transfer is under way once they grow).
 fn staged_bytes(lab: &Lab) -> u64 {
-    let dir = lab.path("fw2", "/var/lib/ns-ha/sync/staging");
+    let dir = lab.path("fw2", "/etc/ns-ha-sync/staging");
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.metadata().ok())
