@@ -20,7 +20,7 @@ use sync_support::*;
 
 /// Where `ns-ha-init` puts the sync state on an OpenWrt node (on flash; the
 /// README and `common::sync_config::OPENWRT_STATE_DIR` say the same).
-const OPENWRT_STATE_DIR: &str = "/etc/ns-ha/sync-state";
+const OPENWRT_STATE_DIR: &str = "/etc/ns-ha-sync";
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout)
