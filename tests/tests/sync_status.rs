@@ -19,7 +19,7 @@ use serde_json::Value;
 use sync_support::*;
 
 /// Where `ns-ha-init` puts the sync state on an OpenWrt node (on flash; the
-/// README and `common::sync_config::OPENWRT_STATE_DIR` say the same).
+/// platform layout, `common::platform`, says so; the README too).
 const OPENWRT_STATE_DIR: &str = "/etc/ns-ha-sync";
 
 fn json(out: &std::process::Output) -> Value {
