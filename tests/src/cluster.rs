@@ -88,9 +88,8 @@ pub fn pair_only(lab: &Lab) {
     init_ok(lab, "fw1", &["pair", "--host-key-fingerprint", &fp]);
 }
 
-/// Pair, add the LAN (VIP .254) and the WAN (VIP .254) and enable; waits
-/// until fw1 holds the LAN VIP and fw2 does not.
-pub fn pair(lab: &Lab) {
+/// Pair and add the LAN (VIP .254) and the WAN (VIP .254), not enabled yet.
+pub fn pair_with_lans(lab: &Lab) {
     pair_only(lab);
     let lan_vip = format!("{}/24", net::LAN_VIP);
     let wan_vip = format!("{}/24", net::WAN_VIP);
@@ -104,6 +103,12 @@ pub fn pair(lab: &Lab) {
         "fw1",
         &["add-lan", "--interface", net::WAN_IF, "--vip", &wan_vip],
     );
+}
+
+/// Pair, add the LAN (VIP .254) and the WAN (VIP .254) and enable; waits
+/// until fw1 holds the LAN VIP and fw2 does not.
+pub fn pair(lab: &Lab) {
+    pair_with_lans(lab);
     init_ok(lab, "fw1", &["enable"]);
     assert!(
         lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(15))

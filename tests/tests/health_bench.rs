@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ns_ha_tests::cluster::{configure_dnsmasq, init_ok, pair_only, role_status};
+use ns_ha_tests::cluster::{configure_dnsmasq, init_ok, pair_with_lans, role_status};
 use ns_ha_tests::health::{
     handovers, lab_health, longest_gap_ms, set_health, state, wait_all_ok, Pinger,
 };
@@ -25,19 +25,7 @@ const LINKS: [&str; 3] = ["interfaces", "reach:lan0", "reach:wan0"];
 
 /// Pair with the advert interval from NS_HA_ADVERT_MS (if set), LAN and WAN, enable.
 fn pair_with_advert(lab: &Lab) -> Option<u32> {
-    pair_only(lab);
-    let lan_vip = format!("{}/24", net::LAN_VIP);
-    let wan_vip = format!("{}/24", net::WAN_VIP);
-    init_ok(
-        lab,
-        "fw1",
-        &["add-lan", "--interface", net::LAN_IF, "--vip", &lan_vip],
-    );
-    init_ok(
-        lab,
-        "fw1",
-        &["add-lan", "--interface", net::WAN_IF, "--vip", &wan_vip],
-    );
+    pair_with_lans(lab);
     let advert: Option<u32> = std::env::var("NS_HA_ADVERT_MS")
         .ok()
         .and_then(|v| v.parse().ok());
