@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use ns_ha_tests::cluster::tool;
-use ns_ha_tests::{bin, net, Lab};
+use ns_ha_tests::{bin, net, wait_until, Lab};
 
 const TOOLS: [&str; 5] = [
     "ns-ha-init",
@@ -569,7 +569,16 @@ fn in_lab(ck: &mut Checker) {
     );
 
     // A failed action (dnsmasq's config removed): apply fails with its passes.
+    // The role engine starts dnsmasq on becoming MASTER, after the VIP is up:
+    // wait for that start, then stop dnsmasq without its config, so apply's own
+    // start is the one that fails (a running dnsmasq is "unchanged").
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(100), || lab
+            .status("fw1", "dnsmasq")),
+        "the MASTER role did not start dnsmasq on fw1"
+    );
     std::fs::remove_file(lab.path("fw1", "/etc/dnsmasq.conf")).expect("remove dnsmasq.conf");
+    lab.stop("fw1", "dnsmasq");
     let role_fw1 = |args: &[&str]| lab_run(&lab, "fw1", "ns-ha-role", args);
     let a = ck.failed_with_data("ns-ha-role apply", &role_fw1(&["apply"]));
     assert_eq!(a["code"], 9, "{a}");
