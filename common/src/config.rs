@@ -23,6 +23,7 @@ use crate::role_config::RoleSettings;
 use crate::root::{paths, NodeRoot};
 use crate::service::ServiceBackend;
 use crate::sync_config::SyncSettings;
+use crate::wan::{Ipv4Method, Wan, WanDevice};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -79,6 +80,9 @@ pub struct ClusterConfig {
     /// Health checks, the monitor's failover rules, metrics and alerts.
     #[serde(default)]
     pub health: HealthSettings,
+    /// Takeover WANs: defined once, up only on the MASTER (`ns-ha-init add-wan`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wans: Vec<Wan>,
 }
 
 /// The dedicated link between the two firewalls.
@@ -140,6 +144,10 @@ pub struct LanInterface {
     pub backup_address: Ipv4Cidr,
     #[serde(default)]
     pub vips: Vec<Ipv4Cidr>,
+    /// A WAN in `vip` mode (`add-wan --mode vip`): configured like a LAN,
+    /// shown as a WAN.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wan: bool,
 }
 
 /// How the primary reaches the backup's sshd.
@@ -183,6 +191,7 @@ impl ClusterConfig {
             sync: SyncSettings::default(),
             roles: RoleSettings::default(),
             health: HealthSettings::default(),
+            wans: Vec::new(),
         }
     }
 
@@ -301,10 +310,102 @@ impl ClusterConfig {
                 }
             }
         }
+        self.validate_wans()?;
         self.sync.validate()?;
         self.roles.validate(&self.tracked_interfaces())?;
         self.health
             .validate(&self.tracked_interfaces(), v.priority_backup)?;
+        Ok(())
+    }
+
+    /// The takeover WAN on `interface`.
+    pub fn wan(&self, interface: &str) -> Option<&Wan> {
+        self.wans.iter().find(|w| w.interface == interface)
+    }
+
+    /// The takeover WANs, each on its own and against the HA link, the LANs
+    /// and each other (refused with the fix, exit 3).
+    fn validate_wans(&self) -> Result<()> {
+        for (i, w) in self.wans.iter().enumerate() {
+            self.check_wan_against(w, &self.wans[..i])?;
+        }
+        Ok(())
+    }
+
+    /// Check a takeover WAN about to be added against the cluster as it is.
+    pub fn check_new_wan(&self, wan: &Wan) -> Result<()> {
+        self.check_wan_against(wan, &self.wans)
+    }
+
+    fn check_wan_against(&self, w: &Wan, others: &[Wan]) -> Result<()> {
+        let bad = |m: String| Err(fail(Code::InvalidInput, m));
+        w.validate()?;
+        let name = &w.interface;
+        let ha = &self.ha.interface;
+        let mut names: Vec<&str> = vec![name.as_str()];
+        names.extend(w.needed_devices());
+        for n in &names {
+            if *n == ha {
+                let what = if *n == name.as_str() {
+                    "a WAN".to_string()
+                } else {
+                    format!("under the {} WAN {name}", w.device.kind())
+                };
+                return bad(format!(
+                    "the HA interface {ha} cannot be {what}: the HA link must be a physical interface of its own (no bond, bridge, VLAN or PPPoE on it)"
+                ));
+            }
+            if self.lan(n).is_some() {
+                return bad(format!(
+                    "interface {n} is a LAN of the cluster: a WAN needs an interface of its own (remove-interface first to turn it into a WAN)"
+                ));
+            }
+        }
+        if let WanDevice::Pppoe { parent, .. } = &w.device {
+            if let Some(p) = others.iter().find(|o| &o.interface == parent) {
+                if !matches!(p.device, WanDevice::Physical | WanDevice::Vlan { .. }) {
+                    return bad(format!(
+                        "WAN {name}: PPPoE on the {} {parent} is not supported: put PPPoE on a physical or VLAN interface",
+                        p.device.kind()
+                    ));
+                }
+            }
+        }
+        let subnet = |c: &Ipv4Cidr| format!("{}/{}", c.network(), c.prefix);
+        if let Some(Ipv4Method::Static { address, .. }) = &w.ipv4 {
+            let mut taken: Vec<(String, Ipv4Cidr)> =
+                vec![(format!("the HA link {ha}"), self.ha.primary_address)];
+            taken.extend(
+                self.lans
+                    .iter()
+                    .map(|l| (format!("LAN {}", l.interface), l.primary_address)),
+            );
+            for o in others {
+                if let Some(Ipv4Method::Static { address, .. }) = &o.ipv4 {
+                    taken.push((format!("WAN {}", o.interface), *address));
+                }
+            }
+            for (what, c) in taken {
+                if overlaps(address, &c) {
+                    return bad(format!(
+                        "WAN {name} (subnet {}) overlaps {what} (subnet {}): give the WAN the ISP's subnet",
+                        subnet(address),
+                        subnet(&c)
+                    ));
+                }
+            }
+        }
+        for o in others {
+            let theirs: Vec<&str> = std::iter::once(o.interface.as_str())
+                .chain(o.needed_devices())
+                .collect();
+            if let Some(n) = names.iter().find(|n| theirs.contains(n)) {
+                return bad(format!(
+                    "interface {n} is already used by WAN {}: each WAN needs devices of its own",
+                    o.interface
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -649,6 +750,7 @@ mod tests {
             primary_address: primary.parse().unwrap(),
             backup_address: backup.parse().unwrap(),
             vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
+            wan: false,
         }
     }
 
@@ -746,6 +848,100 @@ mod tests {
         assert_eq!(code, Code::InvalidInput);
         assert!(
             msg.contains("eth0.1") && msg.contains("eth0_1") && msg.contains("lan_eth0_1"),
+            "{msg}"
+        );
+    }
+
+    fn wan(interface: &str, device: WanDevice, v4: Option<&str>) -> Wan {
+        Wan {
+            interface: interface.into(),
+            device,
+            ipv4: v4.map(|a| Ipv4Method::Static {
+                address: a.parse().unwrap(),
+                gateway: None,
+            }),
+            ipv6: None,
+            mac: None,
+        }
+    }
+
+    #[test]
+    fn takeover_wans_are_checked_against_the_ha_link_lans_and_each_other() {
+        let mut c = sample();
+        c.wans
+            .push(wan("wan1", WanDevice::Physical, Some("10.99.3.1/24")));
+        c.validate().unwrap();
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterConfig>(&text).unwrap(), c);
+        // The HA interface under a bond, a bridge, a VLAN.
+        for device in [
+            WanDevice::Bond {
+                members: vec!["ha0".into(), "eth5".into()],
+            },
+            WanDevice::Bridge {
+                members: vec!["ha0".into()],
+            },
+        ] {
+            let mut c = sample();
+            c.wans.push(wan("bond0", device, Some("10.99.3.1/24")));
+            let (code, msg) = refusal(&c);
+            assert_eq!(code, Code::InvalidInput);
+            assert!(
+                msg.contains("HA interface ha0") && msg.contains("physical interface of its own"),
+                "{msg}"
+            );
+        }
+        let mut c = sample();
+        c.wans.push(wan(
+            "ha0.7",
+            WanDevice::Vlan {
+                parent: "ha0".into(),
+                id: 7,
+            },
+            Some("10.99.3.1/24"),
+        ));
+        assert!(refusal(&c).1.contains("HA interface ha0"));
+        // A LAN as a WAN, overlapping subnets, one device in two WANs.
+        let mut c = sample();
+        c.wans
+            .push(wan("lan0", WanDevice::Physical, Some("10.99.3.1/24")));
+        assert!(refusal(&c).1.contains("lan0 is a LAN of the cluster"));
+        let mut c = sample();
+        c.wans
+            .push(wan("wan1", WanDevice::Physical, Some("10.99.1.50/24")));
+        assert!(refusal(&c).1.contains("overlaps LAN lan0"));
+        let mut c = sample();
+        c.wans
+            .push(wan("wan1", WanDevice::Physical, Some("10.99.3.1/24")));
+        c.wans.push(wan(
+            "br-wan",
+            WanDevice::Bridge {
+                members: vec!["wan1".into()],
+            },
+            Some("10.99.4.1/24"),
+        ));
+        assert!(refusal(&c).1.contains("already used by WAN wan1"));
+        // PPPoE on a bridge WAN.
+        let mut c = sample();
+        c.wans.push(wan(
+            "br-wan",
+            WanDevice::Bridge {
+                members: vec!["eth1".into()],
+            },
+            Some("10.99.4.1/24"),
+        ));
+        c.wans.push(wan(
+            "pppoe-wan",
+            WanDevice::Pppoe {
+                parent: "br-wan".into(),
+                user: "me".into(),
+            },
+            None,
+        ));
+        let (code, msg) = refusal(&c);
+        assert_eq!(code, Code::InvalidInput);
+        assert!(
+            msg.contains("PPPoE on the bridge br-wan is not supported"),
             "{msg}"
         );
     }

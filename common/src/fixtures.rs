@@ -26,6 +26,7 @@ pub fn sample_cluster() -> ClusterConfig {
         primary_address: cidr("10.99.1.1/24"),
         backup_address: cidr("10.99.1.2/24"),
         vips: vec![cidr("10.99.1.254/24")],
+        wan: false,
     });
     c
 }

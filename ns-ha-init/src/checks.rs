@@ -323,6 +323,7 @@ pub fn run_check(
                     primary_address: addr,
                     backup_address: addr,
                     vips: vec![],
+                    wan: false,
                 });
             outcomes.push(Outcome {
                 name: format!("VIP {vip} on {name}"),

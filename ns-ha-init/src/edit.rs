@@ -82,6 +82,7 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String], vrid: Option<u8>) ->
         primary_address: ours,
         backup_address: ours,
         vips,
+        wan: false,
     };
     // VIP checks against our own address first, so bad input never reaches the peer.
     for v in &lan.vips {

@@ -1,0 +1,811 @@
+//! WANs of the cluster: the takeover model, its validation, and how a WAN's
+//! definition looks in each platform's interface manager.
+//!
+//! Most small-business WANs have one public address (static, DHCP or PPPoE),
+//! so they cannot give each node an address plus a VIP. A *takeover* WAN is
+//! defined once in `cluster.json` (which reaches the backup with every
+//! cluster install), rendered on both nodes into the platform's own form (an
+//! ifupdown file of the cluster's, or `network` UCI sections imported
+//! disabled) and brought up by the role engine on the MASTER only. A *vip*
+//! WAN is today's LAN-style WAN (own address per node plus a VIP) and lives
+//! in `lans` with `wan: true`. The facts about a WAN (its device name, the
+//! devices it needs on both nodes, its rendered stanzas, whether it is up
+//! here) are computed here once for every tool.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::cmd::{args, CommandRunner};
+use crate::exit::{fail, Code};
+use crate::net::{check_ifname, Ipv4Cidr};
+
+/// How a WAN moves between the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WanMode {
+    /// Each node has its own static address and keepalived moves a VIP (a LAN with `wan: true`).
+    Vip,
+    /// Defined once, up only on the MASTER (the only mode for DHCP and PPPoE).
+    Takeover,
+}
+
+impl WanMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WanMode::Vip => "vip",
+            WanMode::Takeover => "takeover",
+        }
+    }
+}
+
+/// The kind of device a WAN sits on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum WanDevice {
+    /// A physical NIC, named by the WAN's `interface`.
+    Physical,
+    /// A bridge named by `interface` over these ports.
+    Bridge { members: Vec<String> },
+    /// A bond named by `interface` of these physical interfaces.
+    Bond { members: Vec<String> },
+    /// A VLAN `PARENT.ID` (the WAN's `interface` is that name).
+    Vlan { parent: String, id: u16 },
+    /// A PPPoE session over `parent` (physical or VLAN); `interface` is its logical name.
+    Pppoe { parent: String, user: String },
+}
+
+impl WanDevice {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WanDevice::Physical => "physical",
+            WanDevice::Bridge { .. } => "bridge",
+            WanDevice::Bond { .. } => "bond",
+            WanDevice::Vlan { .. } => "vlan",
+            WanDevice::Pppoe { .. } => "pppoe",
+        }
+    }
+}
+
+/// How a WAN gets its IPv4 address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Ipv4Method {
+    Static {
+        address: Ipv4Cidr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway: Option<Ipv4Addr>,
+    },
+    Dhcp,
+}
+
+/// A static IPv6 address with its prefix, written `2001:db8::1/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Cidr {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            fail(
+                Code::InvalidInput,
+                format!("'{s}' is not an IPv6 address with prefix: write it like 2001:db8::10/64"),
+            )
+        };
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv6Addr = a.parse().map_err(|_| bad())?;
+        if !p.chars().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if prefix == 0 || prefix > 128 {
+            return Err(bad());
+        }
+        Ok(Ipv6Cidr { addr, prefix })
+    }
+}
+
+impl Serialize for Ipv6Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv6Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: anyhow::Error| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+/// A static IPv6 configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv6Static {
+    pub address: Ipv6Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv6Addr>,
+}
+
+/// An Ethernet MAC address, written `02:00:5e:10:00:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            fail(
+                Code::InvalidInput,
+                format!("MAC address '{s}' {why}: give a unicast address like 02:00:5e:10:00:01 (locally administered: second digit 2, 6, a or e)"),
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad("is not six hex pairs separated by ':'"));
+        }
+        let mut b = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(bad("is not six hex pairs separated by ':'"));
+            }
+            b[i] = u8::from_str_radix(p, 16).map_err(|_| bad("has a pair that is not hex"))?;
+        }
+        if b[0] & 1 == 1 {
+            return Err(bad("is a multicast address"));
+        }
+        if b == [0; 6] {
+            return Err(bad("is all zeros"));
+        }
+        Ok(MacAddr(b))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: anyhow::Error| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+/// A takeover WAN: defined once, up only on the MASTER.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wan {
+    /// The interface the WAN's addresses live on (same name on both nodes):
+    /// the NIC, the bridge or bond to create, `PARENT.ID` for a VLAN, the
+    /// logical name of a PPPoE session. It names the ifupdown stanza and the
+    /// UCI `network` section too.
+    pub interface: String,
+    pub device: WanDevice,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Method>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Static>,
+    /// The cluster MAC, set on the device before it comes up on the MASTER,
+    /// so a DHCP server (an ISP) hands the new master the same lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+impl Wan {
+    /// The devices that must exist on both nodes before the WAN can come up.
+    pub fn needed_devices(&self) -> Vec<&str> {
+        match &self.device {
+            WanDevice::Physical => vec![self.interface.as_str()],
+            WanDevice::Bridge { members } | WanDevice::Bond { members } => {
+                members.iter().map(String::as_str).collect()
+            }
+            WanDevice::Vlan { parent, .. } | WanDevice::Pppoe { parent, .. } => {
+                vec![parent.as_str()]
+            }
+        }
+    }
+
+    /// The static addresses the WAN carries when up (`10.0.0.1/24`, `2001:db8::1/64`).
+    pub fn static_addresses(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(Ipv4Method::Static { address, .. }) = &self.ipv4 {
+            v.push(address.to_string());
+        }
+        if let Some(six) = &self.ipv6 {
+            v.push(six.address.to_string());
+        }
+        v
+    }
+
+    /// One word on the addressing: `static`, `dhcp`, `pppoe`, with `+ipv6`.
+    pub fn addressing(&self) -> String {
+        let four = match (&self.device, &self.ipv4) {
+            (WanDevice::Pppoe { .. }, _) => "pppoe",
+            (_, Some(Ipv4Method::Dhcp)) => "dhcp",
+            (_, Some(Ipv4Method::Static { .. })) => "static",
+            (_, None) => "",
+        };
+        match (four, self.ipv6.is_some()) {
+            ("", true) => "static ipv6".into(),
+            (f, true) => format!("{f} + static ipv6"),
+            (f, false) => f.into(),
+        }
+    }
+
+    /// Check this WAN on its own (names, addressing, combinations), with the fix.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(fail(Code::InvalidInput, m));
+        let name = &self.interface;
+        check_ifname(name)?;
+        match &self.device {
+            WanDevice::Physical => {}
+            WanDevice::Bridge { members } | WanDevice::Bond { members } => {
+                let kind = self.device.kind();
+                if members.is_empty() {
+                    return bad(format!(
+                        "WAN {name}: a {kind} needs at least one member: give --member IF"
+                    ));
+                }
+                for (i, m) in members.iter().enumerate() {
+                    check_ifname(m)?;
+                    if m == name || members[..i].contains(m) {
+                        return bad(format!(
+                            "WAN {name}: {kind} member {m} is listed twice or is the {kind} itself: list each member once"
+                        ));
+                    }
+                }
+            }
+            WanDevice::Vlan { parent, id } => {
+                check_ifname(parent)?;
+                if !(1..=4094).contains(id) {
+                    return bad(format!(
+                        "WAN {name}: VLAN id {id} is out of range: use 1..4094"
+                    ));
+                }
+                let want = format!("{parent}.{id}");
+                if *name != want {
+                    return bad(format!(
+                        "WAN {name}: a VLAN WAN is named PARENT.ID, here {want}: use --interface {want}"
+                    ));
+                }
+            }
+            WanDevice::Pppoe { parent, user } => {
+                check_ifname(parent)?;
+                if parent == name {
+                    return bad(format!(
+                        "WAN {name}: the PPPoE session needs a name of its own, not its parent's: e.g. --interface pppoe-wan"
+                    ));
+                }
+                if user.is_empty()
+                    || !user
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "@._-+".contains(c))
+                {
+                    return bad(format!(
+                        "WAN {name}: PPPoE user '{user}' is empty or has characters other than letters, digits and @._-+: give the ISP's user name"
+                    ));
+                }
+                if self.ipv4.is_some() || self.ipv6.is_some() {
+                    return bad(format!(
+                        "WAN {name}: a PPPoE session gets its address from the ISP: drop --ipv4/--ipv6"
+                    ));
+                }
+            }
+        }
+        if self.ipv4.is_none()
+            && self.ipv6.is_none()
+            && !matches!(self.device, WanDevice::Pppoe { .. })
+        {
+            return bad(format!(
+                "WAN {name} has no address: give --ipv4 CIDR, --ipv4 dhcp or --ipv6 CIDR"
+            ));
+        }
+        if let Some(Ipv4Method::Static { address, gateway }) = &self.ipv4 {
+            if !address.is_host_address(address.addr) {
+                return bad(format!(
+                    "WAN {name}: {address} is the network or broadcast address of its subnet: give a host address"
+                ));
+            }
+            if let Some(g) = gateway {
+                if !address.is_host_address(*g) || *g == address.addr {
+                    return bad(format!(
+                        "WAN {name}: gateway {g} is not another host of {}/{}: give the ISP's gateway in the WAN subnet",
+                        address.network(),
+                        address.prefix
+                    ));
+                }
+            }
+        }
+        if let Some(six) = &self.ipv6 {
+            let a = six.address.addr;
+            if a.is_unspecified() || a.is_loopback() || a.is_multicast() || is_link_local(a) {
+                return bad(format!(
+                    "WAN {name}: {} is not a global or unique-local IPv6 address: give the address the ISP assigned",
+                    six.address
+                ));
+            }
+            if let Some(g) = six.gateway {
+                if g.is_multicast() || g.is_unspecified() || g == a {
+                    return bad(format!(
+                        "WAN {name}: IPv6 gateway {g} is not a router address: give the ISP's (often fe80::1)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Name of the cluster-owned ifupdown file on Debian (never edited by hand:
+/// rendered from `cluster.json` on both nodes).
+pub const IFUPDOWN_FILE: &str = "/etc/network/interfaces.d/ns-ha-wan";
+/// ifupdown's state directory (under the node root, so two lab nodes do not share it).
+pub const IFUPDOWN_STATE_DIR: &str = "/run/network";
+
+/// The ifupdown file of the cluster's takeover WANs. No `auto` or
+/// `allow-hotplug` line: only the role engine brings them up, on the MASTER.
+pub fn render_ifupdown(wans: &[Wan]) -> String {
+    let mut s = String::from(
+        "# Written by ns-ha from /etc/ns-ha/cluster.json on both nodes: change WANs with\n\
+         # ns-ha-init add-wan / remove-interface on the primary, not here.\n\
+         # No \"auto\" line on purpose: only the role engine (ns-ha-role) brings\n\
+         # these up, on the MASTER, and takes them down on BACKUP and FAULT.\n",
+    );
+    for w in wans {
+        s.push('\n');
+        let i = &w.interface;
+        let mut dev_lines: Vec<String> = Vec::new();
+        match &w.device {
+            WanDevice::Physical => {}
+            WanDevice::Bridge { members } => {
+                dev_lines.push(format!("bridge_ports {}", members.join(" ")));
+                dev_lines.push("bridge_stp off".into());
+                dev_lines.push("bridge_fd 0".into());
+            }
+            WanDevice::Bond { members } => {
+                dev_lines.push(format!("bond-slaves {}", members.join(" ")));
+                dev_lines.push("bond-mode active-backup".into());
+                dev_lines.push("bond-miimon 100".into());
+            }
+            WanDevice::Vlan { parent, .. } => {
+                dev_lines.push(format!("vlan-raw-device {parent}"));
+            }
+            WanDevice::Pppoe { parent, .. } => {
+                s.push_str(&format!("iface {i} inet ppp\n    provider {i}\n    # over {parent} (peers file /etc/ppp/peers/{i})\n"));
+                continue;
+            }
+        }
+        if let Some(m) = &w.mac {
+            dev_lines.push(format!("hwaddress ether {m}"));
+        }
+        let mut first = true;
+        let mut stanza = |head: String, lines: Vec<String>| {
+            s.push_str(&head);
+            s.push('\n');
+            let extra = if first {
+                first = false;
+                dev_lines.clone()
+            } else {
+                Vec::new()
+            };
+            for l in extra.iter().chain(&lines) {
+                s.push_str("    ");
+                s.push_str(l);
+                s.push('\n');
+            }
+        };
+        match &w.ipv4 {
+            Some(Ipv4Method::Static { address, gateway }) => {
+                let mut l = vec![format!("address {address}")];
+                if let Some(g) = gateway {
+                    l.push(format!("gateway {g}"));
+                }
+                stanza(format!("iface {i} inet static"), l);
+            }
+            Some(Ipv4Method::Dhcp) => stanza(format!("iface {i} inet dhcp"), Vec::new()),
+            None => {}
+        }
+        if let Some(six) = &w.ipv6 {
+            // No DAD: the address moved from the old master, and waiting ~1 s
+            // for DAD would keep it unusable (tentative) during a failover.
+            let mut l = vec![
+                format!("address {}", six.address),
+                "dad-attempts 0".into(),
+                "accept_ra 0".into(),
+                "autoconf 0".into(),
+            ];
+            if let Some(g) = six.gateway {
+                l.push(format!("gateway {g}"));
+            }
+            stanza(format!("iface {i} inet6 static"), l);
+        }
+    }
+    s
+}
+
+/// The `uci` commands that import the WANs into OpenWrt's `network` config,
+/// disabled (`auto 0`: netifd brings them up only when the role engine says
+/// `ifup`), after deleting the sections of the WANs in `previous` (WANs
+/// removed or changed). Run with `uci` on the node; `uci commit network` last.
+pub fn uci_commands(previous: &[Wan], wans: &[Wan]) -> Vec<Vec<String>> {
+    let mut cmds: Vec<Vec<String>> = Vec::new();
+    let set = |cmds: &mut Vec<Vec<String>>, k: String| cmds.push(vec!["set".into(), k]);
+    for w in previous {
+        cmds.push(args(&["-q", "delete", &format!("network.{}", uci_name(w))]));
+        if matches!(w.device, WanDevice::Bridge { .. } | WanDevice::Bond { .. }) {
+            cmds.push(args(&[
+                "-q",
+                "delete",
+                &format!("network.{}_dev", uci_name(w)),
+            ]));
+        }
+    }
+    for w in wans {
+        let sec = format!("network.{}", uci_name(w));
+        set(&mut cmds, format!("{sec}=interface"));
+        let device = match &w.device {
+            WanDevice::Physical | WanDevice::Vlan { .. } => w.interface.clone(),
+            WanDevice::Bridge { members } | WanDevice::Bond { members } => {
+                let dev = format!("{sec}_dev");
+                set(&mut cmds, format!("{dev}=device"));
+                set(&mut cmds, format!("{dev}.name={}", w.interface));
+                let (ty, key) = if matches!(w.device, WanDevice::Bridge { .. }) {
+                    ("bridge", "ports")
+                } else {
+                    ("bonding", "slaves")
+                };
+                set(&mut cmds, format!("{dev}.type={ty}"));
+                for m in members {
+                    cmds.push(vec!["add_list".into(), format!("{dev}.{key}={m}")]);
+                }
+                w.interface.clone()
+            }
+            WanDevice::Pppoe { parent, .. } => parent.clone(),
+        };
+        set(&mut cmds, format!("{sec}.device={device}"));
+        set(&mut cmds, format!("{sec}.auto=0"));
+        match (&w.device, &w.ipv4) {
+            (WanDevice::Pppoe { user, .. }, _) => {
+                set(&mut cmds, format!("{sec}.proto=pppoe"));
+                set(&mut cmds, format!("{sec}.username={user}"));
+            }
+            (_, Some(Ipv4Method::Dhcp)) => set(&mut cmds, format!("{sec}.proto=dhcp")),
+            (_, Some(Ipv4Method::Static { address, gateway })) => {
+                set(&mut cmds, format!("{sec}.proto=static"));
+                set(&mut cmds, format!("{sec}.ipaddr={address}"));
+                if let Some(g) = gateway {
+                    set(&mut cmds, format!("{sec}.gateway={g}"));
+                }
+            }
+            (_, None) => set(&mut cmds, format!("{sec}.proto=static")),
+        }
+        if let Some(six) = &w.ipv6 {
+            set(&mut cmds, format!("{sec}.ip6addr={}", six.address));
+            if let Some(g) = six.gateway {
+                set(&mut cmds, format!("{sec}.ip6gw={g}"));
+            }
+        }
+        if let Some(m) = &w.mac {
+            set(&mut cmds, format!("{sec}.macaddr={m}"));
+        }
+    }
+    cmds.push(args(&["commit", "network"]));
+    cmds
+}
+
+/// The UCI section (netifd's logical interface) of a WAN: its name with
+/// the characters UCI refuses in section names replaced.
+pub fn uci_name(w: &Wan) -> String {
+    w.interface.replace(['.', '-', '@'], "_")
+}
+
+/// What a WAN looks like on this node right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WanLive {
+    /// The device exists and is administratively up.
+    pub link_up: bool,
+    /// Every address of the device (both families, no link-local).
+    pub addresses: Vec<String>,
+}
+
+impl WanLive {
+    /// Whether the WAN is up here: the link is up and carries its static
+    /// addresses (a DHCP WAN: any IPv4 address; PPPoE: the link up).
+    pub fn is_up(&self, wan: &Wan) -> bool {
+        if !self.link_up {
+            return false;
+        }
+        let want = wan.static_addresses();
+        let dhcp_ok = !matches!(wan.ipv4, Some(Ipv4Method::Dhcp))
+            || self.addresses.iter().any(|a| !a.contains(':'));
+        want.iter().all(|w| self.addresses.contains(w)) && dhcp_ok
+    }
+
+    /// Whether any trace of the WAN is left (link up or one of its addresses).
+    pub fn is_down(&self, wan: &Wan) -> bool {
+        !self.link_up
+            && !wan
+                .static_addresses()
+                .iter()
+                .any(|a| self.addresses.contains(a))
+    }
+}
+
+/// The device of `interface` as `ip -json addr show` reports it (`None`: no such device).
+pub fn observe(
+    runner: &dyn CommandRunner,
+    interface: &str,
+    timeout: Duration,
+) -> Result<Option<WanLive>> {
+    check_ifname(interface)?;
+    let out = runner.run(
+        "ip",
+        &args(&["-json", "addr", "show", "dev", interface]),
+        timeout,
+    )?;
+    if !out.success() {
+        return Ok(None);
+    }
+    parse_live(&out.stdout).with_context(|| format!("parsing `ip -json addr show dev {interface}`"))
+}
+
+/// Parse `ip -json addr show dev X`.
+pub fn parse_live(json: &str) -> Result<Option<WanLive>> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let Some(link) = v.as_array().and_then(|a| a.first()) else {
+        return Ok(None);
+    };
+    let link_up = link["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("UP")));
+    let mut addresses = Vec::new();
+    for a in link["addr_info"].as_array().into_iter().flatten() {
+        if a["scope"].as_str() == Some("link") {
+            continue;
+        }
+        if let (Some(l), Some(p)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
+            // Normalise IPv6 text so it compares with the configured form.
+            let local = l
+                .parse::<Ipv6Addr>()
+                .map(|x| x.to_string())
+                .unwrap_or_else(|_| l.to_string());
+            addresses.push(format!("{local}/{p}"));
+        }
+    }
+    Ok(Some(WanLive { link_up, addresses }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn static_wan() -> Wan {
+        Wan {
+            interface: "wan1".into(),
+            device: WanDevice::Physical,
+            ipv4: Some(Ipv4Method::Static {
+                address: "10.99.3.1/24".parse().unwrap(),
+                gateway: Some("10.99.3.100".parse().unwrap()),
+            }),
+            ipv6: Some(Ipv6Static {
+                address: "fd10:99:3::1/64".parse().unwrap(),
+                gateway: None,
+            }),
+            mac: None,
+        }
+    }
+
+    fn refused(w: &Wan, needle: &str) {
+        let e = w.validate().expect_err("must be refused");
+        assert_eq!(crate::exit::code_of(&e), Code::InvalidInput);
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+
+    #[test]
+    fn a_static_dual_stack_wan_validates_and_round_trips() {
+        let w = static_wan();
+        w.validate().unwrap();
+        let text = serde_json::to_string(&w).unwrap();
+        assert!(text.contains(r#""kind":"physical""#), "{text}");
+        let back: Wan = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, w);
+        assert_eq!(w.static_addresses(), ["10.99.3.1/24", "fd10:99:3::1/64"]);
+        assert_eq!(w.addressing(), "static + static ipv6");
+    }
+
+    #[test]
+    fn refuses_what_cannot_work_with_the_fix() {
+        let mut w = static_wan();
+        w.ipv4 = None;
+        w.ipv6 = None;
+        refused(&w, "has no address");
+        let mut w = static_wan();
+        w.device = WanDevice::Bridge { members: vec![] };
+        refused(&w, "at least one member");
+        w.device = WanDevice::Bond {
+            members: vec!["eth1".into(), "eth1".into()],
+        };
+        refused(&w, "listed twice");
+        w.device = WanDevice::Vlan {
+            parent: "eth1".into(),
+            id: 10,
+        };
+        refused(&w, "--interface eth1.10");
+        w.interface = "eth1.10".into();
+        w.validate().unwrap();
+        w.device = WanDevice::Vlan {
+            parent: "eth1".into(),
+            id: 4095,
+        };
+        w.interface = "eth1.4095".into();
+        refused(&w, "1..4094");
+        let mut w = static_wan();
+        w.device = WanDevice::Pppoe {
+            parent: "eth1".into(),
+            user: "me@isp".into(),
+        };
+        refused(&w, "drop --ipv4/--ipv6");
+        w.ipv4 = None;
+        w.ipv6 = None;
+        w.validate().unwrap();
+        w.device = WanDevice::Pppoe {
+            parent: "eth1".into(),
+            user: "me isp;rm".into(),
+        };
+        refused(&w, "PPPoE user");
+        let mut w = static_wan();
+        w.ipv6 = Some(Ipv6Static {
+            address: "fe80::1/64".parse().unwrap(),
+            gateway: None,
+        });
+        refused(&w, "not a global");
+        let mut w = static_wan();
+        w.ipv4 = Some(Ipv4Method::Static {
+            address: "10.99.3.1/24".parse().unwrap(),
+            gateway: Some("10.99.4.1".parse().unwrap()),
+        });
+        refused(&w, "gateway 10.99.4.1");
+        let mut w = static_wan();
+        w.interface = "averyverylongname".into();
+        assert!(w.validate().is_err());
+    }
+
+    #[test]
+    fn parses_addresses_and_macs_with_the_fix() {
+        assert!("fd10::1".parse::<Ipv6Cidr>().is_err());
+        assert!("fd10::1/129".parse::<Ipv6Cidr>().is_err());
+        assert!("10.0.0.1/24".parse::<Ipv6Cidr>().is_err());
+        let m: MacAddr = "02:00:5E:10:00:01".parse().unwrap();
+        assert_eq!(m.to_string(), "02:00:5e:10:00:01");
+        let e = "01:00:5e:00:00:01".parse::<MacAddr>().unwrap_err();
+        assert!(e.to_string().contains("multicast"), "{e}");
+        assert!("00:00:00:00:00:00".parse::<MacAddr>().is_err());
+        assert!("02:00:5e:10:00".parse::<MacAddr>().is_err());
+        assert!("02:00:5e:10:00:0g".parse::<MacAddr>().is_err());
+    }
+
+    #[test]
+    fn the_ifupdown_file_has_no_auto_and_no_dad() {
+        let mut w = static_wan();
+        w.mac = Some("02:00:5e:10:00:01".parse().unwrap());
+        let dhcp = Wan {
+            interface: "br-wan".into(),
+            device: WanDevice::Bridge {
+                members: vec!["eth1".into(), "eth2".into()],
+            },
+            ipv4: Some(Ipv4Method::Dhcp),
+            ipv6: None,
+            mac: None,
+        };
+        let text = render_ifupdown(&[w, dhcp]);
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("auto") || l.starts_with("allow-")),
+            "{text}"
+        );
+        assert!(text.contains("iface wan1 inet static\n    hwaddress ether 02:00:5e:10:00:01\n    address 10.99.3.1/24\n    gateway 10.99.3.100\n"), "{text}");
+        assert!(
+            text.contains(
+                "iface wan1 inet6 static\n    address fd10:99:3::1/64\n    dad-attempts 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("iface br-wan inet dhcp\n    bridge_ports eth1 eth2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn uci_import_is_disabled_and_replaces_the_previous_sections() {
+        let old = Wan {
+            interface: "br-wan".into(),
+            device: WanDevice::Bridge {
+                members: vec!["eth1".into()],
+            },
+            ipv4: Some(Ipv4Method::Dhcp),
+            ipv6: None,
+            mac: Some("02:00:5e:10:00:01".parse().unwrap()),
+        };
+        let cmds: Vec<String> = uci_commands(&[old.clone()], &[static_wan(), old])
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert_eq!(cmds[0], "-q delete network.br_wan");
+        assert_eq!(cmds[1], "-q delete network.br_wan_dev");
+        for want in [
+            "set network.wan1=interface",
+            "set network.wan1.device=wan1",
+            "set network.wan1.auto=0",
+            "set network.wan1.proto=static",
+            "set network.wan1.ipaddr=10.99.3.1/24",
+            "set network.wan1.ip6addr=fd10:99:3::1/64",
+            "set network.br_wan_dev.type=bridge",
+            "add_list network.br_wan_dev.ports=eth1",
+            "set network.br_wan.proto=dhcp",
+            "set network.br_wan.macaddr=02:00:5e:10:00:01",
+        ] {
+            assert!(
+                cmds.contains(&want.to_string()),
+                "{want} missing in {cmds:#?}"
+            );
+        }
+        assert_eq!(cmds.last().map(String::as_str), Some("commit network"));
+    }
+
+    #[test]
+    fn live_state_needs_the_link_and_every_static_address() {
+        let json = r#"[{"ifname":"wan1","flags":["BROADCAST","UP"],"addr_info":[
+            {"family":"inet","local":"10.99.3.1","prefixlen":24,"scope":"global"},
+            {"family":"inet6","local":"fd10:99:3:0::1","prefixlen":64,"scope":"global"},
+            {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}]"#;
+        let live = parse_live(json).unwrap().unwrap();
+        assert_eq!(live.addresses, ["10.99.3.1/24", "fd10:99:3::1/64"]);
+        let w = static_wan();
+        assert!(live.is_up(&w) && !live.is_down(&w));
+        let half = WanLive {
+            link_up: true,
+            addresses: vec!["10.99.3.1/24".into()],
+        };
+        assert!(!half.is_up(&w));
+        let down = WanLive {
+            link_up: false,
+            addresses: vec![],
+        };
+        assert!(down.is_down(&w) && !down.is_up(&w));
+        assert_eq!(parse_live("[]").unwrap(), None);
+    }
+}
