@@ -101,6 +101,22 @@ pub fn install(
     if !maint.exists() {
         atomic_write(&maint, b"0\n", 0o644)?;
     }
+    // The WANs as the platform's interface manager reads them, disabled
+    // (only the role engine brings them up, on the MASTER), replacing the
+    // definitions of the cluster installed before.
+    let previous = crate::config::load_cluster_opt(root)
+        .ok()
+        .flatten()
+        .map(|c| c.wans)
+        .unwrap_or_default();
+    let if_manager = crate::config::load_node_opt(root)?
+        .map(|n| n.interface_manager())
+        .unwrap_or(crate::platform::InterfaceManager::Netifd);
+    for done in
+        crate::ifcontrol::control(if_manager, root, runner).install(&previous, &cluster.wans)?
+    {
+        log::info!("{done}");
+    }
     save_cluster(root, cluster)?;
     atomic_write(&ka_path, prepared.keepalived.as_bytes(), 0o600)?;
     atomic_write(&ct_path, prepared.conntrackd.as_bytes(), 0o644)?;

@@ -18,7 +18,7 @@ use crate::exit::{fail, Code};
 use crate::fsutil::atomic_write;
 use crate::health_config::HealthSettings;
 use crate::net::{check_ifname, Ipv4Cidr};
-use crate::platform::{Layout, Platform, SshServer};
+use crate::platform::{InterfaceManager, Layout, Platform, SshServer};
 use crate::role_config::RoleSettings;
 use crate::root::{paths, NodeRoot};
 use crate::service::ServiceBackend;
@@ -571,9 +571,19 @@ pub struct NodeConfig {
     /// The SSH server that answers the primary on this node (detected at init).
     #[serde(default)]
     pub ssh_server: SshServer,
+    /// What brings the WANs up here when not the platform's own
+    /// (`ns-ha-init --interface-manager`; the lab's OpenWrt-style nodes use ifupdown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_manager: Option<InterfaceManager>,
 }
 
 impl NodeConfig {
+    /// The interface manager that brings this node's takeover WANs up and down.
+    pub fn interface_manager(&self) -> InterfaceManager {
+        self.interface_manager
+            .unwrap_or(self.layout().interface_manager)
+    }
+
     /// The install layout of this node: its platform's paths and managers,
     /// with its SSH server.
     pub fn layout(&self) -> Layout {

@@ -96,6 +96,19 @@ pub fn check_backup_interfaces(cluster: &ClusterConfig, ifs: &dyn InterfaceSourc
             AddressProblem::Down { .. } => {}
         }
     }
+    for w in &cluster.wans {
+        for dev in w.needed_devices() {
+            if ifs.interface(dev)?.is_none() {
+                return Err(fail(
+                    Code::InvalidInput,
+                    format!(
+                        "interface {dev} of WAN {} does not exist on the backup: both nodes need the same interface names (create it there, or fix the name with ns-ha-init remove-interface and add-wan)",
+                        w.interface
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -192,6 +205,7 @@ mod tests {
                 service_backend: Default::default(),
                 platform: Default::default(),
                 ssh_server: Default::default(),
+                interface_manager: None,
             },
         )
         .unwrap();

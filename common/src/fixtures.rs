@@ -51,6 +51,7 @@ pub fn paired_node(role: Role, peer: Ipv4Addr) -> NodeConfig {
         service_backend: Default::default(),
         platform: Default::default(),
         ssh_server: Default::default(),
+        interface_manager: None,
     }
 }
 

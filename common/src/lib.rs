@@ -20,6 +20,7 @@ pub mod exit;
 pub mod fixtures;
 pub mod fsutil;
 pub mod health_config;
+pub mod ifcontrol;
 pub mod keepalived;
 pub mod logging;
 pub mod net;

@@ -69,7 +69,7 @@ impl SshServer {
 }
 
 /// What brings the node's interfaces up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum InterfaceManager {
     /// OpenWrt's netifd (`/etc/config/network`, `ifup`/`ifdown` by logical name, hotplug events).

@@ -760,10 +760,11 @@ mod tests {
             ipv6: None,
             mac: Some("02:00:5e:10:00:01".parse().unwrap()),
         };
-        let cmds: Vec<String> = uci_commands(&[old.clone()], &[static_wan(), old])
-            .iter()
-            .map(|c| c.join(" "))
-            .collect();
+        let cmds: Vec<String> =
+            uci_commands(std::slice::from_ref(&old), &[static_wan(), old.clone()])
+                .iter()
+                .map(|c| c.join(" "))
+                .collect();
         assert_eq!(cmds[0], "-q delete network.br_wan");
         assert_eq!(cmds[1], "-q delete network.br_wan_dev");
         for want in [

@@ -21,7 +21,7 @@ use crate::install::commit_cluster;
 use crate::{checks, parse_vip, Ctx, Report};
 
 /// Load the primary's node and cluster config; edits are made on the primary only.
-fn primary(ctx: &Ctx) -> Result<(NodeConfig, ClusterConfig)> {
+pub(crate) fn primary(ctx: &Ctx) -> Result<(NodeConfig, ClusterConfig)> {
     let node = load_node(&ctx.root)?;
     if node.role != Role::Primary {
         return Err(fail(
@@ -41,7 +41,7 @@ fn primary(ctx: &Ctx) -> Result<(NodeConfig, ClusterConfig)> {
 
 /// Connect to the backup, let `edit` finish the change (it may ask the
 /// backup), validate it, then commit on both nodes.
-fn edit_with_peer(
+pub(crate) fn edit_with_peer(
     ctx: &Ctx,
     node: &NodeConfig,
     cluster: &ClusterConfig,
@@ -61,9 +61,26 @@ fn parse_vips(vips: &[String]) -> Result<Vec<Ipv4Cidr>> {
 
 /// `add-lan`.
 pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String], vrid: Option<u8>) -> Result<Report> {
+    add_lan_as(ctx, interface, vips, vrid, false)
+}
+
+/// `add-lan`, or `add-wan --mode vip` (`wan`: shown as a WAN).
+pub(crate) fn add_lan_as(
+    ctx: &Ctx,
+    interface: &str,
+    vips: &[String],
+    vrid: Option<u8>,
+    wan: bool,
+) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     let vips = parse_vips(vips)?;
     let (node, cluster) = primary(ctx)?;
+    if cluster.wan(interface).is_some() {
+        return Err(fail(
+            Code::InvalidInput,
+            format!("interface {interface} is a takeover WAN of the cluster: remove it first with ns-ha-init remove-interface --interface {interface}"),
+        ));
+    }
     if cluster.lan(interface).is_some() || cluster.ha.interface == interface {
         return Err(fail(
             Code::InvalidInput,
@@ -82,7 +99,7 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String], vrid: Option<u8>) ->
         primary_address: ours,
         backup_address: ours,
         vips,
-        wan: false,
+        wan,
     };
     // VIP checks against our own address first, so bad input never reaches the peer.
     for v in &lan.vips {
@@ -115,16 +132,17 @@ pub fn add_lan(ctx: &Ctx, interface: &str, vips: &[String], vrid: Option<u8>) ->
 pub fn remove_interface(ctx: &Ctx, interface: &str) -> Result<Report> {
     let _lock = lock(&ctx.root)?;
     let (node, cluster) = primary(ctx)?;
-    if cluster.lan(interface).is_none() {
+    if cluster.lan(interface).is_none() && cluster.wan(interface).is_none() {
         return Err(fail(
             Code::InvalidInput,
             format!(
-                "interface {interface} is not a LAN of the cluster: see ns-ha-init show-config"
+                "interface {interface} is not a LAN or WAN of the cluster: see ns-ha-init show-config"
             ),
         ));
     }
     let (_, act) = edit_with_peer(ctx, &node, &cluster, |_, next| {
         next.lans.retain(|l| l.interface != interface);
+        next.wans.retain(|w| w.interface != interface);
         Ok(())
     })?;
     Ok(Report::new(

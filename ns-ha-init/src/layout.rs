@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use ns_ha_common::platform::{self, Layout, Platform, SshServer};
+use ns_ha_common::platform::{self, InterfaceManager, Layout, Platform, SshServer};
 use ns_ha_common::service::ServiceBackend;
 use ns_ha_common::NodeRoot;
 
@@ -17,6 +17,8 @@ pub struct NodePlatform {
     pub platform: Platform,
     pub ssh_server: SshServer,
     pub service_backend: ServiceBackend,
+    /// `--interface-manager` when given (else the platform's, not stored).
+    pub interface_manager: Option<InterfaceManager>,
     /// Why this platform (given, or the file that told).
     pub platform_from: String,
 }
@@ -39,6 +41,7 @@ impl NodePlatform {
             platform,
             ssh_server: found.ssh_server,
             service_backend: backend.unwrap_or(layout.service_backend),
+            interface_manager: None,
             platform_from,
         })
     }

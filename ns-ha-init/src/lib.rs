@@ -18,6 +18,7 @@ pub mod sshd_listen;
 #[cfg(test)]
 mod testkit;
 pub mod upgrade_remote;
+pub mod wans;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -123,20 +124,14 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Add a LAN interface (same name on both nodes) with optional VIPs; also how a WAN is added today.
+    /// Add a LAN interface (same name on both nodes) with optional VIPs.
     ///
     /// Both nodes need the interface with a static address of the same subnet;
     /// the VIP is the address clients use (gateway, DNS, VPN endpoint) and moves
-    /// with the MASTER.
-    ///
-    /// A WAN is configured the same way until WAN takeover lands: a WAN with a
-    /// static address on each node plus a shared public VIP is added with
-    /// add-lan (ns-ha-vip list shows its VIP as KIND add-lan, like a LAN).
-    /// WANs by DHCP or PPPoE and a WAN address that only the MASTER holds are
-    /// not supported yet.
+    /// with the MASTER. LANs are IPv4 only. A WAN is added with add-wan.
     AddLan {
         /// The interface, same name on both nodes, with a static IPv4 address of
-        /// the same subnet on each (e.g. lan0, br-lan, or a WAN such as eth1).
+        /// the same subnet on each (e.g. lan0, br-lan).
         #[arg(long, value_name = "IF")]
         interface: String,
         /// A VIP in the LAN subnet, e.g. 192.168.1.254/24. Repeatable.
@@ -146,15 +141,39 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
         vrid: Option<u8>,
     },
-    /// Remove a LAN interface and its VIPs from the cluster.
+    /// Add a WAN: takeover (default; one address for the pair, up only on the MASTER) or vip.
+    ///
+    /// takeover: the WAN is defined once here, installed on the backup with
+    /// the cluster (both nodes render it for their interface manager, ifupdown
+    /// or netifd, never brought up at boot) and brought up by the role engine
+    /// on the MASTER only; on BACKUP and FAULT it is down and answers no
+    /// ARP/ND. Addressing: static IPv4 (--ipv4 CIDR --gateway), static IPv6
+    /// (--ipv6 CIDR --gateway6), DHCP (--ipv4 dhcp, best with --mac so the
+    /// ISP gives the new master the same lease), PPPoE (--kind pppoe). Devices:
+    /// physical, bridge and bond (--member, repeatable), VLAN (--parent
+    /// --vlan-id, named PARENT.ID), PPPoE on a physical or VLAN parent. Every
+    /// device must exist on both nodes (checked over the backup link before
+    /// anything is written).
+    ///
+    /// vip: each node has its own static IPv4 address on the WAN and a VIP
+    /// moves with keepalived, as add-lan does (needs --vip).
+    ///
+    /// Examples:
+    ///   ns-ha-init add-wan --interface eth1 --ipv4 203.0.113.10/24 --gateway 203.0.113.1 --ipv6 2001:db8::10/64 --gateway6 fe80::1
+    ///   ns-ha-init add-wan --interface eth1 --ipv4 dhcp --mac 02:00:5e:10:00:01
+    ///   ns-ha-init add-wan --interface eth1.10 --kind vlan --parent eth1 --vlan-id 10 --ipv4 dhcp
+    ///   ns-ha-init add-wan --interface eth1 --mode vip --vip 203.0.113.10/24
+    #[command(verbatim_doc_comment)]
+    AddWan(wans::AddWanArgs),
+    /// Remove a LAN or WAN (with its VIPs) from the cluster.
     RemoveInterface {
-        /// A LAN (or WAN added with add-lan) of the cluster, as show-config lists it.
+        /// A LAN or WAN of the cluster, as show-config lists it.
         #[arg(long, value_name = "IF")]
         interface: String,
     },
-    /// Add a VIP to a LAN interface of the cluster (a WAN added with add-lan too).
+    /// Add a VIP to a LAN interface of the cluster (or a vip-mode WAN).
     AddVip {
-        /// A LAN of the cluster (added with add-lan; a WAN is added as a LAN today).
+        /// A LAN of the cluster (added with add-lan), or a WAN added with add-wan --mode vip.
         #[arg(long, value_name = "IF")]
         interface: String,
         /// The VIP with its prefix, in that interface's subnet, e.g. 192.168.1.253/24.
@@ -223,11 +242,21 @@ pub struct PlatformArgs {
     /// openwrt, systemd on debian).
     #[arg(long, value_enum)]
     pub service_backend: Option<BackendArg>,
+    /// What brings takeover WANs up and down on this node (default: the
+    /// platform's, netifd on openwrt, ifupdown on debian).
+    #[arg(long, value_enum, value_name = "MANAGER")]
+    pub interface_manager: Option<ns_ha_common::platform::InterfaceManager>,
 }
 
 impl PlatformArgs {
     fn resolve(&self, root: &NodeRoot) -> Result<layout::NodePlatform> {
-        layout::NodePlatform::resolve(root, self.platform, self.service_backend.map(Into::into))
+        let mut p = layout::NodePlatform::resolve(
+            root,
+            self.platform,
+            self.service_backend.map(Into::into),
+        )?;
+        p.interface_manager = self.interface_manager;
+        Ok(p)
     }
 }
 
@@ -254,7 +283,7 @@ Pairing (each line on the node named, as root):
   backup:  ns-ha-init init-backup --ha-interface eth2 --peer 10.0.0.1 --primary-key 'ssh-ed25519 AAAA... ns-ha-primary'
   primary: ns-ha-init pair --host-key-fingerprint SHA256:...   (printed by init-backup; again: show-config on the backup)
   primary: ns-ha-init add-lan --interface lan0 --vip 192.168.1.254/24
-  primary: ns-ha-init add-lan --interface wan0 --vip 203.0.113.10/24   (a WAN, today: see add-lan --help)
+  primary: ns-ha-init add-wan --interface eth1 --ipv4 203.0.113.10/24 --gateway 203.0.113.1   (up on the MASTER only; see add-wan --help)
   primary: ns-ha-init enable
 Before enable, the master-only services the roles start must be configured on
 the primary (e.g. /etc/dnsmasq.conf); `ns-ha-init check` names the missing ones.";
@@ -343,6 +372,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner, link: &dyn BackupLink) -> Resul
             vips,
             vrid,
         } => edit::add_lan(&ctx, &interface, &vips, vrid),
+        Command::AddWan(a) => wans::add_wan(&ctx, &a),
         Command::RemoveInterface { interface } => edit::remove_interface(&ctx, &interface),
         Command::AddVip { interface, vip } => edit::add_vip(&ctx, &interface, &vip),
         Command::RemoveVip { vip } => edit::remove_vip(&ctx, &vip),
@@ -418,7 +448,7 @@ mod tests {
 
     #[test]
     fn interface_options_and_the_wan_are_explained() {
-        for sub in ["add-lan", "add-vip", "remove-interface"] {
+        for sub in ["add-lan", "add-wan", "add-vip", "remove-interface"] {
             let mut cmd = Cli::command();
             let help = cmd
                 .find_subcommand_mut(sub)
@@ -440,6 +470,23 @@ mod tests {
             .unwrap()
             .render_long_help()
             .to_string();
-        assert!(long.contains("A WAN is configured the same way until WAN takeover lands"));
+        assert!(long.contains("A WAN is added with add-wan"));
+        let mut cmd = Cli::command();
+        let long = cmd
+            .find_subcommand_mut("add-wan")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "up only on the MASTER",
+            "--ipv4 dhcp --mac",
+            "--kind vlan --parent eth1 --vlan-id 10",
+            "--mode vip --vip",
+        ] {
+            assert!(
+                long.contains(needle),
+                "add-wan --help lacks {needle:?}:\n{long}"
+            );
+        }
     }
 }

@@ -166,6 +166,7 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
         service_backend: opts.platform.service_backend,
         platform: opts.platform.platform,
         ssh_server: opts.platform.ssh_server,
+        interface_manager: opts.platform.interface_manager,
     };
     // Everything validated: now write.
     let key = generate_key(ctx, KEY_COMMENT)?;
@@ -219,6 +220,7 @@ pub fn init_backup(
         service_backend: platform.service_backend,
         platform: platform.platform,
         ssh_server: platform.ssh_server,
+        interface_manager: platform.interface_manager,
     };
     authorize_primary(&ctx.root, &key, peer, platform.ssh_server)?;
     config::save_node(&ctx.root, &node)?;

@@ -24,7 +24,7 @@ pub fn show_config(ctx: &Ctx) -> Result<Report> {
         "platform:    {} (services {}, interfaces {}, packages {})\n",
         layout.platform,
         layout.service_backend.as_str(),
-        layout.interface_manager.as_str(),
+        node.interface_manager().as_str(),
         layout.package_manager
     ));
     h.push_str(&format!(
@@ -85,12 +85,29 @@ pub fn show_config(ctx: &Ctx) -> Result<Report> {
         for l in &c.lans {
             let vips: Vec<String> = l.vips.iter().map(|v| v.to_string()).collect();
             h.push_str(&format!(
-                "LAN {:<8} primary {} backup {} VRID {} VIPs [{}]\n",
+                "{} {:<8} primary {} backup {} VRID {} VIPs [{}]\n",
+                if l.wan { "WAN (vip)" } else { "LAN" },
                 l.interface,
                 l.primary_address,
                 l.backup_address,
                 l.vrid,
                 vips.join(", ")
+            ));
+        }
+        for w in &c.wans {
+            h.push_str(&format!(
+                "WAN {:<8} takeover (up on the MASTER only), {} {}{}{}\n",
+                w.interface,
+                w.device.kind(),
+                w.addressing(),
+                if w.static_addresses().is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", w.static_addresses().join(", "))
+                },
+                w.mac
+                    .map(|m| format!(", cluster MAC {m}"))
+                    .unwrap_or_default()
             ));
         }
     } else {
@@ -131,6 +148,7 @@ mod tests {
                 service_backend: ServiceBackend::Initd,
                 platform: Default::default(),
                 ssh_server: Default::default(),
+                interface_manager: None,
             },
         )
         .unwrap();

@@ -88,6 +88,7 @@ impl Pair {
                 service_backend: ServiceBackend::Initd,
                 platform: Default::default(),
                 ssh_server: Default::default(),
+                interface_manager: None,
             },
         )
         .unwrap();
@@ -150,6 +151,20 @@ impl Pair {
     pub fn primary_files(&self) -> (String, String) {
         let read = |p: &str| std::fs::read_to_string(self.root.path(p)).unwrap();
         (read(paths::CLUSTER_CONFIG), read(paths::KEEPALIVED_CONF))
+    }
+
+    /// A device without addresses on both nodes (a takeover WAN's NIC).
+    pub fn add_interface(&mut self, name: &str) {
+        self.ifs.0.push(interface(name, &[]));
+        self.link.state().interfaces.push(interface(name, &[]));
+    }
+
+    /// A bridge on both nodes.
+    pub fn add_bridge(&mut self, name: &str) {
+        let mut b = interface(name, &[]);
+        b.kind = ns_ha_common::net::LinkKind::Bridge;
+        self.ifs.0.push(b.clone());
+        self.link.state().interfaces.push(b);
     }
 
     pub fn primary_cluster(&self) -> ClusterConfig {

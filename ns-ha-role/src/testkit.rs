@@ -154,6 +154,7 @@ impl FakeNode {
                 service_backend: Default::default(),
                 platform: Default::default(),
                 ssh_server: Default::default(),
+                interface_manager: None,
             },
         )
         .expect("save node");

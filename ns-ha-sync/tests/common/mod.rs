@@ -61,6 +61,7 @@ fn node(role: Role, peer: Ipv4Addr) -> NodeConfig {
         service_backend: Default::default(),
         platform: Default::default(),
         ssh_server: Default::default(),
+        interface_manager: None,
     }
 }
 
