@@ -32,6 +32,30 @@ pub trait InterfaceControl: Send + Sync {
     fn up(&self, wan: &Wan, timeout: Duration) -> Result<()>;
     /// Take `wan` down: no address, link down, so it answers no ARP/ND.
     fn down(&self, wan: &Wan, timeout: Duration) -> Result<()>;
+    /// Where `wan` is on this node now.
+    fn state(&self, wan: &Wan, timeout: Duration) -> Result<WanState>;
+}
+
+/// Where a takeover WAN is on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WanState {
+    /// Up with all its addresses.
+    Up,
+    /// Down: no link, none of its addresses.
+    Down,
+    /// Anything between (half configured, or the manager's state disagrees
+    /// with the device): taken down before it is brought up.
+    Partial,
+}
+
+/// The state of a WAN whose device `ip` can see.
+fn device_state(runner: &dyn CommandRunner, w: &Wan, timeout: Duration) -> Result<WanState> {
+    Ok(match wan::observe(runner, &w.interface, timeout)? {
+        None => WanState::Down,
+        Some(live) if live.is_up(w) => WanState::Up,
+        Some(live) if live.is_down(w) => WanState::Down,
+        Some(_) => WanState::Partial,
+    })
 }
 
 /// The control of `manager` on the node at `root`.
@@ -131,6 +155,30 @@ impl InterfaceControl for Ifupdown<'_> {
         // about (a node that crashed with the WAN up, a state dir on tmpfs).
         self.run("ifdown", &["--force"], wan, timeout)
     }
+
+    fn state(&self, w: &Wan, timeout: Duration) -> Result<WanState> {
+        // ifupdown's own record (`ifstate.IF` names it while configured): a
+        // WAN it thinks is up is not brought up again by `ifup`.
+        let recorded = std::fs::read_to_string(
+            self.root
+                .path(wan::IFUPDOWN_STATE_DIR)
+                .join(format!("ifstate.{}", w.interface)),
+        )
+        .is_ok_and(|t| !t.trim().is_empty());
+        if matches!(w.device, crate::wan::WanDevice::Pppoe { .. }) {
+            // The session's device (pppN) is not known by name: ifupdown's record tells.
+            return Ok(if recorded {
+                WanState::Up
+            } else {
+                WanState::Down
+            });
+        }
+        Ok(match (device_state(self.runner, w, timeout)?, recorded) {
+            (WanState::Up, true) => WanState::Up,
+            (WanState::Down, false) => WanState::Down,
+            _ => WanState::Partial,
+        })
+    }
 }
 
 /// OpenWrt's netifd, driven through `uci`, `ifup`/`ifdown` and `ubus`.
@@ -171,6 +219,18 @@ impl InterfaceControl for Netifd<'_> {
         self.runner
             .run_ok("/sbin/ifdown", &[wan::uci_name(wan)], timeout)
             .map(|_| ())
+    }
+
+    fn state(&self, w: &Wan, timeout: Duration) -> Result<WanState> {
+        let up = self.is_up(w, timeout)?;
+        if matches!(w.device, crate::wan::WanDevice::Pppoe { .. }) {
+            return Ok(if up { WanState::Up } else { WanState::Down });
+        }
+        Ok(match (device_state(self.runner, w, timeout)?, up) {
+            (WanState::Up, true) => WanState::Up,
+            (WanState::Down, false) => WanState::Down,
+            _ => WanState::Partial,
+        })
     }
 }
 

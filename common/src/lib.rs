@@ -23,6 +23,7 @@ pub mod health_config;
 pub mod ifcontrol;
 pub mod keepalived;
 pub mod logging;
+pub mod ndisc;
 pub mod net;
 pub mod peer;
 pub mod platform;

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use ns_ha_common::cmd::CommandRunner;
 use ns_ha_common::exit::{code_of, Code};
+use ns_ha_common::ifcontrol::{InterfaceControl, WanState};
 use ns_ha_common::role_config::link_matches;
 use ns_ha_common::root::paths;
 use ns_ha_common::service::{ServiceAction, ServiceBackend, ServiceManager};
+use ns_ha_common::wan::Wan;
 use ns_ha_common::NodeRoot;
 
 use crate::cron;
@@ -32,6 +34,12 @@ pub struct Executor<'a> {
     pub sync_tool: Option<PathBuf>,
     /// Interfaces never set down (keepalived tracks them).
     pub protected: Vec<String>,
+    /// The interface manager that brings takeover WANs up and down.
+    pub interfaces: &'a dyn InterfaceControl,
+    /// The cluster's takeover WANs.
+    pub wans: &'a [Wan],
+    /// `ns-ha-vip`, when installed: announces a WAN that came up.
+    pub vip_tool: Option<PathBuf>,
 }
 
 type Res = (Outcome, String);
@@ -127,7 +135,58 @@ impl Executor<'_> {
                 Err(e) => failed(&e),
             },
             Step::PushSync => self.push_sync(),
+            Step::Wan { interface, up } => self.wan(interface, *up),
         }
+    }
+
+    fn wan(&self, interface: &str, up: bool) -> Res {
+        let Some(w) = self.wans.iter().find(|w| w.interface == interface) else {
+            return skip("not a WAN of the cluster");
+        };
+        let now = match self.interfaces.state(w, self.timeout) {
+            Ok(s) => s,
+            Err(e) => return failed(&e),
+        };
+        match (up, now) {
+            (true, WanState::Up) | (false, WanState::Down) => return same(""),
+            (false, _) => {
+                return match self.interfaces.down(w, self.timeout) {
+                    Ok(()) => ok("down"),
+                    Err(e) => failed(&e),
+                }
+            }
+            (true, WanState::Partial) => {
+                // Clear what is half there (or what the manager wrongly
+                // thinks is up) so ifup configures it whole.
+                if let Err(e) = self.interfaces.down(w, self.timeout) {
+                    log::warn!("clearing WAN {interface} before ifup: {e:#}");
+                }
+            }
+            (true, WanState::Down) => {}
+        }
+        if let Err(e) = self.interfaces.up(w, self.timeout) {
+            return failed(&e);
+        }
+        // The neighbours (the ISP's router) still map the addresses to the
+        // old master's MAC: gratuitous ARP and unsolicited NA now.
+        match self.announce(interface) {
+            Ok(detail) => ok(format!("up; {detail}")),
+            Err(e) => {
+                log::warn!("WAN {interface} is up but was not announced: {e:#}");
+                ok(format!("up; not announced: {e:#}"))
+            }
+        }
+    }
+
+    fn announce(&self, interface: &str) -> anyhow::Result<String> {
+        let Some(tool) = self.vip_tool.as_ref().filter(|t| t.is_file()) else {
+            return Ok("ns-ha-vip not installed, not announced".into());
+        };
+        let mut args = self.root.tool_args();
+        args.extend(["announce".into(), "--interface".into(), interface.into()]);
+        self.runner
+            .run_ok(&tool.to_string_lossy(), &args, self.timeout)
+            .map(|_| "announced".into())
     }
 
     fn installed(&self, name: &str) -> bool {
@@ -279,5 +338,109 @@ fn record(a: &Action, (outcome, detail): Res, duration_ms: u64) -> ActionRecord 
         outcome,
         duration_ms,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Outcome;
+    use crate::plan::{wan_lanes, Once};
+    use crate::testkit::FakeRunner;
+    use ns_ha_common::wan::{Ipv4Method, WanDevice};
+    use std::sync::Mutex;
+
+    /// An interface manager that holds one WAN's state and records its calls.
+    struct FakeControl {
+        state: Mutex<WanState>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl InterfaceControl for FakeControl {
+        fn install(&self, _p: &[Wan], _w: &[Wan]) -> anyhow::Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+        fn up(&self, w: &Wan, _t: Duration) -> anyhow::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("up {}", w.interface));
+            *self.state.lock().unwrap() = WanState::Up;
+            Ok(())
+        }
+        fn down(&self, w: &Wan, _t: Duration) -> anyhow::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("down {}", w.interface));
+            *self.state.lock().unwrap() = WanState::Down;
+            Ok(())
+        }
+        fn state(&self, _w: &Wan, _t: Duration) -> anyhow::Result<WanState> {
+            Ok(*self.state.lock().unwrap())
+        }
+    }
+
+    fn run(state: WanState, master: bool) -> (Vec<ActionRecord>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let runner = FakeRunner::default();
+        let services = ns_ha_common::service::manager(ServiceBackend::Initd, &root, &runner);
+        let wans = vec![Wan {
+            interface: "wan1".into(),
+            device: WanDevice::Physical,
+            ipv4: Some(Ipv4Method::Dhcp),
+            ipv6: None,
+            mac: None,
+        }];
+        let control = FakeControl {
+            state: Mutex::new(state),
+            calls: Mutex::new(Vec::new()),
+        };
+        let exec = Executor {
+            root: &root,
+            runner: &runner,
+            services: services.as_ref(),
+            backend: ServiceBackend::Initd,
+            timeout: Duration::from_secs(1),
+            crontab: root.path("/etc/crontabs/root"),
+            sync_tool: None,
+            protected: Vec::new(),
+            interfaces: &control,
+            wans: &wans,
+            vip_tool: None,
+        };
+        let state = if master {
+            crate::events::KaState::Master
+        } else {
+            crate::events::KaState::Backup
+        };
+        let lanes = wan_lanes(&wans, state);
+        assert!(lanes.iter().flatten().all(|a| a.once == Once::Always));
+        let records = exec.run(&lanes);
+        let calls = control.calls.lock().unwrap().clone();
+        (records, calls)
+    }
+
+    #[test]
+    fn a_wan_converges_to_up_on_master_and_down_elsewhere() {
+        let (r, calls) = run(WanState::Down, true);
+        assert_eq!(r[0].outcome, Outcome::Changed);
+        assert!(r[0].detail.starts_with("up;"), "{}", r[0].detail);
+        assert_eq!(calls, ["up wan1"]);
+        // Half configured: cleared first, then brought up whole.
+        let (_, calls) = run(WanState::Partial, true);
+        assert_eq!(calls, ["down wan1", "up wan1"]);
+        let (r, calls) = run(WanState::Up, true);
+        assert_eq!(r[0].outcome, Outcome::Unchanged);
+        assert!(calls.is_empty());
+        for s in [WanState::Up, WanState::Partial] {
+            let (r, calls) = run(s, false);
+            assert_eq!(r[0].outcome, Outcome::Changed);
+            assert_eq!(calls, ["down wan1"]);
+        }
+        let (r, calls) = run(WanState::Down, false);
+        assert_eq!(r[0].outcome, Outcome::Unchanged);
+        assert!(calls.is_empty());
     }
 }

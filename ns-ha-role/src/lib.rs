@@ -169,6 +169,7 @@ pub fn run(cli: Cli, runner: &dyn CommandRunner) -> Result<Report> {
         root: root.clone(),
         runner,
         sync_tool: tool_path("ns-ha-sync").ok(),
+        vip_tool: tool_path("ns-ha-vip").ok(),
     };
     match cli.command {
         Command::Notify {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use ns_ha_common::config::{ClusterConfig, Role};
 use ns_ha_common::role_config::{link_matches, ConntrackdCommand, RoleSettings, RoleSpec};
+use ns_ha_common::wan::Wan;
 
 use crate::events::{Event, EventLog, KaState, PendingSync};
 
@@ -135,6 +136,11 @@ pub enum Step {
     ConntrackdRunning,
     Conntrackd(ConntrackdCommand),
     PushSync,
+    /// A takeover WAN up (then announced to the neighbours) or down.
+    Wan {
+        interface: String,
+        up: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,6 +294,25 @@ pub fn build(
     lanes
 }
 
+/// The takeover WANs for `state`: up on MASTER, down on BACKUP, FAULT and
+/// STOP; one lane each, so the WANs and the services come up in parallel.
+pub fn wan_lanes(wans: &[Wan], state: KaState) -> Vec<Lane> {
+    let up = state == KaState::Master;
+    let word = if up { "up" } else { "down" };
+    wans.iter()
+        .map(|w| {
+            vec![Action {
+                id: format!("wan {} {word}", w.interface),
+                step: Step::Wan {
+                    interface: w.interface.clone(),
+                    up,
+                },
+                once: Once::Always,
+            }]
+        })
+        .collect()
+}
+
 /// Interfaces keepalived tracks: never set down by a role.
 pub fn protected_links(cluster: &ClusterConfig) -> Vec<String> {
     std::iter::once(cluster.ha.interface.clone())
@@ -401,6 +426,31 @@ mod tests {
         let lanes = build(&s, KaState::Master, Role::Backup, None);
         assert!(!lanes.iter().any(|l| l[0].step == Step::PushSync));
         assert!(lanes.iter().any(|l| l[0].id == "service dnsmasq running"));
+    }
+
+    #[test]
+    fn takeover_wans_are_up_on_master_only_each_in_its_own_lane() {
+        let mut c = ns_ha_common::fixtures::sample_cluster();
+        for name in ["wan1", "wan2"] {
+            c.wans.push(Wan {
+                interface: name.into(),
+                device: ns_ha_common::wan::WanDevice::Physical,
+                ipv4: Some(ns_ha_common::wan::Ipv4Method::Dhcp),
+                ipv6: None,
+                mac: None,
+            });
+        }
+        let lanes = wan_lanes(&c.wans, KaState::Master);
+        assert_eq!(lanes.len(), 2);
+        assert_eq!(lanes[0][0].id, "wan wan1 up");
+        for state in [KaState::Backup, KaState::Fault, KaState::Stop] {
+            let lanes = wan_lanes(&c.wans, state);
+            assert!(lanes
+                .iter()
+                .flatten()
+                .all(|a| matches!(a.step, Step::Wan { up: false, .. })));
+            assert_eq!(lanes[1][0].id, "wan wan2 down");
+        }
     }
 
     #[test]

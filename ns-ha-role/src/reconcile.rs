@@ -38,6 +38,8 @@ pub struct Ctx<'a> {
     pub runner: &'a dyn CommandRunner,
     /// `ns-ha-sync`, when installed.
     pub sync_tool: Option<PathBuf>,
+    /// `ns-ha-vip`, when installed (announces a takeover WAN on the new master).
+    pub vip_tool: Option<PathBuf>,
 }
 
 /// What the reconciler applied last: `<root>/run/ns-ha/role/state.json`.
@@ -219,6 +221,7 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
         }
         let lanes: Vec<plan::Lane> = plan::build(&settings, state, role, sync)
             .into_iter()
+            .chain(plan::wan_lanes(&cluster.wans, state))
             .map(|lane| {
                 lane.into_iter()
                     .filter(|a| match a.once {
@@ -231,7 +234,15 @@ pub fn pass(ctx: &Ctx, trigger: &str) -> Result<PassReport> {
             .filter(|l| !l.is_empty())
             .collect();
         let services = manager(backend, &ctx.root, ctx.runner);
+        let if_manager = node
+            .as_ref()
+            .map(|n| n.interface_manager())
+            .unwrap_or(ns_ha_common::platform::InterfaceManager::Netifd);
+        let interfaces = ns_ha_common::ifcontrol::control(if_manager, &ctx.root, ctx.runner);
         let exec = Executor {
+            interfaces: interfaces.as_ref(),
+            wans: &cluster.wans,
+            vip_tool: ctx.vip_tool.clone(),
             root: &ctx.root,
             runner: ctx.runner,
             services: services.as_ref(),

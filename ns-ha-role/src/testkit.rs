@@ -176,6 +176,7 @@ impl FakeNode {
             root: self.root.clone(),
             runner: &self.runner,
             sync_tool: None,
+            vip_tool: None,
         }
     }
 

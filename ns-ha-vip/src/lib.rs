@@ -21,9 +21,12 @@ use ns_ha_common::cli::{self, GlobalArgs, Report};
 use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::config::{load_cluster, load_cluster_opt, load_node_opt, ClusterConfig, Role};
 use ns_ha_common::exit::{fail, help_table, Code};
+use ns_ha_common::ndisc;
 use ns_ha_common::net::{check_ifname, InterfaceSource, IpCommand};
 use ns_ha_common::vips::{self, VipState};
+use ns_ha_common::wan::{self, MacAddr};
 use ns_ha_common::NodeRoot;
+use std::time::Duration;
 
 /// The VIPs of an ns-ha pair: list them, re-announce them, find who holds one.
 ///
@@ -44,17 +47,21 @@ pub enum Command {
     ///
     /// KIND is how the VIP's interface is configured in cluster.json:
     /// `heartbeat` for the HA link's VIP (VRRP and sync only, not a gateway),
-    /// `add-lan` for a VIP of an interface added with `ns-ha-init add-lan`.
-    /// Until WAN takeover lands, WAN interfaces with a VIP are added the same
-    /// way, so `add-lan` does not tell a LAN from a WAN.
+    /// `add-lan` for a VIP of an interface added with `ns-ha-init add-lan`,
+    /// `add-wan` for one of a WAN added with `ns-ha-init add-wan --mode vip`.
+    /// Takeover WANs have no VIP (their whole address moves): `announce`
+    /// covers them, `ns-ha-check status` lists them.
     List,
-    /// Send gratuitous ARP for every VIP this node holds (after a split brain heals).
+    /// Send gratuitous ARP for every VIP this node holds and for the IPv4
+    /// addresses of the takeover WANs up here, and unsolicited neighbour
+    /// advertisements for their IPv6 addresses.
     ///
     /// keepalived announces only on a transition; a LAN whose ARP caches still
     /// point at the other node (after a partition) learns the holder again.
-    /// Holding nothing is not an error: nothing is sent.
+    /// The role engine runs it after it brings a takeover WAN up on the new
+    /// master. Holding nothing is not an error: nothing is sent.
     Announce {
-        /// Only the VIPs of this interface.
+        /// Only the VIPs and WAN addresses of this interface.
         #[arg(long, value_name = "IF")]
         interface: Option<String>,
     },
@@ -114,9 +121,11 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// The KIND column of `list`: how the VIP's interface is configured (see `list --help`).
-fn kind(v: &VipState) -> &'static str {
+fn kind(cluster: &ClusterConfig, v: &VipState) -> &'static str {
     if v.heartbeat {
         "heartbeat"
+    } else if cluster.lan(&v.interface).is_some_and(|l| l.wan) {
+        "add-wan"
     } else {
         "add-lan"
     }
@@ -137,7 +146,7 @@ pub fn list(ctx: &Ctx) -> Result<Report> {
             v.interface,
             v.vrid,
             yes_no(v.held),
-            kind(v)
+            kind(&cluster, v)
         ));
     }
     Ok(Report::new(h, json!({ "vips": vips })))
@@ -146,11 +155,13 @@ pub fn list(ctx: &Ctx) -> Result<Report> {
 /// The interfaces that carry VIPs in the cluster; anything else is refused.
 fn require_cluster_interface(cluster: &ClusterConfig, iface: &str) -> Result<()> {
     check_ifname(iface)?;
-    if iface == cluster.ha.interface || cluster.lan(iface).is_some() {
+    if iface == cluster.ha.interface || cluster.lan(iface).is_some() || cluster.wan(iface).is_some()
+    {
         return Ok(());
     }
     let known: Vec<&str> = std::iter::once(cluster.ha.interface.as_str())
         .chain(cluster.lans.iter().map(|l| l.interface.as_str()))
+        .chain(cluster.wans.iter().map(|w| w.interface.as_str()))
         .collect();
     Err(fail(
         Code::InvalidInput,
@@ -161,28 +172,107 @@ fn require_cluster_interface(cluster: &ClusterConfig, iface: &str) -> Result<()>
     ))
 }
 
-/// `announce`.
+/// One neighbour announcement to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Announcement {
+    /// Gratuitous ARP for a VIP or a takeover WAN's IPv4 address.
+    Arp { interface: String, addr: Ipv4Addr },
+    /// Unsolicited neighbour advertisement for a takeover WAN's IPv6 address.
+    Na {
+        interface: String,
+        addr: std::net::Ipv6Addr,
+    },
+}
+
+impl Announcement {
+    fn interface(&self) -> &str {
+        match self {
+            Announcement::Arp { interface, .. } | Announcement::Na { interface, .. } => interface,
+        }
+    }
+    fn addr(&self) -> String {
+        match self {
+            Announcement::Arp { addr, .. } => addr.to_string(),
+            Announcement::Na { addr, .. } => addr.to_string(),
+        }
+    }
+    fn send(&self, runner: &dyn CommandRunner) -> Result<()> {
+        match self {
+            Announcement::Arp { interface, addr } => arp::announce(runner, interface, *addr),
+            Announcement::Na { interface, addr } => {
+                let mac = arp::link_mac(runner, interface)?
+                    .ok_or_else(|| fail(Code::Failure, format!("interface {interface} is gone")))?;
+                let mac: MacAddr = mac.parse()?;
+                ndisc::announce(interface, ndisc::ifindex(interface)?, *addr, mac, 2)
+            }
+        }
+    }
+    fn how(&self) -> &'static str {
+        match self {
+            Announcement::Arp { .. } => "gratuitous ARP x2",
+            Announcement::Na { .. } => "unsolicited NA x2",
+        }
+    }
+}
+
+/// The addresses of the takeover WANs that are up here (on `only`, if given).
+fn held_wan_addresses(
+    cluster: &ClusterConfig,
+    runner: &dyn CommandRunner,
+    only: Option<&str>,
+) -> Result<Vec<Announcement>> {
+    let mut out = Vec::new();
+    for w in cluster
+        .wans
+        .iter()
+        .filter(|w| only.is_none_or(|i| w.interface == i))
+    {
+        let Some(live) = wan::observe(runner, &w.interface, Duration::from_secs(5))? else {
+            continue;
+        };
+        if !live.is_up(w) {
+            continue;
+        }
+        for a in &live.addresses {
+            let ip = a.split('/').next().unwrap_or(a);
+            let interface = w.interface.clone();
+            if let Ok(addr) = ip.parse::<Ipv4Addr>() {
+                out.push(Announcement::Arp { interface, addr });
+            } else if let Ok(addr) = ip.parse::<std::net::Ipv6Addr>() {
+                out.push(Announcement::Na { interface, addr });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `announce`: the VIPs held here and the addresses of the takeover WANs up here.
 pub fn announce(ctx: &Ctx, interface: Option<&str>) -> Result<Report> {
     let cluster = load_cluster(&ctx.root)?;
     if let Some(i) = interface {
         require_cluster_interface(&cluster, i)?;
     }
-    let held: Vec<VipState> = vips::observe(&cluster, ctx.ifs)?
+    let mut todo: Vec<Announcement> = vips::observe(&cluster, ctx.ifs)?
         .into_iter()
         .filter(|v| v.held && interface.is_none_or(|i| v.interface == i))
+        .map(|v| Announcement::Arp {
+            interface: v.interface,
+            addr: v.vip.addr,
+        })
         .collect();
-    if held.is_empty() {
+    todo.extend(held_wan_addresses(&cluster, ctx.runner, interface)?);
+    if todo.is_empty() {
         let scope = interface.map(|i| format!(" on {i}")).unwrap_or_default();
         return Ok(Report::new(
-            format!("this node holds no VIP{scope}: nothing to announce\n"),
+            format!("this node holds no VIP or WAN address{scope}: nothing to announce\n"),
             json!({"announced": [], "note": "holds no VIP"}),
         ));
     }
-    // One arping per VIP, in parallel: each takes a second (two packets).
+    // In parallel: an arping takes a second (two packets).
     let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = held
+        let handles: Vec<_> = todo
             .iter()
-            .map(|v| s.spawn(|| arp::announce(ctx.runner, &v.interface, v.vip.addr)))
+            .map(|a| s.spawn(|| a.send(ctx.runner)))
             .collect();
         handles
             .into_iter()
@@ -194,11 +284,13 @@ pub fn announce(ctx: &Ctx, interface: Option<&str>) -> Result<Report> {
     });
     let mut h = String::new();
     let mut failed = Vec::new();
-    for (v, r) in held.iter().zip(results) {
+    for (a, r) in todo.iter().zip(results) {
         match r {
             Ok(()) => h.push_str(&format!(
-                "announced {} on {} (gratuitous ARP x2)\n",
-                v.vip.addr, v.interface
+                "announced {} on {} ({})\n",
+                a.addr(),
+                a.interface(),
+                a.how()
             )),
             Err(e) => failed.push(e),
         }
@@ -208,9 +300,9 @@ pub fn announce(ctx: &Ctx, interface: Option<&str>) -> Result<Report> {
         log::warn!("{}", h.trim_end());
         return Err(first);
     }
-    let announced: Vec<serde_json::Value> = held
+    let announced: Vec<serde_json::Value> = todo
         .iter()
-        .map(|v| json!({"vip": v.vip.addr.to_string(), "interface": v.interface}))
+        .map(|a| json!({"vip": a.addr(), "interface": a.interface()}))
         .collect();
     Ok(Report::new(h, json!({ "announced": announced })))
 }
