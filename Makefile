@@ -14,7 +14,7 @@ CARGO ?= cargo
 # crate builds against.
 PACKAGES := keepalived openssh-server openssh-client dropbear-bin conntrackd conntrack iputils-arping \
 	dnsmasq-base nftables iproute2 iputils-ping procps socat ncat \
-	isc-dhcp-client pkg-config libssl-dev build-essential ca-certificates \
+	isc-dhcp-client ifupdown pkg-config libssl-dev build-essential ca-certificates \
 	shellcheck systemd
 
 .PHONY: all deps build test unit lab-test lint demo bench clean release install deb package-test

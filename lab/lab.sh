@@ -43,6 +43,15 @@ WAN_VIP=10.99.2.254
 declare -A HA_ADDR=([fw1]=10.99.0.1 [fw2]=10.99.0.2)
 declare -A LAN_ADDR=([fw1]=10.99.1.1 [fw2]=10.99.1.2 [lan]=10.99.1.100)
 declare -A WAN_ADDR=([fw1]=10.99.2.1 [fw2]=10.99.2.2 [wan]=10.99.2.100)
+# A takeover WAN (ns-ha-init add-wan): each firewall has a second cable into
+# the WAN switch (wan1, down, no address: the role engine brings it up on the
+# MASTER); the WAN host is the ISP of 10.99.3.0/24 and fd10:99:3::/64
+# (unique-local IPv6, inside the lab's namespaces only).
+TAKEOVER_IF=wan1
+TAKEOVER_NET=10.99.3.0/24
+TAKEOVER_NET6=fd10:99:3::/64
+TAKEOVER_ISP=10.99.3.100
+TAKEOVER_ISP6=fd10:99:3::100
 
 # Directories of a node root (all 0755 unless listed in NODE_DIR_MODES).
 NODE_DIRS=(etc etc/ns-ha etc/keepalived etc/ssh etc/init.d etc/rc.d etc/conntrackd
@@ -228,6 +237,8 @@ write_lab_json() {
   "bridges": {"lan": "brlan", "wan": "brwan"},
   "networks": {"ha": "$HA_NET", "lan": "$LAN_NET", "wan": "$WAN_NET"},
   "vips": {"lan": "$LAN_VIP/24", "wan": "$WAN_VIP/24"},
+  "takeover_wan": {"iface": "$TAKEOVER_IF", "net": "$TAKEOVER_NET", "net6": "$TAKEOVER_NET6",
+                   "isp": "$TAKEOVER_ISP/24", "isp6": "$TAKEOVER_ISP6/64"},
   "nodes": {
     "fw1": {"ns": "$fw1", "root": "$dir/fw1",
             "ifaces": {"ha": "ha0", "lan": "lan0", "wan": "wan0"},
@@ -293,6 +304,8 @@ cmd_up() {
 		bridge_port "${fw}lan" brlan
 		veth "$(ns_of "$fw")" wan0 "$sw" "${fw}wan"
 		bridge_port "${fw}wan" brwan
+		veth "$(ns_of "$fw")" "$TAKEOVER_IF" "$sw" "${fw}wan1"
+		bridge_port "${fw}wan1" brwan
 	done
 	veth "$(ns_of lan)" eth0 "$sw" lanhost
 	bridge_port lanhost brlan
@@ -312,6 +325,8 @@ cmd_up() {
 	ns=$(ns_of wan)
 	addr "$ns" eth0 "${WAN_ADDR[wan]}/24"
 	ip -n "$ns" route add "$LAN_NET" via "$WAN_VIP" dev eth0 onlink
+	ip -n "$ns" addr add "$TAKEOVER_ISP/24" dev eth0
+	ip -n "$ns" -6 addr add "$TAKEOVER_ISP6/64" dev eth0 nodad
 
 	for fw in "${FIREWALLS[@]}"; do
 		make_node_root "$fw"
@@ -367,7 +382,7 @@ cmd_crash() {
 		# shellcheck disable=SC2086
 		kill -KILL $pids 2>/dev/null || true
 	fi
-	for iface in ha0 lan0 wan0; do
+	for iface in ha0 lan0 wan0 "$TAKEOVER_IF"; do
 		ip -n "$ns" link set "$iface" down 2>/dev/null || true
 	done
 }

@@ -563,6 +563,37 @@ impl WanLive {
     }
 }
 
+/// How long one duplicate-address probe waits for an answer: an ARP reply
+/// on a LAN comes within milliseconds, and every probe adds this much to a
+/// takeover after a crash (nobody answers then).
+pub const PROBE_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether another host answers ARP for `addr` on `interface` (ARP probe
+/// with source 0.0.0.0, `arping -D`, as duplicate address detection does).
+/// The link must be up. Used by a new MASTER before it brings a takeover
+/// WAN up, so it waits for the old master (handing over gracefully) to take
+/// its WAN down first and two nodes never answer for the address at once.
+pub fn address_in_use(runner: &dyn CommandRunner, interface: &str, addr: Ipv4Addr) -> Result<bool> {
+    check_ifname(interface)?;
+    let out = runner.run(
+        "arping",
+        &args(&[
+            "-D",
+            "-q",
+            "-c",
+            "1",
+            "-w",
+            "1",
+            "-I",
+            interface,
+            &addr.to_string(),
+        ]),
+        PROBE_WAIT,
+    )?;
+    // Killed at PROBE_WAIT: nobody answered. Exit 1: a reply (a duplicate).
+    Ok(!out.timed_out && out.status == Some(1))
+}
+
 /// The device of `interface` as `ip -json addr show` reports it (`None`: no such device).
 pub fn observe(
     runner: &dyn CommandRunner,

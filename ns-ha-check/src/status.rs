@@ -15,9 +15,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use ns_ha_common::clock::fmt_utc;
-use ns_ha_common::config::{load_cluster_opt, load_node_opt, NodeConfig, Role};
+use ns_ha_common::config::{load_cluster_opt, load_node_opt, ClusterConfig, NodeConfig, Role};
 use ns_ha_common::service::manager;
 use ns_ha_common::vips::{self, LiveState, VipState};
+use ns_ha_common::wan::{self, WanMode};
 
 use crate::liveness::{self, PeerLiveness};
 use crate::tools::{self, SyncNode, SyncRun};
@@ -82,12 +83,68 @@ pub struct NodeStatus {
     pub role_engine: RoleEngine,
     pub maintenance: bool,
     pub vips: Vec<VipState>,
+    /// The cluster's WANs and whether each is up on this node.
+    pub wans: Vec<WanView>,
     pub sync: SyncView,
     pub transitions: Vec<TransitionView>,
     /// Whether the peer answers (None: not paired).
     pub peer: Option<PeerLiveness>,
     /// The health monitor's verdict (None: no monitor has run here).
     pub health: Option<HealthView>,
+}
+
+/// A WAN as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WanView {
+    pub interface: String,
+    /// `takeover` (up on the MASTER only) or `vip` (own address per node, a VIP moves).
+    pub mode: &'static str,
+    /// physical, bridge, bond, vlan, pppoe.
+    pub kind: &'static str,
+    /// static, dhcp, pppoe, with `+ static ipv6`.
+    pub addressing: String,
+    /// The addresses it carries when up (takeover) or its VIPs (vip).
+    pub addresses: Vec<String>,
+    /// takeover: up here with its addresses; vip: this node holds its VIPs.
+    pub up_here: bool,
+}
+
+/// The cluster's WANs as seen on this node.
+fn wan_views(ctx: &Ctx, cluster: &ClusterConfig, vips: &[VipState]) -> Vec<WanView> {
+    let mut out: Vec<WanView> = cluster
+        .lans
+        .iter()
+        .filter(|l| l.wan)
+        .map(|l| WanView {
+            interface: l.interface.clone(),
+            mode: WanMode::Vip.as_str(),
+            kind: "physical",
+            addressing: "static".into(),
+            addresses: l.vips.iter().map(|v| v.to_string()).collect(),
+            up_here: vips
+                .iter()
+                .filter(|v| v.interface == l.interface)
+                .all(|v| v.held),
+        })
+        .collect();
+    for w in &cluster.wans {
+        let up_here = match wan::observe(ctx.runner, &w.interface, Duration::from_secs(5)) {
+            Ok(live) => live.is_some_and(|l| l.is_up(w)),
+            Err(e) => {
+                log::warn!("cannot tell whether WAN {} is up: {e:#}", w.interface);
+                false
+            }
+        };
+        out.push(WanView {
+            interface: w.interface.clone(),
+            mode: WanMode::Takeover.as_str(),
+            kind: w.device.kind(),
+            addressing: w.addressing(),
+            addresses: w.static_addresses(),
+            up_here,
+        });
+    }
+    out
 }
 
 /// A check as `status` shows it.
@@ -180,6 +237,10 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
         None => Vec::new(),
     };
     let live = cluster.as_ref().map(|_| vips::live_state(&vips));
+    let wans = cluster
+        .as_ref()
+        .map(|c| wan_views(ctx, c, &vips))
+        .unwrap_or_default();
     let peer = match (&node, &cluster) {
         (Some(n), Some(c)) if n.peer_host_key.is_some() || n.role == Role::Backup => {
             Some(liveness::observe(n, c, &role, live, ctx.peer))
@@ -211,6 +272,7 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
         },
         maintenance: role.maintenance,
         vips,
+        wans,
         sync,
         transitions: role
             .history
@@ -313,6 +375,21 @@ pub fn render(s: &NodeStatus) -> String {
                 v.interface,
                 if v.held { "held" } else { "not held" },
                 if v.heartbeat { " (heartbeat)" } else { "" }
+            ),
+        );
+    }
+    for (i, x) in s.wans.iter().enumerate() {
+        line(
+            &mut w,
+            if i == 0 { "WANs" } else { "" },
+            format!(
+                "{:<8} {:<8} {} {} [{}] {}",
+                x.interface,
+                x.mode,
+                x.kind,
+                x.addressing,
+                x.addresses.join(", "),
+                if x.up_here { "up here" } else { "not up here" }
             ),
         );
     }

@@ -15,7 +15,12 @@ use ns_ha_common::ifcontrol::{InterfaceControl, WanState};
 use ns_ha_common::role_config::link_matches;
 use ns_ha_common::root::paths;
 use ns_ha_common::service::{ServiceAction, ServiceBackend, ServiceManager};
-use ns_ha_common::wan::Wan;
+use ns_ha_common::wan::{self, Ipv4Method, Wan};
+
+/// How long a new master waits for the old one to release a takeover
+/// WAN's address before it brings the WAN up anyway (a partition: the other
+/// node keeps it).
+pub const ADDRESS_FREE_WAIT: Duration = Duration::from_secs(2);
 use ns_ha_common::NodeRoot;
 
 use crate::cron;
@@ -164,6 +169,9 @@ impl Executor<'_> {
             }
             (true, WanState::Down) => {}
         }
+        if let Err(e) = self.wait_address_free(w) {
+            log::warn!("probing WAN {interface} before ifup: {e:#}");
+        }
         if let Err(e) = self.interfaces.up(w, self.timeout) {
             return failed(&e);
         }
@@ -176,6 +184,38 @@ impl Executor<'_> {
                 ok(format!("up; not announced: {e:#}"))
             }
         }
+    }
+
+    /// Before bringing up a WAN with a static IPv4 address, wait (up to
+    /// [`ADDRESS_FREE_WAIT`]) until nobody else answers ARP for it: in a
+    /// graceful handover (maintenance, preemption) the old master takes its
+    /// WAN down in the same moment this node brings it up, and both would
+    /// answer for a while. After a crash nobody answers and this costs one
+    /// probe ([`wan::PROBE_WAIT`]). The link comes up (with the cluster MAC,
+    /// if any) first so the probe can be sent; ifup then finds it up.
+    fn wait_address_free(&self, w: &Wan) -> anyhow::Result<()> {
+        let Some(Ipv4Method::Static { address, .. }) = &w.ipv4 else {
+            return Ok(());
+        };
+        let dev = w.interface.as_str();
+        if let Some(mac) = &w.mac {
+            let a = ["link", "set", "dev", dev, "address", &mac.to_string()].map(String::from);
+            self.runner.run_ok("ip", &a, self.timeout)?;
+        }
+        let a = ["link", "set", "dev", dev, "up"].map(String::from);
+        self.runner.run_ok("ip", &a, self.timeout)?;
+        let deadline = Instant::now() + ADDRESS_FREE_WAIT;
+        while wan::address_in_use(self.runner, dev, address.addr)? {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "{} still answers on {dev} after {ADDRESS_FREE_WAIT:?}: bringing the WAN up anyway",
+                    address.addr
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     fn announce(&self, interface: &str) -> anyhow::Result<String> {
@@ -347,7 +387,7 @@ mod tests {
     use crate::history::Outcome;
     use crate::plan::{wan_lanes, Once};
     use crate::testkit::FakeRunner;
-    use ns_ha_common::wan::{Ipv4Method, WanDevice};
+    use ns_ha_common::wan::WanDevice;
     use std::sync::Mutex;
 
     /// An interface manager that holds one WAN's state and records its calls.

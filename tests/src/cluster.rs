@@ -57,33 +57,35 @@ fn json_field(stdout: &str, field: &str) -> String {
 
 /// Initialize fw1 as primary and fw2 as backup and pin fw2's host key.
 pub fn pair_only(lab: &Lab) {
-    let out = init_ok(
-        lab,
-        "fw1",
-        &[
-            "--json",
-            "init-primary",
-            "--ha-interface",
-            net::HA_IF,
-            "--peer",
-            net::FW2_HA,
-        ],
-    );
+    pair_only_with(lab, &[]);
+}
+
+/// [`pair_only`] with `init_args` added to both `init-primary` and
+/// `init-backup` (e.g. `--interface-manager ifupdown`).
+pub fn pair_only_with(lab: &Lab, init_args: &[&str]) {
+    let mut primary = vec![
+        "--json",
+        "init-primary",
+        "--ha-interface",
+        net::HA_IF,
+        "--peer",
+        net::FW2_HA,
+    ];
+    primary.extend_from_slice(init_args);
+    let out = init_ok(lab, "fw1", &primary);
     let key = json_field(&out, "public_key");
-    let out = init_ok(
-        lab,
-        "fw2",
-        &[
-            "--json",
-            "init-backup",
-            "--ha-interface",
-            net::HA_IF,
-            "--peer",
-            net::FW1_HA,
-            "--primary-key",
-            &key,
-        ],
-    );
+    let mut backup = vec![
+        "--json",
+        "init-backup",
+        "--ha-interface",
+        net::HA_IF,
+        "--peer",
+        net::FW1_HA,
+        "--primary-key",
+        &key,
+    ];
+    backup.extend_from_slice(init_args);
+    let out = init_ok(lab, "fw2", &backup);
     let fp = json_field(&out, "host_key_fingerprint");
     init_ok(lab, "fw1", &["pair", "--host-key-fingerprint", &fp]);
 }
