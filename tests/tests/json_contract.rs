@@ -333,6 +333,10 @@ fn offline(ck: &mut Checker) {
             &["add-lan", "--interface", "lan0", "--vip", "10.99.1.254/24"],
         ),
         (
+            "ns-ha-init add-wan",
+            &["add-wan", "--interface", "wan1", "--ipv4", "dhcp"],
+        ),
+        (
             "ns-ha-init remove-interface",
             &["remove-interface", "--interface", "lan0"],
         ),
@@ -543,6 +547,31 @@ fn in_lab(ck: &mut Checker) {
     ck.ok(
         "ns-ha-init remove-interface",
         &init(&["remove-interface", "--interface", net::WAN_IF]),
+    );
+    // HA is not enabled yet: the role engine leaves the WANs alone.
+    ck.ok(
+        "ns-ha-init add-wan (vip)",
+        &init(&[
+            "add-wan",
+            "--interface",
+            net::WAN_IF,
+            "--mode",
+            "vip",
+            "--vip",
+            &wan_vip,
+        ]),
+    );
+    ck.ok(
+        "ns-ha-init remove-interface",
+        &init(&["remove-interface", "--interface", net::WAN_IF]),
+    );
+    ck.ok(
+        "ns-ha-init add-wan",
+        &init(&["add-wan", "--interface", "wan1", "--ipv4", "10.99.3.1/24"]),
+    );
+    ck.ok(
+        "ns-ha-init remove-interface",
+        &init(&["remove-interface", "--interface", "wan1"]),
     );
     ck.ok(
         "ns-ha-init add-lan",
