@@ -421,18 +421,32 @@ mod tests {
         }
     }
 
-    fn run(state: WanState, master: bool) -> (Vec<ActionRecord>, Vec<String>) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = NodeRoot::new(dir.path()).unwrap();
-        let runner = FakeRunner::default();
-        let services = ns_ha_common::service::manager(ServiceBackend::Initd, &root, &runner);
-        let wans = vec![Wan {
+    fn dhcp_wan() -> Wan {
+        Wan {
             interface: "wan1".into(),
             device: WanDevice::Physical,
             ipv4: Some(Ipv4Method::Dhcp),
             ipv6: None,
             mac: None,
-        }];
+        }
+    }
+
+    fn run(state: WanState, master: bool) -> (Vec<ActionRecord>, Vec<String>) {
+        let (r, calls, _) = run_with(dhcp_wan(), state, master);
+        (r, calls)
+    }
+
+    /// The records, the interface manager's calls and the commands run.
+    fn run_with(
+        wan: Wan,
+        state: WanState,
+        master: bool,
+    ) -> (Vec<ActionRecord>, Vec<String>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let runner = FakeRunner::default();
+        let services = ns_ha_common::service::manager(ServiceBackend::Initd, &root, &runner);
+        let wans = vec![wan];
         let control = FakeControl {
             state: Mutex::new(state),
             calls: Mutex::new(Vec::new()),
@@ -459,7 +473,31 @@ mod tests {
         assert!(lanes.iter().flatten().all(|a| a.once == Once::Always));
         let records = exec.run(&lanes);
         let calls = control.calls.lock().unwrap().clone();
-        (records, calls)
+        (records, calls, runner.calls())
+    }
+
+    #[test]
+    fn a_static_wan_waits_for_its_address_to_be_free_with_the_cluster_mac_set() {
+        let mut w = dhcp_wan();
+        w.ipv4 = Some(Ipv4Method::Static {
+            address: "10.99.3.1/24".parse().unwrap(),
+            gateway: None,
+        });
+        w.mac = Some("02:00:5e:10:00:01".parse().unwrap());
+        let (r, calls, commands) = run_with(w, WanState::Down, true);
+        assert_eq!(r[0].outcome, Outcome::Changed);
+        assert_eq!(calls, ["up wan1"]);
+        assert_eq!(
+            commands,
+            [
+                "ip link set dev wan1 address 02:00:5e:10:00:01",
+                "ip link set dev wan1 up",
+                "arping -D -q -c 1 -w 1 -I wan1 10.99.3.1",
+            ]
+        );
+        // A DHCP WAN has no address to probe.
+        let (_, _, commands) = run_with(dhcp_wan(), WanState::Down, true);
+        assert!(commands.is_empty(), "{commands:?}");
     }
 
     #[test]
