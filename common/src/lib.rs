@@ -34,6 +34,7 @@ pub mod sync_config;
 pub mod upgrade;
 pub mod vips;
 pub mod vrrp;
+pub mod wireguard;
 
 pub use exit::{code_of, fail, Code};
 pub use root::NodeRoot;
