@@ -33,6 +33,7 @@ pub mod ssh;
 pub mod sync_config;
 pub mod upgrade;
 pub mod vips;
+pub mod vpn;
 pub mod vrrp;
 pub mod wireguard;
 

@@ -348,6 +348,22 @@ fn failover_round(lab: &Lab) -> (f64, f64) {
         );
     }
     assert_vpns_only_on(lab, "fw1", "steady state");
+    // `ns-ha-check status` says where each tunnel is up.
+    for (fw, up) in [("fw1", true), ("fw2", false)] {
+        let st: serde_json::Value =
+            serde_json::from_str(&tool_ok(lab, fw, "ns-ha-check", &["--json", "status"]))
+                .expect("status JSON");
+        let up_here = |name: &str| {
+            st["vpns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["name"] == name)
+                .map(|t| t["up"].clone())
+        };
+        assert_eq!(up_here("wg0"), Some(up.into()), "{fw}: {}", st["vpns"]);
+        assert_eq!(up_here("server"), Some(up.into()), "{fw}: {}", st["vpns"]);
+    }
 
     client.start(lab);
     let up = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
