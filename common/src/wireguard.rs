@@ -348,6 +348,37 @@ pub fn up(
     ))
 }
 
+/// Apply an edited config to a running tunnel: when `cfg` differs from
+/// what the tunnel was last given (the stripped file `up` wrote), `wg
+/// syncconf` (peers added, changed and removed; sessions of unchanged
+/// peers kept) and the addresses again. Returns whether it changed.
+pub fn resync(
+    root: &NodeRoot,
+    runner: &dyn CommandRunner,
+    cfg: &TunnelConfig,
+    timeout: Duration,
+) -> Result<bool> {
+    let name = cfg.name.as_str();
+    let setconf = root.path(format!("{SETCONF_DIR}/{name}.conf"));
+    if std::fs::read_to_string(&setconf).is_ok_and(|t| t == cfg.setconf) {
+        return Ok(false);
+    }
+    crate::fsutil::atomic_write(&setconf, cfg.setconf.as_bytes(), 0o600)?;
+    let path = setconf.to_string_lossy().into_owned();
+    run_wg(
+        root,
+        runner,
+        "wg",
+        &["syncconf".into(), name.into(), path],
+        timeout,
+    )
+    .with_context(|| format!("applying the edited {CONFIG_DIR}/{name}.conf"))?;
+    for a in &cfg.addresses {
+        ip(runner, &["address", "replace", a, "dev", name], timeout)?;
+    }
+    Ok(true)
+}
+
 /// Set the known endpoints of `cfg`'s peers (recorded, else configured)
 /// and start a handshake with each: switching the persistent keepalive on
 /// from off sends a keepalive at once, which needs a session. The
@@ -642,6 +673,32 @@ mod tests {
             0o600
         );
         assert!(!std::fs::read_to_string(f).unwrap().contains("PostUp"));
+    }
+
+    #[test]
+    fn an_edited_config_reaches_the_running_tunnel_once() {
+        let (_d, r) = root();
+        let runner = RecordingRunner::new();
+        let c = parse("wg0", SERVER).unwrap();
+        up(&r, &runner, &c, Duration::from_secs(1)).unwrap();
+        let t = Duration::from_secs(1);
+        assert!(
+            !resync(&r, &runner, &c, t).unwrap(),
+            "unchanged: nothing to do"
+        );
+        let edited = parse("wg0", &SERVER.replace("10.99.20.3/32", "10.99.20.4/32")).unwrap();
+        let before = runner.calls().len();
+        assert!(resync(&r, &runner, &edited, t).unwrap());
+        let calls: Vec<String> = runner.calls()[before..]
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert!(calls[0].contains("wg syncconf wg0"), "{calls:#?}");
+        assert!(
+            calls[1].contains("address replace 10.99.20.1/24 dev wg0"),
+            "{calls:#?}"
+        );
+        assert!(!resync(&r, &runner, &edited, t).unwrap());
     }
 
     #[test]

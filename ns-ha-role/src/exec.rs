@@ -219,6 +219,17 @@ impl Executor<'_> {
                 continue;
             }
             matched += 1;
+            if up && tunnels.iter().any(|t| t == name) {
+                // A running tunnel whose file was edited gets the edit
+                // (`list` predates the tunnels created above).
+                let done = wireguard::load(self.root, name)
+                    .and_then(|cfg| wireguard::resync(self.root, self.runner, &cfg, self.timeout));
+                match done {
+                    Ok(true) => changed.push(format!("{name} reconfigured")),
+                    Ok(false) => {}
+                    Err(e) => return failed(&e),
+                }
+            }
             if !up && tunnels.iter().any(|t| t == name) {
                 if let Err(e) = wireguard::down(self.runner, name, self.timeout) {
                     return failed(&e);

@@ -250,6 +250,25 @@ fn assert_vpns_only_on(lab: &Lab, master: &str, when: &str) {
     }
 }
 
+/// `wg ARGS` on a firewall, seeing that node's wireguard-go sockets.
+fn node_wg(lab: &Lab, node: &str, args: &[&str]) -> String {
+    let dir = lab.path(node, "/run/wireguard");
+    let dir = dir.to_string_lossy();
+    let mut argv = vec![
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$1\" /run/wireguard && shift && exec wg \"$@\"",
+        "sh",
+        &dir,
+    ];
+    argv.extend_from_slice(args);
+    lab.exec_ok(node, &argv)
+}
+
 /// A ping from the WAN host, every 50 ms, its output in a file.
 struct Ping {
     child: Child,
@@ -366,6 +385,20 @@ fn failover_round(lab: &Lab, forget: bool) -> (f64, f64) {
         assert_eq!(up_here("wg0"), Some(up.into()), "{fw}: {}", st["vpns"]);
         assert_eq!(up_here("server"), Some(up.into()), "{fw}: {}", st["vpns"]);
     }
+
+    // An edit of the tunnel's file on the MASTER reaches the running tunnel
+    // at the next role pass (`wg syncconf`, sessions kept).
+    let (_, extra_pub) = wg_key_pair();
+    let mut wg0 = lab.read("fw1", "/etc/wireguard/wg0.conf");
+    wg0.push_str(&format!(
+        "\n[Peer]\nPublicKey = {extra_pub}\nAllowedIPs = 10.99.20.9/32\n"
+    ));
+    lab.write("fw1", "/etc/wireguard/wg0.conf", wg0);
+    tool_ok(lab, "fw1", "ns-ha-role", &["apply"]);
+    assert!(
+        node_wg(lab, "fw1", &["show", "wg0", "peers"]).contains(&extra_pub),
+        "the edited wg0.conf did not reach fw1's tunnel"
+    );
 
     client.start(lab);
     let up = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
