@@ -195,22 +195,11 @@ impl Client {
              wireguard-go \"$2\" 2>/dev/null && wg setconf \"$2\" \"$1/$2.conf\" && \
              ip address add \"$3\" dev \"$2\" && ip link set \"$2\" up && \
              ip route add \"$4/32\" dev \"$2\"";
-        lab.exec_ok(
+        in_private_mounts(
+            lab,
             "wan",
-            &[
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                "sh",
-                &dir,
-                CLIENT_WG_IF,
-                WG_CLIENT,
-                LAN_BY_WG,
-            ],
+            script,
+            &[&dir, CLIENT_WG_IF, WG_CLIENT, LAN_BY_WG],
         );
     }
 }
@@ -250,10 +239,9 @@ fn assert_vpns_only_on(lab: &Lab, master: &str, when: &str) {
     }
 }
 
-/// `wg ARGS` on a firewall, seeing that node's wireguard-go sockets.
-fn node_wg(lab: &Lab, node: &str, args: &[&str]) -> String {
-    let dir = lab.path(node, "/run/wireguard");
-    let dir = dir.to_string_lossy();
+/// Run a shell script (`sh -c SCRIPT sh ARGS...`) in `node`'s namespace and
+/// a private mount namespace (for binding a `/run/wireguard` of its own).
+fn in_private_mounts(lab: &Lab, node: &str, script: &str, args: &[&str]) -> String {
     let mut argv = vec![
         "unshare",
         "--mount",
@@ -261,12 +249,25 @@ fn node_wg(lab: &Lab, node: &str, args: &[&str]) -> String {
         "private",
         "sh",
         "-c",
-        "mount --bind \"$1\" /run/wireguard && shift && exec wg \"$@\"",
+        script,
         "sh",
-        &dir,
     ];
     argv.extend_from_slice(args);
     lab.exec_ok(node, &argv)
+}
+
+/// `wg ARGS` on a firewall, seeing that node's wireguard-go sockets.
+fn node_wg(lab: &Lab, node: &str, args: &[&str]) -> String {
+    let dir = lab.path(node, "/run/wireguard");
+    let dir = dir.to_string_lossy();
+    let mut argv = vec![dir.as_ref()];
+    argv.extend_from_slice(args);
+    in_private_mounts(
+        lab,
+        node,
+        "mount --bind \"$1\" /run/wireguard && shift && exec wg \"$@\"",
+        &argv,
+    )
 }
 
 /// A ping from the WAN host, every 50 ms, its output in a file.
