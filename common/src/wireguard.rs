@@ -397,10 +397,13 @@ pub fn kick(
         .peers
         .iter()
         .filter_map(|p| {
+            // A recorded endpoint is an address and port, nothing else
+            // (the file comes from the primary through the sync).
             let ep = recorded
                 .tunnels
                 .get(&cfg.name)
                 .and_then(|t| t.get(&p.public_key))
+                .filter(|e| e.parse::<std::net::SocketAddr>().is_ok())
                 .cloned()
                 .or_else(|| p.endpoint.clone())?;
             Some((p, ep))
@@ -631,7 +634,12 @@ mod tests {
         let mut rec = Endpoints::default();
         rec.tunnels.insert(
             "wg0".into(),
-            [("QUxJQ0U=".to_string(), "10.99.2.100:40000".to_string())].into(),
+            [
+                ("QUxJQ0U=".to_string(), "10.99.2.100:40000".to_string()),
+                // Not an address: ignored, the configured endpoint is used.
+                ("Qk9C".to_string(), "--help".to_string()),
+            ]
+            .into(),
         );
         std::fs::create_dir_all(r.path(CONFIG_DIR)).unwrap();
         std::fs::write(r.path(ENDPOINTS_FILE), serde_json::to_string(&rec).unwrap()).unwrap();
