@@ -284,6 +284,12 @@ pub fn up(
     timeout: Duration,
 ) -> Result<String> {
     let name = cfg.name.as_str();
+    if !cfg.ignored.is_empty() {
+        log::warn!(
+            "{CONFIG_DIR}/{name}.conf: wg-quick's {} not applied (no shell runs from a synced file)",
+            cfg.ignored.join(", ")
+        );
+    }
     let setconf = root.path(format!("{SETCONF_DIR}/{name}.conf"));
     crate::fsutil::atomic_write(&setconf, cfg.setconf.as_bytes(), 0o600)?;
     // The platform decides: the kernel's link type if it has one.
