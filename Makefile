@@ -10,12 +10,15 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the product and its lab need: the real daemons (keepalived,
-# sshd, conntrackd, dnsmasq), the tools the lab drives, and what the ssh2
-# crate builds against.
+# sshd, conntrackd, dnsmasq), the tools the lab drives, what the ssh2 crate
+# builds against, and the VM tier's (lab/vm.sh: qemu, Debian's stock kernel
+# for bonding/802.1q/PPPoE, a static busybox for its initramfs; pppd and
+# pppoe-server for the PPPoE WAN).
 PACKAGES := keepalived openssh-server openssh-client dropbear-bin conntrackd conntrack iputils-arping \
 	dnsmasq-base nftables iproute2 iputils-ping procps socat ncat \
 	isc-dhcp-client pkg-config libssl-dev build-essential ca-certificates \
-	shellcheck systemd
+	shellcheck systemd \
+	qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils ppp pppoe
 
 .PHONY: all deps build test unit lab-test lint demo bench clean release install deb package-test
 

@@ -12,7 +12,7 @@
 # Usage:
 #   lab.sh up PREFIX          build the lab (silent unless it fails)
 #   lab.sh down PREFIX        tear it down (idempotent, tolerates partial setup)
-#   lab.sh crash PREFIX NODE  simulate a dead box (freeze+kill keepalived, links down)
+#   lab.sh crash PREFIX NODE  simulate a dead box (freeze+kill keepalived, all links down)
 #   lab.sh dir PREFIX         print the lab dir
 #
 # Environment: NS_HA_LAB_SSH_SERVER picks the firewalls' SSH server: openssh
@@ -367,7 +367,11 @@ cmd_crash() {
 		# shellcheck disable=SC2086
 		kill -KILL $pids 2>/dev/null || true
 	fi
-	for iface in ha0 lan0 wan0; do
+	# Every link of the box goes down, the HA link first (the VM tier's
+	# nodes also have bond members and VLANs).
+	for iface in ha0 lan0 wan0 $(ip -n "$ns" -o link show 2>/dev/null |
+		awk -F': ' '{sub(/@.*/, "", $2); print $2}'); do
+		[[ $iface == lo ]] && continue
 		ip -n "$ns" link set "$iface" down 2>/dev/null || true
 	done
 }

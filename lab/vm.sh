@@ -48,7 +48,7 @@ pick_kernel() {
 		echo "$NS_HA_VM_KERNEL"
 		return
 	fi
-	for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -rV); do
+	for k in $(printf '%s\n' /boot/vmlinuz-* | sort -rV); do
 		v=${k#/boot/vmlinuz-}
 		[[ -d /lib/modules/$v/kernel ]] && {
 			echo "$k"
@@ -130,7 +130,7 @@ unpacked_kernel() { # BZIMAGE VERSION -> path to boot
 	off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$bz" 2>/dev/null | head -n 1 | cut -d: -f1) || off=
 	if [[ -n $off ]] && install -d -m 0755 "$cache" &&
 		tail -c "+$((off + 1))" "$bz" | xz -dc 2>/dev/null >"$cache/vmlinux-$version.tmp"; [[ -s $cache/vmlinux-$version.tmp ]] &&
-		file -b "$cache/vmlinux-$version.tmp" 2>/dev/null | grep -q '^ELF 64-bit'; then
+		[[ $(head -c 4 "$cache/vmlinux-$version.tmp" | tail -c 3) == ELF ]]; then
 		mv "$cache/vmlinux-$version.tmp" "$cache/vmlinux-$version"
 		echo "$cache/vmlinux-$version"
 		return
