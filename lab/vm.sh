@@ -105,6 +105,10 @@ ln -sf /proc/self/fd /dev/fd 2>/dev/null
 [[ -e /etc/mtab ]] || ln -s /proc/self/mounts /etc/mtab
 hostname ns-ha-vm
 ip link set lo up
+# The lab's sshd runs forced commands through root's shell, and bash sources
+# ~/.bashrc under sshd: this machine's (pyenv init) costs seconds per command
+# under emulation. The VM's /root is a throwaway layer: empty rc files.
+for f in .bashrc .bash_profile .profile; do : >"/root/$f"; done
 # shellcheck disable=SC1091
 source "$io/env"
 cut -d' ' -f1 /proc/uptime >"$io/booted"

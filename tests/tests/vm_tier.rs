@@ -21,6 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ns_ha_common::exit::Code;
+use ns_ha_common::peer::PEER_TIMEOUT_ENV;
 use ns_ha_tests::cluster::{init, init_ok, pair_with_lans, role_settled};
 use ns_ha_tests::{net, wait_until, Lab};
 use serde_json::Value;
@@ -43,6 +44,14 @@ const CASES: &[&str] = &[
 /// takes ~2-4 min on an idle 2-core machine; the margin is for a loaded one
 /// (emulation slows down with the host's load).
 const VM_TIMEOUT_SECS: u32 = 540;
+
+/// How long the primary waits for the backup in the VM: a backup's sync
+/// receiver that validates a config starts several processes, each taking a
+/// second or more under emulation, more than the default 15 s in all.
+const VM_PEER_TIMEOUT_SECS: u32 = 120;
+
+/// VRRP advert interval in the VM (ms).
+const VM_ADVERT_MS: u32 = 1000;
 
 /// The prefix of a case's verdict line.
 const VERDICT: &str = "VM-CASE ";
@@ -94,11 +103,14 @@ fn vm_tier() {
     let vm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/vm.sh");
     let started = Instant::now();
     // NS_HA_LAB_KEEP: the VM's lab goes with the VM, tearing it down first
-    // would only cost time.
+    // would only cost time. The peer timeout: see VM_PEER_TIMEOUT_SECS.
     let out = Command::new(&vm)
         .args(["run", "--timeout", &VM_TIMEOUT_SECS.to_string()])
         .args(["--memory", "2048", "--cpus", "2", "--", "env"])
         .args([format!("{IN_VM_ENV}=1"), "NS_HA_LAB_KEEP=1".to_string()])
+        .arg(format!("{PEER_TIMEOUT_ENV}={VM_PEER_TIMEOUT_SECS}"))
+        // Symbolizing a backtrace of a debug binary takes minutes emulated.
+        .arg("RUST_BACKTRACE=0")
         .arg(&exe)
         .args(["--exact", "--ignored", "--nocapture", "in_vm_cases"])
         .output()
@@ -416,7 +428,7 @@ fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, 
 }
 
 /// Pair, give the roles the WAN services (started on MASTER, stopped on
-/// BACKUP/FAULT), enable; fw1 MASTER, fw2 BACKUP with the roles synced.
+/// BACKUP/FAULT), slow VRRP down to [`VM_ADVERT_MS`], enable; fw1 MASTER, fw2 BACKUP with the roles synced.
 fn takeover_setup(lab: &Lab, steps: &Steps) {
     pair_with_lans(lab);
     steps.done("paired");
@@ -426,6 +438,9 @@ fn takeover_setup(lab: &Lab, steps: &Steps) {
         let l = c["roles"][role][list].as_array_mut().expect("role list");
         l.extend(WANS.iter().map(|w| Value::from(w.service)));
     }
+    // The default advert interval (50 ms) is far below what an emulated
+    // keepalived keeps up with: the nodes would flap.
+    c["vrrp"]["advert_interval_ms"] = Value::from(VM_ADVERT_MS);
     lab.write("fw1", "/etc/ns-ha/cluster.json", c.to_string());
     init_ok(lab, "fw1", &["enable"]);
     steps.done("enabled");
