@@ -99,7 +99,9 @@ write_stage2() {
 	cat >"$1" <<'EOF'
 #!/bin/bash
 io=/run/ns-ha-vm
-mount -t devpts devpts /dev/pts 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 shm /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 [[ -e /etc/mtab ]] || ln -s /proc/self/mounts /etc/mtab

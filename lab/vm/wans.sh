@@ -71,6 +71,7 @@ lcp-echo-interval 1
 lcp-echo-failure 3
 noipdefault
 nodefaultroute
+logfile $DIR/isp/pppd.log
 OPTS
 # -N 4: the old master's session lingers until its LCP echoes time out.
 ip netns exec "$WAN" pppoe-server -I eth0 -L 10.99.5.100 -R 10.99.5.1 -N 4 \
