@@ -12,6 +12,7 @@
 pub mod alert;
 pub mod doctor;
 pub mod health;
+pub mod keepalived_stats;
 pub mod liveness;
 pub mod metrics;
 pub mod monitor;
@@ -42,7 +43,7 @@ use crate::tools::{ToolQuery, ToolRunner};
 
 /// Status, doctor and health checks of an ns-ha node.
 ///
-///   ns-ha-check status          role, VRRP state, VIPs, sync, transitions
+///   ns-ha-check status          role, VRRP state, VIPs, sync, transitions, VPN tunnels
 ///   ns-ha-check doctor          every problem of the pair with its fix (exit 10 if any)
 ///   ns-ha-check health          can this node serve as master? (exit 0 or 10)
 ///   ns-ha-check health --list   every health check of this node, with its period
@@ -59,7 +60,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// One view of the node: role, cluster, keepalived, live VRRP state, VIPs, sync, last transitions.
+    /// One view of the node: role, cluster, keepalived, live VRRP state, VIPs, sync, last transitions, VPN tunnels and whether each is up here.
     Status,
     /// Everything that can be wrong with the pair, each with its fix; exit 10 if any problem.
     ///
@@ -79,7 +80,9 @@ pub enum Command {
     },
     /// Run the health checks for as long as the node runs and move the VIPs:
     /// writes keepalived's health track file (priority offset), the state
-    /// file /run/ns-ha/health.json, the prompt marker, and runs the alert hook.
+    /// file /run/ns-ha/health.json, the prompt marker, and runs the alert hook;
+    /// on the primary while MASTER, records the WireGuard peers' endpoints
+    /// in /etc/wireguard/ns-ha-endpoints.json (synced) every 2 s.
     ///
     /// Started and restarted with keepalived by its init script:
     /// `ns-ha-check [--root R] monitor`. Logs on stderr.
@@ -229,7 +232,18 @@ pub fn metrics(ctx: &Ctx, textfile_dir: Option<std::path::PathBuf>) -> Result<Re
         .map(|i| (i.name.clone(), i.state.clone()))
         .collect();
     let health = monitor::read_state(&ctx.root)?;
-    let text = metrics::render(&s, &instances, health.as_ref(), ctx.clock.now_ms());
+    let dump = keepalived_stats::SignalledDump {
+        root: &ctx.root,
+        runner: ctx.runner,
+    };
+    let counters = keepalived_stats::KeepalivedStats::dump(&dump).map_err(|e| format!("{e:#}"));
+    let text = metrics::render(
+        &s,
+        &instances,
+        health.as_ref(),
+        &counters,
+        ctx.clock.now_ms(),
+    );
     // A directory given here is taken as is; the config's is a node path.
     let dir = textfile_dir.or_else(|| {
         load_cluster(&ctx.root)
