@@ -143,6 +143,9 @@ fn vm_tier() {
         "VM tier cases failed: {failed:#?}\n{report}"
     );
     assert!(out.status.success(), "VM tier run failed\n{report}");
+    for line in stdout.lines().filter(|l| l.starts_with('[')) {
+        println!("vm_tier step {line}");
+    }
     for line in stderr.lines().filter(|l| l.starts_with("vm.sh: VM ran")) {
         println!("{line}");
     }
