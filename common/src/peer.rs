@@ -26,10 +26,19 @@ pub const PEER_TIMEOUT_ENV: &str = "NS_HA_PEER_TIMEOUT_SECS";
 /// The time to wait for the peer: [`PEER_TIMEOUT_ENV`] if it holds a whole
 /// number of seconds of at least 1, else [`PEER_TIMEOUT`].
 pub fn peer_timeout(env_value: Option<&str>) -> Duration {
-    env_value
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|s| *s >= 1)
-        .map_or(PEER_TIMEOUT, Duration::from_secs)
+    let Some(v) = env_value else {
+        return PEER_TIMEOUT;
+    };
+    match v.trim().parse::<u64>() {
+        Ok(s) if s >= 1 => Duration::from_secs(s),
+        _ => {
+            log::warn!(
+                "{PEER_TIMEOUT_ENV}='{v}' is not a whole number of seconds of at least 1: \
+                 waiting {PEER_TIMEOUT:?} for the peer; set it to e.g. 60 or unset it"
+            );
+            PEER_TIMEOUT
+        }
+    }
 }
 
 /// The endpoint of the backup as this (primary) node knows it.
