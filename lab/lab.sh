@@ -13,6 +13,12 @@
 #   lab.sh up PREFIX          build the lab (silent unless it fails)
 #   lab.sh down PREFIX        tear it down (idempotent, tolerates partial setup)
 #   lab.sh crash PREFIX NODE  simulate a dead box (freeze+kill keepalived, links down)
+#   lab.sh revive PREFIX NODE bring a crashed box back as after a reboot (links up,
+#                             no leftover VIPs or master services, keepalived started)
+#   lab.sh vrrp-incumbent PREFIX
+#                             rewrite both firewalls' rendered keepalived.conf to the
+#                             incumbent's VRRP timing (VRRPv2, 1 s adverts) and restart
+#                             keepalived: the baseline of the failover benchmark and demo
 #   lab.sh dir PREFIX         print the lab dir
 #
 # Environment: NS_HA_LAB_SSH_SERVER picks the firewalls' SSH server: openssh
@@ -56,7 +62,7 @@ die() {
 }
 
 usage() {
-	echo "usage: lab.sh up|down|dir PREFIX | lab.sh crash PREFIX NODE" >&2
+	echo "usage: lab.sh up|down|dir|vrrp-incumbent PREFIX | lab.sh crash|revive PREFIX NODE" >&2
 	exit 2
 }
 
@@ -372,6 +378,45 @@ cmd_crash() {
 	done
 }
 
+# A rebooted box comes back with nothing running, an empty /run/ns-ha, and
+# without the VIPs (labelled IFACE:ha by the rendered config) that a killed
+# keepalived left behind.
+cmd_revive() {
+	local node=$1 ns root svc iface
+	[[ $node == fw1 || $node == fw2 ]] || die "revive: NODE must be fw1 or fw2"
+	ns=$(ns_of "$node")
+	ns_exists "$ns" || die "revive: namespace $ns does not exist"
+	root="$(lab_dir)/$node"
+	for svc in dnsmasq conntrackd; do
+		if [[ -x $root/etc/init.d/$svc ]]; then
+			ip netns exec "$ns" "$root/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+		fi
+	done
+	rm -rf "$root/run/ns-ha"
+	ip -n "$ns" addr flush label '*:ha' 2>/dev/null || true
+	for iface in ha0 lan0 wan0; do
+		ip -n "$ns" link set "$iface" up
+	done
+	ip netns exec "$ns" "$root/etc/init.d/keepalived" start >/dev/null
+}
+
+# The incumbent's heartbeat timing (VRRPv2, advert 1 s; reference/field-notes.md)
+# on the config ns-ha-init rendered, everything else unchanged, so a benchmark
+# compares the timing alone on the same lab.
+cmd_vrrp_incumbent() {
+	local fw ns root conf
+	for fw in "${FIREWALLS[@]}"; do
+		ns=$(ns_of "$fw")
+		root="$(lab_dir)/$fw"
+		conf=$root/etc/keepalived/keepalived.conf
+		[[ -f $conf ]] || die "vrrp-incumbent: $conf is missing: enable HA first (ns-ha-init enable)"
+		sed -i -e 's/^\([[:space:]]*vrrp_version\) 3$/\1 2/' \
+			-e 's/^\([[:space:]]*advert_int\) .*/\1 1/' "$conf"
+		grep -q '^[[:space:]]*vrrp_version 2$' "$conf" || die "vrrp-incumbent: no 'vrrp_version 3' line in $conf"
+		ip netns exec "$ns" "$root/etc/init.d/keepalived" restart >/dev/null
+	done
+}
+
 # --- main -------------------------------------------------------------------
 
 [[ $# -ge 2 ]] || usage
@@ -391,6 +436,14 @@ down)
 crash)
 	[[ $# -eq 3 ]] || usage
 	cmd_crash "$3"
+	;;
+revive)
+	[[ $# -eq 3 ]] || usage
+	cmd_revive "$3"
+	;;
+vrrp-incumbent)
+	[[ $# -eq 2 ]] || usage
+	cmd_vrrp_incumbent
 	;;
 dir)
 	[[ $# -eq 2 ]] || usage
