@@ -387,7 +387,9 @@ cmd_revive() {
 	ns=$(ns_of "$node")
 	ns_exists "$ns" || die "revive: namespace $ns does not exist"
 	root="$(lab_dir)/$node"
-	for svc in dnsmasq conntrackd; do
+	# keepalived's stop also ends its health monitor, which outlives a crash
+	# here (on a real box it dies with the box) and writes to /run/ns-ha.
+	for svc in keepalived dnsmasq conntrackd; do
 		if [[ -x $root/etc/init.d/$svc ]]; then
 			ip netns exec "$ns" "$root/etc/init.d/$svc" stop >/dev/null 2>&1 || true
 		fi

@@ -348,6 +348,18 @@ fn xml(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// At most [`LABEL_CHARS`] characters (a plot label has room for about that many).
+fn short(s: &str) -> String {
+    if s.chars().count() <= LABEL_CHARS {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(LABEL_CHARS - 1).collect();
+    out.push('…');
+    out
+}
+
+const LABEL_CHARS: usize = 85;
+
 /// A bar per (row, baseline): the time ratio on a log scale from 1/16 to
 /// 16, with the line at 1 (as fast as the baseline); green left of it,
 /// red right of it. Hand-written SVG: no plotting dependency for a bar chart.
@@ -356,13 +368,16 @@ pub fn svg(rows: &[Row], machine: &Machine) -> String {
         .iter()
         .flat_map(|row| {
             row.baselines.iter().filter_map(move |b| {
-                ratios(&row.ours, b)
-                    .0
-                    .map(|r| (format!("{}: {} vs {}", row.group, row.case, b.label), r))
+                ratios(&row.ours, b).0.map(|r| {
+                    (
+                        short(&format!("{}: {} vs {}", row.group, row.case, b.label)),
+                        r,
+                    )
+                })
             })
         })
         .collect();
-    let (label_w, plot_w, bar_h, top) = (560.0, 420.0, 22.0, 60.0);
+    let (label_w, plot_w, bar_h, top) = (600.0, 420.0, 22.0, 60.0);
     let width = label_w + plot_w + 80.0;
     let height = top + bars.len() as f64 * bar_h + 40.0;
     let span = 4.0; // log2(16)
@@ -408,7 +423,7 @@ pub fn svg(rows: &[Row], machine: &Machine) -> String {
              <text x=\"{:.1}\" y=\"{:.1}\">{r:.2}</text>",
             label_w - 8.0,
             y + bar_h * 0.7,
-            xml(&label),
+            xml(label),
             y + 3.0,
             w.max(1.0),
             bar_h - 6.0,
@@ -603,6 +618,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no bench block"), "{err}");
+    }
+
+    #[test]
+    fn plot_labels_are_cut_to_fit() {
+        assert_eq!(short("abc"), "abc");
+        let long = "x".repeat(200);
+        assert_eq!(short(&long).chars().count(), LABEL_CHARS);
+        assert!(short(&long).ends_with('…'));
     }
 
     #[test]
