@@ -541,20 +541,17 @@ fn watch_row(b: &Bench, rsync_one: &Samples) {
 /// `ns-ha-sync list` against `sha256sum` of the same files.
 fn hashing_row(b: &Bench) {
     let lab = &b.lab;
-    let caches: Vec<_> = [
-        "/etc/ns-ha-sync",
-        "/var/lib/ns-ha/sync",
-        "/etc/ns-ha/sync-state",
-    ]
-    .iter()
-    .map(|d| lab.path("fw1", d))
-    .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-    .map(|e| e.path())
-    .filter(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("hash-cache"))
-    })
-    .collect();
+    // The sync state dir: the OpenWrt layout's, or the Debian one.
+    let caches: Vec<_> = ["/etc/ns-ha-sync", "/var/lib/ns-ha/sync"]
+        .iter()
+        .map(|d| lab.path("fw1", d))
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("hash-cache"))
+        })
+        .collect();
     assert!(
         !caches.is_empty(),
         "no hash cache (hash-cache*) in fw1's sync state dir: the benchmark must move it aside to hash from cold"
