@@ -63,14 +63,14 @@ demo: build
 # if a benchmark failed (with the rows recorded so far); make still fails.
 # BENCH_SOAK=1 adds health_bench.rs (a 10-minute soak under load and the
 # health monitor's failover rounds).
-BENCH_DIR := $(abspath $(TARGET_DIR))/bench
+BENCH_DIR = $(abspath $(TARGET_DIR))/bench
 BENCH_TESTS := sync_bench failover_bench role_bench $(if $(BENCH_SOAK),health_bench)
 bench: deps
 	$(CARGO) build --workspace --release
 	rm -f $(BENCH_DIR)/rows.jsonl
 	status=0; \
 	NS_HA_BENCH_DIR=$(BENCH_DIR) $(CARGO) test -p ns-ha-tests --release \
-		$(addprefix --test ,$(BENCH_TESTS)) -- --ignored --test-threads=1 --nocapture || status=$$?; \
+		--no-fail-fast $(addprefix --test ,$(BENCH_TESTS)) -- --ignored --test-threads=1 --nocapture || status=$$?; \
 	$(CARGO) run -q -p ns-ha-tests --release --bin bench-report -- \
 		$(BENCH_DIR) --publish docs/bench README.md && exit $$status
 

@@ -394,7 +394,12 @@ cmd_revive() {
 			ip netns exec "$ns" "$root/etc/init.d/$svc" stop >/dev/null 2>&1 || true
 		fi
 	done
-	rm -rf "$root/run/ns-ha"
+	# A process of the crashed node may still be writing there: a few tries.
+	for _ in 1 2 3 4 5 6 7 8 9 10; do
+		rm -rf "$root/run/ns-ha" 2>/dev/null && break
+		sleep 0.2
+	done
+	[[ ! -e $root/run/ns-ha ]] || echo "lab.sh: revive: $root/run/ns-ha is not empty (a process of the crashed node writes there)" >&2
 	ip -n "$ns" addr flush label '*:ha' 2>/dev/null || true
 	for iface in ha0 lan0 wan0; do
 		ip -n "$ns" link set "$iface" up
