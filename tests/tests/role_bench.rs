@@ -114,7 +114,7 @@ fn bench_takeover_to_master_actions_done() {
     let rounds: usize = std::env::var("NS_HA_ROLE_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let mut ours = Vec::new();
     let mut base = Vec::new();
     let mut vip = Vec::new();
