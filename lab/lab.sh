@@ -387,14 +387,15 @@ cmd_revive() {
 	ns=$(ns_of "$node")
 	ns_exists "$ns" || die "revive: namespace $ns does not exist"
 	root="$(lab_dir)/$node"
-	# keepalived's stop also ends its health monitor, which outlives a crash
-	# here (on a real box it dies with the box) and writes to /run/ns-ha.
-	for svc in keepalived dnsmasq conntrackd; do
+	for svc in dnsmasq conntrackd; do
 		if [[ -x $root/etc/init.d/$svc ]]; then
 			ip netns exec "$ns" "$root/etc/init.d/$svc" stop >/dev/null 2>&1 || true
 		fi
 	done
-	# A process of the crashed node may still be writing there: a few tries.
+	# keepalived's health monitor outlives the crash here (on a real box it
+	# dies with the box) and may be writing there: a few tries. It is left
+	# running: a monitor started afresh holds a node down for a while, and
+	# fw1 would not take the VIPs back.
 	for _ in 1 2 3 4 5 6 7 8 9 10; do
 		rm -rf "$root/run/ns-ha" 2>/dev/null && break
 		sleep 0.2
