@@ -2,7 +2,8 @@
 #
 #   make demo   install what is missing, build, run the two-firewall lab demo
 #   make test   install what is missing, build, run every test (lab included)
-#   make bench  run the benchmarks (figures and ratios against a baseline)
+#   make bench  run the benchmarks: one table, every figure next to its baseline
+#               measured in the same run (BENCH_SOAK=1 adds the 10-minute health soak)
 #   make release                 the multi-call binary ns-ha (the five tools), router profile (Cargo.toml)
 #   make install DESTDIR= PREFIX=/usr   install it (root-owned /usr/sbin, the tools as links) and the systemd units
 #   make deb                     target/deb/ns-ha_VERSION_ARCH.deb from a staged `make install`
@@ -10,12 +11,16 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the product and its lab need: the real daemons (keepalived,
-# sshd, conntrackd, dnsmasq), the tools the lab drives, and what the ssh2
-# crate builds against.
+# sshd, conntrackd, dnsmasq), the tools the lab drives, what the ssh2 crate
+# builds against, rsync (the incumbent's transport, the sync benchmark's
+# baseline), and the VM tier's (lab/vm.sh: qemu, Debian's stock kernel
+# for bonding/802.1q/PPPoE, a static busybox for its initramfs; pppd and
+# pppoe-server for the PPPoE WAN).
 PACKAGES := keepalived openssh-server openssh-client dropbear-bin conntrackd conntrack iputils-arping \
 	dnsmasq-base nftables iproute2 iputils-ping procps socat ncat \
 	isc-dhcp-client ifupdown pkg-config libssl-dev build-essential ca-certificates \
-	shellcheck systemd openvpn wireguard-go wireguard-tools openssl
+	shellcheck systemd openvpn wireguard-go wireguard-tools openssl rsync \
+	qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils ppp pppoe
 
 .PHONY: all deps build test unit lab-test lint demo bench clean release install deb package-test
 
@@ -54,9 +59,23 @@ test: lint unit package-test lab-test
 demo: build
 	bash lab/demo.sh
 
-bench: build
+# Benchmarks (README "Benchmarks"): each bench test measures ns-ha and its
+# baseline in the same run and records a row (tests/src/bench.rs); then
+# bench-report prints the one table and writes it to $(BENCH_DIR)/bench.md
+# and bench.svg, docs/bench/ and the README's block. The report runs even
+# if a benchmark failed (with the rows recorded so far); make still fails.
+# BENCH_SOAK=1 adds health_bench.rs (a 10-minute soak under load and the
+# health monitor's failover rounds).
+BENCH_DIR = $(abspath $(TARGET_DIR))/bench
+BENCH_TESTS := sync_bench failover_bench role_bench $(if $(BENCH_SOAK),health_bench)
+bench: deps
 	$(CARGO) build --workspace --release
-	$(CARGO) test -p ns-ha-tests --release -- --ignored --test-threads=1 --nocapture
+	rm -f $(BENCH_DIR)/rows.jsonl
+	status=0; \
+	NS_HA_BENCH_DIR=$(BENCH_DIR) $(CARGO) test -p ns-ha-tests --release \
+		--no-fail-fast $(addprefix --test ,$(BENCH_TESTS)) -- --ignored --test-threads=1 --nocapture || status=$$?; \
+	$(CARGO) run -q -p ns-ha-tests --release --bin bench-report -- \
+		$(BENCH_DIR) --publish docs/bench README.md && exit $$status
 
 clean:
 	$(CARGO) clean

@@ -18,6 +18,7 @@
 //! Set `NS_HA_LAB_KEEP=1` to keep a lab after the test for debugging (its
 //! prefix is printed; remove it with `lab/lab.sh down PREFIX`).
 
+pub mod bench;
 pub mod cluster;
 pub mod health;
 pub mod packages;
@@ -421,6 +422,26 @@ impl Lab {
         assert!(FIREWALLS.contains(&node), "only a firewall can crash");
         let out = run(Command::new(lab_script()).args(["crash", &self.prefix, node]));
         assert!(out.status.success(), "{}", describe("lab.sh crash", &out));
+    }
+
+    /// Bring a crashed firewall back as after a reboot: links up, no
+    /// leftover VIPs or master services, keepalived started (`lab.sh revive`).
+    pub fn revive(&self, node: &str) {
+        assert!(FIREWALLS.contains(&node), "only a firewall can be revived");
+        let out = run(Command::new(lab_script()).args(["revive", &self.prefix, node]));
+        assert!(out.status.success(), "{}", describe("lab.sh revive", &out));
+    }
+
+    /// Rewrite both firewalls' rendered keepalived.conf to the incumbent's
+    /// VRRP timing (VRRPv2, 1 s adverts) and restart keepalived
+    /// (`lab.sh vrrp-incumbent`): the baseline of the failover benchmark.
+    pub fn vrrp_incumbent(&self) {
+        let out = run(Command::new(lab_script()).args(["vrrp-incumbent", &self.prefix]));
+        assert!(
+            out.status.success(),
+            "{}",
+            describe("lab.sh vrrp-incumbent", &out)
+        );
     }
 
     /// Set an interface of a node administratively down (the peer sees carrier loss).

@@ -1,5 +1,8 @@
-//! Benchmarks of issue 10 (run by `make bench`, `#[ignore]` otherwise):
-//! the figures that chose the health and VRRP defaults.
+//! Benchmarks of issue 10 (`BENCH_SOAK=1 make bench`, `#[ignore]`
+//! otherwise; not in the plain `make bench`, which must fit in 15 minutes):
+//! the figures that chose the health and VRRP defaults. They print their
+//! figures; the failover against the incumbent's timing that the bench
+//! table shows is tests/tests/failover_bench.rs.
 //!
 //! - `soak_under_load`: 10 minutes (NS_HA_SOAK_SECS) with both cores
 //!   saturated by busy loops, the monitor running at its defaults and the

@@ -8,6 +8,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ns_ha_tests::bench::{self, Figure, Row};
 use ns_ha_tests::cluster::{pair, role_status, tool_ok};
 use ns_ha_tests::{net, wait_until, Lab};
 
@@ -113,7 +114,7 @@ fn bench_takeover_to_master_actions_done() {
     let rounds: usize = std::env::var("NS_HA_ROLE_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let mut ours = Vec::new();
     let mut base = Vec::new();
     let mut vip = Vec::new();
@@ -131,10 +132,17 @@ fn bench_takeover_to_master_actions_done() {
         base.push(r.baseline);
         vip.push(r.crash_to_vip);
     }
-    let (o, b, v) = (median(&mut ours), median(&mut base), median(&mut vip));
-    println!(
-        "ns-ha-role takeover -> all MASTER actions done: median {o} ms over {rounds} rounds \
-         (crash -> VIP {v} ms); sequential hook chain baseline {b} ms; ratio {:.2}",
-        o as f64 / b.max(1) as f64
+    let as_ms = |v: &[u64]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    bench::record(
+        &Row::new(
+            "role engine",
+            "takeover to every MASTER action done (services, conntrackd)",
+            Figure::from_ms("ns-ha-role", &as_ms(&ours)),
+        )
+        .baseline(Figure::from_ms("sequential hook chain", &as_ms(&base)))
+        .note(&format!(
+            "crash to VIP on fw2: median {} ms",
+            median(&mut vip)
+        )),
     );
 }

@@ -334,10 +334,8 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
 
     // fw1 comes back and preempts: the WAN moves back, never on both.
     let (_, samples) = sampled(&lab, || {
-        for i in [net::HA_IF, net::LAN_IF, net::WAN_IF] {
-            lab.link_up("fw1", i);
-        }
-        lab.start("fw1", "keepalived");
+        // As after a reboot: wan1 down without its address until the role engine says.
+        lab.revive("fw1");
         assert!(
             wait_until(
                 Duration::from_secs(15),
