@@ -10,6 +10,7 @@
 //! command line onto them and returns one report per run (docs/json.md).
 
 pub mod crash;
+pub mod delta;
 pub mod journal;
 pub mod manifest;
 pub mod receiver;

@@ -18,7 +18,7 @@ use ns_ha_common::fsutil::atomic_write;
 use ns_ha_common::NodeRoot;
 
 use crate::rules::{check_path, disk_node, Decision, SyncSet};
-use crate::util::{hex, now_secs, HashingWriter};
+use crate::util::{hex, now_secs, sha256_hex, HashingWriter};
 
 /// What a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,7 +331,7 @@ fn entry_of(
         e.mtime_ns = mtime_ns(md);
         let data = role_managed_content(file)?;
         e.size = data.len() as u64;
-        e.sha256 = Some(hex(&Sha256::digest(&data)));
+        e.sha256 = Some(sha256_hex(&data));
     } else if ft.is_file() {
         e.mtime_ns = mtime_ns(md);
         e.size = md.size();
