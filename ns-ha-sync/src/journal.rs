@@ -553,7 +553,8 @@ fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -
         "kept": outcome.kept,
         "at": now_secs(),
     });
-    if let Err(e) = state.write(LAST_APPLIED, &last) {
+    // A record for the administrator and the role engine, not fsynced.
+    if let Err(e) = state.write_cache(LAST_APPLIED, &last) {
         log::warn!("cannot record the applied paths: {e:#}");
     }
     Ok(outcome)

@@ -451,8 +451,14 @@ fn local_status(
         }
         _ => {
             st.generation = st.generation.max(
+                // Not fsynced (a cache of the last push): damaged after a
+                // power cut, it only costs the next push a full manifest.
                 state
-                    .read::<Pushed>(PUSHED)?
+                    .read::<Pushed>(PUSHED)
+                    .unwrap_or_else(|e| {
+                        log::warn!("{e:#}: the next push asks the backup for its whole manifest");
+                        None
+                    })
                     .map(|p| p.generation)
                     .unwrap_or(0),
             )

@@ -14,7 +14,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use ns_ha_common::fsutil::atomic_write;
+use ns_ha_common::fsutil::replace_cache_file;
 use ns_ha_common::NodeRoot;
 
 use crate::rules::{check_path, disk_node, Decision, SyncSet};
@@ -167,10 +167,11 @@ impl HashCache {
             .unwrap_or_default()
     }
 
-    /// Write it back if anything changed.
+    /// Write it back if anything changed (not fsynced: a cache lost to a
+    /// power cut only costs hashing again).
     pub fn save(&mut self, path: &Path) -> Result<()> {
         if self.dirty {
-            atomic_write(path, &serde_json::to_vec(self)?, 0o600)?;
+            replace_cache_file(path, &serde_json::to_vec(self)?, 0o600)?;
             self.dirty = false;
         }
         Ok(())

@@ -4,7 +4,9 @@
 //! push and the status that `ns-ha-sync status` shows.
 //!
 //! Every record is written with `atomic_write`, so a crash leaves either the
-//! old or the new version of each.
+//! old or the new version of each; the two whose loss only costs work (the
+//! hash cache and `pushed.json`) skip its fsyncs, which the hot path of a
+//! small push cannot afford.
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use ns_ha_common::config::ClusterConfig;
 use ns_ha_common::exit::Code;
-use ns_ha_common::fsutil::{atomic_write, remove_if_exists, NodeLock};
+use ns_ha_common::fsutil::{atomic_write, remove_if_exists, replace_cache_file, NodeLock};
 use ns_ha_common::sync_config::SyncSettings;
 use ns_ha_common::NodeRoot;
 
@@ -100,6 +102,13 @@ impl StateDir {
     /// Write a large JSON record (manifests) atomically, without indentation.
     pub fn write_compact<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         atomic_write(&self.file(name), &serde_json::to_vec(value)?, 0o600)
+    }
+
+    /// Write a large JSON record whose loss costs work, never correctness
+    /// (`pushed.json`: a damaged or older one only makes the next push ask
+    /// the backup for its whole manifest), atomically but not fsynced.
+    pub fn write_cache<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        replace_cache_file(&self.file(name), &serde_json::to_vec(value)?, 0o600)
     }
 
     /// Write a JSON record atomically.

@@ -285,7 +285,8 @@ pub(super) fn receive_blob<R: Read>(
 ) -> Result<(Option<fs::File>, Option<std::io::Error>, String)> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // 1 MiB a read and a write: a large file costs few system calls.
+    let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     let mut write_err = None;
     while left > 0 {
