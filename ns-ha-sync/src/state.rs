@@ -132,6 +132,11 @@ pub struct Applied {
     pub cluster_id: Option<String>,
     pub generation: u64,
     pub applied_at: u64,
+    /// Digest of `baseline.json` as this apply wrote it: when the node's
+    /// files have that digest, nothing was edited here and the manifest
+    /// answer skips reading the baseline (README "State").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_digest: Option<String>,
 }
 pub const APPLIED: &str = "applied.json";
 /// The manifest the last sync left on the backup: drift is measured against it.
