@@ -213,10 +213,10 @@ impl Layout {
                 interface_manager: InterfaceManager::Netifd,
                 package_manager: "opkg",
                 crontab: "/etc/crontabs/root",
-                sync_state_dir: OPENWRT_SYNC_STATE_DIR,
+                sync_state_dir: crate::sync_config::OPENWRT_STATE_DIR,
                 keep_on_upgrade: vec![
                     paths::CONFIG_DIR,
-                    OPENWRT_SYNC_STATE_DIR,
+                    crate::sync_config::OPENWRT_STATE_DIR,
                     ssh.authorized_keys,
                     ssh.host_key,
                 ],
@@ -236,8 +236,14 @@ impl Layout {
     }
 }
 
-/// The sync's state on an OpenWrt node: on flash, never synced.
-pub const OPENWRT_SYNC_STATE_DIR: &str = "/etc/ns-ha-sync";
+/// The file whose presence makes a node OpenWrt (platform detection, the
+/// sync's `auto` profile).
+pub const OPENWRT_RELEASE: &str = "/etc/openwrt_release";
+
+/// Whether the node under `root` is OpenWrt.
+pub fn is_openwrt(root: &NodeRoot) -> bool {
+    root.path(OPENWRT_RELEASE).exists()
+}
 
 /// A platform and SSH server found on a node, with what told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,8 +262,8 @@ pub struct Detected {
 /// OpenSSH when `/etc/ssh/sshd_config` exists, dropbear when `/etc/dropbear`
 /// does, else the platform's own (dropbear on OpenWrt).
 pub fn detect(root: &NodeRoot) -> Result<Detected> {
-    let (platform, platform_from) = if root.path("/etc/openwrt_release").exists() {
-        (Platform::Openwrt, "/etc/openwrt_release exists".to_string())
+    let (platform, platform_from) = if is_openwrt(root) {
+        (Platform::Openwrt, format!("{OPENWRT_RELEASE} exists"))
     } else {
         match std::fs::read_to_string(root.path("/etc/os-release")) {
             Ok(text) => platform_of_os_release(&text),

@@ -70,27 +70,11 @@ pub struct SyncSettings {
 /// Default [`SyncSettings::state_dir`].
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ns-ha/sync";
 
-/// The file whose presence makes a node OpenWrt (profile `auto`, state dir).
-pub const OPENWRT_RELEASE: &str = "/etc/openwrt_release";
-
-/// [`SyncSettings::state_dir`] on an OpenWrt layout, where `/var` is a tmpfs:
-/// on flash, under the never-synced `/etc/ns-ha`, so that the generation, the
-/// baseline and the journal of an apply survive a reboot.
-pub const OPENWRT_STATE_DIR: &str = "/etc/ns-ha/sync-state";
-
-/// Whether the node under `root` has the OpenWrt layout.
-pub fn is_openwrt(root: &NodeRoot) -> bool {
-    root.path(OPENWRT_RELEASE).exists()
-}
-
-/// The state dir a new cluster gets on this node: on persistent storage.
-pub fn default_state_dir(root: &NodeRoot) -> &'static str {
-    if is_openwrt(root) {
-        OPENWRT_STATE_DIR
-    } else {
-        DEFAULT_STATE_DIR
-    }
-}
+/// [`SyncSettings::state_dir`] on an OpenWrt layout (`platform::Layout`),
+/// where `/var` is a tmpfs: on flash and never synced, so that the
+/// generation, the baseline and the journal of an apply survive a reboot
+/// (and a sysupgrade: the layout keeps it).
+pub const OPENWRT_STATE_DIR: &str = "/etc/ns-ha-sync";
 
 /// The name of the RAM filesystem (`tmpfs`, `ramfs`) that `state_dir` (or
 /// its nearest existing parent) is on, if it is on one: there the journal
@@ -391,14 +375,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_cluster_keeps_its_sync_state_on_persistent_storage() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = NodeRoot::new(dir.path()).unwrap();
-        assert_eq!(default_state_dir(&root), DEFAULT_STATE_DIR);
-        std::fs::create_dir_all(root.path("/etc")).unwrap();
-        std::fs::write(root.path(OPENWRT_RELEASE), "DISTRIB_ID='OpenWrt'\n").unwrap();
-        // OpenWrt's /var is a tmpfs: the state goes to flash, never synced.
-        assert_eq!(default_state_dir(&root), OPENWRT_STATE_DIR);
+    fn the_openwrt_state_dir_is_a_valid_state_dir() {
         assert_eq!(
             SyncSettings {
                 state_dir: OPENWRT_STATE_DIR.into(),

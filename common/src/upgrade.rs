@@ -252,6 +252,10 @@ impl PackageManager<'_> {
                 if !self.root.is_system() {
                     a.push(format!("--root={}", self.root.base().display()));
                     a.push(format!("--admindir={}", self.dpkg_admindir()));
+                    // The maintainer scripts run here with DPKG_ROOT set
+                    // (ns-ha's skip systemd then) instead of chrooted into a
+                    // node root that has no shell.
+                    a.push("--force-script-chrootless".into());
                 }
                 a.extend(args(&["--install", &file]));
                 self.runner.run_ok("dpkg", &a, INSTALL_TIMEOUT)?;

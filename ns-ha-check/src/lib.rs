@@ -12,6 +12,7 @@
 pub mod alert;
 pub mod doctor;
 pub mod health;
+pub mod keepalived_stats;
 pub mod liveness;
 pub mod metrics;
 pub mod monitor;
@@ -229,7 +230,18 @@ pub fn metrics(ctx: &Ctx, textfile_dir: Option<std::path::PathBuf>) -> Result<Re
         .map(|i| (i.name.clone(), i.state.clone()))
         .collect();
     let health = monitor::read_state(&ctx.root)?;
-    let text = metrics::render(&s, &instances, health.as_ref(), ctx.clock.now_ms());
+    let dump = keepalived_stats::SignalledDump {
+        root: &ctx.root,
+        runner: ctx.runner,
+    };
+    let counters = keepalived_stats::KeepalivedStats::dump(&dump).map_err(|e| format!("{e:#}"));
+    let text = metrics::render(
+        &s,
+        &instances,
+        health.as_ref(),
+        &counters,
+        ctx.clock.now_ms(),
+    );
     // A directory given here is taken as is; the config's is a node path.
     let dir = textfile_dir.or_else(|| {
         load_cluster(&ctx.root)

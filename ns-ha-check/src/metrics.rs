@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use ns_ha_common::fsutil::atomic_write;
 
+use crate::keepalived_stats::{InstanceCounters, InstanceStats};
 use crate::status::NodeStatus;
 
 /// The file name in a textfile directory.
@@ -75,6 +76,7 @@ pub fn render(
     s: &NodeStatus,
     instances: &BTreeMap<String, String>,
     health: Option<&serde_json::Value>,
+    keepalived: &KeepalivedDump,
     now_ms: u64,
 ) -> String {
     let mut f = Families::default();
@@ -200,7 +202,109 @@ pub fn render(
     if let Some(h) = health {
         health_metrics(&mut f, h, now_ms);
     }
+    keepalived_metrics(&mut f, keepalived);
     f.text
+}
+
+/// keepalived's own dump: `Ok(None)` when keepalived does not run, `Err`
+/// with the reason when it runs and did not dump.
+pub type KeepalivedDump = Result<Option<Vec<InstanceStats>>, String>;
+
+/// The counters keepalived keeps per instance, as `_total` counters.
+/// Reads one counter of an instance.
+type Counter = fn(&InstanceCounters) -> u64;
+
+const KEEPALIVED_COUNTERS: &[(&str, &str, Counter)] = &[
+    (
+        "ns_ha_keepalived_adverts_received_total",
+        "VRRP adverts keepalived received on the instance.",
+        |c| c.advert_rcvd,
+    ),
+    (
+        "ns_ha_keepalived_adverts_sent_total",
+        "VRRP adverts keepalived sent on the instance.",
+        |c| c.advert_sent,
+    ),
+    (
+        "ns_ha_keepalived_became_master_total",
+        "Times the instance became MASTER since keepalived started.",
+        |c| c.become_master,
+    ),
+    (
+        "ns_ha_keepalived_released_master_total",
+        "Times the instance left MASTER since keepalived started.",
+        |c| c.release_master,
+    ),
+    (
+        "ns_ha_keepalived_priority_zero_received_total",
+        "Priority-0 adverts (the master leaving) received.",
+        |c| c.pri_zero_rcvd,
+    ),
+    (
+        "ns_ha_keepalived_priority_zero_sent_total",
+        "Priority-0 adverts (leaving MASTER) sent.",
+        |c| c.pri_zero_sent,
+    ),
+];
+
+/// Packet and authentication errors, one counter with a `kind` label.
+const KEEPALIVED_ERRORS: &[(&str, Counter)] = &[
+    ("packet_length", |c| c.packet_len_err),
+    ("advert_interval", |c| c.advert_interval_err),
+    ("ip_ttl", |c| c.ip_ttl_err),
+    ("invalid_type", |c| c.invalid_type_rcvd),
+    ("address_list", |c| c.addr_list_err),
+    ("invalid_auth_type", |c| c.invalid_authtype),
+    ("auth_type_mismatch", |c| c.authtype_mismatch),
+    ("auth_failure", |c| c.auth_failure),
+];
+
+fn keepalived_metrics(f: &mut Families, dump: &KeepalivedDump) {
+    let stats = match dump {
+        Ok(None) => return,
+        Ok(Some(s)) => s,
+        Err(e) => {
+            f.family(
+                "ns_ha_keepalived_stats_error_info",
+                "gauge",
+                "Why keepalived's counters are missing (1 while they are).",
+            );
+            f.sample("ns_ha_keepalived_stats_error_info", &[("error", e)], 1.0);
+            return;
+        }
+    };
+    for (name, help, get) in KEEPALIVED_COUNTERS {
+        f.family(name, "counter", help);
+        for i in stats {
+            f.sample(name, &[("instance", &i.name)], get(&i.counters) as f64);
+        }
+    }
+    let errors = "ns_ha_keepalived_errors_total";
+    f.family(
+        errors,
+        "counter",
+        "Adverts keepalived dropped, by reason (packet and authentication errors).",
+    );
+    for i in stats {
+        for (kind, get) in KEEPALIVED_ERRORS {
+            f.sample(
+                errors,
+                &[("instance", &i.name), ("kind", kind)],
+                get(&i.counters) as f64,
+            );
+        }
+    }
+    let prio = "ns_ha_keepalived_effective_priority";
+    f.family(
+        prio,
+        "gauge",
+        "The instance's priority after tracking (health, interfaces).",
+    );
+    for i in stats {
+        if let Some(p) = i.effective_priority {
+            f.sample(prio, &[("instance", &i.name)], p as f64);
+        }
+    }
 }
 
 fn health_metrics(f: &mut Families, h: &serde_json::Value, now_ms: u64) {
@@ -344,5 +448,32 @@ mod tests {
             f.text,
             "# HELP x_total X.\n# TYPE x_total counter\nx_total 2\n# HELP y Y.\n# TYPE y gauge\ny{a=\"1\",b=\"q\\\"\"} 0.5\n"
         );
+    }
+
+    #[test]
+    fn keepalived_counters_are_labelled_by_instance_and_errors_by_kind() {
+        let dump = crate::keepalived_stats::parse_dump(
+            r#"[{"data":{"iname":"lan_lan0","effective_priority":150},"stats":{"advert_rcvd":3,"advert_sent":40,"become_master":2,"release_master":1,"packet_len_err":0,"advert_interval_err":0,"ip_ttl_err":7,"invalid_type_rcvd":0,"addr_list_err":0,"invalid_authtype":0,"authtype_mismatch":0,"auth_failure":0,"pri_zero_rcvd":1,"pri_zero_sent":0}}]"#,
+        )
+        .unwrap();
+        let mut f = Families::default();
+        keepalived_metrics(&mut f, &Ok(Some(dump)));
+        for line in [
+            "ns_ha_keepalived_adverts_sent_total{instance=\"lan_lan0\"} 40\n",
+            "ns_ha_keepalived_became_master_total{instance=\"lan_lan0\"} 2\n",
+            "ns_ha_keepalived_errors_total{instance=\"lan_lan0\",kind=\"ip_ttl\"} 7\n",
+            "ns_ha_keepalived_effective_priority{instance=\"lan_lan0\"} 150\n",
+            "# TYPE ns_ha_keepalived_adverts_received_total counter\n",
+        ] {
+            assert!(f.text.contains(line), "{line} not in:\n{}", f.text);
+        }
+        let mut none = Families::default();
+        keepalived_metrics(&mut none, &Ok(None));
+        assert_eq!(none.text, "");
+        let mut err = Families::default();
+        keepalived_metrics(&mut err, &Err("no dump".into()));
+        assert!(err
+            .text
+            .contains("ns_ha_keepalived_stats_error_info{error=\"no dump\"} 1\n"));
     }
 }

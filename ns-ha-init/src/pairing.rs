@@ -141,14 +141,13 @@ pub fn init_primary(ctx: &Ctx, opts: &PrimaryInit) -> Result<Report> {
     };
     let mut cluster = ClusterConfig::new(random_cluster_id()?, opts.ha_interface.clone(), own, hb);
     cluster.ssh.port = opts.ssh_port;
-    // On persistent storage: on OpenWrt `/var` is a tmpfs.
-    cluster.sync.state_dir = ns_ha_common::sync_config::default_state_dir(&ctx.root).into();
     cluster.vrrp.advert_interval_ms = opts.advert_interval_ms;
     if let Some(vrid) = opts.vrid {
         cluster.vrrp.vrid = vrid;
     }
     let layout = opts.platform.layout();
     cluster.roles.crontab = layout.crontab.into();
+    // On persistent storage: on OpenWrt `/var` is a tmpfs.
     cluster.sync.state_dir = layout.sync_state_dir.into();
     cluster.validate()?;
     if hb == opts.peer {
@@ -318,13 +317,16 @@ pub fn reset(ctx: &Ctx, yes: bool) -> Result<Report> {
         .map(|n| n.service_backend)
         .unwrap_or_default();
     // The sync's state goes too when it lives in ns-ha's own trees (on
-    // OpenWrt it is on flash under /etc/ns-ha): a re-paired node must not
-    // keep the old cluster's generation, or it refuses the new one's pushes.
+    // OpenWrt it is on flash, the layout's /etc/ns-ha-sync): a re-paired node
+    // must not keep the old cluster's generation, or it refuses the new
+    // one's pushes.
     let sync_state = load_cluster_opt(&ctx.root)
         .ok()
         .flatten()
         .map(|c| c.sync.state_dir)
-        .filter(|d| d.starts_with("/etc/ns-ha/"));
+        .filter(|d| {
+            d.starts_with("/etc/ns-ha/") || d == ns_ha_common::sync_config::OPENWRT_STATE_DIR
+        });
     deactivate(&ctx.root, ctx.runner, backend)?;
     unauthorize_primary(&ctx.root)?;
     let mut removed = Vec::new();
@@ -366,12 +368,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reset_removes_the_sync_state_kept_under_etc_ns_ha() {
+    fn reset_removes_the_sync_state_kept_on_flash() {
         let p = crate::testkit::Pair::new(false);
         let mut cluster = load_cluster(&p.root).unwrap();
         cluster.sync.state_dir = ns_ha_common::sync_config::OPENWRT_STATE_DIR.into();
         config::save_cluster(&p.root, &cluster).unwrap();
-        let applied = p.root.path("/etc/ns-ha/sync-state/applied.json");
+        let applied = p.root.path("/etc/ns-ha-sync/applied.json");
         std::fs::create_dir_all(applied.parent().unwrap()).unwrap();
         std::fs::write(&applied, "{\"generation\": 7}").unwrap();
         reset(&p.ctx(), true).unwrap();

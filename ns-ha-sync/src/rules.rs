@@ -167,7 +167,7 @@ fn check_pattern(pattern: &str) -> Result<()> {
 /// Resolve `auto` by looking at the node.
 pub fn resolve_profile(root: &NodeRoot, profile: SyncProfile) -> SyncProfile {
     match profile {
-        SyncProfile::Auto if ns_ha_common::sync_config::is_openwrt(root) => SyncProfile::Openwrt,
+        SyncProfile::Auto if ns_ha_common::platform::is_openwrt(root) => SyncProfile::Openwrt,
         SyncProfile::Auto => SyncProfile::Debian,
         p => p,
     }

@@ -31,11 +31,15 @@ pub fn probe_deb(dir: &Path, version: &str) -> PathBuf {
         ),
     )
     .expect("control");
-    let deb = dir.join(format!("{PROBE}_{version}_all.deb"));
+    build_deb(&tree, &dir.join(format!("{PROBE}_{version}_all.deb")))
+}
+
+/// `dpkg-deb --build TREE DEB`, every file root's.
+fn build_deb(tree: &Path, deb: &Path) -> PathBuf {
     let out = Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zgzip", "--build"])
-        .arg(&tree)
-        .arg(&deb)
+        .arg(tree)
+        .arg(deb)
         .output()
         .expect("dpkg-deb runs");
     assert!(
@@ -43,7 +47,87 @@ pub fn probe_deb(dir: &Path, version: &str) -> PathBuf {
         "dpkg-deb --build failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    deb
+    deb.to_path_buf()
+}
+
+/// The .deb `make deb` built: target/deb/ns-ha_*.deb (or $NS_HA_DEB).
+pub fn built_deb() -> PathBuf {
+    if let Some(p) = std::env::var_os("NS_HA_DEB") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let dir = target.join("deb");
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("no {} ({e}): run `make deb` first", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort();
+    debs.pop()
+        .unwrap_or_else(|| panic!("no .deb in {}: run `make deb` first", dir.display()))
+}
+
+/// The package in `deb` rebuilt into `dir` with its version changed to
+/// `version` (the same files and maintainer scripts): the project's own
+/// package, older or newer, without a second build.
+pub fn repackaged(deb: &Path, dir: &Path, version: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{version}"));
+    let status = Command::new("dpkg-deb")
+        .arg("--raw-extract")
+        .arg(deb)
+        .arg(&tree)
+        .status()
+        .expect("dpkg-deb runs");
+    assert!(status.success(), "dpkg-deb --raw-extract {}", deb.display());
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).expect("control");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("Version:") {
+                format!("Version: {version}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&control, text).expect("control");
+    build_deb(&tree, &dir.join(format!("ns-ha_{version}.deb")))
+}
+
+/// `node`'s dpkg database says what this machine's says is installed (the
+/// status file only), so a package's dependencies (keepalived, libssl3...)
+/// are met there as on a real Debian backup.
+pub fn dpkg_root_like_host(lab: &Lab, node: &str) {
+    dpkg_root(lab, node);
+    let status = std::fs::read_to_string("/var/lib/dpkg/status").expect("/var/lib/dpkg/status");
+    lab.write(node, "/var/lib/dpkg/status", &status);
+}
+
+/// A package's version in `node`'s own dpkg database (`None`: not installed).
+pub fn package_version(lab: &Lab, node: &str, package: &str) -> Option<String> {
+    let admindir = lab.path(node, "/var/lib/dpkg");
+    let out = Command::new("dpkg-query")
+        .arg(format!("--admindir={}", admindir.display()))
+        .args([
+            "--showformat=${db:Status-Abbrev}${Version}",
+            "--show",
+            package,
+        ])
+        .output()
+        .expect("dpkg-query runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.strip_prefix("ii ").map(|v| v.trim().to_string())
 }
 
 /// Give `node` an empty dpkg database of its own (`NODEROOT/var/lib/dpkg`).
@@ -58,18 +142,7 @@ pub fn dpkg_root(lab: &Lab, node: &str) {
 
 /// The probe's version as `node`'s own dpkg database has it (`None`: not installed).
 pub fn probe_version(lab: &Lab, node: &str) -> Option<String> {
-    let admindir = lab.path(node, "/var/lib/dpkg");
-    let out = Command::new("dpkg-query")
-        .arg(format!("--admindir={}", admindir.display()))
-        .args([
-            "--showformat=${db:Status-Abbrev}${Version}",
-            "--show",
-            PROBE,
-        ])
-        .output()
-        .expect("dpkg-query runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.strip_prefix("ii ").map(|v| v.trim().to_string())
+    package_version(lab, node, PROBE)
 }
 
 /// sha256 of this machine's dpkg status file and of its list of package

@@ -7,6 +7,7 @@
 //! It refuses to run where ns-ha is installed already (it would remove an
 //! administrator's package) and fails, never skips, without the .deb.
 
+use ns_ha_tests::packages::built_deb;
 use ns_ha_tests::{cluster, net, wait_until, Lab};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -38,33 +39,6 @@ fn run_ok(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The .deb `make deb` built: target/deb/ns-ha_*.deb (or $NS_HA_DEB).
-fn built_deb() -> PathBuf {
-    if let Some(p) = std::env::var_os("NS_HA_DEB") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| {
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    let dir = target.join("deb");
-    let mut debs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("no {} ({e}): run `make deb` first", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-        .collect();
-    debs.sort();
-    debs.pop()
-        .unwrap_or_else(|| panic!("no .deb in {}: run `make deb` first", dir.display()))
 }
 
 fn installed() -> bool {

@@ -263,6 +263,32 @@ fn metrics_parse_and_match_status() {
                 Some(t["unix_ms"].as_f64().unwrap() / 1000.0)
             );
         }
+        // keepalived's own counters, from its JSON dump: the master sends
+        // adverts and became master, the backup hears them.
+        assert!(
+            !text.contains("ns_ha_keepalived_stats_error_info"),
+            "[{fw}] {text}"
+        );
+        let lan = [("instance", "lan_lan0")];
+        let counter = |name: &str| {
+            value(&m, name, &lan).unwrap_or_else(|| panic!("[{fw}] no {name}:\n{text}"))
+        };
+        if fw == "fw1" {
+            assert!(counter("ns_ha_keepalived_adverts_sent_total") > 0.0);
+            assert!(counter("ns_ha_keepalived_became_master_total") >= 1.0);
+        } else {
+            assert!(counter("ns_ha_keepalived_adverts_received_total") > 0.0);
+            assert_eq!(counter("ns_ha_keepalived_became_master_total"), 0.0);
+        }
+        assert_eq!(
+            value(
+                &m,
+                "ns_ha_keepalived_errors_total",
+                &[("instance", "lan_lan0"), ("kind", "auth_failure")]
+            ),
+            Some(0.0),
+            "[{fw}]"
+        );
         // The role engine's instances: the same state as the VIPs say.
         let want = if fw == "fw1" { "MASTER" } else { "BACKUP" };
         assert_eq!(

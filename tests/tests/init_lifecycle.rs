@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ns_ha_tests::cluster::{init, init_ok, pair, pair_only};
+use ns_ha_tests::cluster::{init, init_ok, pair, pair_only, tool_ok};
 use ns_ha_tests::{net, Lab, SshServer};
 
 fn code(out: &std::process::Output) -> Option<i32> {
@@ -125,6 +125,13 @@ fn reset_nodes_can_be_paired_again_over_dropbear() {
 fn reset_and_pair_again(server: SshServer) {
     let lab = Lab::up_with(server);
     pair(&lab);
+    // A push gives the backup a generation of this cluster's: reset must
+    // remove the sync state with it, wherever the platform layout keeps it.
+    tool_ok(&lab, "fw1", "ns-ha-sync", &["push"]);
+    let cluster: serde_json::Value =
+        serde_json::from_str(&lab.read("fw2", "/etc/ns-ha/cluster.json")).unwrap();
+    let sync_state = cluster["sync"]["state_dir"].as_str().unwrap().to_string();
+    assert!(lab.path("fw2", &sync_state).exists(), "{sync_state}");
     let refused = init(&lab, "fw1", &["reset"]);
     assert_eq!(
         code(&refused),
@@ -142,6 +149,10 @@ fn reset_and_pair_again(server: SshServer) {
         ] {
             assert!(!lab.path(fw, f).exists(), "{fw}: {f} left behind");
         }
+        assert!(
+            !lab.path(fw, &sync_state).exists(),
+            "{fw}: the old cluster's sync state {sync_state} left behind"
+        );
     }
     assert!(!lab
         .read("fw2", server.authorized_keys())
@@ -167,4 +178,5 @@ fn reset_and_pair_again(server: SshServer) {
         lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(10)),
         "re-paired cluster has no MASTER"
     );
+    tool_ok(&lab, "fw1", "ns-ha-sync", &["push"]);
 }

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 
 use ns_ha_tests::cluster::{pair_only, tool};
 use ns_ha_tests::packages::{
-    dpkg_root, host_dpkg_digest, probe_deb, probe_version, PROBE, PROBE_FILE,
+    built_deb, dpkg_root, dpkg_root_like_host, host_dpkg_digest, package_version, probe_deb,
+    probe_version, repackaged, PROBE, PROBE_FILE,
 };
 use ns_ha_tests::Lab;
 
@@ -178,6 +179,84 @@ fn upgrade_remote_installs_a_newer_package_and_refuses_downgrades_and_tampering(
     assert!(left.is_empty(), "left in {}: {left:?}", incoming.display());
     assert!(!lab.path("fw1", PROBE_FILE).exists());
     assert!(!Path::new(PROBE_FILE).exists(), "installed on the host");
+    drop(lab);
+    assert_eq!(
+        host_dpkg_digest(),
+        host_before,
+        "the host's dpkg database changed"
+    );
+}
+
+/// The project's own package (the .deb `make deb` built): installed on the
+/// backup by upgrade-remote with the real dpkg, its maintainer scripts run
+/// (chrootless, leaving systemd alone in a node root), the tools in the
+/// backup's /usr/sbin; then the same package one version newer upgrades it
+/// and one version older is refused. In the lab both nodes run the
+/// workspace's tools, so the ns-ha version both report is that build's
+/// (a mismatch after the install is covered by a unit test).
+#[test]
+fn upgrade_remote_installs_the_projects_own_package_on_the_backup() {
+    let deb = built_deb();
+    let host_before = host_dpkg_digest();
+    let lab = Lab::up();
+    pair_only(&lab);
+    dpkg_root_like_host(&lab, "fw2");
+    let out = Command::new("dpkg-deb")
+        .args(["--field"])
+        .arg(&deb)
+        .arg("Version")
+        .output()
+        .expect("dpkg-deb runs");
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!version.is_empty(), "no Version in {}", deb.display());
+    let debs = tempfile::tempdir().expect("tempdir");
+    let newer = repackaged(&deb, debs.path(), &format!("{version}+lab1"));
+    let older = repackaged(&deb, debs.path(), &format!("{version}~lab0"));
+
+    let (code, doc, err) = upgrade(&lab, &[deb.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{doc} {err}");
+    assert_eq!(doc["package"], "ns-ha");
+    assert_eq!(doc["installed_version"], version.as_str());
+    assert!(doc["previous_version"].is_null(), "{doc}");
+    assert_eq!(doc["backup_ns_ha_version"], doc["ns_ha_version"]);
+    assert_eq!(package_version(&lab, "fw2", "ns-ha"), Some(version.clone()));
+    let multi = lab.path("fw2", "/usr/sbin/ns-ha");
+    assert!(multi.is_file(), "{} not installed", multi.display());
+    for t in [
+        "ns-ha-init",
+        "ns-ha-sync",
+        "ns-ha-role",
+        "ns-ha-check",
+        "ns-ha-vip",
+    ] {
+        let p = lab.path("fw2", &format!("/usr/sbin/{t}"));
+        assert_eq!(
+            std::fs::read_link(&p).ok().as_deref(),
+            Some(Path::new("ns-ha")),
+            "{}",
+            p.display()
+        );
+    }
+    assert!(!lab.path("fw1", "/usr/sbin/ns-ha").exists());
+
+    let (code, doc, err) = upgrade(&lab, &[newer.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{doc} {err}");
+    assert_eq!(doc["previous_version"], version.as_str());
+    assert_eq!(doc["installed_version"], format!("{version}+lab1"));
+    assert_eq!(
+        package_version(&lab, "fw2", "ns-ha"),
+        Some(format!("{version}+lab1"))
+    );
+
+    let status = || std::fs::read(lab.path("fw2", "/var/lib/dpkg/status")).expect("status");
+    let before = status();
+    let (code, doc, _) = upgrade(&lab, &[older.to_str().expect("utf-8")]);
+    assert_eq!(code, 8, "{doc}");
+    assert_eq!(
+        status(),
+        before,
+        "a refused downgrade changed dpkg's status"
+    );
     drop(lab);
     assert_eq!(
         host_dpkg_digest(),
