@@ -15,7 +15,7 @@ CARGO ?= cargo
 PACKAGES := keepalived openssh-server openssh-client dropbear-bin conntrackd conntrack iputils-arping \
 	dnsmasq-base nftables iproute2 iputils-ping procps socat ncat \
 	isc-dhcp-client pkg-config libssl-dev build-essential ca-certificates \
-	shellcheck systemd
+	shellcheck systemd openvpn wireguard-go wireguard-tools openssl
 
 .PHONY: all deps build test unit lab-test lint demo bench clean release install deb package-test
 

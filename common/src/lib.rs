@@ -33,7 +33,9 @@ pub mod ssh;
 pub mod sync_config;
 pub mod upgrade;
 pub mod vips;
+pub mod vpn;
 pub mod vrrp;
+pub mod wireguard;
 
 pub use exit::{code_of, fail, Code};
 pub use root::NodeRoot;

@@ -303,6 +303,13 @@ fn check_floor(include: &str) -> Result<()> {
     }
 }
 
+/// WireGuard's wg-quick files, in both profiles: the tunnels that follow the
+/// master and the endpoints the primary records for them (`wireguard.rs`).
+const WIREGUARD_RULE: RuleData = (
+    crate::wireguard::CONFIG_DIR,
+    "WireGuard tunnels (wg-quick files) and their peers' last endpoints",
+);
+
 /// OpenWrt / NethSecurity: the system backup list except the network and HA
 /// configs, plus the firewall services' directories.
 pub const OPENWRT_DEFAULTS: &[RuleData] = &[
@@ -325,6 +332,7 @@ pub const OPENWRT_DEFAULTS: &[RuleData] = &[
     ("/etc/acme", "ACME certificates"),
     ("/etc/ssl/acme", "ACME certificates"),
     ("/etc/openvpn", "OpenVPN servers and clients"),
+    WIREGUARD_RULE,
     ("/etc/swanctl", "IPsec tunnels"),
     ("/etc/nginx", "web server and reverse proxy"),
     ("/etc/adblock", "threat shield DNS"),
@@ -353,6 +361,7 @@ pub const DEBIAN_DEFAULTS: &[RuleData] = &[
     ("/etc/hosts", "static host names"),
     ("/etc/ethers", "static MAC-to-IP mappings"),
     ("/etc/openvpn", "OpenVPN"),
+    WIREGUARD_RULE,
     ("/etc/swanctl", "IPsec tunnels"),
     ("/etc/nginx", "web server and reverse proxy"),
     ("/etc/letsencrypt", "ACME certificates"),

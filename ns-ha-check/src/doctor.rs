@@ -22,6 +22,7 @@ use ns_ha_common::role_config::unconfigured_master_services;
 use ns_ha_common::root::paths;
 use ns_ha_common::service;
 use ns_ha_common::vips::{self, LiveState};
+use ns_ha_common::vpn;
 use std::time::Duration;
 
 use crate::liveness;
@@ -154,10 +155,67 @@ pub fn run(ctx: &Ctx) -> Vec<Finding> {
         Err(e) => bad("interfaces", Severity::Problem, format!("{e:#}"), "check `ip addr`"),
     });
     out.push(services_configured(ctx, &node, &cluster));
+    if let Some(f) = vpns_here(ctx, &cluster) {
+        out.push(f);
+    }
     let role = tools::role_status(ctx.tools, &ctx.root, status::TRANSITIONS);
     out.extend(role_checks(&role));
     out.extend(sync_checks(ctx, &node, &cluster, &role));
     out
+}
+
+/// VPN tunnels run on the MASTER only: one down on the MASTER (road
+/// warriors cannot connect) or up on a node that is not MASTER (two nodes
+/// answering for the same tunnel once it holds an address) is a problem.
+/// None when no tunnel is configured here.
+fn vpns_here(ctx: &Ctx, cluster: &ClusterConfig) -> Option<Finding> {
+    let tunnels = vpn::tunnels(&ctx.root, ctx.ifs);
+    if tunnels.is_empty() {
+        return None;
+    }
+    let live = vips::observe(cluster, ctx.ifs)
+        .ok()
+        .map(|v| vips::live_state(&v));
+    let master = match live {
+        Some(LiveState::Master) => true,
+        Some(LiveState::Backup) => false,
+        _ => {
+            return Some(skipped(
+                "VPNs",
+                "this node is neither MASTER nor BACKUP now",
+            ))
+        }
+    };
+    let wrong: Vec<String> = tunnels
+        .iter()
+        .filter_map(|t| match (&t.interface, t.up) {
+            (Some(i), Some(up)) if up != master => Some(format!(
+                "{} ({i}) is {} on this {}",
+                t.name,
+                if up { "up" } else { "not up" },
+                if master { "MASTER" } else { "non-MASTER" }
+            )),
+            _ => None,
+        })
+        .collect();
+    Some(if wrong.is_empty() {
+        ok(
+            "VPNs",
+            format!(
+                "{} tunnel(s) {} here, as on a {}",
+                tunnels.len(),
+                if master { "up" } else { "down" },
+                if master { "MASTER" } else { "BACKUP" }
+            ),
+        )
+    } else {
+        bad(
+            "VPNs",
+            Severity::Problem,
+            wrong.join("; "),
+            "run `ns-ha-role apply` (its status names the failing action, e.g. `link wg* up`); a tunnel that stays down: check its config on the primary",
+        )
+    })
 }
 
 /// Whether a service is installed here, the way the role engine decides to
@@ -725,6 +783,54 @@ pub(crate) mod tests {
             .find(|x| x.check == check)
             .unwrap_or_else(|| panic!("no {check} in {f:?}"))
             .severity
+    }
+
+    #[test]
+    fn a_vpn_tunnel_must_be_up_on_the_master_and_only_there() {
+        let (_d, root) = primary_root();
+        let r = RecordingRunner::new();
+        let peer = FakePeer::healthy();
+        let tools = primary_tools();
+        let clock = FixedClock::at_ms(CLOCK_MS);
+        let check = |ifs: &StaticInterfaces| {
+            let ctx = Ctx {
+                root: root.clone(),
+                runner: &r,
+                ifs,
+                peer: &peer,
+                tools: &tools,
+                clock: &clock,
+            };
+            run(&ctx).into_iter().find(|f| f.check == "VPNs")
+        };
+        // No tunnel configured: nothing to say.
+        assert!(check(&master_ifs()).is_none());
+        std::fs::create_dir_all(root.path("/etc/wireguard")).unwrap();
+        std::fs::write(root.path("/etc/wireguard/wg0.conf"), "[Interface]\n").unwrap();
+        let f = check(&master_ifs()).unwrap();
+        assert_eq!(f.severity, Severity::Problem);
+        assert!(
+            f.detail.contains("wg0 (wg0) is not up on this MASTER"),
+            "{}",
+            f.detail
+        );
+        assert!(f.fix.unwrap().contains("ns-ha-role apply"));
+        let mut with_wg = master_ifs();
+        with_wg.0.push(interface("wg0", &["10.99.20.1/24"]));
+        assert_eq!(check(&with_wg).unwrap().severity, Severity::Ok);
+        // A backup (no VIP held) must not run it.
+        let backup = StaticInterfaces(vec![
+            interface("ha0", &["10.99.0.1/24"]),
+            interface("lan0", &["10.99.1.1/24"]),
+            interface("wg0", &["10.99.20.1/24"]),
+        ]);
+        let f = check(&backup).unwrap();
+        assert_eq!(f.severity, Severity::Problem);
+        assert!(
+            f.detail.contains("is up on this non-MASTER"),
+            "{}",
+            f.detail
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::tools::{ToolQuery, ToolRunner};
 
 /// Status, doctor and health checks of an ns-ha node.
 ///
-///   ns-ha-check status          role, VRRP state, VIPs, sync, transitions
+///   ns-ha-check status          role, VRRP state, VIPs, sync, transitions, VPN tunnels
 ///   ns-ha-check doctor          every problem of the pair with its fix (exit 10 if any)
 ///   ns-ha-check health          can this node serve as master? (exit 0 or 10)
 ///   ns-ha-check health --list   every health check of this node, with its period
@@ -60,7 +60,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// One view of the node: role, cluster, keepalived, live VRRP state, VIPs, sync, last transitions.
+    /// One view of the node: role, cluster, keepalived, live VRRP state, VIPs, sync, last transitions, VPN tunnels and whether each is up here.
     Status,
     /// Everything that can be wrong with the pair, each with its fix; exit 10 if any problem.
     ///
@@ -80,7 +80,9 @@ pub enum Command {
     },
     /// Run the health checks for as long as the node runs and move the VIPs:
     /// writes keepalived's health track file (priority offset), the state
-    /// file /run/ns-ha/health.json, the prompt marker, and runs the alert hook.
+    /// file /run/ns-ha/health.json, the prompt marker, and runs the alert hook;
+    /// on the primary while MASTER, records the WireGuard peers' endpoints
+    /// in /etc/wireguard/ns-ha-endpoints.json (synced) every 2 s.
     ///
     /// Started and restarted with keepalived by its init script:
     /// `ns-ha-check [--root R] monitor`. Logs on stderr.

@@ -17,6 +17,12 @@
 //! VIP (`ns-ha-vip who-holds`): a second holder is a split brain, alerted
 //! once and shown in the state until it clears.
 //!
+//! On the primary, every 2 s while MASTER, it records the WireGuard peers'
+//! last endpoints ([`wireguard::record_endpoints`]) in the synced
+//! `/etc/wireguard/ns-ha-endpoints.json`, so that the backup, once MASTER,
+//! can start the handshakes itself. The backup never writes it: the sync
+//! runs from the primary only, and a write there would be a local edit.
+//!
 //! Alerts run the hook on a thread of their own, so a slow mail script
 //! never delays a decision. A changed cluster config is picked up within
 //! two seconds; the verdict (and a hold-down in progress) is kept.
@@ -40,6 +46,7 @@ use ns_ha_common::health_config::HealthSettings;
 use ns_ha_common::net::IpCommand;
 use ns_ha_common::root::paths;
 use ns_ha_common::vips::{self, LiveState};
+use ns_ha_common::wireguard;
 use ns_ha_common::NodeRoot;
 
 use crate::alert::AlertSender;
@@ -263,6 +270,31 @@ impl Workers {
             let _ = h.join();
         }
     }
+}
+
+/// How often the primary records its WireGuard peers' endpoints while MASTER.
+const VPN_RECORD_PERIOD: Duration = Duration::from_secs(2);
+
+/// The endpoint recorder of the primary (see the module comment); it lives
+/// as long as the monitor. One `wg show NAME dump` per running tunnel per
+/// round, nothing when no tunnel runs here.
+fn spawn_vpn_recorder(root: &NodeRoot, master: &Arc<AtomicBool>) {
+    let (root, master) = (root.clone(), master.clone());
+    std::thread::spawn(move || {
+        let runner = SystemRunner;
+        let running = |name: &str| std::path::Path::new("/sys/class/net").join(name).exists();
+        loop {
+            std::thread::sleep(VPN_RECORD_PERIOD);
+            if !master.load(Ordering::SeqCst) {
+                continue;
+            }
+            match wireguard::record_endpoints(&root, &runner, &running, Duration::from_secs(5)) {
+                Ok(true) => log::info!("recorded new WireGuard peer endpoints"),
+                Ok(false) => {}
+                Err(e) => log::warn!("recording WireGuard peer endpoints: {e:#}"),
+            }
+        }
+    });
 }
 
 /// Sleep until `next` unless asked to stop; false when stopping.
@@ -503,6 +535,9 @@ pub fn run(root: &NodeRoot) -> Result<()> {
     // The verdict's MASTER flag, for the slow thread's split-brain round.
     let master = Arc::new(AtomicBool::new(false));
     let mut slow = spawn_slow(root, &cluster, &master, &tx);
+    if role == Role::Primary {
+        spawn_vpn_recorder(root, &master);
+    }
     let alerts = AlertSender::start(root.clone(), role);
     let mut out = Outputs::new(root.clone(), role);
     out.track(&cluster.health, verdict.track_value())?;

@@ -18,6 +18,7 @@ use ns_ha_common::clock::fmt_utc;
 use ns_ha_common::config::{load_cluster_opt, load_node_opt, NodeConfig, Role};
 use ns_ha_common::service::manager;
 use ns_ha_common::vips::{self, LiveState, VipState};
+use ns_ha_common::vpn::{self, VpnTunnel};
 
 use crate::liveness::{self, PeerLiveness};
 use crate::tools::{self, SyncNode, SyncRun};
@@ -88,6 +89,9 @@ pub struct NodeStatus {
     pub peer: Option<PeerLiveness>,
     /// The health monitor's verdict (None: no monitor has run here).
     pub health: Option<HealthView>,
+    /// The VPN tunnels configured here and whether each is up here (they
+    /// run on the MASTER only).
+    pub vpns: Vec<VpnTunnel>,
 }
 
 /// A check as `status` shows it.
@@ -227,6 +231,7 @@ pub fn collect(ctx: &Ctx) -> Result<NodeStatus> {
             .collect(),
         peer,
         health,
+        vpns: vpn::tunnels(&ctx.root, ctx.ifs),
     })
 }
 
@@ -387,6 +392,22 @@ pub fn render(s: &NodeStatus) -> String {
                 ),
             );
         }
+    }
+    for (i, t) in s.vpns.iter().enumerate() {
+        line(
+            &mut w,
+            if i == 0 { "VPNs" } else { "" },
+            format!(
+                "{:<18} {:<9} {}",
+                t.name,
+                format!("{:?}", t.kind).to_lowercase(),
+                match (&t.interface, t.up) {
+                    (Some(i), Some(true)) => format!("{i} up here"),
+                    (Some(i), _) => format!("{i} not up here"),
+                    (None, _) => "interface not named in the config".into(),
+                }
+            ),
+        );
     }
     for (i, t) in s.transitions.iter().rev().enumerate() {
         line(

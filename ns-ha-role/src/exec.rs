@@ -14,6 +14,7 @@ use ns_ha_common::exit::{code_of, Code};
 use ns_ha_common::role_config::link_matches;
 use ns_ha_common::root::paths;
 use ns_ha_common::service::{ServiceAction, ServiceBackend, ServiceManager};
+use ns_ha_common::wireguard;
 use ns_ha_common::NodeRoot;
 
 use crate::cron;
@@ -181,8 +182,35 @@ impl Executor<'_> {
         let Ok(list) = serde_json::from_str::<serde_json::Value>(&links) else {
             return (Outcome::Failed, "cannot parse `ip -json link show`".into());
         };
+        // WireGuard tunnels configured here (`/etc/wireguard/NAME.conf`) are
+        // created on up and removed on down, as wg-quick does; other links
+        // are only set up or down.
+        let tunnels = match wireguard::configured(self.root) {
+            Ok(t) => t,
+            Err(e) => return failed(&e),
+        };
+        let present: Vec<String> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect();
         let mut changed = Vec::new();
         let mut matched = 0;
+        if up {
+            for t in tunnels
+                .iter()
+                .filter(|t| link_matches(pattern, t) && !present.contains(t))
+            {
+                matched += 1;
+                let done = wireguard::load(self.root, t)
+                    .and_then(|cfg| wireguard::up(self.root, self.runner, &cfg, self.timeout));
+                match done {
+                    Ok(d) => changed.push(d),
+                    Err(e) => return failed(&e),
+                }
+            }
+        }
         for l in list.as_array().into_iter().flatten() {
             let Some(name) = l["ifname"].as_str() else {
                 continue;
@@ -191,6 +219,24 @@ impl Executor<'_> {
                 continue;
             }
             matched += 1;
+            if up && tunnels.iter().any(|t| t == name) {
+                // A running tunnel whose file was edited gets the edit
+                // (`list` predates the tunnels created above).
+                let done = wireguard::load(self.root, name)
+                    .and_then(|cfg| wireguard::resync(self.root, self.runner, &cfg, self.timeout));
+                match done {
+                    Ok(true) => changed.push(format!("{name} reconfigured")),
+                    Ok(false) => {}
+                    Err(e) => return failed(&e),
+                }
+            }
+            if !up && tunnels.iter().any(|t| t == name) {
+                if let Err(e) = wireguard::down(self.runner, name, self.timeout) {
+                    return failed(&e);
+                }
+                changed.push(format!("{name} removed"));
+                continue;
+            }
             let is_up = l["flags"]
                 .as_array()
                 .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("UP")));
@@ -207,7 +253,7 @@ impl Executor<'_> {
         match (matched, changed.is_empty()) {
             (0, _) => skip("no such interface"),
             (_, true) => same(""),
-            (_, false) => ok(changed.join(" ")),
+            (_, false) => ok(changed.join(", ")),
         }
     }
 

@@ -381,6 +381,59 @@ mod tests {
     }
 
     #[test]
+    fn configured_wireguard_tunnels_are_created_on_master_and_removed_otherwise() {
+        let node = FakeNode::new(Role::Primary, &["conntrackd"]);
+        std::fs::create_dir_all(node.root.path("/etc/wireguard")).unwrap();
+        std::fs::write(
+            node.root.path("/etc/wireguard/wg1.conf"),
+            "[Interface]\nPrivateKey = cHJpdmF0ZQ==\nAddress = 10.99.20.1/24\n[Peer]\nPublicKey = QUxJQ0U=\nAllowedIPs = 10.99.20.2/32\nEndpoint = 10.99.2.100:51820\n",
+        )
+        .unwrap();
+        node.runner.with(|s| {
+            s.holds_vips = true;
+            // A wg link that no file describes: only set up or down.
+            s.links_up.insert("wg0".into(), false);
+        });
+        event(&node, "MASTER");
+        let r = &reconcile(&node.ctx(), "notify", None).unwrap()[0];
+        assert_eq!(outcome(r, "link wg* up"), Some(Outcome::Changed));
+        let calls = node.runner.calls();
+        assert!(
+            calls.iter().any(|c| c == "ip link add wg1 type wireguard"),
+            "{calls:#?}"
+        );
+        assert!(
+            calls.iter().any(|c| c.contains("wg setconf wg1")),
+            "{calls:#?}"
+        );
+        // The configured endpoint gets a handshake at once.
+        assert!(
+            calls.iter().any(|c| c.contains("persistent-keepalive 25")),
+            "{calls:#?}"
+        );
+        node.runner.with(|s| {
+            assert_eq!(s.links_up.get("wg1"), Some(&true));
+            assert_eq!(s.links_up.get("wg0"), Some(&true));
+        });
+        // Converged: a second pass changes nothing.
+        let again = reconcile(&node.ctx(), "apply", Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(outcome(&again[0], "link wg* up"), Some(Outcome::Unchanged));
+
+        node.runner.with(|s| s.holds_vips = false);
+        event(&node, "BACKUP");
+        let r = &reconcile(&node.ctx(), "notify", None).unwrap()[0];
+        assert_eq!(outcome(r, "link wg* down"), Some(Outcome::Changed));
+        node.runner.with(|s| {
+            assert_eq!(s.links_up.get("wg1"), None, "the tunnel is removed");
+            assert_eq!(
+                s.links_up.get("wg0"),
+                Some(&false),
+                "the other link is set down"
+            );
+        });
+    }
+
+    #[test]
     fn master_starts_services_once_and_runs_conntrackd_in_order() {
         let node = FakeNode::new(
             Role::Primary,

@@ -101,6 +101,20 @@ impl CommandRunner for FakeRunner {
                     .collect();
                 out(0, &format!("[{}]", links.join(",")))
             }
+            // A WireGuard tunnel created by the kernel's link type (down until set up).
+            "ip" if line.contains("link add") => {
+                s.links_up.insert(args[2].clone(), false);
+                out(0, "")
+            }
+            "ip" if line.contains("link del") => {
+                let gone = s.links_up.remove(&args[3]).is_some();
+                out(if gone { 0 } else { 1 }, "")
+            }
+            "ip" if line.contains("address replace") || line.contains("route replace") => {
+                out(0, "")
+            }
+            // `wg` under the node root's /run/wireguard.
+            "unshare" if args.iter().any(|a| a == "wg") => out(0, ""),
             "ip" if line.contains("link set") => {
                 let name = args[3].clone();
                 let up = args[4] == "up";

@@ -293,8 +293,12 @@ fn damage(rng: &mut Rng, mut frames: Vec<Frame>) -> (Vec<u8>, Vec<&'static str>)
                 what.push("junk");
             }
             8 => {
-                // An announcement the backup must refuse as a whole.
-                if let Some(f) = frames.iter_mut().find(|f| f.msg["op"] == "begin") {
+                // An announcement the backup must refuse as a whole (the
+                // real begin: a junk frame may be a begin without changes).
+                if let Some(f) = frames
+                    .iter_mut()
+                    .find(|f| f.msg["op"] == "begin" && f.msg["changes"].is_array())
+                {
                     let bad = [
                         json!({"path": "/etc/config/../shadow", "entry": {"k": "d", "m": 493, "u": 0, "g": 0}, "data": false}),
                         json!({"path": "/root/.ssh/authorized_keys", "entry": {"k": "d", "m": 493, "u": 0, "g": 0}, "data": false}),
