@@ -18,6 +18,20 @@ use crate::exit::{fail, Code};
 /// Replace `path` with `data` atomically, with permission bits `mode`.
 /// Creates missing parent directories (mode 0755).
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_replacing(path, data, mode, true)
+}
+
+/// Like [`atomic_write`] without the two fsyncs: a crash of the process
+/// leaves the old or the new version, a power cut may leave either or a
+/// damaged file. Only for records whose loss costs work, never correctness
+/// (a hash cache, the primary's note of its last push): their readers treat
+/// a damaged file as absent. Each fsync costs milliseconds to tens of
+/// milliseconds on a loaded flash or VM disk, on the sync's hot path.
+pub fn replace_cache_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_replacing(path, data, mode, false)
+}
+
+fn write_replacing(path: &Path, data: &[u8], mode: u32, durable: bool) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -39,11 +53,16 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+        if durable {
+            f.sync_all()
+                .with_context(|| format!("syncing {}", tmp.display()))?;
+        }
         fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        sync_dir(dir)
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -17,8 +17,9 @@ use crate::exit::{code_of, fail, Code};
 use crate::net::Interface;
 
 /// Bumped when a message changes incompatibly. 2: frames of at most
-/// [`MAX_MESSAGE`]; large requests and manifests travel in chunks.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// [`MAX_MESSAGE`]; large requests and manifests travel in chunks. 3: the
+/// sync's `signature` and `delta` (large files changed in part).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The ns-ha release; both nodes must run the same one.
 pub const NS_HA_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How `hello` starts its refusal of another release, so the primary's

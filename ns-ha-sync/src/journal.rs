@@ -30,14 +30,14 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ns_ha_common::exit::{fail, Code};
-use ns_ha_common::fsutil::{remove_if_exists, sync_dir};
+use ns_ha_common::fsutil::{atomic_write, remove_if_exists, sync_dir};
 use ns_ha_common::NodeRoot;
 
 use crate::crash;
 use crate::manifest::{hash_file, role_managed_content, Entry, Kind, Manifest, Stamp};
 use crate::rules::SyncSet;
 use crate::state::{Applied, StateDir, APPLIED, BASELINE, LAST_APPLIED};
-use crate::util::now_secs;
+use crate::util::{now_secs, sha256_hex};
 
 /// Up to this many files (or directories), fsync each; beyond, one syncfs.
 const FSYNC_EACH_MAX: usize = 64;
@@ -532,7 +532,9 @@ fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -
             sync_dir(d)?;
         }
     }
-    state.write_compact(BASELINE, &journal.baseline)?;
+    // The bytes written are the ones the manifest digest hashes.
+    let baseline = serde_json::to_vec(&journal.baseline)?;
+    atomic_write(&state.file(BASELINE), &baseline, 0o600)?;
     crash::point("baseline");
     state.write(
         APPLIED,
@@ -540,6 +542,7 @@ fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -
             cluster_id: Some(journal.cluster_id.clone()),
             generation: journal.generation,
             applied_at: now_secs(),
+            baseline_digest: Some(sha256_hex(&baseline)),
         },
     )?;
     crash::point("applied");
@@ -553,7 +556,8 @@ fn replay(root: &NodeRoot, set: &SyncSet, state: &StateDir, journal: &Journal) -
         "kept": outcome.kept,
         "at": now_secs(),
     });
-    if let Err(e) = state.write(LAST_APPLIED, &last) {
+    // A record for the administrator and the role engine, not fsynced.
+    if let Err(e) = state.write_cache(LAST_APPLIED, &last) {
         log::warn!("cannot record the applied paths: {e:#}");
     }
     Ok(outcome)

@@ -10,6 +10,8 @@
 //! command line onto them and returns one report per run (docs/json.md).
 
 pub mod crash;
+pub mod delta;
+pub mod handoff;
 pub mod journal;
 pub mod manifest;
 pub mod receiver;
@@ -80,7 +82,9 @@ pub enum Command {
     /// Returns at once, silently (with --json: a document with "noop": true),
     /// when nothing changed since the last clean push (safe from cron every
     /// minute). Exit code 8 when files edited on
-    /// the backup were kept there.
+    /// the backup were kept there. When `watch` runs on this node, the push
+    /// is handed to it and goes over its open SSH session (no new
+    /// connection); the report and exit code are the same.
     Push {
         /// Overwrite (or delete) files edited on the backup since the last sync.
         #[arg(long)]
@@ -119,7 +123,9 @@ pub enum Command {
     },
     /// Finish an interrupted apply from its journal, or discard an uncommitted one.
     Recover,
-    /// Push whenever a synced file changes (inotify), over one SSH session.
+    /// Push whenever a synced file changes (inotify), over one SSH session;
+    /// one-shot `push`es on this node are handed to it (socket
+    /// /run/ns-ha/sync-push.sock, root only) and use that session too.
     Watch {
         /// Quiet time after a change before pushing, in milliseconds.
         #[arg(long, default_value_t = 50)]
@@ -256,10 +262,24 @@ fn run_push(root: &NodeRoot, opts: PushOptions, skip_master_check: bool) -> Resu
     if !skip_master_check {
         check_master(&cluster)?;
     }
+    // A running watch pushes over its open session (crash points are armed
+    // in this process only: a push that arms one does it itself).
+    if !opts.dry_run && std::env::var_os(crash::CRASH_ENV).is_none() {
+        let req = handoff::PushRequest::of(opts);
+        if let Some(handed) = handoff::try_push(&handoff::socket_path(root), req) {
+            return handed;
+        }
+    }
     crash::arm_from_env();
     let mut link = SshLink::new(root, &node, &cluster);
-    let rep = sender::push(root, &cluster, &mut link, opts)?;
-    let kept = if !rep.kept.is_empty() && !opts.dry_run {
+    push_report(sender::push(root, &cluster, &mut link, opts), opts.dry_run)
+}
+
+/// What `push` prints for a push's outcome: exit 8 when edits on the backup
+/// were kept.
+fn push_report(rep: Result<sender::PushReport>, dry_run: bool) -> Result<Report> {
+    let rep = rep?;
+    let kept = if !rep.kept.is_empty() && !dry_run {
         Err(fail(
             Code::Conflict,
             format!(
@@ -450,8 +470,14 @@ fn local_status(
         }
         _ => {
             st.generation = st.generation.max(
+                // Not fsynced (a cache of the last push): damaged after a
+                // power cut, it only costs the next push a full manifest.
                 state
-                    .read::<Pushed>(PUSHED)?
+                    .read::<Pushed>(PUSHED)
+                    .unwrap_or_else(|e| {
+                        log::warn!("{e:#}: the next push asks the backup for its whole manifest");
+                        None
+                    })
                     .map(|p| p.generation)
                     .unwrap_or(0),
             )
@@ -552,11 +578,16 @@ fn run_watch(
         Err(e) if json => ns_ha_common::cli::print_json_line(&ns_ha_common::cli::error_document(e)),
         Err(_) => {}
     };
+    let server = handoff::PushServer::bind(&handoff::socket_path(root))
+        .map_err(|e| log::warn!("{e:#}: one-shot pushes connect on their own"))
+        .ok();
+    let to_report = |r| push_report(r, false);
     watch::watch(
         root,
         &cluster,
         &mut link,
         watch::WatchOptions {
+            handoff: server.as_ref().map(|s| (s, &to_report as &dyn Fn(_) -> _)),
             debounce,
             may_push: &may_push,
             on_push: &mut on_push,

@@ -14,11 +14,11 @@ use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use ns_ha_common::fsutil::atomic_write;
+use ns_ha_common::fsutil::replace_cache_file;
 use ns_ha_common::NodeRoot;
 
 use crate::rules::{check_path, disk_node, Decision, SyncSet};
-use crate::util::{hex, now_secs, HashingWriter};
+use crate::util::{hex, now_secs, sha256_hex, HashingWriter};
 
 /// What a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,10 +167,11 @@ impl HashCache {
             .unwrap_or_default()
     }
 
-    /// Write it back if anything changed.
+    /// Write it back if anything changed (not fsynced: a cache lost to a
+    /// power cut only costs hashing again).
     pub fn save(&mut self, path: &Path) -> Result<()> {
         if self.dirty {
-            atomic_write(path, &serde_json::to_vec(self)?, 0o600)?;
+            replace_cache_file(path, &serde_json::to_vec(self)?, 0o600)?;
             self.dirty = false;
         }
         Ok(())
@@ -331,7 +332,7 @@ fn entry_of(
         e.mtime_ns = mtime_ns(md);
         let data = role_managed_content(file)?;
         e.size = data.len() as u64;
-        e.sha256 = Some(hex(&Sha256::digest(&data)));
+        e.sha256 = Some(sha256_hex(&data));
     } else if ft.is_file() {
         e.mtime_ns = mtime_ns(md);
         e.size = md.size();

@@ -4,7 +4,9 @@
 //! push and the status that `ns-ha-sync status` shows.
 //!
 //! Every record is written with `atomic_write`, so a crash leaves either the
-//! old or the new version of each.
+//! old or the new version of each; the two whose loss only costs work (the
+//! hash cache and `pushed.json`) skip its fsyncs, which the hot path of a
+//! small push cannot afford.
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use ns_ha_common::config::ClusterConfig;
 use ns_ha_common::exit::Code;
-use ns_ha_common::fsutil::{atomic_write, remove_if_exists, NodeLock};
+use ns_ha_common::fsutil::{atomic_write, remove_if_exists, replace_cache_file, NodeLock};
 use ns_ha_common::sync_config::SyncSettings;
 use ns_ha_common::NodeRoot;
 
@@ -102,6 +104,13 @@ impl StateDir {
         atomic_write(&self.file(name), &serde_json::to_vec(value)?, 0o600)
     }
 
+    /// Write a large JSON record whose loss costs work, never correctness
+    /// (`pushed.json`: a damaged or older one only makes the next push ask
+    /// the backup for its whole manifest), atomically but not fsynced.
+    pub fn write_cache<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        replace_cache_file(&self.file(name), &serde_json::to_vec(value)?, 0o600)
+    }
+
     /// Write a JSON record atomically.
     pub fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let mut b = serde_json::to_vec_pretty(value)?;
@@ -123,6 +132,11 @@ pub struct Applied {
     pub cluster_id: Option<String>,
     pub generation: u64,
     pub applied_at: u64,
+    /// Digest of `baseline.json` as this apply wrote it: when the node's
+    /// files have that digest, nothing was edited here and the manifest
+    /// answer skips reading the baseline (README "State").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_digest: Option<String>,
 }
 pub const APPLIED: &str = "applied.json";
 /// The manifest the last sync left on the backup: drift is measured against it.

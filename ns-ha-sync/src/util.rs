@@ -9,6 +9,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Lowercase hex SHA-256 of a byte string (the manifest's content hash).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
 /// Seconds since the epoch (the one wall clock, in `common::clock`).
 pub use ns_ha_common::clock::now_secs;
 

@@ -5,7 +5,8 @@
 //! filtered through the rules, coalesced for a short quiet period, and turned
 //! into an ordinary push over one SSH session kept open between pushes. The
 //! backup is also re-checked periodically, and failed pushes are retried with
-//! a growing delay.
+//! a growing delay. One-shot pushes handed over by `push` (`crate::handoff`)
+//! run over the same session.
 
 use anyhow::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -18,11 +19,20 @@ use std::time::{Duration, Instant};
 use ns_ha_common::config::ClusterConfig;
 use ns_ha_common::NodeRoot;
 
+use ns_ha_common::cli::Report;
+
+use crate::handoff::PushServer;
 use crate::rules::SyncSet;
-use crate::sender::{push, Link, PushOptions};
+use crate::sender::{push, Link, PushOptions, PushReport};
+
+/// How a push's outcome becomes the report `push` prints.
+pub type ToReport = dyn Fn(Result<PushReport>) -> Result<Report>;
 
 /// Options of `watch`.
 pub struct WatchOptions<'a> {
+    /// Where one-shot pushes are handed over (`crate::handoff`), and how a
+    /// push's outcome becomes the report `push` prints.
+    pub handoff: Option<(&'a PushServer, &'a ToReport)>,
     /// Quiet time after the last event before pushing.
     pub debounce: Duration,
     /// Whether this node may push now (it is master); checked before each push.
@@ -148,14 +158,19 @@ impl Watches {
         (relevant, rescan)
     }
 
-    fn wait(&self, timeout: Duration) -> Result<bool> {
-        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+    /// Wait at most `timeout` for inotify events (`true`), or for a push
+    /// handed over on `handoff` (then `false`, and the caller serves it).
+    fn wait(&self, timeout: Duration, handoff: Option<&PushServer>) -> Result<bool> {
+        let mut fds = vec![PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        if let Some(h) = handoff {
+            fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
+        }
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         match poll(
             &mut fds,
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
         ) {
-            Ok(n) => Ok(n > 0),
+            Ok(_) => Ok(fds[0].revents().is_some_and(|r| !r.is_empty())),
             Err(nix::errno::Errno::EINTR) => Ok(false),
             Err(e) => Err(e).context("waiting for inotify events"),
         }
@@ -184,12 +199,20 @@ pub fn watch(
         }
         let now = Instant::now();
         let next = due.unwrap_or(recheck_at).min(recheck_at);
-        if next > now && w.wait(next - now)? {
+        if let Some((server, to_report)) = opts.handoff {
+            // One-shot pushes handed over: each is a push over this session.
+            server.serve_pending(&mut |req| {
+                let r = push(root, cluster, link, req.options());
+                (opts.on_push)(&r);
+                to_report(r)
+            });
+        }
+        if next > now && w.wait(next - now, opts.handoff.map(|h| h.0))? {
             let (relevant, rescan) = w.drain(&set);
             if relevant {
                 // Coalesce a burst (an editor's temp file + rename, a tree copy).
                 let burst_end = Instant::now() + Duration::from_millis(500);
-                while Instant::now() < burst_end && w.wait(opts.debounce)? {
+                while Instant::now() < burst_end && w.wait(opts.debounce, None)? {
                     let (_, r) = w.drain(&set);
                     if r {
                         w.refresh(root, &set);

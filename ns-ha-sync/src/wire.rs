@@ -7,6 +7,10 @@
 //! check as its last attempt too. `status` can be asked any time after
 //! `hello`. Files are streamed without a round trip each; any problem with
 //! one is remembered and reported by `commit`, which then applies nothing.
+//! A large file the backup holds in another version goes as a delta
+//! instead (`signature`, answered with the block signature of the backup's
+//! copy, then `delta`, answered with whether it rebuilt the file; when not,
+//! the file follows whole in a `file` frame).
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -108,7 +112,15 @@ impl Write for IdleTimeoutFd {
 /// The sync ops (the control ops `hello`, `inspect`, `install-cluster` are
 /// `ns_ha_common::control`'s).
 pub const SYNC_OPS: &[&str] = &[
-    "manifest", "begin", "file", "commit", "abort", "in-sync", "status",
+    "manifest",
+    "begin",
+    "file",
+    "signature",
+    "delta",
+    "commit",
+    "abort",
+    "in-sync",
+    "status",
 ];
 
 /// Requests of the sync protocol.
@@ -129,6 +141,19 @@ pub enum SyncRequest {
         path: String,
         size: u64,
         sha256: String,
+    },
+    /// The block signature of the backup's copy of an announced file, if
+    /// that copy's content is `base_sha256` (what the sender diffs against).
+    /// Answered with a [`SignatureReply`], the signature's bytes after it.
+    Signature { path: String, base_sha256: String },
+    /// The content of an announced file as a delta against the copy just
+    /// signed: `len` bytes follow this frame. Answered with a [`DeltaReply`];
+    /// when not applied, the sender sends the file whole.
+    Delta {
+        path: String,
+        size: u64,
+        sha256: String,
+        len: u64,
     },
     /// Make the transaction live (journaled).
     Commit,
@@ -250,6 +275,21 @@ pub struct ManifestPart {
 pub struct BeginReply {
     /// Paths edited on the backup: left as they are (no data needed for them).
     pub kept: Vec<String>,
+}
+
+/// Answer to `signature`: `len` bytes of signature follow the reply; `None`
+/// when the backup's copy is not the expected one (or unreadable): the
+/// sender sends the file whole.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SignatureReply {
+    pub len: Option<u64>,
+}
+
+/// Answer to `delta`: whether the backup rebuilt the announced content
+/// (sha256 verified) and staged it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeltaReply {
+    pub applied: bool,
 }
 
 /// Answer to `commit`.

@@ -516,6 +516,7 @@ fn a_backup_at_the_last_generation_is_a_conflict_not_an_overflow() {
                 cluster_id: Some(CLUSTER_ID.into()),
                 generation: u64::MAX,
                 applied_at: 0,
+                baseline_digest: None,
             },
         )
         .unwrap();
@@ -600,4 +601,25 @@ fn begin_chunks_are_checked_as_one_transaction() {
     assert_eq!(read(&p.backup, "/etc/config/a"), "x\n");
     assert_eq!(read(&p.backup, "/etc/config/b"), "x\n");
     assert_eq!(generation(&p.backup), 1);
+}
+
+#[test]
+fn the_manifest_answer_reads_the_baseline_only_when_the_backup_changed() {
+    let p = pair();
+    seed(&p);
+    let mut link = ThreadLink::new(&p.backup);
+    do_push(&p, &mut link, PushOptions::default()).unwrap();
+    let set = SyncSet::for_cluster(&p.backup, Some(&p.cluster)).unwrap();
+    let state = StateDir::new(&p.backup, &p.cluster.sync);
+    // Files as the apply left them: the baseline is not read (an empty one
+    // put in its place changes nothing).
+    std::fs::write(state.file("baseline.json"), "{}").unwrap();
+    let view = local_view(&p.backup, &set, &state).unwrap();
+    assert!(view.drift.is_empty(), "{:?}", view.drift);
+    assert_eq!(view.baseline, view.current);
+    // An edit here: the baseline is read, and every path differs from it.
+    write(&p.backup, "/etc/config/firewall", "edited on the backup\n");
+    let view = local_view(&p.backup, &set, &state).unwrap();
+    assert!(view.baseline.is_empty());
+    assert_eq!(view.drift.len(), view.current.len());
 }

@@ -111,7 +111,7 @@ fn install_cluster_refuses_a_relative_state_dir_and_writes_nothing() {
     let mut from = child.stdout.take().unwrap();
     send(
         &mut to,
-        &json!({"op": "hello", "protocol": 2, "version": env!("CARGO_PKG_VERSION"), "cluster_id": CLUSTER_ID}),
+        &json!({"op": "hello", "protocol": ns_ha_common::proto::PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION"), "cluster_id": CLUSTER_ID}),
     );
     let hello = recv(&mut from);
     assert_eq!(hello["ok"], true, "{hello}");

@@ -45,7 +45,7 @@ fn cluster_id(lab: &Lab) -> String {
 
 fn hello(id: &str) -> Vec<u8> {
     frame(
-        &json!({"op": "hello", "protocol": 2, "version": env!("CARGO_PKG_VERSION"), "cluster_id": id}),
+        &json!({"op": "hello", "protocol": ns_ha_common::proto::PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION"), "cluster_id": id}),
         b"",
     )
 }

@@ -84,4 +84,43 @@ fn watch_pushes_a_change_on_fw1_to_fw2_promptly() {
         "watch delay fw1 write -> fw2 file: median {:?}, max {:?} ({delays:?})",
         delays[2], delays[4]
     );
+
+    // A one-shot push while the watcher runs is handed to it (its open
+    // session, no SSH connection of its own), and returns with the change
+    // on fw2.
+    let mut pushes = Vec::new();
+    for i in 0..5 {
+        let content = format!("server {{ listen {}; }}\n", 9000 + i);
+        lab.write("fw1", "/etc/nginx/conf.d/ui.conf", &content);
+        let t0 = Instant::now();
+        let out = sync(&lab, "fw1", &["-vv", "push"]);
+        pushes.push(t0.elapsed());
+        assert!(out.status.success(), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("a running watch takes the push"),
+            "push did not use the watcher's session: {stderr}"
+        );
+        assert_eq!(lab.read("fw2", "/etc/nginx/conf.d/ui.conf"), content);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pushes.sort();
+    println!(
+        "one-shot push handed to the watcher, write -> push returned with fw2 changed: median {:?}, max {:?} ({pushes:?})",
+        pushes[2], pushes[4]
+    );
+    // Without the watcher, push connects on its own again.
+    drop(_w);
+    lab.write(
+        "fw1",
+        "/etc/nginx/conf.d/ui.conf",
+        "server { listen 9999; }\n",
+    );
+    let out = sync(&lab, "fw1", &["-vv", "push"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("a running watch takes the push"));
+    assert_eq!(
+        lab.read("fw2", "/etc/nginx/conf.d/ui.conf"),
+        "server { listen 9999; }\n"
+    );
 }

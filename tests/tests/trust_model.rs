@@ -27,7 +27,7 @@ fn frame(msg: &Value) -> Vec<u8> {
 fn hello(lab: &Lab) -> Vec<u8> {
     let c: Value = serde_json::from_str(&lab.read("fw1", "/etc/ns-ha/cluster.json")).unwrap();
     frame(
-        &json!({"op": "hello", "protocol": 2, "version": env!("CARGO_PKG_VERSION"), "cluster_id": c["cluster_id"]}),
+        &json!({"op": "hello", "protocol": ns_ha_common::proto::PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION"), "cluster_id": c["cluster_id"]}),
     )
 }
 

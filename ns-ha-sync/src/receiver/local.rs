@@ -12,7 +12,7 @@ use ns_ha_common::NodeRoot;
 use super::Receiver;
 use crate::crash;
 use crate::journal;
-use crate::manifest::{drift, scan, Drift, HashCache, Manifest, Scan, Stamp};
+use crate::manifest::{digest, drift, scan, Drift, HashCache, Manifest, Scan, Stamp};
 use crate::rules::SyncSet;
 use crate::state::{Applied, StateDir, APPLIED, BASELINE};
 
@@ -20,6 +20,8 @@ use crate::state::{Applied, StateDir, APPLIED, BASELINE};
 #[derive(Debug, Clone)]
 pub struct LocalView {
     pub current: Manifest,
+    /// `digest(&current)`.
+    pub digest: String,
     pub applied: Applied,
     pub baseline: Manifest,
     pub drift: Vec<Drift>,
@@ -39,14 +41,20 @@ pub fn local_view(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<Lo
         log::warn!("cannot save the hash cache: {e:#}");
     }
     let applied: Applied = state.read(APPLIED)?.unwrap_or_default();
-    // Before the first sync nothing is known: the node's files are the baseline.
-    let baseline = if applied.generation == 0 {
+    let digest = digest(&current);
+    // Before the first sync nothing is known: the node's files are the
+    // baseline. Files exactly as the last apply left them (its digest) are
+    // the baseline too: no need to read it (the common case costs no parse
+    // of a manifest-sized file).
+    let untouched = applied.baseline_digest.as_deref() == Some(digest.as_str());
+    let baseline = if applied.generation == 0 || untouched {
         current.clone()
     } else {
         state.read(BASELINE)?.unwrap_or_default()
     };
     let drift = drift(&current, &baseline);
     Ok(LocalView {
+        digest,
         current,
         applied,
         baseline,

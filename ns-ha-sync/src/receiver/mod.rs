@@ -106,6 +106,9 @@ pub struct Receiver<'a> {
     parts_due: Option<bool>,
     /// Paths changed by the last commit, for `ns-ha-role sync-applied`.
     hook_due: Option<Vec<String>>,
+    /// The copy of a file this backup just signed (`signature`), that the
+    /// `delta` which follows rebuilds from: (path, its content).
+    delta_base: Option<(String, Vec<u8>)>,
 }
 
 impl<'a> Receiver<'a> {
@@ -120,6 +123,7 @@ impl<'a> Receiver<'a> {
             opening: None,
             parts_due: None,
             hook_due: None,
+            delta_base: None,
         }
     }
 
@@ -206,6 +210,15 @@ impl<'a> Receiver<'a> {
             }
             if op == "file" {
                 if let Err(e) = self.file(v, r) {
+                    let _ = write_msg(w, &Reply::from_error(&e));
+                    return Err(e);
+                }
+                continue;
+            }
+            if op == "signature" || op == "delta" {
+                // Answered, with raw bytes after the reply for `signature`;
+                // a broken stream ends the channel.
+                if let Err(e) = self.delta_op(&op, v, r, w) {
                     let _ = write_msg(w, &Reply::from_error(&e));
                     return Err(e);
                 }
@@ -301,7 +314,11 @@ impl<'a> Receiver<'a> {
                     .generation;
                 serde_json::to_value(st)?
             }
-            SyncRequest::File { .. } => return Err(fail(Code::Peer, "file frame out of place")),
+            SyncRequest::File { .. }
+            | SyncRequest::Signature { .. }
+            | SyncRequest::Delta { .. } => {
+                return Err(fail(Code::Peer, format!("{op} frame out of place")))
+            }
         })
     }
 

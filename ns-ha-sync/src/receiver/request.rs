@@ -25,7 +25,7 @@ use super::{
 };
 use crate::crash;
 use crate::journal::check_ancestors_except;
-use crate::manifest::{digest, Change, Entry, Kind, Manifest, Stamp};
+use crate::manifest::{Change, Entry, Kind, Manifest, Stamp};
 use crate::rules::{check_path, disk_node, Node, Origin};
 use crate::state::Run;
 use crate::util::now_secs;
@@ -64,7 +64,7 @@ impl Receiver<'_> {
         let lock = ctx.state.lock(LOCK_WAIT)?;
         recover_and_record(&self.root, &ctx.set, &ctx.state)?;
         let view = local_view(&self.root, &ctx.set, &ctx.state)?;
-        let d = digest(&view.current);
+        let d = view.digest.clone();
         let with_entries = known_digest.as_deref() != Some(d.as_str());
         // Entries and drift follow in parts (see `write_manifest_parts`), so
         // no frame grows with the tree.

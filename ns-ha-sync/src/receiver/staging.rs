@@ -18,12 +18,14 @@ use std::path::{Path, PathBuf};
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::NodeRoot;
 
-use super::{Receiver, MAX_FILE};
+use super::{Receiver, Txn, MAX_FILE};
 use crate::crash;
+use crate::delta;
 use crate::journal::{self, set_file_meta};
 use crate::state::{StateDir, OTHER_STAGING, OTHER_STAGING_LIST};
-use crate::util::hex;
-use crate::wire::SyncRequest;
+use crate::util::{hex, sha256_hex};
+use crate::wire::{DeltaReply, SignatureReply, SyncRequest};
+use ns_ha_common::proto::{write_msg, Reply};
 
 impl Receiver<'_> {
     /// A `file` frame: stage its content. Problems with the file fail the
@@ -104,6 +106,175 @@ impl Receiver<'_> {
     }
 }
 
+impl Receiver<'_> {
+    /// `signature` or `delta` (see `crate::delta`): answered; an error
+    /// returned here (malformed frame, broken stream, oversized delta) ends
+    /// the channel, a refusal of the request is only answered.
+    pub(super) fn delta_op<R: Read, W: Write>(
+        &mut self,
+        op: &str,
+        v: serde_json::Value,
+        r: &mut R,
+        w: &mut W,
+    ) -> Result<()> {
+        let req: SyncRequest = serde_json::from_value(v)
+            .map_err(|e| fail(Code::Peer, format!("malformed {op} frame: {e}")))?;
+        match req {
+            SyncRequest::Signature { path, base_sha256 } => match self.sign(&path, &base_sha256) {
+                Ok(sig) => {
+                    let len = sig.as_ref().map(|s| s.len() as u64);
+                    write_msg(w, &Reply::ok(SignatureReply { len }))?;
+                    if let Some(sig) = sig {
+                        w.write_all(&sig)
+                            .and_then(|()| w.flush())
+                            .context("sending the block signature")?;
+                    }
+                }
+                Err(e) => write_msg(w, &Reply::from_error(&e))?,
+            },
+            SyncRequest::Delta {
+                path,
+                size,
+                sha256,
+                len,
+            } => {
+                // Literals never exceed the file; each command adds a few bytes.
+                let most = size.min(delta::DELTA_MAX) + size / 16 + 4096;
+                if size > delta::DELTA_MAX || len > most {
+                    return Err(fail(
+                        Code::Security,
+                        format!("delta of {len} bytes for a file of {size} bytes refused"),
+                    ));
+                }
+                let mut data = vec![0u8; len as usize];
+                r.read_exact(&mut data).context("receiving a delta")?;
+                let applied = self.apply_delta(&path, size, &sha256, &data);
+                write_msg(w, &Reply::ok(DeltaReply { applied }))?;
+            }
+            _ => return Err(fail(Code::Peer, format!("{op} frame out of place"))),
+        }
+        Ok(())
+    }
+
+    /// The block signature of this backup's copy of `path`, an announced
+    /// file still expected, when the copy's content is `base_sha256`; kept
+    /// for the `delta` that follows. `None`: no such copy (send it whole).
+    fn sign(&mut self, path: &str, base_sha256: &str) -> Result<Option<Vec<u8>>> {
+        self.delta_base = None;
+        let txn = self
+            .txn
+            .as_ref()
+            .ok_or_else(|| fail(Code::Peer, "signature without an open transaction"))?;
+        if !txn.pending.contains_key(path) {
+            return Err(fail(
+                Code::Peer,
+                format!("signature of {path}, which is not an announced file still expected"),
+            ));
+        }
+        let Some(base) = read_regular(&self.root.path(path), delta::DELTA_MAX) else {
+            return Ok(None);
+        };
+        if sha256_hex(&base) != base_sha256 {
+            log::info!("{path} here is not the copy the primary diffs against: sent whole");
+            return Ok(None);
+        }
+        let sig = delta::signature(&base);
+        self.delta_base = Some((path.to_string(), base));
+        Ok(Some(sig))
+    }
+
+    /// Rebuild `path` from the copy just signed and `data`, and stage it if
+    /// its sha256 is the announced one. `false`: not rebuilt (no signed
+    /// copy, a delta that does not apply or yields other bytes), the sender
+    /// sends the file whole.
+    fn apply_delta(&mut self, path: &str, size: u64, sha256: &str, data: &[u8]) -> bool {
+        let base = self.delta_base.take();
+        let Some(txn) = self.txn.as_mut() else {
+            return false;
+        };
+        let announced = txn
+            .changes
+            .get(path)
+            .is_some_and(|c| c.entry.size == size && c.entry.sha256.as_deref() == Some(sha256));
+        if !announced || !txn.pending.contains_key(path) {
+            txn.failed.get_or_insert(fail(
+                Code::Security,
+                format!("delta for {path} was not announced (or differs from its announcement, or came twice)"),
+            ));
+            return false;
+        }
+        let Some((_, base)) = base.filter(|(p, _)| p == path) else {
+            return false;
+        };
+        let content = match delta::apply(&base, data, size) {
+            Ok(c) => c,
+            Err(e) => {
+                log::info!("{path}: {e:#}: sent whole");
+                return false;
+            }
+        };
+        if content.len() as u64 != size || sha256_hex(&content) != sha256 {
+            log::info!("{path}: the delta did not rebuild the announced content: sent whole");
+            return false;
+        }
+        if let Some(staged) = txn.pending.remove(path) {
+            stage_content(txn, path, staged, &content, data.len() as u64);
+        }
+        crash::point("file");
+        true
+    }
+}
+
+/// Stage `content` (verified) as `path`'s new file under the name `staged`;
+/// `received` is what it cost on the wire. A write error fails the
+/// transaction.
+fn stage_content(txn: &mut Txn, path: &str, staged: String, content: &[u8], received: u64) {
+    let dest = txn.areas.dir_of(path).join(&staged);
+    let outcome = (|| -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dest)
+            .with_context(|| format!("staging {path}"))?;
+        f.write_all(content)
+            .with_context(|| format!("staging {path}"))?;
+        let e = &txn.changes[path].entry;
+        set_file_meta(&f, &dest, e.mode, e.uid, e.gid, e.mtime_ns)
+    })();
+    match outcome {
+        Ok(()) => {
+            txn.files += 1;
+            txn.bytes += received;
+            txn.staged.insert(path.to_string(), staged);
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&dest);
+            txn.failed.get_or_insert(e);
+        }
+    }
+}
+
+/// The content of a regular file (never through a symlink) of at most
+/// `limit` bytes; `None` when it is anything else or unreadable.
+fn read_regular(file: &Path, limit: u64) -> Option<Vec<u8>> {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(file)
+        .ok()?;
+    let md = f.metadata().ok()?;
+    if !md.is_file() || md.len() > limit {
+        return None;
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    Read::by_ref(&mut f)
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .ok()?;
+    (buf.len() as u64 <= limit).then_some(buf)
+}
+
 /// Read exactly `size` bytes, hashing them and writing them to `file` until a
 /// write fails. A short stream is an error (the channel is broken); a write
 /// error is returned for the transaction to fail.
@@ -114,7 +285,8 @@ pub(super) fn receive_blob<R: Read>(
 ) -> Result<(Option<fs::File>, Option<std::io::Error>, String)> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // 1 MiB a read and a write: a large file costs few system calls.
+    let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     let mut write_err = None;
     while left > 0 {
