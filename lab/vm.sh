@@ -60,7 +60,8 @@ pick_kernel() {
 
 # /init of the initramfs (busybox applets only): load the 9p and overlay
 # modules, mount the host's root read-only, writable layers on top (tmpfs on
-# /tmp and /run, overlays with a tmpfs upper on /etc, /var and /root), the io
+# /run, overlays with a tmpfs upper on /etc, /var, /root and /tmp: a checkout
+# under /tmp, as CI's may be, stays visible), the io
 # share on /run/ns-ha-vm, then switch to the host's bash for stage 2. /run
 # stays 0755 root: sshd's StrictModes checks the lab dirs under it.
 write_init() {
@@ -77,12 +78,11 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroo
 	fail "cannot mount the host root over 9p"
 mount -t tmpfs -o mode=0755 run /newroot/run || fail "tmpfs on /run"
 mkdir -p /newroot/run/.layers /newroot/run/ns-ha-vm
-for d in etc var root; do
+for d in etc var root tmp; do
 	mkdir -p "/newroot/run/.layers/$d/up" "/newroot/run/.layers/$d/work"
 	mount -t overlay -o "lowerdir=/newroot/$d,upperdir=/newroot/run/.layers/$d/up,workdir=/newroot/run/.layers/$d/work" \
 		"layer-$d" "/newroot/$d" || fail "overlay on /$d"
 done
-mount -t tmpfs -o mode=1777 tmp /newroot/tmp || fail "tmpfs on /tmp"
 mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=512000 hostio /newroot/run/ns-ha-vm ||
 	fail "cannot mount the io share"
 mount --move /dev /newroot/dev
