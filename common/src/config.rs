@@ -313,8 +313,12 @@ impl ClusterConfig {
         self.validate_wans()?;
         self.sync.validate()?;
         self.roles.validate(&self.tracked_interfaces())?;
-        self.health
-            .validate(&self.tracked_interfaces(), v.priority_backup)?;
+        let takeover_wans: Vec<&str> = self.wans.iter().map(|w| w.interface.as_str()).collect();
+        self.health.validate(
+            &self.tracked_interfaces(),
+            &takeover_wans,
+            v.priority_backup,
+        )?;
         Ok(())
     }
 

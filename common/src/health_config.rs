@@ -121,7 +121,15 @@ pub struct ServiceCheck {
 impl HealthSettings {
     /// Check the section against the cluster's interfaces (`interfaces`) and
     /// the lower of the two VRRP priorities.
-    pub fn validate(&self, interfaces: &[&str], priority_backup: u8) -> Result<()> {
+    /// `interfaces` are the cluster interfaces every node has up (HA, LANs,
+    /// vip WANs); `takeover_wans` the WANs only the MASTER has up, whose
+    /// checks count only on the MASTER (see the monitor's verdict).
+    pub fn validate(
+        &self,
+        interfaces: &[&str],
+        takeover_wans: &[&str],
+        priority_backup: u8,
+    ) -> Result<()> {
         let err = |m: String| fail(Code::Config, format!("health: {m}"));
         for (name, v, lo, hi) in [
             ("period_ms", self.period_ms, 10, 60_000),
@@ -155,11 +163,23 @@ impl HealthSettings {
             )));
         }
         for (i, l) in self.links.iter().enumerate() {
-            if !interfaces.contains(&l.interface.as_str()) {
+            let takeover = takeover_wans.contains(&l.interface.as_str());
+            if !interfaces.contains(&l.interface.as_str()) && !takeover {
                 return Err(err(format!(
                     "links: {} is not a cluster interface ({}): check an interface of the cluster",
                     l.interface,
-                    interfaces.join(", ")
+                    interfaces
+                        .iter()
+                        .chain(takeover_wans)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if takeover && l.peer {
+                return Err(err(format!(
+                    "links: {} is a takeover WAN, which the peer never has up: set \"peer\": false and give the gateway as a target",
+                    l.interface
                 )));
             }
             if self.links[..i].iter().any(|o| o.interface == l.interface) {
@@ -271,15 +291,35 @@ mod tests {
     fn refusal(h: &HealthSettings) -> String {
         format!(
             "{:#}",
-            h.validate(&["ha0", "lan0"], 100)
+            h.validate(&["ha0", "lan0"], &[], 100)
                 .expect_err("must be refused")
         )
     }
 
     #[test]
+    fn a_takeover_wan_is_checked_toward_its_gateway_only() {
+        let mut h = HealthSettings {
+            links: vec![link("wan1", &["10.99.3.100"])],
+            ..HealthSettings::default()
+        };
+        let e = format!(
+            "{:#}",
+            h.validate(&["ha0", "lan0"], &["wan1"], 100).unwrap_err()
+        );
+        assert!(
+            e.contains("takeover WAN") && e.contains("\"peer\": false"),
+            "{e}"
+        );
+        h.links[0].peer = false;
+        h.validate(&["ha0", "lan0"], &["wan1"], 100).unwrap();
+        // Not a WAN of the cluster at all: refused as before.
+        assert!(h.validate(&["ha0", "lan0"], &[], 100).is_err());
+    }
+
+    #[test]
     fn defaults_are_valid_and_roundtrip() {
         let h = HealthSettings::default();
-        h.validate(&["ha0"], 100).unwrap();
+        h.validate(&["ha0"], &[], 100).unwrap();
         let v: HealthSettings = serde_json::from_str("{}").unwrap();
         assert_eq!(v, h);
         let l: LinkCheck =
@@ -327,7 +367,7 @@ mod tests {
         h.alert_hook = Some("alert.sh".into());
         assert!(refusal(&h).contains("alert_hook 'alert.sh' is not an absolute"));
         let h = HealthSettings::default();
-        let e = h.validate(&["ha0"], 2).unwrap_err();
+        let e = h.validate(&["ha0"], &[], 2).unwrap_err();
         assert!(format!("{e:#}").contains("priority_backup 2"), "{e:#}");
         assert_eq!(crate::exit::code_of(&e), Code::Config);
     }

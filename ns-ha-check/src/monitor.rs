@@ -98,12 +98,20 @@ pub fn plan(cluster: &ClusterConfig, role: Role) -> Vec<PlannedCheck> {
             }
         }
         let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let (kind, only) = if cluster.wan(&l.interface).is_some() {
+            (
+                CheckKind::TakeoverWan,
+                "; takeover WAN: on MASTER only, a failure that made this node give up stays",
+            )
+        } else {
+            (CheckKind::Reach, "")
+        };
         out.push(PlannedCheck {
             id: format!("reach:{}", l.interface),
-            kind: CheckKind::Reach,
+            kind,
             period_ms: h.period_ms,
             what: format!(
-                "ICMP echo on {} to {} (ok while any answers within {} ms; failing after {} rounds, ok after {})",
+                "ICMP echo on {} to {} (ok while any answers within {} ms; failing after {} rounds, ok after {}{only})",
                 l.interface,
                 list.join(", "),
                 h.timeout_ms,
@@ -140,6 +148,17 @@ pub fn plan(cluster: &ClusterConfig, role: Role) -> Vec<PlannedCheck> {
         });
     }
     out
+}
+
+/// Whether `interface` is up with a carrier in this network namespace
+/// (`operstate` `up`, or `unknown` as PPP and TUN links report it).
+fn link_is_up(interface: &str) -> bool {
+    std::fs::read_to_string(
+        std::path::Path::new("/sys/class/net")
+            .join(interface)
+            .join("operstate"),
+    )
+    .is_ok_and(|s| matches!(s.trim(), "up" | "unknown"))
 }
 
 /// Links of the cluster with no reachability check: a silent failure there
@@ -368,6 +387,7 @@ fn spawn(
             Probe::Reach { interface, targets } => {
                 let ident = ((std::process::id() as u16) << 4) ^ n as u16;
                 let timeout = Duration::from_millis(u64::from(h.timeout_ms));
+                let takeover = c.kind == CheckKind::TakeoverWan;
                 std::thread::spawn(move || {
                     // Opened again after a failure (an interface that is
                     // missing now may come back): every round says why.
@@ -375,6 +395,20 @@ fn spawn(
                     let mut next = Instant::now();
                     while pause_until(next, &stop) {
                         next += period;
+                        // A takeover WAN is down (or missing, a PPPoE link)
+                        // until the role engine brings it up on the MASTER:
+                        // no round says anything until then.
+                        if takeover && !link_is_up(&interface) {
+                            let o = Outcome {
+                                ok: None,
+                                latency_ms: None,
+                                detail: format!("takeover WAN {interface} is not up here"),
+                            };
+                            if tx.send(Msg::Outcome(c.id.clone(), o)).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                         let round = match pinger.as_mut() {
                             Some(p) => p.round(&targets, timeout),
                             None => IcmpPinger::new(&interface, ident).and_then(|mut p| {

@@ -6,9 +6,10 @@
 //! unhealthy in the same way from swapping (a node that is not MASTER is
 //! unfit at its first failed round, the MASTER only after `fall`), the
 //! hold-down (a node that gave up MASTER for health is unfit until healthy
-//! for `hold_down_ms`), and services (checked only while MASTER; a failure
-//! that made the node give up stays until the monitor restarts, since a
-//! backup cannot run the service to prove it fixed). Every change of the
+//! for `hold_down_ms`), and services and takeover WANs (checked only while
+//! MASTER; a failure that made the node give up stays until the monitor
+//! restarts, since a backup cannot run the service or bring the WAN up to
+//! prove it fixed: no ping-pong over a WAN only one node can test). Every change of the
 //! priority is a [`Decision`] with its reason; alerts are [`Event`]s, one per
 //! change of a condition.
 
@@ -33,6 +34,19 @@ pub enum CheckKind {
     Reach,
     /// A master-only service.
     Service,
+    /// Packets exchanged on a takeover WAN (ICMP echo to its gateway): only
+    /// the MASTER has the WAN up, so only the MASTER's rounds count.
+    #[serde(rename = "takeover-wan")]
+    TakeoverWan,
+}
+
+impl CheckKind {
+    /// Whether only the MASTER can run the check (what it looks at is up
+    /// there only): elsewhere its rounds say nothing, and a failure that made
+    /// the node give up stays, since a backup cannot show it fixed.
+    pub fn master_only(self) -> bool {
+        matches!(self, CheckKind::Service | CheckKind::TakeoverWan)
+    }
 }
 
 /// A check's state after hysteresis.
@@ -210,16 +224,17 @@ impl Verdict {
             return;
         };
         let mut event = None;
-        // A service runs only on the MASTER: elsewhere its round says nothing.
-        let ok = if c.kind == CheckKind::Service && !master {
+        // A service runs, a takeover WAN is up, only on the MASTER:
+        // elsewhere its round says nothing.
+        let ok = if c.kind.master_only() && !master {
             None
         } else {
             o.ok
         };
         match ok {
             None => {
-                // A service whose failure made this node give up stays
-                // failing: a backup cannot show it fixed.
+                // A master-only check whose failure made this node give up
+                // stays failing: a backup cannot show it fixed.
                 if c.state != CheckState::Failing && c.state != CheckState::NotApplicable {
                     c.state = CheckState::NotApplicable;
                     c.since_ms = now_ms;
@@ -615,6 +630,36 @@ mod tests {
         assert_eq!(m.checks["service:dnsmasq"].state, CheckState::Failing);
         m.evaluate(100_000);
         assert!(!m.fit);
+    }
+
+    #[test]
+    fn a_takeover_wan_counts_only_on_the_master_and_sticks_after_giving_up() {
+        let mut m = verdict(200, true);
+        m.add_check("reach:wan1", CheckKind::TakeoverWan, 0);
+        // Its gateway silent for `fall` rounds (a plain reach check's fall,
+        // not the services'): the master gives up.
+        for t in 1..=2 {
+            m.observe("reach:wan1", bad(), t);
+            assert_eq!(m.evaluate(t), None);
+        }
+        m.observe("reach:wan1", bad(), 3);
+        assert_eq!(m.evaluate(3).unwrap().priority, 2);
+        // As backup the WAN is down: its rounds say nothing, the failure
+        // stays past any hold-down, so the node does not take the WAN back
+        // to fail on it again.
+        m.set_master(false, 4);
+        m.observe("reach:wan1", bad(), 5);
+        m.observe("reach:wan1", na(), 6);
+        assert_eq!(m.checks["reach:wan1"].state, CheckState::Failing);
+        m.evaluate(1_000_000);
+        assert!(!m.fit);
+        // A backup that never had it: not applicable, fit.
+        let mut b = verdict(100, false);
+        b.add_check("reach:wan1", CheckKind::TakeoverWan, 0);
+        b.observe("reach:wan1", bad(), 1);
+        assert_eq!(b.checks["reach:wan1"].state, CheckState::NotApplicable);
+        assert_eq!(b.evaluate(1), None);
+        assert!(b.fit);
     }
 
     #[test]

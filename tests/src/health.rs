@@ -121,6 +121,21 @@ pub fn longest_gap_ms(stamps: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Assert `vip` stays with `holder` alone, sampled every 100 ms for the lab's
+/// hold-down and 3 s more: a node that gave up does not take it back.
+pub fn assert_held_past_hold_down(lab: &Lab, vip: &str, holder: &str, why: &str) {
+    let held = sample(
+        lab,
+        vip,
+        ((LAB_HOLD_DOWN_MS + 3_000) / 100) as usize,
+        Duration::from_millis(100),
+    );
+    assert!(
+        held.iter().all(|h| h.as_slice() == [holder]),
+        "holders of {vip} {why}: {held:?}"
+    );
+}
+
 /// Who holds `vip`, sampled every `every` for `n` samples.
 pub fn sample(lab: &Lab, vip: &str, n: usize, every: Duration) -> Vec<Vec<&'static str>> {
     timed_sample(lab, vip, n, every)

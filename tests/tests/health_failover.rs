@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use ns_ha_tests::cluster::{pair, tool_ok};
 use ns_ha_tests::health::{
-    handovers, lab_health, sample, set_health, state, timed_sample, wait_all_ok, Pinger,
-    LAB_HOLD_DOWN_MS,
+    assert_held_past_hold_down, handovers, lab_health, sample, set_health, state, timed_sample,
+    wait_all_ok, Pinger, LAB_HOLD_DOWN_MS,
 };
 use ns_ha_tests::{net, wait_until, Lab};
 
@@ -126,16 +126,7 @@ fn an_unreachable_wan_gateway_moves_the_vips_and_they_stay_away() {
     assert!(took < Duration::from_secs(2), "takeover took {took:?}");
     // While fw1's gateway check fails, fw1 does not take the VIPs back,
     // well past the hold-down.
-    let held = sample(
-        &lab,
-        net::LAN_VIP,
-        ((LAB_HOLD_DOWN_MS + 3_000) / 100) as usize,
-        Duration::from_millis(100),
-    );
-    assert!(
-        held.iter().all(|h| h.as_slice() == ["fw2"]),
-        "holders while fw1's gateway is down: {held:?}"
-    );
+    assert_held_past_hold_down(&lab, net::LAN_VIP, "fw2", "while fw1's gateway is down");
     assert_eq!(
         state(&lab, "fw1")["checks"]["reach:wan0"]["state"],
         "failing"

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use ns_ha_tests::cluster::{
     configure_dnsmasq, init, init_ok, pair_only_with, role_settled, role_status, tool_ok,
 };
-use ns_ha_tests::health::Pinger;
+use ns_ha_tests::health::{
+    assert_held_past_hold_down, set_health, state, Pinger, LAB_HOLD_DOWN_MS,
+};
 use ns_ha_tests::{net, wait_until, Lab, FIREWALLS};
 use serde_json::Value;
 
@@ -141,8 +143,8 @@ fn refused(lab: &Lab, args: &[&str], needle: &str) {
     assert_eq!(snapshot(lab), before, "{args:?} changed a node");
 }
 
-#[test]
-fn a_static_takeover_wan_is_up_only_on_the_master() {
+/// A pair whose nodes run ifupdown, with the LAN and its VIP (not enabled).
+fn paired_with_lan() -> Lab {
     let lab = Lab::up();
     pair_only_with(&lab, &["--interface-manager", "ifupdown"]);
     let lan_vip = format!("{}/24", net::LAN_VIP);
@@ -151,6 +153,12 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         "fw1",
         &["add-lan", "--interface", net::LAN_IF, "--vip", &lan_vip],
     );
+    lab
+}
+
+#[test]
+fn a_static_takeover_wan_is_up_only_on_the_master() {
+    let lab = paired_with_lan();
     let out = init_ok(
         &lab,
         "fw1",
@@ -396,4 +404,89 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
     for fw in FIREWALLS {
         assert!(!lab.path(fw, WAN_FILE).exists(), "{fw} kept {WAN_FILE}");
     }
+}
+
+/// Issue 10 on a takeover WAN: the master's gateway check on the WAN only it
+/// has up. The ISP stops answering fw1 (its link stays up): fw2 takes the
+/// VIPs and the WAN, and fw1, which cannot test a WAN it has down, does not
+/// take them back, well past the hold-down (no ping-pong).
+#[test]
+fn a_silent_isp_on_the_takeover_wan_moves_it_and_the_master_stays_away() {
+    let lab = paired_with_lan();
+    init_ok(
+        &lab,
+        "fw1",
+        &[
+            "add-wan",
+            "--interface",
+            WAN,
+            "--ipv4",
+            "10.99.3.1/24",
+            "--gateway",
+            ISP_V4,
+        ],
+    );
+    configure_dnsmasq(&lab);
+    set_health(
+        &lab,
+        &serde_json::json!({
+            "hold_down_ms": LAB_HOLD_DOWN_MS,
+            "links": [
+                {"interface": net::LAN_IF, "targets": [net::CLIENT]},
+                {"interface": WAN, "targets": [ISP_V4], "peer": false},
+            ],
+        }),
+    );
+    let list = tool_ok(&lab, "fw1", "ns-ha-check", &["--json", "health", "--list"]);
+    assert!(list.contains("\"takeover-wan\""), "{list}");
+    init_ok(&lab, "fw1", &["enable"]);
+    let ready = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let (s1, s2) = (state(&lab, "fw1"), state(&lab, "fw2"));
+        s1["checks"]["reach:wan1"]["state"] == "ok"
+            && s2["checks"]["reach:wan1"]["state"] == "not-applicable"
+            && s1["fit"] == true
+            && s2["fit"] == true
+            && holders(&lab, WAN_V4) == ["fw1"]
+    });
+    assert!(
+        ready,
+        "not ready: fw1 {} / fw2 {}",
+        state(&lab, "fw1"),
+        state(&lab, "fw2")
+    );
+
+    // The ISP drops everything from fw1's WAN MAC; fw2's, once up, answers.
+    let mac = mac_of(&lab, "fw1", WAN);
+    let rules = format!(
+        "table inet nsha_isp_ignore {{\n chain input {{ type filter hook input priority -300; ether saddr {mac} drop; }}\n}}\n"
+    );
+    let path = lab.dir().join("isp-ignore.nft");
+    std::fs::write(&path, rules).expect("nft rules");
+    let t = Instant::now();
+    lab.exec_ok("wan", &["nft", "-f", path.to_str().expect("utf-8")]);
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            holders(&lab, WAN_V4) == ["fw2"]
+        }),
+        "fw2 did not take the WAN: {:?}, fw1 {}",
+        holders(&lab, WAN_V4),
+        state(&lab, "fw1")
+    );
+    eprintln!(
+        "ISP silent toward fw1: the WAN is up on fw2 alone after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        lab.ping("wan", WAN_V4, 3),
+        "the ISP cannot reach the WAN address on fw2"
+    );
+    // fw1 cannot test the WAN while it has it down: it stays BACKUP past the
+    // hold-down, its check failing; the LAN VIP stays with fw2 too.
+    assert_held_past_hold_down(&lab, net::LAN_VIP, "fw2", "while fw1's ISP is silent");
+    assert_eq!(holders(&lab, WAN_V4), ["fw2"]);
+    let s1 = state(&lab, "fw1");
+    assert_eq!(s1["checks"]["reach:wan1"]["state"], "failing", "{s1}");
+    assert_eq!(s1["fit"], false, "{s1}");
+    let s2 = state(&lab, "fw2");
+    assert_eq!(s2["checks"]["reach:wan1"]["state"], "ok", "{s2}");
 }
