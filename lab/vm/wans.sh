@@ -14,7 +14,7 @@
 # BACKUP/FAULT; they stand in for the platform's interface manager
 # (ifupdown/netifd). Layout (the ISP side is the lab's `wan` namespace):
 #
-#   fw wan0.100 (VLAN 100 on wan0)           10.99.3.1/24  ISP eth0.100 10.99.3.100
+#   fw wan0.100 (VLAN 100 on wan0)           10.99.8.1/24  ISP eth0.100 10.99.8.100
 #   fw bond0.200 (VLAN 200 on bond0 = wanb0+wanb1, active-backup)
 #                                            10.99.4.1/24  ISP eth0.200 10.99.4.100
 #   fw pppwan (PPPoE over wan0, PAP)         from the pool ISP pppoe-server 10.99.5.100
@@ -52,7 +52,7 @@ WAN=${PREFIX}wan
 
 # The ISP: VLANs 100 and 200 on its eth0, the internet on lo, pppoe-server.
 ip -n "$WAN" link add link eth0 name eth0.100 type vlan id 100
-ip -n "$WAN" addr add 10.99.3.100/24 dev eth0.100
+ip -n "$WAN" addr add 10.99.8.100/24 dev eth0.100
 ip -n "$WAN" link set eth0.100 up
 ip -n "$WAN" link add link eth0 name eth0.200 type vlan id 200
 ip -n "$WAN" addr add 10.99.4.100/24 dev eth0.200
@@ -92,13 +92,13 @@ for fw in fw1 fw2; do
 	ip -n "$ns" link set bond0 up
 	# The takeover WAN devices, defined on both nodes, down until MASTER.
 	ip -n "$ns" link add link wan0 name wan0.100 type vlan id 100
-	ip -n "$ns" addr add 10.99.3.1/24 dev wan0.100
+	ip -n "$ns" addr add 10.99.8.1/24 dev wan0.100
 	ip -n "$ns" link add link bond0 name bond0.200 type vlan id 200
 	ip -n "$ns" addr add 10.99.4.1/24 dev bond0.200
-	ip -n "$ns" rule add from 10.99.3.1 lookup 100
+	ip -n "$ns" rule add from 10.99.8.1 lookup 100
 	ip -n "$ns" rule add from 10.99.4.1 lookup 200
 	install -d -m 0755 "$root/etc/lab-wan"
-	printf 'DEV=wan0.100\nGW=10.99.3.100\nTABLE=100\n' >"$root/etc/lab-wan/wan-vlan"
+	printf 'DEV=wan0.100\nGW=10.99.8.100\nTABLE=100\n' >"$root/etc/lab-wan/wan-vlan"
 	printf 'DEV=bond0.200\nGW=10.99.4.100\nTABLE=200\n' >"$root/etc/lab-wan/wan-bondvlan"
 	cat >"$root/etc/lab-wan/pppoe-wan.options" <<OPTS
 plugin pppoe.so

@@ -76,7 +76,7 @@ const WANS: &[Wan] = &[
         case: "vlan-wan",
         service: "wan-vlan",
         dev: "wan0.100",
-        source: Some("10.99.3.1"),
+        source: Some("10.99.8.1"),
         isp_dev: Some("eth0.100"),
     },
     Wan {
