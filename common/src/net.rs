@@ -96,19 +96,34 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
-impl Serialize for Ipv4Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+/// Serialize a type as its `Display` text and deserialize it with its
+/// `FromStr` (whose error is an `anyhow::Error`): addresses and MACs are
+/// strings in the config files.
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
 
-impl<'de> Deserialize<'de> for Ipv4Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|e: anyhow::Error| serde::de::Error::custom(e.to_string()))
-    }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse()
+                    .map_err(|e: anyhow::Error| serde::de::Error::custom(e.to_string()))
+            }
+        }
+    };
 }
+pub(crate) use serde_via_str;
+
+serde_via_str!(Ipv4Cidr);
 
 /// Validate an interface name for use in the cluster (length, characters).
 pub fn check_ifname(name: &str) -> Result<()> {

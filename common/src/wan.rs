@@ -117,19 +117,7 @@ impl FromStr for Ipv6Cidr {
     }
 }
 
-impl Serialize for Ipv6Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Ipv6Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|e: anyhow::Error| serde::de::Error::custom(e.to_string()))
-    }
-}
+crate::net::serde_via_str!(Ipv6Cidr);
 
 /// A static IPv6 configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,19 +173,7 @@ impl FromStr for MacAddr {
     }
 }
 
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|e: anyhow::Error| serde::de::Error::custom(e.to_string()))
-    }
-}
+crate::net::serde_via_str!(MacAddr);
 
 /// A takeover WAN: defined once, up only on the MASTER.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
