@@ -402,7 +402,8 @@ pub struct NodeStatus {
     pub role: Option<String>,
     #[serde(flatten)]
     pub status: Status,
-    /// An apply was interrupted and waits for recovery.
+    /// An apply was interrupted and waits for recovery (a journal no
+    /// running apply holds).
     pub journal_pending: bool,
 }
 
@@ -486,7 +487,7 @@ fn local_status(
     Ok(NodeStatus {
         role: node.map(|n| n.role.to_string()),
         status: st,
-        journal_pending: state.journal().exists(),
+        journal_pending: state.journal_left_behind(),
     })
 }
 

@@ -78,6 +78,21 @@ impl StateDir {
     pub fn journal(&self) -> PathBuf {
         self.dir.join("journal.json")
     }
+
+    /// Whether a journal waits for recovery: one is on disk and no apply
+    /// owns it. An apply holds the sync lock from its journal's first write
+    /// to its removal, so a journal seen while the lock is held belongs to
+    /// the apply in progress (`status` shows that one as `running`), not to
+    /// an interrupted one.
+    pub fn journal_left_behind(&self) -> bool {
+        if !self.journal().exists() {
+            return false;
+        }
+        match self.lock(Duration::ZERO) {
+            Ok(_lock) => self.journal().exists(),
+            Err(_) => false,
+        }
+    }
     pub fn cache(&self) -> PathBuf {
         self.dir.join("hash-cache.json")
     }
@@ -309,5 +324,28 @@ impl StateDir {
         let mut st: Status = self.read(STATUS).ok().flatten().unwrap_or_default();
         st.hook = Some(outcome.to_string());
         self.write(STATUS, &st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_is_left_behind_only_when_no_apply_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let state = StateDir::of(&root, None);
+        std::fs::create_dir_all(&state.dir).unwrap();
+        assert!(!state.journal_left_behind(), "no journal");
+        std::fs::write(state.journal(), b"{}").unwrap();
+        {
+            let _apply = state.lock(Duration::ZERO).unwrap();
+            assert!(
+                !state.journal_left_behind(),
+                "the journal of the apply in progress is not an interrupted one"
+            );
+        }
+        assert!(state.journal_left_behind(), "nobody holds the journal");
     }
 }
