@@ -364,7 +364,12 @@ fn verify(root: &NodeRoot) -> Result<Report> {
     }
     let set = SyncSet::for_cluster(root, Some(&cluster))?;
     let state = StateDir::new(root, &cluster.sync);
-    let view = local_view(root, &set, &state)?;
+    // Under the sync lock: an apply in progress has replaced some files and
+    // not yet recorded its generation, which would read as local edits.
+    let view = {
+        let _lock = state.lock(receiver::LOCK_WAIT)?;
+        local_view(root, &set, &state)?
+    };
     let doc = LocalVerify {
         generation: view.applied.generation,
         drift: &view.drift,

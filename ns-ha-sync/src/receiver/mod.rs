@@ -49,8 +49,9 @@ pub const MAX_FILE: u64 = 1 << 30;
 pub const MAX_CHANGES: usize = crate::wire::MAX_ENTRIES;
 /// Beyond this many changed paths the hook is told nothing (reload everything).
 const MAX_HOOK_PATHS: usize = 200;
-/// How long a receiver waits for another sync on this node to finish.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a receiver (or a backup's `verify`) waits for another sync on
+/// this node to finish.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// An open transaction.
 struct Txn {
