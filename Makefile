@@ -67,8 +67,9 @@ lab-test: build deb
 #   vpn_follow_master (WANs, VPNs), openwrt_packaging (the rpcd plugin),
 #   vm_tier (minutes of emulation), deb_install (the installed package);
 #   nor sync_hardening (the receiver's apply logic on fw2's files, whose
-#   transport sync_roundtrip and sync_stall cover); config_validation needs
-#   no lab and the *_bench files are `make bench`'s;
+#   transport sync_roundtrip and sync_stall cover) nor doctor_findings
+#   (doctor; its read of the backup over SSH is sync_roundtrip's verify);
+#   config_validation needs no lab and the *_bench files are `make bench`'s;
 # - skipped tests in listed files do not touch the SSH server (lab_smoke's
 #   links, keepalived and cut; role_lab's conntrackd, TCP and event-order
 #   tests) or, for upgrade_remote's own-package case, need the release .deb
