@@ -3,10 +3,13 @@
 //! drift, the journal and staging area of an apply, the hash cache, the last
 //! push and the status that `ns-ha-sync status` shows.
 //!
-//! Every record is written with `atomic_write`, so a crash leaves either the
-//! old or the new version of each; the two whose loss only costs work (the
-//! hash cache and `pushed.json`) skip its fsyncs, which the hot path of a
-//! small push cannot afford.
+//! Every record is replaced atomically (temp file, rename), so a crash leaves
+//! either the old or the new version of each. Only what correctness rests on
+//! is also fsynced (`applied.json`, `baseline.json`, the journal): the
+//! records whose loss to a power cut only costs work (the hash cache,
+//! `pushed.json`) or the last line of the administrator's record
+//! (`status.json`, `attempt.json`) skip the fsyncs, which the hot path of a
+//! small push cannot afford (two each, tens of milliseconds on a loaded disk).
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -132,6 +135,27 @@ impl StateDir {
         b.push(b'\n');
         atomic_write(&self.file(name), &b, 0o600)
     }
+
+    /// Write a record of what happened (`status.json`, `attempt.json`)
+    /// atomically but not fsynced: a process kill leaves the old or the new
+    /// version; a power cut may lose the last record (a damaged one reads as
+    /// absent), never the sync's correctness.
+    pub fn write_record<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let mut b = serde_json::to_vec_pretty(value)?;
+        b.push(b'\n');
+        replace_cache_file(&self.file(name), &b, 0o600)
+    }
+
+    /// `status.json`; a damaged one (a power cut while it was replaced) reads
+    /// as no record, with a warning.
+    fn read_status(&self) -> Status {
+        self.read(STATUS)
+            .unwrap_or_else(|e| {
+                log::warn!("{e:#}: starting a new status record");
+                None
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Name of a staging dir on a filesystem other than the state dir's, at the
@@ -230,7 +254,7 @@ pub const INTERRUPTED: &str =
 impl StateDir {
     /// Record a run in `status.json` and close its attempt marker.
     pub fn record(&self, run: &Run) -> Result<()> {
-        let mut st: Status = self.read(STATUS).ok().flatten().unwrap_or_default();
+        let mut st = self.read_status();
         if run.ok {
             st.generation = run.generation.max(st.generation);
             st.last_success = Some(run.clone());
@@ -239,7 +263,7 @@ impl StateDir {
         }
         st.last_attempt = Some(run.clone());
         st.running = None;
-        self.write(STATUS, &st)?;
+        self.write_record(STATUS, &st)?;
         remove_if_exists(&self.file(ATTEMPT))?;
         Ok(())
     }
@@ -253,7 +277,7 @@ impl StateDir {
         marker.interrupted = true;
         marker.code = Code::Failure.as_u8();
         marker.error = Some(INTERRUPTED.into());
-        self.write(ATTEMPT, &marker)
+        self.write_record(ATTEMPT, &marker)
     }
 
     /// Record the run a marker left unfinished, if any, as failed; `note`
@@ -306,7 +330,7 @@ impl StateDir {
                     self.reap_interrupted(None)?;
                 }
                 Err(_) => {
-                    let mut st: Status = self.read(STATUS)?.unwrap_or_default();
+                    let mut st = self.read_status();
                     st.running = self.read::<Run>(ATTEMPT).ok().flatten().map(|mut r| {
                         r.error = None;
                         r.interrupted = false;
@@ -317,13 +341,13 @@ impl StateDir {
                 }
             }
         }
-        Ok(self.read(STATUS)?.unwrap_or_default())
+        Ok(self.read_status())
     }
 
     pub fn record_hook(&self, outcome: &str) -> Result<()> {
-        let mut st: Status = self.read(STATUS).ok().flatten().unwrap_or_default();
+        let mut st = self.read_status();
         st.hook = Some(outcome.to_string());
-        self.write(STATUS, &st)
+        self.write_record(STATUS, &st)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
+use std::time::Instant;
 
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
@@ -80,6 +81,41 @@ impl<S: Write> Write for Counted<S> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Where a run's time goes: each step's duration, logged at debug level
+/// (`-vv`) as it ends, so a slow push can be traced step by step on both
+/// nodes (the backup's steps come back in the commit reply).
+#[derive(Debug)]
+pub struct Spans {
+    last: Instant,
+    /// (step, microseconds), in order.
+    pub steps: Vec<(String, u64)>,
+}
+
+impl Default for Spans {
+    fn default() -> Self {
+        Spans {
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+}
+
+impl Spans {
+    /// The step that ends now: its time since the previous mark.
+    pub fn mark(&mut self, step: &str) {
+        let now = Instant::now();
+        let us = now.duration_since(self.last).as_micros() as u64;
+        log::debug!("timing: {step}: {:.1} ms", us as f64 / 1000.0);
+        self.steps.push((step.to_string(), us));
+        self.last = now;
+    }
+
+    /// Start counting from now (time before it belongs to no step).
+    pub fn restart(&mut self) {
+        self.last = Instant::now();
     }
 }
 

@@ -110,6 +110,9 @@ pub struct Receiver<'a> {
     /// The copy of a file this backup just signed (`signature`), that the
     /// `delta` which follows rebuilds from: (path, its content).
     delta_base: Option<(String, Vec<u8>)>,
+    /// Where this transaction's time went, since its `manifest` answer
+    /// (sent back in the commit reply).
+    spans: crate::util::Spans,
 }
 
 impl<'a> Receiver<'a> {
@@ -125,6 +128,7 @@ impl<'a> Receiver<'a> {
             parts_due: None,
             hook_due: None,
             delta_base: None,
+            spans: crate::util::Spans::default(),
         }
     }
 
