@@ -303,8 +303,13 @@ pub fn push(
     loop {
         attempts += 1;
         let local = scan_local(root, &set, &state, &mut spans)?;
-        let pushed: Pushed = state.read(PUSHED).ok().flatten().unwrap_or_default();
-        spans.mark("pushed.json read");
+        let prev = state.read_pushed().unwrap_or_else(|e| {
+            log::warn!("{e:#}: the push asks the backup for its whole manifest");
+            None
+        });
+        let no_push = Pushed::default();
+        let pushed = prev.as_ref().unwrap_or(&no_push);
+        spans.mark("pushed.json and its log read");
         let fresh = now_secs().saturating_sub(pushed.at) < cluster.sync.peer_recheck_secs;
         if !opts.dry_run
             && !opts.force
@@ -352,7 +357,7 @@ pub fn push(
                 &ctx,
                 &mut ch,
                 &local,
-                &pushed,
+                prev.as_ref(),
                 opts,
                 &mut progress,
                 &mut spans,
@@ -490,11 +495,13 @@ fn transfer<C: Read + Write>(
     ctx: &PushCtx,
     ch: &mut C,
     local: &Local,
-    pushed: &Pushed,
+    prev: Option<&Pushed>,
     opts: PushOptions,
     progress: &mut PushReport,
     spans: &mut Spans,
 ) -> Result<std::result::Result<PushReport, Retry>> {
+    let no_push = Pushed::default();
+    let pushed = prev.unwrap_or(&no_push);
     let PushCtx {
         root,
         cluster,
@@ -557,7 +564,7 @@ fn transfer<C: Read + Write>(
     *progress = rep.clone();
     if changes.is_empty() && deletes.is_empty() {
         rep.generation = m.generation;
-        save_pushed(state, m.generation, local, true)?;
+        save_pushed(state, prev, m.generation, local, true)?;
         // The backup records the check as its last attempt (an older
         // backup does not know the op: its status just stays as it was).
         if let Err(e) = call::<_, _, serde_json::Value>(
@@ -667,7 +674,7 @@ fn transfer<C: Read + Write>(
     crash::point("committed");
     rep.kept = c.kept.clone();
     rep.lines = lines_of(&changes, &deletes, &peer, &c.kept.iter().cloned().collect());
-    save_pushed(state, c.generation, local, c.kept.is_empty())?;
+    save_pushed(state, prev, c.generation, local, c.kept.is_empty())?;
     spans.mark("pushed.json saved");
     Ok(Ok(rep))
 }
@@ -698,15 +705,22 @@ pub fn open_transaction<C: Read + Write>(ch: &mut C, req: BeginRequest) -> Resul
     Ok(reply)
 }
 
-fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) -> Result<()> {
-    state.write_cache(
-        PUSHED,
-        &Pushed {
+fn save_pushed(
+    state: &StateDir,
+    prev: Option<&Pushed>,
+    generation: u64,
+    local: &Local,
+    clean: bool,
+) -> Result<()> {
+    state.save_pushed(
+        prev,
+        Pushed {
             generation,
             digest: local.digest.clone(),
             clean,
             at: now_secs(),
             manifest: local.manifest.clone(),
+            ..Default::default()
         },
     )
 }

@@ -84,6 +84,21 @@ impl<S: Write> Write for Counted<S> {
     }
 }
 
+/// Append `bytes` to the file at `path` (created 0600), not fsynced: the
+/// logs of records whose loss costs work only (the hash cache's, the
+/// primary's pushes), whose readers skip a line a power cut damaged.
+pub fn append_unsynced(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("appending to {}", path.display()))
+}
+
 /// Where a run's time goes: each step's duration, logged at debug level
 /// (`-vv`) as it ends, so a slow push can be traced step by step on both
 /// nodes (the backup's steps come back in the commit reply).
