@@ -42,8 +42,41 @@ use crate::rules::SyncSet;
 use crate::state::{Applied, StateDir, APPLIED, BASELINE, LAST_APPLIED};
 use crate::util::{now_secs, sha256_hex, Spans};
 
-/// Up to this many files (or directories), fsync each; beyond, one syncfs.
-const FSYNC_EACH_MAX: usize = 64;
+/// Up to this many files (or directories), fsync each (from
+/// [`FSYNC_THREADS`] threads); beyond, one syncfs, which also flushes
+/// whatever else is dirty on the filesystem (other programs' writes: a
+/// loaded disk made it cost 0.1 to 0.7 s for a 100-file push).
+const FSYNC_EACH_MAX: usize = 1024;
+/// fsyncs issued at once: the filesystem commits concurrent fsyncs together
+/// (one journal commit for many on ext4) instead of one after another.
+const FSYNC_THREADS: usize = 8;
+
+/// fsync every path of `paths` that is a regular file or a directory (a
+/// staged symlink cannot be opened), from up to [`FSYNC_THREADS`] threads.
+fn fsync_each(paths: &[PathBuf]) -> Result<()> {
+    let one = |p: &PathBuf| -> Result<()> {
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_file() || m.is_dir() => fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", p.display())),
+            _ => Ok(()),
+        }
+    };
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(one);
+    }
+    let per_thread = paths.len().div_ceil(FSYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(one)))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(fail(Code::Failure, "an fsync thread panicked")))
+        })
+    })
+}
 
 /// The new baseline's name in `staging/` (staged files are named by number).
 pub const STAGED_BASELINE: &str = "baseline.json";
@@ -474,13 +507,7 @@ pub fn commit(
             sync_fs(a)?;
         }
     } else {
-        for p in staged {
-            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
-                fs::File::open(&p)
-                    .and_then(|f| f.sync_all())
-                    .with_context(|| format!("syncing {}", p.display()))?;
-            }
-        }
+        fsync_each(&staged)?;
         for a in &areas {
             sync_dir(a)?;
         }
@@ -557,9 +584,7 @@ fn replay(
             sync_fs(a)?;
         }
     } else {
-        for d in dirs.iter().filter(|d| d.is_dir()) {
-            sync_dir(d)?;
-        }
+        fsync_each(&dirs.into_iter().collect::<Vec<_>>())?;
     }
     spans.mark("backup: renames durable");
     let baseline_digest = match &journal.baseline_sha256 {

@@ -492,7 +492,6 @@ pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -
                     return Err(e).with_context(|| format!("inspecting {}", item.path().display()))
                 }
             };
-            let rule = d.rule.map(|r| r.describe()).unwrap_or_default();
             match entry_of(root, set, cache, &node_path, item.path(), &md) {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(e),
@@ -502,7 +501,7 @@ pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -
                         out.listed.push(Listed {
                             path: node_path.clone(),
                             synced: true,
-                            rule,
+                            rule: d.rule.map(|r| r.describe()).unwrap_or_default(),
                         });
                     }
                     out.manifest.insert(node_path, entry);

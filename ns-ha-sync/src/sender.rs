@@ -775,6 +775,8 @@ fn send_delta<C: Read + Write>(
     if data.len() as u64 != c.entry.size || crate::util::sha256_hex(&data) != want {
         return Ok(false);
     }
+    let mut spans = Spans::default();
+    spans.mark("delta: file read and its hash checked");
     let sig: SignatureReply = call(
         ch,
         &SyncRequest::Signature {
@@ -788,7 +790,10 @@ fn send_delta<C: Read + Write>(
             let mut sig = vec![0u8; len as usize];
             ch.read_exact(&mut sig)
                 .context("receiving the block signature")?;
-            Some(delta::make(sig, &data)?)
+            spans.mark("delta: the backup's block signature received");
+            let d = delta::make(sig, &data)?;
+            spans.mark("delta: computed");
+            Some(d)
         }
         Some(len) => {
             return Err(fail(
@@ -816,6 +821,7 @@ fn send_delta<C: Read + Write>(
         let reply: DeltaReply = read_msg::<_, Reply>(ch)
             .and_then(Reply::into_result)
             .with_context(|| format!("sending the delta of {}", c.path))?;
+        spans.mark("delta: sent and applied by the backup");
         if reply.applied {
             log::debug!("{}: delta of {} bytes", c.path, d.len());
             return Ok(true);
