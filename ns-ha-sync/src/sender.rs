@@ -755,6 +755,7 @@ fn send_delta<C: Read + Write>(
     c: &Change,
     base_sha256: &str,
 ) -> Result<bool> {
+    let mut spans = Spans::default();
     let path = root.path(&c.path);
     let data = match fs::OpenOptions::new()
         .read(true)
@@ -775,7 +776,6 @@ fn send_delta<C: Read + Write>(
     if data.len() as u64 != c.entry.size || crate::util::sha256_hex(&data) != want {
         return Ok(false);
     }
-    let mut spans = Spans::default();
     spans.mark("delta: file read and its hash checked");
     let sig: SignatureReply = call(
         ch,

@@ -48,6 +48,23 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A writer whose `flush` does nothing: frames written through it (each
+/// `write_msg` flushes) go out together when the caller flushes the inner
+/// writer once. Two small frames written one after the other would
+/// otherwise leave as two TCP segments, the second held by Nagle's
+/// algorithm (in the peer's sshd) until the first is acknowledged: up to
+/// 40 ms of delayed ACK per exchange.
+pub struct NoFlush<W>(pub W);
+
+impl<W: Write> Write for NoFlush<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A stream that counts the bytes read from and written to it.
 pub struct Counted<S> {
     pub inner: S,

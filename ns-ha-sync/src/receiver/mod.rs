@@ -21,7 +21,7 @@ mod staging;
 
 pub use local::{local_view, recover_if_needed, LocalView};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -237,12 +237,17 @@ impl<'a> Receiver<'a> {
                 }
             };
             let ok = reply.ok;
-            write_msg(w, &reply)?;
-            if let Some(with_entries) = self.parts_due.take() {
-                if ok {
-                    self.write_manifest_parts(w, with_entries)?;
+            {
+                // The reply and the manifest parts that follow it, in one go.
+                let mut batch = crate::util::NoFlush(&mut *w);
+                write_msg(&mut batch, &reply)?;
+                if let Some(with_entries) = self.parts_due.take() {
+                    if ok {
+                        self.write_manifest_parts(&mut batch, with_entries)?;
+                    }
                 }
             }
+            w.flush().context("sending a reply")?;
             if let Some(paths) = self.hook_due.take() {
                 self.run_hook(&paths);
             }
