@@ -82,6 +82,7 @@ struct Txn {
 }
 
 /// The node-side context of a sync op: config, rules, state.
+#[derive(Clone)]
 struct Ctx {
     cluster: ClusterConfig,
     set: SyncSet,
@@ -113,6 +114,10 @@ pub struct Receiver<'a> {
     /// Where this transaction's time went, since its `manifest` answer
     /// (sent back in the commit reply).
     spans: crate::util::Spans,
+    /// The context read by the first sync op of this channel (config files
+    /// parsed and rules compiled once per channel, not once per op); a
+    /// control op (`install-cluster`) forgets it.
+    ctx_cache: std::cell::RefCell<Option<Ctx>>,
 }
 
 impl<'a> Receiver<'a> {
@@ -129,6 +134,7 @@ impl<'a> Receiver<'a> {
             hook_due: None,
             delta_base: None,
             spans: crate::util::Spans::default(),
+            ctx_cache: std::cell::RefCell::new(None),
         }
     }
 
@@ -256,6 +262,7 @@ impl<'a> Receiver<'a> {
 
     fn dispatch(&mut self, op: &str, v: serde_json::Value) -> Result<serde_json::Value> {
         if CONTROL_OPS.contains(&op) {
+            self.ctx_cache.replace(None);
             let id = v
                 .get("cluster_id")
                 .and_then(|c| c.as_str())
@@ -342,6 +349,9 @@ impl<'a> Receiver<'a> {
 
     /// This node must be a backup of the cluster greeted on this channel.
     fn ctx(&self) -> Result<Ctx> {
+        if let Some(ctx) = self.ctx_cache.borrow().as_ref() {
+            return Ok(ctx.clone());
+        }
         let node = load_node(&self.root)?;
         if node.role != Role::Backup {
             return Err(fail(
@@ -366,11 +376,13 @@ impl<'a> Receiver<'a> {
         }
         let set = SyncSet::for_cluster(&self.root, Some(&cluster))?;
         let state = StateDir::new(&self.root, &cluster.sync);
-        Ok(Ctx {
+        let ctx = Ctx {
             cluster,
             set,
             state,
-        })
+        };
+        self.ctx_cache.replace(Some(ctx.clone()));
+        Ok(ctx)
     }
 
     /// The sender found nothing to send: record a successful attempt that
