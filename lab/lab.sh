@@ -417,9 +417,9 @@ cmd_revive() {
 		fi
 	done
 	# keepalived's health monitor outlives the crash here (on a real box it
-	# dies with the box) and may be writing there: a few tries. It is left
-	# running: a monitor started afresh holds a node down for a while, and
-	# fw1 would not take the VIPs back.
+	# dies with the box) and may be writing there: a few tries. The
+	# keepalived start below stops it and starts a fresh one, as a reboot
+	# would (its pid file is in run/, not run/ns-ha).
 	for _ in 1 2 3 4 5 6 7 8 9 10; do
 		rm -rf "$root/run/ns-ha" 2>/dev/null && break
 		sleep 0.2
