@@ -410,7 +410,18 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                 }
                 stanza(format!("iface {i} inet static"), l);
             }
-            Some(Ipv4Method::Dhcp) => stanza(format!("iface {i} inet dhcp"), Vec::new()),
+            Some(Ipv4Method::Dhcp) => {
+                // ifupdown runs dhclient with `-i` unless `client no`: a
+                // client identifier from a DUID each node makes for itself,
+                // which a server keys the lease by instead of the MAC. With
+                // a cluster MAC the lease must follow the MAC alone.
+                let l = if w.mac.is_some() {
+                    vec!["client no".to_string()]
+                } else {
+                    Vec::new()
+                };
+                stanza(format!("iface {i} inet dhcp"), l)
+            }
             None => {}
         }
         if let Some(six) = &w.ipv6 {
@@ -752,6 +763,22 @@ mod tests {
         );
         assert!(
             text.contains("iface br-wan inet dhcp\n    bridge_ports eth1 eth2\n"),
+            "{text}"
+        );
+        assert!(!text.contains("client no"), "{text}");
+        // A DHCP WAN with the cluster MAC: the lease keyed by the MAC alone.
+        let dhcp_mac = Wan {
+            interface: "wan1".into(),
+            device: WanDevice::Physical,
+            ipv4: Some(Ipv4Method::Dhcp),
+            ipv6: None,
+            mac: Some("02:00:5e:10:00:01".parse().unwrap()),
+        };
+        let text = render_ifupdown(&[dhcp_mac]);
+        assert!(
+            text.contains(
+                "iface wan1 inet dhcp\n    hwaddress ether 02:00:5e:10:00:01\n    client no\n"
+            ),
             "{text}"
         );
     }
