@@ -12,6 +12,7 @@
 //! recording command runner.
 
 use anyhow::Result;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::cmd::{args, CommandRunner};
@@ -34,6 +35,12 @@ pub trait InterfaceControl: Send + Sync {
     fn down(&self, wan: &Wan, timeout: Duration) -> Result<()>;
     /// Where `wan` is on this node now.
     fn state(&self, wan: &Wan, timeout: Duration) -> Result<WanState>;
+    /// The IPv4 address of the DHCP lease `wan` last had on this node, if
+    /// the DHCP client keeps a record of it (a new master with the cluster
+    /// MAC is offered the same address: it probes it before `ifup`).
+    fn last_lease(&self, _wan: &Wan) -> Option<Ipv4Addr> {
+        None
+    }
 }
 
 /// Where a takeover WAN is on a node.
@@ -176,6 +183,14 @@ impl InterfaceControl for Ifupdown<'_> {
         // --force: deconfigure also what ifupdown's state does not know
         // about (a node that crashed with the WAN up, a state dir on tmpfs).
         self.run("ifdown", &["--force"], wan, timeout)
+    }
+
+    fn last_lease(&self, w: &Wan) -> Option<Ipv4Addr> {
+        // ifupdown's dhclient keeps /var/lib/dhcp/dhclient.IF.leases (the
+        // node's own under a node root, see `command`).
+        let file = format!("{}/dhclient.{}.leases", DHCP_CLIENT_DIRS[1], w.interface);
+        let text = std::fs::read_to_string(self.root.path(file)).ok()?;
+        wan::last_dhclient_lease(&text)
     }
 
     fn state(&self, w: &Wan, timeout: Duration) -> Result<WanState> {
@@ -368,6 +383,15 @@ mod tests {
                 ])
             )
         );
+        // The last lease dhclient recorded under the node root.
+        assert_eq!(c.last_lease(&wan1()), None);
+        std::fs::create_dir_all(root.path("/var/lib/dhcp")).unwrap();
+        std::fs::write(
+            root.path("/var/lib/dhcp/dhclient.wan1.leases"),
+            "lease {\n  interface \"wan1\";\n  fixed-address 10.99.3.27;\n}\n",
+        )
+        .unwrap();
+        assert_eq!(c.last_lease(&wan1()), Some(Ipv4Addr::new(10, 99, 3, 27)));
         // Removing the last WAN takes it down first, then removes the file.
         let done = c.install(&[wan1()], &[]).unwrap();
         assert!(done[0].starts_with("ifdown wan1"), "{done:?}");

@@ -518,6 +518,15 @@ pub fn uci_name(w: &Wan) -> String {
     w.interface.replace(['.', '-', '@'], "_")
 }
 
+/// The address of the last lease in an ISC dhclient lease file (`lease {
+/// ... fixed-address A; ... }` blocks, newest last), if any.
+pub fn last_dhclient_lease(text: &str) -> Option<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("fixed-address "))
+        .filter_map(|a| a.trim_end_matches(';').trim().parse().ok())
+        .last()
+}
+
 /// What a WAN looks like on this node right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WanLive {
@@ -819,6 +828,20 @@ mod tests {
             );
         }
         assert_eq!(cmds.last().map(String::as_str), Some("commit network"));
+    }
+
+    #[test]
+    fn the_last_dhclient_lease_is_the_newest_block() {
+        let text = "default-duid \"\\000\";\nlease {\n  interface \"wan1\";\n  fixed-address 10.99.3.27;\n  option routers 10.99.3.100;\n}\nlease {\n  interface \"wan1\";\n  fixed-address 10.99.3.31;\n}\n";
+        assert_eq!(
+            last_dhclient_lease(text),
+            Some(Ipv4Addr::new(10, 99, 3, 31))
+        );
+        assert_eq!(last_dhclient_lease(""), None);
+        assert_eq!(
+            last_dhclient_lease("lease {\n  fixed-address bogus;\n}\n"),
+            None
+        );
     }
 
     #[test]
