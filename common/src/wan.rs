@@ -522,9 +522,9 @@ pub fn uci_name(w: &Wan) -> String {
 /// ... fixed-address A; ... }` blocks, newest last), if any.
 pub fn last_dhclient_lease(text: &str) -> Option<Ipv4Addr> {
     text.lines()
+        .rev()
         .filter_map(|l| l.trim().strip_prefix("fixed-address "))
-        .filter_map(|a| a.trim_end_matches(';').trim().parse().ok())
-        .last()
+        .find_map(|a| a.trim_end_matches(';').trim().parse().ok())
 }
 
 /// What a WAN looks like on this node right now.
