@@ -81,10 +81,12 @@ CONF
 echo "wrote /etc/dnsmasq.conf on fw1 only: the sync will bring it to fw2"
 
 step "Pairing with ns-ha-init (no password crosses the network)"
-KEY=$(tool fw1 ns-ha-init --json init-primary --ha-interface ha0 --peer 10.99.0.2 |
+# The lab's nodes are OpenWrt-style roots on a Debian machine: their takeover
+# WANs go through ifupdown (there is no netifd/ubus here).
+KEY=$(tool fw1 ns-ha-init --json init-primary --ha-interface ha0 --peer 10.99.0.2 --interface-manager ifupdown |
 	sed -n 's/.*"public_key":"\([^"]*\)".*/\1/p')
 echo "primary public key: $KEY"
-FP=$(tool fw2 ns-ha-init --json init-backup --ha-interface ha0 --peer 10.99.0.1 --primary-key "$KEY" |
+FP=$(tool fw2 ns-ha-init --json init-backup --ha-interface ha0 --peer 10.99.0.1 --primary-key "$KEY" --interface-manager ifupdown |
 	sed -n 's/.*"host_key_fingerprint":"\([^"]*\)".*/\1/p')
 echo "backup host key fingerprint (read on the backup console): $FP"
 tool fw1 ns-ha-init pair --host-key-fingerprint "$FP"
@@ -223,6 +225,9 @@ wait_wan() { # wait_wan NODE SECONDS: until NODE's wan1 has a lease
 	done
 }
 tool fw1 ns-ha-init add-wan --interface wan1 --ipv4 dhcp --cluster-mac $CLUSTER_MAC
+# On a running pair the role engine brings a new WAN up at its next
+# reconcile: ask for one now on the MASTER.
+tool fw1 ns-ha-role apply --wait 30 >/dev/null
 wait_wan fw1 20
 LEASED=$(wan_addr fw1)
 # wan_of NODE: its wan1 address, or "down".

@@ -395,12 +395,16 @@ pub fn render(s: &NodeStatus) -> String {
             &mut w,
             if i == 0 { "WANs" } else { "" },
             format!(
-                "{:<8} {:<8} {} {} [{}] {}",
+                "{:<8} {:<8} {} {}{} {}",
                 x.interface,
                 x.mode,
                 x.kind,
                 x.addressing,
-                x.addresses.join(", "),
+                if x.addresses.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", x.addresses.join(", "))
+                },
                 match (x.up_here, x.live_addresses.as_slice()) {
                     (false, _) => "not up here".to_string(),
                     (true, []) => "up here".to_string(),
