@@ -22,7 +22,7 @@ PACKAGES := keepalived openssh-server openssh-client dropbear-bin conntrackd con
 	shellcheck systemd openvpn wireguard-go wireguard-tools openssl rsync \
 	qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils ppp pppoe
 
-.PHONY: all deps build test unit lab-test lint demo bench clean release install deb package-test
+.PHONY: all deps build test unit lab-test lab-test-dropbear lint demo bench clean release install deb package-test
 
 all: build
 
@@ -54,7 +54,42 @@ unit: build
 lab-test: build deb
 	$(CARGO) test -p ns-ha-tests -- --test-threads=1
 
-test: lint unit package-test lab-test
+# The lab files that pair the firewalls and then push, receive or switch
+# roles over SSH, again with dropbear (NethSecurity's SSH server) as both
+# firewalls' SSH server instead of OpenSSH (issue 11; NS_HA_LAB_SSH_SERVER,
+# tests/src/lib.rs). Everything skipped here ran under OpenSSH in lab-test:
+# - tests that name their server (`..._over_openssh`, `..._over_dropbear`)
+#   ran there already, which leaves nothing of init_readme, sync_roles and
+#   sync_security, so they are not listed;
+# - not listed, since they use SSH for pairing only and test something else:
+#   failover, init_enable, check_vip, vrrp_peers, health_failover and
+#   health_metrics (VRRP, failover and health timing), wan_takeover and
+#   vpn_follow_master (WANs, VPNs), openwrt_packaging (the rpcd plugin),
+#   vm_tier (minutes of emulation), deb_install (the installed package);
+#   nor sync_hardening (the receiver's apply logic on fw2's files, whose
+#   transport sync_roundtrip and sync_stall cover) nor doctor_findings
+#   (doctor; its read of the backup over SSH is sync_roundtrip's verify);
+#   config_validation needs no lab and the *_bench files are `make bench`'s;
+# - skipped tests in listed files do not touch the SSH server (lab_smoke's
+#   links, keepalived and cut; role_lab's conntrackd, TCP and event-order
+#   tests) or, for upgrade_remote's own-package case, need the release .deb
+#   (its channel runs with dropbear in the probe-package case).
+# It takes about 6 minutes here (README, "Testing").
+LAB_DROPBEAR_TESTS := init_errors init_lifecycle json_contract lab_smoke peer_lost \
+	role_lab sync_crash sync_roundtrip sync_stall sync_status sync_watch syslog \
+	trust_model upgrade_remote
+LAB_DROPBEAR_SKIP := over_openssh over_dropbear \
+	lab_links_addresses_and_routes_work keepalived_starts_from_its_init_script \
+	cut_drops_everything_on_one_interface an_established_tcp_connection_survives \
+	without_the_conntrackd_commit twenty_concurrent_out_of_order_events \
+	upgrade_remote_installs_the_projects_own_package
+lab-test-dropbear: build
+	@command -v dropbear >/dev/null || [ -x /usr/sbin/dropbear ] || \
+		{ echo "lab-test-dropbear: dropbear is missing: install the Debian package dropbear-bin (make deps)" >&2; exit 1; }
+	NS_HA_LAB_SSH_SERVER=dropbear $(CARGO) test -p ns-ha-tests $(addprefix --test ,$(LAB_DROPBEAR_TESTS)) \
+		-- --test-threads=1 $(addprefix --skip ,$(LAB_DROPBEAR_SKIP))
+
+test: lint unit package-test lab-test lab-test-dropbear
 
 demo: build
 	bash lab/demo.sh

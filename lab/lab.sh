@@ -220,6 +220,10 @@ EOF
 	for d in "$LAB_SRC"/node/init.d/*; do
 		install -m 0755 "$d" "$root/etc/init.d/$(basename "$d")"
 	done
+	# fw2's SSH server (and the sync receiver it starts) sees a tmpfs of its
+	# own on /tmp, like OpenWrt's, so a sync set spanning filesystems is
+	# tested (init.d/sshd, init.d/dropbear).
+	if [[ $node == fw2 ]]; then : >"$root/etc/lab-private-tmp"; fi
 	if [[ $SSH_SERVER == dropbear ]]; then
 		install -d -m 0700 "$root/etc/dropbear"
 		dropbearkey -t ed25519 -f "$root/etc/dropbear/dropbear_ed25519_host_key" >/dev/null
@@ -246,10 +250,6 @@ X11Forwarding no
 LogLevel VERBOSE
 EOF
 	chmod 0644 "$root/etc/ssh/sshd_config"
-	# fw2's sshd (and the sync receiver) sees a tmpfs of its own on /tmp,
-	# like OpenWrt's, so a sync set spanning filesystems is tested (init.d/sshd).
-	[[ $node == fw2 ]] && : >"$root/etc/ssh/lab-private-tmp"
-	return 0
 }
 
 write_lab_json() {

@@ -456,6 +456,26 @@ mod tests {
     }
 
     #[test]
+    fn list_names_a_vip_mode_wan_add_wan() {
+        let (_d, root) = node_root();
+        let mut c = cluster();
+        c.lans[0].wan = true;
+        save_cluster(&root, &c).unwrap();
+        let r = RecordingRunner::new();
+        let backup = StaticInterfaces(vec![iface("lan0", &["10.99.1.2/24"])]);
+        let ctx = Ctx {
+            root,
+            runner: &r,
+            ifs: &backup,
+        };
+        let rep = list(&ctx).unwrap();
+        let lines: Vec<&str> = rep.human.lines().collect();
+        assert!(lines[1].starts_with("10.99.1.254/24"), "{}", rep.human);
+        assert!(lines[1].ends_with("  add-wan"), "{}", rep.human);
+        assert!(lines[2].ends_with("  heartbeat"), "{}", rep.human);
+    }
+
+    #[test]
     fn announce_sends_for_held_vips_only_and_refuses_unknown_interfaces() {
         let (_d, root) = node_root();
         let r = RecordingRunner::new();

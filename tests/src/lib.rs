@@ -17,6 +17,11 @@
 //!
 //! Set `NS_HA_LAB_KEEP=1` to keep a lab after the test for debugging (its
 //! prefix is printed; remove it with `lab/lab.sh down PREFIX`).
+//!
+//! The firewalls' SSH server (what pairing configures and the sync channel
+//! talks to) is OpenSSH unless `NS_HA_LAB_SSH_SERVER=dropbear` says
+//! otherwise ([`Lab::up`]); tests about one server name it
+//! ([`Lab::up_with`]) and end in `_over_openssh` or `_over_dropbear`.
 
 pub mod bench;
 pub mod cluster;
@@ -174,6 +179,11 @@ pub enum SshServer {
     Dropbear,
 }
 
+/// The variable that picks the SSH server of every lab a test does not give
+/// one explicitly (`Lab::up`): `make lab-test-dropbear` runs the pairing,
+/// sync and role lab files with it set to `dropbear`.
+pub const SSH_SERVER_ENV: &str = "NS_HA_LAB_SSH_SERVER";
+
 impl SshServer {
     /// Both, for tests that run once with each.
     pub const ALL: [SshServer; 2] = [SshServer::Openssh, SshServer::Dropbear];
@@ -183,6 +193,26 @@ impl SshServer {
             SshServer::Openssh => "openssh",
             SshServer::Dropbear => "dropbear",
         }
+    }
+
+    /// The server a value of [`SSH_SERVER_ENV`] names (unset or empty:
+    /// OpenSSH); an error naming the variable and the allowed values.
+    pub fn parse(value: Option<&str>) -> Result<SshServer, String> {
+        match value.unwrap_or("") {
+            "" | "openssh" => Ok(SshServer::Openssh),
+            "dropbear" => Ok(SshServer::Dropbear),
+            other => Err(format!(
+                "{SSH_SERVER_ENV} must be openssh or dropbear (or unset for openssh), not '{other}'"
+            )),
+        }
+    }
+
+    /// The server [`SSH_SERVER_ENV`] names; panics on any other value (a
+    /// typo must not quietly run the OpenSSH pass again).
+    pub fn from_env() -> SshServer {
+        let value = std::env::var_os(SSH_SERVER_ENV);
+        let value = value.as_ref().map(|v| v.to_string_lossy());
+        SshServer::parse(value.as_deref()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Its init script under the node root (`lab.service(node, server.service(), ...)`).
@@ -200,6 +230,23 @@ impl SshServer {
             SshServer::Dropbear => "/etc/dropbear/authorized_keys",
         }
     }
+
+    /// The node's ed25519 host key (private; OpenSSH keeps the public half
+    /// next to it as `.pub`, dropbear derives it with `dropbearkey -y`).
+    pub fn host_key(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "/etc/ssh/ssh_host_ed25519_key",
+            SshServer::Dropbear => "/etc/dropbear/dropbear_ed25519_host_key",
+        }
+    }
+
+    /// The running server's pid file under the node root (its init script's).
+    pub fn pid_file(self) -> &'static str {
+        match self {
+            SshServer::Openssh => "/run/sshd.pid",
+            SshServer::Dropbear => "/run/dropbear.pid",
+        }
+    }
 }
 
 /// A running lab; dropped = torn down.
@@ -213,21 +260,24 @@ pub struct Lab {
 
 impl Lab {
     /// Build a fresh lab with a unique prefix, running the workspace's
-    /// tools. Panics with lab.sh's reason if it cannot be built (the test
-    /// must fail, not skip).
+    /// tools, its firewalls running the SSH server [`SSH_SERVER_ENV`] names
+    /// (OpenSSH unless set). Panics with lab.sh's reason if it cannot be
+    /// built (the test must fail, not skip).
     pub fn up() -> Lab {
-        Lab::up_with_tools(None, SshServer::Openssh)
+        Lab::up_with_tools(None, SshServer::from_env())
     }
 
-    /// Like [`Lab::up`], with the firewalls running `server` as their SSH server.
+    /// Like [`Lab::up`], with the firewalls running `server` as their SSH
+    /// server whatever the environment says: for tests about one server.
     pub fn up_with(server: SshServer) -> Lab {
         Lab::up_with_tools(None, server)
     }
 
     /// A lab whose firewalls run the ns-ha tools installed in `dir` (e.g.
-    /// `/usr/sbin` from the .deb) instead of the workspace's.
+    /// `/usr/sbin` from the .deb) instead of the workspace's; SSH server as
+    /// in [`Lab::up`].
     pub fn up_installed(dir: &Path) -> Lab {
-        Lab::up_with_tools(Some(dir), SshServer::Openssh)
+        Lab::up_with_tools(Some(dir), SshServer::from_env())
     }
 
     fn up_with_tools(installed: Option<&Path>, server: SshServer) -> Lab {
@@ -304,6 +354,80 @@ impl Lab {
         }
     }
 
+    /// Stop the SSH server of a firewall (panics on failure).
+    pub fn stop_ssh_server(&self, node: &str) {
+        self.stop(node, self.ssh_server().service());
+    }
+
+    /// Start the SSH server of a firewall (panics on failure).
+    pub fn start_ssh_server(&self, node: &str) {
+        self.start(node, self.ssh_server().service());
+    }
+
+    /// Whether a firewall's SSH server runs (see [`Lab::status`]).
+    pub fn ssh_server_runs(&self, node: &str) -> bool {
+        self.status(node, self.ssh_server().service())
+    }
+
+    /// The public line (`ssh-ed25519 BASE64 ...`) of a firewall's host key,
+    /// derived from the private key by the server's own key tool.
+    pub fn host_public_key(&self, node: &str) -> String {
+        let key = self.path(node, self.ssh_server().host_key());
+        let key = key.to_str().expect("utf-8 path");
+        let out = match self.ssh_server() {
+            SshServer::Openssh => self.exec_ok(node, &["ssh-keygen", "-y", "-f", key]),
+            SshServer::Dropbear => self.exec_ok(node, &["dropbearkey", "-y", "-f", key]),
+        };
+        out.lines()
+            .find(|l| l.starts_with("ssh-"))
+            .unwrap_or_else(|| panic!("no public key line for {key}: {out}"))
+            .to_string()
+    }
+
+    /// Give a firewall a new host key (the old one's files removed first),
+    /// made by the server's own key tool; the server must be restarted to
+    /// use it. Returns the files it replaced with their old bytes, for
+    /// [`Lab::restore_files`].
+    pub fn new_host_key(&self, node: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let server = self.ssh_server();
+        let key = self.path(node, server.host_key());
+        let files = match server {
+            SshServer::Openssh => vec![key.clone(), key.with_extension("pub")],
+            SshServer::Dropbear => vec![key.clone()],
+        };
+        let saved: Vec<(PathBuf, Vec<u8>)> = files
+            .into_iter()
+            .map(|f| {
+                let bytes = std::fs::read(&f)
+                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", f.display()));
+                std::fs::remove_file(&f)
+                    .unwrap_or_else(|e| panic!("cannot remove {}: {e}", f.display()));
+                (f, bytes)
+            })
+            .collect();
+        let key = key.to_str().expect("utf-8 path");
+        match server {
+            SshServer::Openssh => {
+                self.exec_ok(
+                    node,
+                    &["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key],
+                );
+            }
+            SshServer::Dropbear => {
+                self.exec_ok(node, &["dropbearkey", "-t", "ed25519", "-f", key]);
+            }
+        }
+        saved
+    }
+
+    /// Write back files saved by [`Lab::new_host_key`].
+    pub fn restore_files(&self, saved: &[(PathBuf, Vec<u8>)]) {
+        for (path, bytes) in saved {
+            std::fs::write(path, bytes)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+    }
+
     /// Namespace name of `node` (`fw1`, `fw2`, `lan`, `wan`, `sw`).
     pub fn ns(&self, node: &str) -> String {
         assert!(NODES.contains(&node), "unknown lab node '{node}'");
@@ -358,11 +482,11 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Run `argv` in the mount namespace of `node`'s sshd (fw2's has a tmpfs
-    /// of its own on `NODEROOT/tmp`, see lab/README.md): what the sync
+    /// Run `argv` in the mount namespace of `node`'s SSH server (fw2's has a
+    /// tmpfs of its own on `NODEROOT/tmp`, see lab/README.md): what the sync
     /// receiver sees.
-    pub fn in_sshd_mounts(&self, node: &str, argv: &[&str]) -> Output {
-        let pid = self.read(node, "/run/sshd.pid");
+    pub fn in_ssh_server_mounts(&self, node: &str, argv: &[&str]) -> Output {
+        let pid = self.read(node, self.ssh_server().pid_file());
         run(Command::new("nsenter")
             .args(["--target", pid.trim(), "--mount", "--"])
             .args(argv))
@@ -650,6 +774,21 @@ mod tests {
             Duration::from_millis(5),
             || false
         ));
+    }
+
+    #[test]
+    fn the_ssh_server_variable_names_openssh_or_dropbear_and_nothing_else() {
+        assert_eq!(SshServer::parse(None), Ok(SshServer::Openssh));
+        assert_eq!(SshServer::parse(Some("")), Ok(SshServer::Openssh));
+        assert_eq!(SshServer::parse(Some("openssh")), Ok(SshServer::Openssh));
+        assert_eq!(SshServer::parse(Some("dropbear")), Ok(SshServer::Dropbear));
+        for bad in ["Dropbear", "sshd", "dropbear "] {
+            let e = SshServer::parse(Some(bad)).unwrap_err();
+            assert!(
+                e.contains(SSH_SERVER_ENV) && e.contains("openssh or dropbear") && e.contains(bad),
+                "{e}"
+            );
+        }
     }
 
     #[test]

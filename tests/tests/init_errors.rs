@@ -126,43 +126,23 @@ fn bad_input_is_refused_and_changes_nothing() {
         init(&lab, "fw1", &["add-lan", "--interface", "bond-bond0.20"])
     });
 
-    // Peer unreachable: the backup's sshd is down.
-    lab.stop("fw2", "sshd");
+    // Peer unreachable: the backup's SSH server is down.
+    lab.stop_ssh_server("fw2");
     assert_refused(&lab, "peer unreachable", 6, "does not answer", || {
         add(net::LAN_IF, "10.99.1.253/24")
     });
-    lab.start("fw2", "sshd");
+    lab.start_ssh_server("fw2");
 
     // Pinned host key mismatch: the backup got a new host key.
-    let key = lab.root("fw2").join("etc/ssh/ssh_host_ed25519_key");
-    let saved = (
-        std::fs::read(&key).unwrap(),
-        std::fs::read(key.with_extension("pub")).unwrap(),
-    );
-    std::fs::remove_file(&key).unwrap();
-    std::fs::remove_file(key.with_extension("pub")).unwrap();
-    lab.exec_ok(
-        "fw2",
-        &[
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            key.to_str().unwrap(),
-        ],
-    );
-    lab.stop("fw2", "sshd");
-    lab.start("fw2", "sshd");
+    let saved = lab.new_host_key("fw2");
+    lab.stop_ssh_server("fw2");
+    lab.start_ssh_server("fw2");
     assert_refused(&lab, "host key mismatch", 7, "host key", || {
         add(net::LAN_IF, "10.99.1.253/24")
     });
-    std::fs::write(&key, &saved.0).unwrap();
-    std::fs::write(key.with_extension("pub"), &saved.1).unwrap();
-    lab.stop("fw2", "sshd");
-    lab.start("fw2", "sshd");
+    lab.restore_files(&saved);
+    lab.stop_ssh_server("fw2");
+    lab.start_ssh_server("fw2");
 
     // Malformed and unknown-field cluster config on the primary.
     let cfg = lab.root("fw1").join("etc/ns-ha/cluster.json");

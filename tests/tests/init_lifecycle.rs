@@ -59,8 +59,8 @@ fn check_reports_each_problem_with_its_fix() {
     );
     assert!(text.contains("FAIL  VIP 10.99.7.1/24 on lan0"), "{text}");
 
-    // The peer's sshd is down: the SSH check fails with the peer code.
-    lab.stop("fw2", "sshd");
+    // The peer's SSH server is down: the SSH check fails with the peer code.
+    lab.stop_ssh_server("fw2");
     let out = init(
         &lab,
         "fw1",
@@ -112,7 +112,7 @@ fn vips_and_interfaces_are_removed_and_ha_disabled_on_both_nodes() {
 }
 
 #[test]
-fn reset_nodes_can_be_paired_again() {
+fn reset_nodes_can_be_paired_again_over_openssh() {
     reset_and_pair_again(SshServer::Openssh);
 }
 

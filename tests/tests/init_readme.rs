@@ -95,13 +95,13 @@ fn for_the_lab(lab: &Lab, node: &str, script: &str, key: &str, fingerprint: &str
 }
 
 #[test]
-fn the_readme_pairing_walkthrough_ends_with_a_clean_doctor() {
+fn the_readme_pairing_walkthrough_ends_with_a_clean_doctor_over_openssh() {
     walkthrough_with(SshServer::Openssh);
 }
 
 /// The same walk-through with dropbear as both firewalls' SSH server (issue 11).
 #[test]
-fn the_readme_pairing_walkthrough_with_dropbear_ends_with_a_clean_doctor() {
+fn the_readme_pairing_walkthrough_ends_with_a_clean_doctor_over_dropbear() {
     walkthrough_with(SshServer::Dropbear);
 }
 

@@ -64,15 +64,16 @@ fn lab_links_addresses_and_routes_work() {
 }
 
 #[test]
-fn sshd_runs_on_both_firewalls_with_their_own_host_keys() {
+fn the_ssh_server_runs_on_both_firewalls_with_their_own_host_keys() {
     let lab = Lab::up();
+    let server = lab.ssh_server().service();
     for (fw, peer, addr) in [("fw1", "fw2", net::FW2_HA), ("fw2", "fw1", net::FW1_HA)] {
-        assert!(lab.status(fw, "sshd"), "sshd status on {fw}");
+        assert!(lab.ssh_server_runs(fw), "{server} status on {fw}");
         let banner = lab.tcp_banner(fw, addr, 22).expect("an SSH banner");
         assert!(banner.starts_with("SSH-2.0-"), "{banner}");
-        // The server answering at the peer's HA address is the peer's sshd.
+        // The server answering at the peer's HA address is the peer's.
         let scanned = lab.exec_ok(fw, &["ssh-keyscan", "-T", "3", "-t", "ed25519", addr]);
-        let host_pub = lab.read(peer, "/etc/ssh/ssh_host_ed25519_key.pub");
+        let host_pub = lab.host_public_key(peer);
         let key = host_pub.split_whitespace().nth(1).expect("key body");
         assert!(
             scanned.contains(key),
@@ -104,19 +105,19 @@ fn sshd_runs_on_both_firewalls_with_their_own_host_keys() {
 #[test]
 fn init_scripts_are_idempotent_and_report_status() {
     let lab = Lab::up();
-    // sshd: stop, stop again, status 3, start, start again, status 0.
-    lab.stop("fw2", "sshd");
-    lab.stop("fw2", "sshd");
-    assert!(!lab.status("fw2", "sshd"));
+    // The SSH server: stop, stop again, status 3, start, start again, status 0.
+    lab.stop_ssh_server("fw2");
+    lab.stop_ssh_server("fw2");
+    assert!(!lab.ssh_server_runs("fw2"));
     assert!(lab.tcp_banner("fw1", net::FW2_HA, 22).is_none());
-    lab.start("fw2", "sshd");
-    lab.start("fw2", "sshd");
-    assert!(lab.status("fw2", "sshd"));
+    lab.start_ssh_server("fw2");
+    lab.start_ssh_server("fw2");
+    assert!(lab.ssh_server_runs("fw2"));
     assert!(lab.tcp_banner("fw1", net::FW2_HA, 22).is_some());
-    // fw1's sshd is not fw2's: status is per node.
-    lab.stop("fw1", "sshd");
-    assert!(!lab.status("fw1", "sshd"));
-    assert!(lab.status("fw2", "sshd"));
+    // fw1's server is not fw2's: status is per node.
+    lab.stop_ssh_server("fw1");
+    assert!(!lab.ssh_server_runs("fw1"));
+    assert!(lab.ssh_server_runs("fw2"));
 
     // A missing config is a clear failure, not a silent one.
     for svc in ["keepalived", "conntrackd", "dnsmasq"] {
@@ -242,6 +243,7 @@ fn dropping_the_lab_removes_namespaces_processes_and_files() {
     let prefix = lab.prefix().to_string();
     let dir = lab.dir().to_path_buf();
     let names: Vec<String> = NODES.iter().map(|n| lab.ns(n)).collect();
+    let ssh_init = format!("fw1/etc/init.d/{}", lab.ssh_server().service());
     // A stray process inside a namespace must not keep the lab alive.
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.ns("lan"), "sleep", "600"])
@@ -257,7 +259,7 @@ fn dropping_the_lab_removes_namespaces_processes_and_files() {
             "{n} in {list}"
         );
     }
-    assert!(dir.join("fw1/etc/init.d/sshd").exists());
+    assert!(dir.join(&ssh_init).exists());
     drop(lab);
 
     let mut child = out;

@@ -140,3 +140,55 @@ fn the_backup_says_the_primary_is_gone_and_why_it_is_master() {
         .expect("peer finding");
     assert_eq!(f["severity"], "problem", "{d}");
 }
+
+/// The other side (issue 13 item 2, "on either node"): after fw2 dies, fw1's
+/// status and doctor say the backup does not answer (the primary reads the
+/// backup over SSH only: a backup sends no VRRP advert), and fw1 stays
+/// MASTER without claiming a reason it does not have.
+#[test]
+fn the_primary_says_the_backup_is_gone() {
+    let lab = Lab::up();
+    configure_dnsmasq(&lab);
+    pair(&lab);
+    let p = peer(&lab, "fw1");
+    assert_eq!(p["role"], "backup", "{p}");
+    assert_eq!(p["address"], net::FW2_HA, "{p}");
+    assert_eq!(p["answers"], true, "{p}");
+
+    lab.crash("fw2");
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+            peer(&lab, "fw1")["ssh_answers"] == false
+        }),
+        "fw1 still says fw2 answers: {}",
+        peer(&lab, "fw1")
+    );
+    let p = peer(&lab, "fw1");
+    assert_eq!(p["answers"], false, "{p}");
+    assert_eq!(p["master_because_peer_silent"], false, "{p}");
+    assert!(
+        p["ssh_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("10.99.0.2:22")),
+        "{p}"
+    );
+    let human = tool_ok(&lab, "fw1", "ns-ha-check", &["status"]);
+    let line = human
+        .lines()
+        .find(|l| l.starts_with("peer:"))
+        .unwrap_or_else(|| panic!("no peer line: {human}"));
+    assert!(
+        line.contains("backup 10.99.0.2 does not answer: SSH ") && line.contains("10.99.0.2:22"),
+        "{line}"
+    );
+    let out = tool(&lab, "fw1", "ns-ha-check", &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(10), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PROBLEM  peer") && l.contains("10.99.0.2:22")),
+        "{text}"
+    );
+    assert!(text.contains("skipped  backup drift"), "{text}");
+    assert!(lab.has_addr("fw1", net::LAN_VIP), "fw1 must keep the VIP");
+}

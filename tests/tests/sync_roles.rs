@@ -19,7 +19,7 @@ fn crontab(lab: &ns_ha_tests::Lab, node: &str) -> String {
 }
 
 #[test]
-fn master_only_cron_jobs_stay_disabled_on_the_backup_without_blocking_sync() {
+fn master_only_cron_jobs_stay_disabled_on_the_backup_without_blocking_sync_over_openssh() {
     cron_jobs_and_sync(ns_ha_tests::SshServer::Openssh);
 }
 

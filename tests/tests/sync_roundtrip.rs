@@ -8,7 +8,7 @@ mod sync_support;
 use sync_support::*;
 
 #[test]
-fn created_changed_chmoded_deleted_on_fw1_shows_the_same_on_fw2() {
+fn created_changed_chmoded_deleted_on_fw1_shows_the_same_on_fw2_over_openssh() {
     roundtrip(ns_ha_tests::SshServer::Openssh);
 }
 

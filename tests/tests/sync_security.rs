@@ -6,18 +6,31 @@
 #[path = "sync_support.rs"]
 mod sync_support;
 
+use std::collections::BTreeMap;
+
 use ns_ha_tests::Lab;
 use serde_json::{json, Value};
 use sync_support::*;
 
-/// What must not move on fw2 when a request is refused.
-fn guarded(lab: &Lab) -> (Tree, String, String, u64) {
-    (
-        tree(lab, "fw2"),
-        std::fs::read_to_string(lab.path("fw2", "/etc/init.d/sshd")).unwrap_or_default(),
-        std::fs::read_to_string(lab.path("fw2", "/root/.ssh/authorized_keys")).unwrap_or_default(),
-        generation(lab, "fw2"),
-    )
+/// What must not move on fw2 when a request is refused: the sync set, the
+/// files the crafted requests aim at, the SSH server's own init script and
+/// authorized keys, and the generation.
+fn guarded(lab: &Lab) -> (Tree, BTreeMap<String, String>, u64) {
+    let server = lab.ssh_server();
+    let service = format!("/etc/init.d/{}", server.service());
+    let files = [
+        "/etc/init.d/sshd",
+        "/root/.ssh/authorized_keys",
+        service.as_str(),
+        server.authorized_keys(),
+    ]
+    .into_iter()
+    .map(|f| {
+        let text = std::fs::read_to_string(lab.path("fw2", f)).unwrap_or_default();
+        (f.to_string(), text)
+    })
+    .collect();
+    (tree(lab, "fw2"), files, generation(lab, "fw2"))
 }
 
 fn frame(msg: &Value, blob: &[u8]) -> Vec<u8> {
@@ -88,7 +101,7 @@ fn assert_refused(replies: &[Value], code: u64, needle: &str) {
 }
 
 #[test]
-fn crafted_requests_and_impostors_are_refused_with_nothing_applied() {
+fn crafted_requests_and_impostors_are_refused_with_nothing_applied_over_openssh() {
     crafted_and_impostors(ns_ha_tests::SshServer::Openssh);
 }
 
@@ -102,7 +115,7 @@ fn crafted_and_impostors(server: ns_ha_tests::SshServer) {
     let lab = paired_lab_with(server);
     sync_ok(&lab, "fw1", &["push"]);
     let before = guarded(&lab);
-    let g = before.3;
+    let g = before.2;
     let id = cluster_id(&lab);
     let key = lab
         .path("fw1", "/etc/ns-ha/id_ed25519")
@@ -204,7 +217,7 @@ fn crafted_and_impostors(server: ns_ha_tests::SshServer) {
         "evil content\n"
     );
 
-    // Another cluster's key: sshd does not even start the receiver.
+    // Another cluster's key: the SSH server does not even start the receiver.
     let other = lab.dir().join("other_key");
     lab.sh_ok(
         "fw1",

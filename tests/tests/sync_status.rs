@@ -1,6 +1,6 @@
 //! Issue 8 items 2, 14, 15, 16 end to end over the real sshd:
-//! - an OpenWrt pair whose backup's `/tmp` is a tmpfs of its own (fw2's sshd
-//!   runs in a private mount namespace, see lab/README.md) applies one
+//! - an OpenWrt pair whose backup's `/tmp` is a tmpfs of its own (fw2's SSH
+//!   server runs in a private mount namespace, see lab/README.md) applies one
 //!   generation that changes `/etc` and the DHCP leases on `/tmp`, and keeps
 //!   its sync state on flash;
 //! - a push killed with SIGKILL is recorded as interrupted by the next run;
@@ -27,12 +27,12 @@ fn json(out: &std::process::Output) -> Value {
         .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", describe(out)))
 }
 
-/// What fw2's sshd (and so the sync receiver) sees at `rel` in its root.
+/// What fw2's SSH server (and so the sync receiver) sees at `rel` in its root.
 fn seen_by_receiver(lab: &Lab, argv: &[&str], rel: &str) -> String {
     let path = lab.path("fw2", rel);
     let mut args = argv.to_vec();
     args.push(path.to_str().unwrap());
-    let out = lab.in_sshd_mounts("fw2", &args);
+    let out = lab.in_ssh_server_mounts("fw2", &args);
     assert!(out.status.success(), "{argv:?} {rel}: {}", describe(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -50,9 +50,9 @@ pub fn code(out: &Output) -> i32 {
 }
 
 /// A paired, enabled lab (fw1 MASTER) whose nodes are OpenWrt-like, with a
-/// first tree on fw1.
+/// first tree on fw1; SSH server as in [`Lab::up`] (the environment's).
 pub fn paired_lab() -> Lab {
-    paired_lab_with(SshServer::Openssh)
+    paired_lab_with(SshServer::from_env())
 }
 
 /// [`paired_lab`] with `server` as both firewalls' SSH server.

@@ -128,9 +128,10 @@ fn the_primarys_key_works_only_from_its_ha_address_over_dropbear() {
     }
 }
 
+/// OpenSSH takes `from=`: the key is refused before any command runs.
 #[test]
-fn the_primarys_key_works_only_from_its_ha_address() {
-    let lab = Lab::up();
+fn the_primarys_key_works_only_from_its_ha_address_over_openssh() {
+    let lab = Lab::up_with(SshServer::Openssh);
     pair_only(&lab);
     let line = lab.read("fw2", "/root/.ssh/authorized_keys");
     assert!(
@@ -172,8 +173,8 @@ fn the_primarys_key_works_only_from_its_ha_address() {
 /// says (`ListenAddress`); pairing traffic still works, the LAN no longer
 /// reaches sshd at all.
 #[test]
-fn check_warns_until_the_backups_sshd_listens_on_the_ha_link_only() {
-    let lab = Lab::up();
+fn check_warns_until_the_backups_sshd_listens_on_the_ha_link_only_over_openssh() {
+    let lab = Lab::up_with(SshServer::Openssh);
     pair_only(&lab);
     let warn = format!("WARN  sshd on port 22: sshd listens on 0.0.0.0:22 (every address), not only on the HA address {}", net::FW2_HA);
     let listen = format!("ListenAddress {}", net::FW2_HA);
