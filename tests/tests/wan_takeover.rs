@@ -61,10 +61,22 @@ fn sampled<T>(
             }
             v
         });
+        // Stopped also when `during` panics: the scope would otherwise wait
+        // for the sampler for ever and the lab would never be torn down.
+        let stopper = StopOnDrop(&stop);
         let r = during();
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         (r, sampler.join().expect("sampler"))
     })
+}
+
+/// Sets its flag when dropped (also while unwinding from a panic).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// No sample with two holders; the last `settled` samples held by `want` alone.
