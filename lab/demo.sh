@@ -254,6 +254,8 @@ echo "the ISP's leases: $(cat "$DIR/isp/dnsmasq.leases")"
 "$LAB" revive "$PREFIX" fw1
 wait_holder $LAN_VIP fw1 20
 wait_wan fw1 20
+end=$((SECONDS + 10))
+while [ -n "$(wan_addr fw2)" ] && [ $SECONDS -lt $end ]; do sleep 0.05; done # fw2's ifdown
 echo "fw1 is back and MASTER: wan1 on fw1: $(wan_of fw1), on fw2: $(wan_of fw2)"
 
 step "Status after the failovers"
