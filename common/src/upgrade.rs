@@ -504,6 +504,49 @@ mod tests {
     }
 
     #[test]
+    fn an_ipk_is_inspected_compared_and_installed_with_opkg_under_the_node_root() {
+        let (_d, root, id) = backup();
+        let runner = RecordingRunner::new();
+        runner.answer("control.tar.gz", ok("Package: probe\nVersion: 2.0-1\n"));
+        runner.answer(" status probe", ok("Package: probe\nVersion: 1.0-1\n"));
+        runner.answer("compare-versions 2.0-1 << 1.0-1", exit(1));
+        runner.answer(" status probe", ok("Package: probe\nVersion: 2.0-1\n"));
+        let data = b"ipk bytes";
+        let req = UpgradeRequest {
+            kind: PackageKind::Ipk,
+            ..request(&id, data)
+        };
+        let reply = receive(&root, &runner, &req, &mut &data[..]).unwrap();
+        assert_eq!(reply.previous_version.as_deref(), Some("1.0-1"));
+        assert_eq!(reply.installed_version, "2.0-1");
+        let calls = runner.calls();
+        let base = root.base().display().to_string();
+        let install = calls
+            .iter()
+            .find(|c| c[0] == "opkg" && c.iter().any(|a| a == "install"))
+            .unwrap_or_else(|| panic!("no opkg install: {calls:?}"));
+        assert_eq!(
+            install[1..3],
+            ["--offline-root".to_string(), base],
+            "{install:?}"
+        );
+        assert!(
+            install
+                .last()
+                .is_some_and(|f| f.ends_with("upgrade/incoming.ipk")),
+            "{install:?}"
+        );
+        assert!(
+            !install.iter().any(|a| a == "--force-downgrade"),
+            "{install:?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c[0].starts_with("dpkg")),
+            "dpkg ran for an ipk: {calls:?}"
+        );
+    }
+
+    #[test]
     fn a_hash_mismatch_installs_nothing() {
         let (_d, root, id) = backup();
         let runner = RecordingRunner::new();

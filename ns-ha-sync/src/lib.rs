@@ -42,7 +42,7 @@ use crate::manifest::{scan, HashCache};
 use crate::receiver::{local_view, Receiver};
 use crate::rules::SyncSet;
 use crate::sender::{holds_vips, PushOptions, SshLink};
-use crate::state::{Applied, Pushed, StateDir, Status, APPLIED, PUSHED};
+use crate::state::{Applied, StateDir, Status, APPLIED};
 
 /// Config sync of an ns-ha pair: the primary pushes its sync set to the
 /// backup over SSH; the backup verifies every path and hash and applies each
@@ -479,7 +479,7 @@ fn local_status(
                 // Not fsynced (a cache of the last push): damaged after a
                 // power cut, it only costs the next push a full manifest.
                 state
-                    .read::<Pushed>(PUSHED)
+                    .read_pushed()
                     .unwrap_or_else(|e| {
                         log::warn!("{e:#}: the next push asks the backup for its whole manifest");
                         None

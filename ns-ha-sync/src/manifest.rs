@@ -148,32 +148,92 @@ struct Cached {
     sha256: String,
 }
 
-/// Hashes of unchanged files, persisted between runs.
+/// Hashes of unchanged files, persisted between runs: a whole file
+/// (`hash-cache.json`) and the changes since it was written, one JSON line
+/// each (`hash-cache.log`), so a run that hashed one file appends one line
+/// instead of rewriting an entry per file of the set. The log is folded into
+/// the whole file once it holds more than an eighth of the entries.
+///
+/// Every entry is only trusted while the file's size, times and inode are
+/// the ones it was hashed with, so an entry that is stale, replayed twice or
+/// out of order (a crash while folding) costs a hash, never a wrong one.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HashCache {
     entries: HashMap<String, Cached>,
+    /// Changes since the load, for the log: (path, entry or removal).
     #[serde(skip)]
-    dirty: bool,
+    changes: Vec<(String, Option<Cached>)>,
+    /// Lines in the log when it was loaded.
+    #[serde(skip)]
+    logged: usize,
     #[serde(skip)]
     pub hashed: u64,
 }
 
+/// One line of the hash cache's log.
+#[derive(Serialize, Deserialize)]
+struct CacheLine {
+    #[serde(rename = "p")]
+    path: String,
+    #[serde(rename = "c")]
+    cached: Option<Cached>,
+}
+
+/// The log beside a hash cache file.
+fn cache_log(path: &Path) -> std::path::PathBuf {
+    path.with_extension("log")
+}
+
 impl HashCache {
-    /// Load the cache; a missing or damaged cache is simply empty.
+    /// Load the cache and its log; a missing or damaged cache is simply
+    /// empty, a damaged log line (a power cut while appending) is skipped.
     pub fn load(path: &Path) -> HashCache {
-        fs::read(path)
+        let mut cache: HashCache = fs::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Ok(log) = fs::read(cache_log(path)) {
+            for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                cache.logged += 1;
+                match serde_json::from_slice::<CacheLine>(line) {
+                    Ok(CacheLine {
+                        path,
+                        cached: Some(c),
+                    }) => {
+                        cache.entries.insert(path, c);
+                    }
+                    Ok(CacheLine { path, cached: None }) => {
+                        cache.entries.remove(&path);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        cache
     }
 
-    /// Write it back if anything changed (not fsynced: a cache lost to a
-    /// power cut only costs hashing again).
+    /// Write what changed: appended to the log, or everything at once when
+    /// the log grew past an eighth of the entries. Not fsynced: a cache lost
+    /// to a power cut only costs hashing again.
     pub fn save(&mut self, path: &Path) -> Result<()> {
-        if self.dirty {
-            replace_cache_file(path, &serde_json::to_vec(self)?, 0o600)?;
-            self.dirty = false;
+        if self.changes.is_empty() {
+            return Ok(());
         }
+        let log = cache_log(path);
+        if self.logged + self.changes.len() > (self.entries.len() / 8).max(64) {
+            replace_cache_file(path, &serde_json::to_vec(self)?, 0o600)?;
+            ns_ha_common::fsutil::remove_if_exists(&log)?;
+            self.logged = 0;
+        } else {
+            let mut lines = Vec::new();
+            for (path, cached) in self.changes.drain(..) {
+                serde_json::to_writer(&mut lines, &CacheLine { path, cached })?;
+                lines.push(b'\n');
+            }
+            crate::util::append_unsynced(&log, &lines)?;
+            self.logged += lines.iter().filter(|b| **b == b'\n').count();
+        }
+        self.changes.clear();
         Ok(())
     }
 
@@ -198,25 +258,30 @@ impl HashCache {
         // again without its times moving: do not trust the cache for it.
         let recent = (now_secs() as i64).saturating_sub(md.ctime()) < 2;
         if recent {
-            self.dirty |= self.entries.remove(node_path).is_some();
+            if self.entries.remove(node_path).is_some() {
+                self.changes.push((node_path.to_string(), None));
+            }
         } else {
-            self.entries.insert(
-                node_path.to_string(),
-                Cached {
-                    sha256: sha.clone(),
-                    ..key
-                },
-            );
-            self.dirty = true;
+            let c = Cached {
+                sha256: sha.clone(),
+                ..key
+            };
+            self.entries.insert(node_path.to_string(), c.clone());
+            self.changes.push((node_path.to_string(), Some(c)));
         }
         Ok(sha)
     }
 
     /// Drop entries of paths no longer present.
     fn retain(&mut self, m: &Manifest) {
-        let before = self.entries.len();
-        self.entries.retain(|k, _| m.contains_key(k));
-        self.dirty |= before != self.entries.len();
+        let changes = &mut self.changes;
+        self.entries.retain(|k, _| {
+            let keep = m.contains_key(k);
+            if !keep {
+                changes.push((k.clone(), None));
+            }
+            keep
+        });
     }
 }
 
@@ -427,7 +492,6 @@ pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -
                     return Err(e).with_context(|| format!("inspecting {}", item.path().display()))
                 }
             };
-            let rule = d.rule.map(|r| r.describe()).unwrap_or_default();
             match entry_of(root, set, cache, &node_path, item.path(), &md) {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(e),
@@ -437,7 +501,7 @@ pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -
                         out.listed.push(Listed {
                             path: node_path.clone(),
                             synced: true,
-                            rule,
+                            rule: d.rule.map(|r| r.describe()).unwrap_or_default(),
                         });
                     }
                     out.manifest.insert(node_path, entry);
@@ -651,6 +715,64 @@ mod tests {
         let s2 = scan(&root, &set, &mut cache, false).unwrap();
         assert_eq!(cache.hashed, 1);
         assert_ne!(digest(&s.manifest), digest(&s2.manifest));
+    }
+
+    #[test]
+    fn a_cache_change_is_appended_to_the_log_and_folded_in_later() {
+        let d = tempfile::tempdir().unwrap();
+        let cpath = d.path().join("hash-cache.json");
+        let entry = |i: u64| Cached {
+            size: i,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: i,
+            sha256: format!("{i:064}"),
+        };
+        let mut cache = HashCache::default();
+        for i in 0..1000 {
+            cache.entries.insert(format!("/etc/f{i}"), entry(i));
+            cache.changes.push((format!("/etc/f{i}"), Some(entry(i))));
+        }
+        cache.save(&cpath).unwrap();
+        let whole = fs::read(&cpath).unwrap();
+        assert!(
+            !cache_log(&cpath).exists(),
+            "a large change is written whole"
+        );
+        // One change: one line in the log, the whole file untouched.
+        let mut cache = HashCache::load(&cpath);
+        cache.entries.insert("/etc/f1".into(), entry(5000));
+        cache.changes.push(("/etc/f1".into(), Some(entry(5000))));
+        cache.entries.remove("/etc/f2");
+        cache.changes.push(("/etc/f2".into(), None));
+        cache.save(&cpath).unwrap();
+        assert_eq!(fs::read(&cpath).unwrap(), whole);
+        let log = fs::read_to_string(cache_log(&cpath)).unwrap();
+        assert_eq!(log.lines().count(), 2, "{log}");
+        // A line cut by a power cut is skipped, the others apply.
+        fs::write(
+            cache_log(&cpath),
+            format!("{log}{{\"p\":\"/etc/f3\",\"c\":{{\"si"),
+        )
+        .unwrap();
+        let mut cache = HashCache::load(&cpath);
+        assert_eq!(cache.entries.len(), 999);
+        assert_eq!(cache.entries["/etc/f1"], entry(5000));
+        assert!(!cache.entries.contains_key("/etc/f2"));
+        assert_eq!(cache.entries["/etc/f3"], entry(3));
+        // Past an eighth of the entries, the log is folded into the file.
+        for i in 0..200 {
+            cache.entries.insert(format!("/etc/f{i}"), entry(i + 7000));
+            cache
+                .changes
+                .push((format!("/etc/f{i}"), Some(entry(i + 7000))));
+        }
+        cache.save(&cpath).unwrap();
+        assert!(!cache_log(&cpath).exists());
+        let cache = HashCache::load(&cpath);
+        // (f2, removed above, is back among the 200.)
+        assert_eq!(cache.entries.len(), 1000);
+        assert_eq!(cache.entries["/etc/f1"], entry(7001));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::delta;
 use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Kind, Manifest};
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
-use crate::util::{now_secs, Counted, HashingWriter};
+use crate::util::{now_secs, Counted, HashingWriter, Spans};
 use crate::wire::{
     BeginReply, BeginRequest, CommitReply, DeltaReply, ManifestPart, ManifestReply, SignatureReply,
     SyncRequest, MAX_ENTRIES,
@@ -246,20 +246,30 @@ struct Local {
     refused: Vec<(String, String)>,
 }
 
-fn scan_local(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<Local> {
+fn scan_local(
+    root: &NodeRoot,
+    set: &SyncSet,
+    state: &StateDir,
+    spans: &mut Spans,
+) -> Result<Local> {
     let mut cache = HashCache::load(&state.cache());
+    spans.mark("hash cache loaded");
     let s = scan(root, set, &mut cache, false)?;
+    spans.mark("scan");
     if let Err(e) = cache.save(&state.cache()) {
         log::warn!("cannot save the hash cache: {e:#}");
     }
+    spans.mark("hash cache saved");
     for (p, why) in &s.refused {
         log::info!("not synced: {p}: {why}");
     }
-    Ok(Local {
+    let local = Local {
         digest: digest(&s.manifest),
         manifest: s.manifest,
         refused: s.refused,
-    })
+    };
+    spans.mark("manifest digest");
+    Ok(local)
 }
 
 /// A source file changed between the scan and its transfer: scan again.
@@ -274,6 +284,7 @@ pub fn push(
     opts: PushOptions,
 ) -> Result<PushReport> {
     let started = Instant::now();
+    let mut spans = Spans::default();
     let set = SyncSet::for_cluster(root, Some(cluster))?;
     let state = StateDir::new(root, &cluster.sync);
     let _lock = if opts.dry_run {
@@ -287,11 +298,18 @@ pub fn push(
             log::warn!("cannot record the interrupted push: {e:#}");
         }
     }
+    spans.mark("rules, lock, interrupted-run check");
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let local = scan_local(root, &set, &state)?;
-        let pushed: Pushed = state.read(PUSHED).ok().flatten().unwrap_or_default();
+        let local = scan_local(root, &set, &state, &mut spans)?;
+        let prev = state.read_pushed().unwrap_or_else(|e| {
+            log::warn!("{e:#}: the push asks the backup for its whole manifest");
+            None
+        });
+        let no_push = Pushed::default();
+        let pushed = prev.as_ref().unwrap_or(&no_push);
+        spans.mark("pushed.json and its log read");
         let fresh = now_secs().saturating_sub(pushed.at) < cluster.sync.peer_recheck_secs;
         if !opts.dry_run
             && !opts.force
@@ -324,8 +342,9 @@ pub fn push(
             }
         }
         let result = (|| -> Result<std::result::Result<PushReport, Retry>> {
+            spans.mark("attempt marker");
             let ch = link.open()?;
-            log::debug!("channel open");
+            spans.mark("SSH session (connect, auth: first push only), channel, hello");
             let mut ch = Counted::new(ch);
             let ctx = PushCtx {
                 root,
@@ -334,7 +353,15 @@ pub fn push(
                 state: &state,
                 started,
             };
-            let r = transfer(&ctx, &mut ch, &local, &pushed, opts, &mut progress);
+            let r = transfer(
+                &ctx,
+                &mut ch,
+                &local,
+                prev.as_ref(),
+                opts,
+                &mut progress,
+                &mut spans,
+            );
             progress.bytes_sent = ch.sent;
             progress.bytes_received = ch.received;
             r.map(|x| {
@@ -351,6 +378,7 @@ pub fn push(
                 rep.duration_ms = started.elapsed().as_millis() as u64;
                 if !opts.dry_run {
                     record(&state, &rep, None);
+                    spans.mark("status recorded");
                 }
                 return Ok(rep);
             }
@@ -467,10 +495,13 @@ fn transfer<C: Read + Write>(
     ctx: &PushCtx,
     ch: &mut C,
     local: &Local,
-    pushed: &Pushed,
+    prev: Option<&Pushed>,
     opts: PushOptions,
     progress: &mut PushReport,
+    spans: &mut Spans,
 ) -> Result<std::result::Result<PushReport, Retry>> {
+    let no_push = Pushed::default();
+    let pushed = prev.unwrap_or(&no_push);
     let PushCtx {
         root,
         cluster,
@@ -501,6 +532,7 @@ fn transfer<C: Read + Write>(
         m.generation,
         m.drift.len()
     );
+    spans.mark("manifest exchange (the backup scans)");
     crash::point("manifest");
     let (changes, deletes) = diff(&local.manifest, &peer);
     let drifted: BTreeSet<String> = m.drift.iter().map(|d| d.path.clone()).collect();
@@ -525,13 +557,14 @@ fn transfer<C: Read + Write>(
         refused: local.refused.clone(),
         ..Default::default()
     };
+    spans.mark("diff");
     if opts.dry_run {
         return Ok(Ok(rep));
     }
     *progress = rep.clone();
     if changes.is_empty() && deletes.is_empty() {
         rep.generation = m.generation;
-        save_pushed(state, m.generation, local, true)?;
+        save_pushed(state, prev, m.generation, local, true)?;
         // The backup records the check as its last attempt (an older
         // backup does not know the op: its status just stays as it was).
         if let Err(e) = call::<_, _, serde_json::Value>(
@@ -583,6 +616,7 @@ fn transfer<C: Read + Write>(
     if let Err(e) = state.mark_attempt(&marker) {
         log::warn!("cannot mark the push's progress: {e:#}");
     }
+    spans.mark("begin (the backup checks every path)");
     crash::point("begin");
     // Frames are coalesced: one SSH packet per small file would cost a
     // round of the channel machinery each.
@@ -620,11 +654,16 @@ fn transfer<C: Read + Write>(
         let _: Reply = read_msg(ch)?;
         return Ok(Err(Retry));
     }
+    spans.mark("file data sent");
     log::debug!("{} file(s) sent", rep.files);
     write_msg(ch, &SyncRequest::Commit)?;
     crash::point("commit");
     let reply: Reply = read_msg(ch).context("waiting for the backup to apply")?;
     let c: CommitReply = reply.into_result().context("the backup refused the sync")?;
+    spans.mark("commit (the backup applies)");
+    for (step, us) in &c.timings {
+        log::debug!("timing: {step}: {:.1} ms", *us as f64 / 1000.0);
+    }
     log::info!(
         "pushed generation {} to the backup: {} file(s), {} deleted, {} kept",
         c.generation,
@@ -635,7 +674,8 @@ fn transfer<C: Read + Write>(
     crash::point("committed");
     rep.kept = c.kept.clone();
     rep.lines = lines_of(&changes, &deletes, &peer, &c.kept.iter().cloned().collect());
-    save_pushed(state, c.generation, local, c.kept.is_empty())?;
+    save_pushed(state, prev, c.generation, local, c.kept.is_empty())?;
+    spans.mark("pushed.json saved");
     Ok(Ok(rep))
 }
 
@@ -665,15 +705,22 @@ pub fn open_transaction<C: Read + Write>(ch: &mut C, req: BeginRequest) -> Resul
     Ok(reply)
 }
 
-fn save_pushed(state: &StateDir, generation: u64, local: &Local, clean: bool) -> Result<()> {
-    state.write_cache(
-        PUSHED,
-        &Pushed {
+fn save_pushed(
+    state: &StateDir,
+    prev: Option<&Pushed>,
+    generation: u64,
+    local: &Local,
+    clean: bool,
+) -> Result<()> {
+    state.save_pushed(
+        prev,
+        Pushed {
             generation,
             digest: local.digest.clone(),
             clean,
             at: now_secs(),
             manifest: local.manifest.clone(),
+            ..Default::default()
         },
     )
 }
@@ -708,6 +755,7 @@ fn send_delta<C: Read + Write>(
     c: &Change,
     base_sha256: &str,
 ) -> Result<bool> {
+    let mut spans = Spans::default();
     let path = root.path(&c.path);
     let data = match fs::OpenOptions::new()
         .read(true)
@@ -728,6 +776,7 @@ fn send_delta<C: Read + Write>(
     if data.len() as u64 != c.entry.size || crate::util::sha256_hex(&data) != want {
         return Ok(false);
     }
+    spans.mark("delta: file read and its hash checked");
     let sig: SignatureReply = call(
         ch,
         &SyncRequest::Signature {
@@ -741,7 +790,10 @@ fn send_delta<C: Read + Write>(
             let mut sig = vec![0u8; len as usize];
             ch.read_exact(&mut sig)
                 .context("receiving the block signature")?;
-            Some(delta::make(sig, &data)?)
+            spans.mark("delta: the backup's block signature received");
+            let d = delta::make(sig, &data)?;
+            spans.mark("delta: computed");
+            Some(d)
         }
         Some(len) => {
             return Err(fail(
@@ -769,6 +821,7 @@ fn send_delta<C: Read + Write>(
         let reply: DeltaReply = read_msg::<_, Reply>(ch)
             .and_then(Reply::into_result)
             .with_context(|| format!("sending the delta of {}", c.path))?;
+        spans.mark("delta: sent and applied by the backup");
         if reply.applied {
             log::debug!("{}: delta of {} bytes", c.path, d.len());
             return Ok(true);

@@ -3,10 +3,13 @@
 //! drift, the journal and staging area of an apply, the hash cache, the last
 //! push and the status that `ns-ha-sync status` shows.
 //!
-//! Every record is written with `atomic_write`, so a crash leaves either the
-//! old or the new version of each; the two whose loss only costs work (the
-//! hash cache and `pushed.json`) skip its fsyncs, which the hot path of a
-//! small push cannot afford.
+//! Every record is replaced atomically (temp file, rename), so a crash leaves
+//! either the old or the new version of each. Only what correctness rests on
+//! is also fsynced (`applied.json`, `baseline.json`, the journal): the
+//! records whose loss to a power cut only costs work (the hash cache,
+//! `pushed.json`) or the last line of the administrator's record
+//! (`status.json`, `attempt.json`) skip the fsyncs, which the hot path of a
+//! small push cannot afford (two each, tens of milliseconds on a loaded disk).
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -126,11 +129,97 @@ impl StateDir {
         replace_cache_file(&self.file(name), &serde_json::to_vec(value)?, 0o600)
     }
 
+    /// What the primary last pushed: `pushed.json` and the lines of
+    /// `pushed.log` written for it, in order, up to the first damaged one
+    /// (a power cut while appending), so the result is always a push as it
+    /// was, maybe not the last one: that only costs the next push a full
+    /// manifest from the backup. Neither is fsynced, see [`Self::write_cache`].
+    pub fn read_pushed(&self) -> Result<Option<Pushed>> {
+        let Some(mut p) = self.read::<Pushed>(PUSHED)? else {
+            return Ok(None);
+        };
+        let Ok(log) = std::fs::read(self.file(PUSHED_LOG)) else {
+            return Ok(Some(p));
+        };
+        for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(l) = serde_json::from_slice::<PushedLine>(line) else {
+                break;
+            };
+            if l.seq != p.seq {
+                continue;
+            }
+            p.logged += 1;
+            for (path, e) in l.set {
+                p.manifest.insert(path, e);
+            }
+            for path in &l.removed {
+                p.manifest.remove(path);
+            }
+            (p.generation, p.digest, p.clean, p.at) = (l.generation, l.digest, l.clean, l.at);
+        }
+        Ok(Some(p))
+    }
+
+    /// Record a push: one line in `pushed.log` with what changed since
+    /// `prev` (what [`Self::read_pushed`] returned), or `pushed.json`
+    /// whole (a new one, the log emptied) when there is none yet or the log
+    /// grew past an eighth of the manifest.
+    pub fn save_pushed(&self, prev: Option<&Pushed>, mut new: Pushed) -> Result<()> {
+        let log = self.file(PUSHED_LOG);
+        if let Some(prev) = prev {
+            let (changes, removed) = crate::manifest::diff(&new.manifest, &prev.manifest);
+            let small = changes.len() + removed.len() <= new.manifest.len() / 8 + 64;
+            if small && prev.logged < (new.manifest.len() / 64).clamp(16, 256) {
+                let line = PushedLine {
+                    seq: prev.seq,
+                    generation: new.generation,
+                    digest: new.digest,
+                    clean: new.clean,
+                    at: new.at,
+                    set: changes.into_iter().map(|c| (c.path, c.entry)).collect(),
+                    removed,
+                };
+                let mut bytes = serde_json::to_vec(&line)?;
+                bytes.push(b'\n');
+                return crate::util::append_unsynced(&log, &bytes);
+            }
+        }
+        // A new number: lines of an older pushed.json never apply to it.
+        new.seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        self.write_cache(PUSHED, &new)?;
+        remove_if_exists(&log)?;
+        Ok(())
+    }
+
     /// Write a JSON record atomically.
     pub fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let mut b = serde_json::to_vec_pretty(value)?;
         b.push(b'\n');
         atomic_write(&self.file(name), &b, 0o600)
+    }
+
+    /// Write a record of what happened (`status.json`, `attempt.json`)
+    /// atomically but not fsynced: a process kill leaves the old or the new
+    /// version; a power cut may lose the last record (a damaged one reads as
+    /// absent), never the sync's correctness.
+    pub fn write_record<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let mut b = serde_json::to_vec_pretty(value)?;
+        b.push(b'\n');
+        replace_cache_file(&self.file(name), &b, 0o600)
+    }
+
+    /// `status.json`; a damaged one (a power cut while it was replaced) reads
+    /// as no record, with a warning.
+    fn read_status(&self) -> Status {
+        self.read(STATUS)
+            .unwrap_or_else(|e| {
+                log::warn!("{e:#}: starting a new status record");
+                None
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -159,7 +248,9 @@ pub const BASELINE: &str = "baseline.json";
 /// What the last apply changed, for `ns-ha-role sync-applied`.
 pub const LAST_APPLIED: &str = "last-applied.json";
 
-/// What the primary last pushed (`pushed.json`).
+/// What the primary last pushed: `pushed.json` (written whole now and
+/// then) and the pushes since, one line each in `pushed.log` (see
+/// [`StateDir::read_pushed`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Pushed {
     pub generation: u64,
@@ -169,8 +260,30 @@ pub struct Pushed {
     pub clean: bool,
     pub at: u64,
     pub manifest: Manifest,
+    /// Which `pushed.json` the lines of the log apply to (a line of
+    /// another is ignored).
+    #[serde(default)]
+    pub seq: u64,
+    /// Lines read from the log.
+    #[serde(skip)]
+    pub logged: usize,
 }
 pub const PUSHED: &str = "pushed.json";
+/// The pushes since `pushed.json` was written whole.
+pub const PUSHED_LOG: &str = "pushed.log";
+
+/// One push in `pushed.log`: its record and how the manifest changed.
+#[derive(Debug, Serialize, Deserialize)]
+struct PushedLine {
+    seq: u64,
+    generation: u64,
+    digest: String,
+    clean: bool,
+    at: u64,
+    /// Entries new or changed since the previous push.
+    set: Vec<(String, crate::manifest::Entry)>,
+    removed: Vec<String>,
+}
 
 /// One sync run (a push on the primary, an apply on the backup).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,7 +343,7 @@ pub const INTERRUPTED: &str =
 impl StateDir {
     /// Record a run in `status.json` and close its attempt marker.
     pub fn record(&self, run: &Run) -> Result<()> {
-        let mut st: Status = self.read(STATUS).ok().flatten().unwrap_or_default();
+        let mut st = self.read_status();
         if run.ok {
             st.generation = run.generation.max(st.generation);
             st.last_success = Some(run.clone());
@@ -239,7 +352,7 @@ impl StateDir {
         }
         st.last_attempt = Some(run.clone());
         st.running = None;
-        self.write(STATUS, &st)?;
+        self.write_record(STATUS, &st)?;
         remove_if_exists(&self.file(ATTEMPT))?;
         Ok(())
     }
@@ -253,7 +366,7 @@ impl StateDir {
         marker.interrupted = true;
         marker.code = Code::Failure.as_u8();
         marker.error = Some(INTERRUPTED.into());
-        self.write(ATTEMPT, &marker)
+        self.write_record(ATTEMPT, &marker)
     }
 
     /// Record the run a marker left unfinished, if any, as failed; `note`
@@ -306,7 +419,7 @@ impl StateDir {
                     self.reap_interrupted(None)?;
                 }
                 Err(_) => {
-                    let mut st: Status = self.read(STATUS)?.unwrap_or_default();
+                    let mut st = self.read_status();
                     st.running = self.read::<Run>(ATTEMPT).ok().flatten().map(|mut r| {
                         r.error = None;
                         r.interrupted = false;
@@ -317,19 +430,85 @@ impl StateDir {
                 }
             }
         }
-        Ok(self.read(STATUS)?.unwrap_or_default())
+        Ok(self.read_status())
     }
 
     pub fn record_hook(&self, outcome: &str) -> Result<()> {
-        let mut st: Status = self.read(STATUS).ok().flatten().unwrap_or_default();
+        let mut st = self.read_status();
         st.hook = Some(outcome.to_string());
-        self.write(STATUS, &st)
+        self.write_record(STATUS, &st)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_appends_a_line_and_a_read_gets_the_last_whole_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let state = StateDir::of(&root, None);
+        let file = |n: u64| crate::manifest::Entry {
+            kind: crate::manifest::Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: n as i64,
+            size: n,
+            sha256: Some(format!("{n:064}")),
+            target: None,
+        };
+        let manifest: Manifest = (0..1000).map(|i| (format!("/etc/f{i}"), file(i))).collect();
+        let push = |generation, manifest: &Manifest| Pushed {
+            generation,
+            digest: format!("d{generation}"),
+            clean: true,
+            at: generation,
+            manifest: manifest.clone(),
+            ..Default::default()
+        };
+        assert!(state.read_pushed().unwrap().is_none());
+        state.save_pushed(None, push(1, &manifest)).unwrap();
+        let whole = std::fs::read(state.file(PUSHED)).unwrap();
+        let prev = state.read_pushed().unwrap().unwrap();
+        assert_eq!((prev.generation, prev.logged), (1, 0));
+        // One file changed, one deleted: one line, pushed.json untouched.
+        let mut m2 = manifest.clone();
+        m2.insert("/etc/f1".into(), file(5000));
+        m2.remove("/etc/f2");
+        state.save_pushed(Some(&prev), push(2, &m2)).unwrap();
+        assert_eq!(std::fs::read(state.file(PUSHED)).unwrap(), whole);
+        let log = std::fs::read_to_string(state.file(PUSHED_LOG)).unwrap();
+        assert_eq!(log.lines().count(), 1);
+        assert!(log.len() < 500, "{log}");
+        let got = state.read_pushed().unwrap().unwrap();
+        assert_eq!(
+            (got.generation, got.digest.as_str(), got.logged),
+            (2, "d2", 1)
+        );
+        assert_eq!(got.manifest, m2);
+        // A line cut by a power cut ends the log: the last push before it.
+        let torn = format!("{log}{{\"seq\":{},\"generation\":3", got.seq);
+        std::fs::write(state.file(PUSHED_LOG), &torn).unwrap();
+        let got = state.read_pushed().unwrap().unwrap();
+        assert_eq!((got.generation, &got.manifest), (2, &m2));
+        // Lines of another pushed.json (one rewritten since) do not apply.
+        let other = log.replacen(&format!("\"seq\":{}", got.seq), "\"seq\":12345", 1);
+        std::fs::write(state.file(PUSHED_LOG), other).unwrap();
+        let got = state.read_pushed().unwrap().unwrap();
+        assert_eq!((got.generation, &got.manifest), (1, &manifest));
+        // Without pushed.json, a log is nothing.
+        std::fs::write(state.file(PUSHED_LOG), &log).unwrap();
+        std::fs::remove_file(state.file(PUSHED)).unwrap();
+        assert!(state.read_pushed().unwrap().is_none());
+        // A large change writes pushed.json whole and empties the log.
+        let m3: Manifest = (0..1000).map(|i| (format!("/etc/g{i}"), file(i))).collect();
+        state.save_pushed(Some(&got), push(3, &m3)).unwrap();
+        assert!(!state.file(PUSHED_LOG).exists());
+        let got = state.read_pushed().unwrap().unwrap();
+        assert_eq!((got.generation, &got.manifest, got.logged), (3, &m3, 0));
+    }
 
     #[test]
     fn a_journal_is_left_behind_only_when_no_apply_holds_the_lock() {

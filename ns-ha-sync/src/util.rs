@@ -3,6 +3,7 @@
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
+use std::time::Instant;
 
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
@@ -47,6 +48,23 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A writer whose `flush` does nothing: frames written through it (each
+/// `write_msg` flushes) go out together when the caller flushes the inner
+/// writer once. Two small frames written one after the other would
+/// otherwise leave as two TCP segments, the second held by Nagle's
+/// algorithm (in the peer's sshd) until the first is acknowledged: up to
+/// 40 ms of delayed ACK per exchange.
+pub struct NoFlush<W>(pub W);
+
+impl<W: Write> Write for NoFlush<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A stream that counts the bytes read from and written to it.
 pub struct Counted<S> {
     pub inner: S,
@@ -80,6 +98,56 @@ impl<S: Write> Write for Counted<S> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Append `bytes` to the file at `path` (created 0600), not fsynced: the
+/// logs of records whose loss costs work only (the hash cache's, the
+/// primary's pushes), whose readers skip a line a power cut damaged.
+pub fn append_unsynced(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("appending to {}", path.display()))
+}
+
+/// Where a run's time goes: each step's duration, logged at debug level
+/// (`-vv`) as it ends, so a slow push can be traced step by step on both
+/// nodes (the backup's steps come back in the commit reply).
+#[derive(Debug)]
+pub struct Spans {
+    last: Instant,
+    /// (step, microseconds), in order.
+    pub steps: Vec<(String, u64)>,
+}
+
+impl Default for Spans {
+    fn default() -> Self {
+        Spans {
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+}
+
+impl Spans {
+    /// The step that ends now: its time since the previous mark.
+    pub fn mark(&mut self, step: &str) {
+        let now = Instant::now();
+        let us = now.duration_since(self.last).as_micros() as u64;
+        log::debug!("timing: {step}: {:.1} ms", us as f64 / 1000.0);
+        self.steps.push((step.to_string(), us));
+        self.last = now;
+    }
+
+    /// Start counting from now (time before it belongs to no step).
+    pub fn restart(&mut self) {
+        self.last = Instant::now();
     }
 }
 

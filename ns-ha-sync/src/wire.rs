@@ -301,6 +301,10 @@ pub struct CommitReply {
     pub changed: u64,
     pub deleted: u64,
     pub kept: Vec<String>,
+    /// Where the backup's time went, from its `manifest` answer to this
+    /// reply: (step, microseconds) (`crate::util::Spans`; shown by `-vv`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timings: Vec<(String, u64)>,
 }
 
 #[cfg(test)]

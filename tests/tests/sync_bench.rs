@@ -13,7 +13,12 @@
 //! run is checked to have delivered the change. Nothing is asserted about
 //! speed: the rows go to the bench table (`ns_ha_tests::bench`).
 //!
-//! SYNC_BENCH_TRACE=1 runs ns-ha-sync with `-vv` and prints its trace.
+//! SYNC_BENCH_TRACE=1 runs ns-ha-sync with `-vv` and prints its trace
+//! (each step's time on both nodes: `timing:` lines).
+//! NS_HA_SYNC_BENCH_CASES=one,hundred,... measures only those cases (keys:
+//! full, one, hundred, none, watch, lists, four, hashing, big); the others
+//! are only set up, unmeasured, so that a change can be measured before and
+//! after without the whole run.
 
 #[path = "sync_support.rs"]
 mod sync_support;
@@ -68,6 +73,8 @@ struct Bench {
     rssh: String,
     rounds: usize,
     trace: bool,
+    /// The cases to measure (`None`: all).
+    cases: Option<Vec<String>>,
 }
 
 impl Bench {
@@ -122,7 +129,17 @@ impl Bench {
             rssh,
             rounds,
             trace: std::env::var_os("SYNC_BENCH_TRACE").is_some(),
+            cases: std::env::var("NS_HA_SYNC_BENCH_CASES")
+                .ok()
+                .map(|v| v.split(',').map(|c| c.trim().to_string()).collect()),
         }
+    }
+
+    /// Whether the case `key` is measured in this run.
+    fn wants(&self, key: &str) -> bool {
+        self.cases
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|k| k == key))
     }
 
     fn wire_bytes(&self) -> u64 {
@@ -212,6 +229,28 @@ impl Bench {
             .collect();
         println!("{case}: {}", line.join("; "));
         samples
+    }
+
+    /// [`Bench::measure`] when the case `key` is wanted; no samples otherwise.
+    fn measure_if(
+        &self,
+        key: &str,
+        case: &str,
+        prepare: impl FnMut(&Bench, usize),
+        check: impl Fn(&Bench, Tool),
+    ) -> Vec<Samples> {
+        if self.wants(key) {
+            self.measure(case, prepare, check)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// [`Bench::record`] of a case that was measured.
+    fn record_if(&self, case: &str, samples: &[Samples], note: Option<&str>) {
+        if !samples.is_empty() {
+            self.record(case, samples, note);
+        }
     }
 
     /// Record a row: ns-ha-sync against both rsync variants.
@@ -352,20 +391,26 @@ fn bench_sync_against_rsync() {
     let b = Bench::new();
 
     // --- 10,000 small files --------------------------------------------------
-    let full = b.measure(
-        "10,000 files, full",
-        |b, round| {
-            if round > 0 {
-                b.clear();
-            }
-            write_small_tree(&b.lab, 100, round);
-        },
-        |b, tool| b.assert_same(tool, &small_file(99, 99)),
-    );
-    b.record("10,000 small files (~200 B), full sync", &full, None);
+    if b.wants("full") {
+        let full = b.measure(
+            "10,000 files, full",
+            |b, round| {
+                if round > 0 {
+                    b.clear();
+                }
+                write_small_tree(&b.lab, 100, round);
+            },
+            |b, tool| b.assert_same(tool, &small_file(99, 99)),
+        );
+        b.record("10,000 small files (~200 B), full sync", &full, None);
+    } else {
+        write_small_tree(&b.lab, 100, 0);
+    }
     b.settle();
 
-    let one = b.measure(
+    // The watch row's baseline is this case's rsync run.
+    let one = b.measure_if(
+        if b.wants("watch") { "watch" } else { "one" },
         "10,000 files, one changed",
         |b, round| {
             b.lab
@@ -373,9 +418,12 @@ fn bench_sync_against_rsync() {
         },
         |b, tool| b.assert_same(tool, &small_file(42, 42)),
     );
-    b.record("same, one file changed", &one, None);
+    if b.wants("one") {
+        b.record_if("same, one file changed", &one, None);
+    }
 
-    let hundred = b.measure(
+    let hundred = b.measure_if(
+        "hundred",
         "10,000 files, 100 changed",
         |b, round| {
             for d in 0..100 {
@@ -385,16 +433,20 @@ fn bench_sync_against_rsync() {
         },
         |b, tool| b.assert_same(tool, &small_file(99, 7)),
     );
-    b.record("same, 100 files changed", &hundred, None);
+    b.record_if("same, 100 files changed", &hundred, None);
 
-    let none = b.measure("10,000 files, no change", |_, _| {}, |_, _| {});
-    b.record("same, no change", &none, None);
+    let none = b.measure_if("none", "10,000 files, no change", |_, _| {}, |_, _| {});
+    b.record_if("same, no change", &none, None);
 
-    watch_row(&b, &one[1]);
+    if b.wants("watch") {
+        // Its baseline is rsync's one-file run (measured with "one").
+        watch_row(&b, &one[1]);
+    }
 
     // --- 2,000 files and 20 lists of 10 MB ----------------------------------
     b.clear();
-    let lists = b.measure(
+    let lists = b.measure_if(
+        "lists",
         "2,000 files + 20 lists of 10 MB, full",
         |b, round| {
             if round > 0 {
@@ -410,10 +462,17 @@ fn bench_sync_against_rsync() {
             b.assert_same(tool, &small_file(19, 99));
         },
     );
-    b.record("2,000 small files + 20 lists of 10 MB, full", &lists, None);
+    if !b.wants("lists") {
+        write_small_tree(&b.lab, 20, 0);
+        for i in 0..20 {
+            b.lab.write("fw1", &list_file(i), ip_list(i));
+        }
+    }
+    b.record_if("2,000 small files + 20 lists of 10 MB, full", &lists, None);
     b.settle();
 
-    let four = b.measure(
+    let four = b.measure_if(
+        "four",
         "one 10 MB list, 4 bytes changed",
         |b, round| {
             let mut f = std::fs::OpenOptions::new()
@@ -427,11 +486,16 @@ fn bench_sync_against_rsync() {
         },
         |b, tool| b.assert_same(tool, &list_file(7)),
     );
-    b.record("one 10 MB list with 4 bytes changed", &four, None);
+    b.record_if("one 10 MB list with 4 bytes changed", &four, None);
 
-    hashing_row(&b);
+    if b.wants("hashing") {
+        hashing_row(&b);
+    }
 
     // --- one 500 MB file ---------------------------------------------------
+    if !b.wants("big") {
+        return;
+    }
     b.clear();
     let big_src = b.lab.dir().join("bench-500mb");
     std::fs::write(&big_src, noise(500_000_000)).expect("write the 500 MB file");

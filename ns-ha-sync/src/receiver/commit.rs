@@ -21,6 +21,7 @@ use crate::wire::CommitReply;
 
 impl Receiver<'_> {
     pub(super) fn commit(&mut self, mut txn: Txn) -> Result<CommitReply> {
+        self.spans.mark("backup: file data staged (and waiting)");
         let ctx = self.ctx()?;
         let fail_txn = |e: anyhow::Error| -> Result<CommitReply> {
             let _ = journal::clear_staging(&ctx.state);
@@ -46,7 +47,9 @@ impl Receiver<'_> {
             Ok(j) => j,
             Err(e) => return fail_txn(e),
         };
-        let outcome = journal::commit(&self.root, &ctx.set, &ctx.state, &journal)?;
+        self.spans.mark("backup: journal built");
+        let (changed, deleted) = (journal.changed.clone(), journal.deleted.clone());
+        let outcome = journal::commit(&self.root, &ctx.set, &ctx.state, journal, &mut self.spans)?;
         // Paths the apply kept (edited during the push, or not applicable)
         // are reported with those kept at begin.
         let late: BTreeSet<&str> = outcome.kept.iter().map(|k| k.path.as_str()).collect();
@@ -59,17 +62,16 @@ impl Receiver<'_> {
             generation: txn.generation,
             files: txn.files,
             bytes: txn.bytes,
-            changed: journal
-                .changed
+            changed: changed
                 .iter()
                 .filter(|p| !late.contains(p.as_str()))
                 .count() as u64,
-            deleted: journal
-                .deleted
+            deleted: deleted
                 .iter()
                 .filter(|p| !late.contains(p.as_str()))
                 .count() as u64,
             kept: kept.into_iter().collect(),
+            timings: Vec::new(),
         };
         let run = Run {
             at: now_secs().saturating_sub(txn.started.elapsed().as_secs()),
@@ -88,6 +90,9 @@ impl Receiver<'_> {
         if let Err(e) = ctx.state.record(&run) {
             log::warn!("cannot record the sync status: {e:#}");
         }
+        self.spans.mark("backup: status recorded");
+        let mut reply = reply;
+        reply.timings = std::mem::take(&mut self.spans.steps);
         log::info!(
             "applied generation {} from the primary: {} changed, {} deleted, {} kept",
             txn.generation,
@@ -96,10 +101,9 @@ impl Receiver<'_> {
             reply.kept.len()
         );
         self.hook_due = Some(
-            journal
-                .changed
+            changed
                 .iter()
-                .chain(&journal.deleted)
+                .chain(&deleted)
                 .filter(|p| !late.contains(p.as_str()))
                 .cloned()
                 .collect(),
@@ -276,6 +280,7 @@ fn build_journal(root: &NodeRoot, txn: &mut Txn) -> Result<Journal> {
         generation: txn.generation,
         ops,
         baseline,
+        baseline_sha256: None,
         changed: applied.iter().map(|c| c.path.clone()).collect(),
         deleted: deletes.iter().map(|d| d.to_string()).collect(),
     })

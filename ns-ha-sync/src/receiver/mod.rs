@@ -21,7 +21,7 @@ mod staging;
 
 pub use local::{local_view, recover_if_needed, LocalView};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -82,6 +82,7 @@ struct Txn {
 }
 
 /// The node-side context of a sync op: config, rules, state.
+#[derive(Clone)]
 struct Ctx {
     cluster: ClusterConfig,
     set: SyncSet,
@@ -110,6 +111,13 @@ pub struct Receiver<'a> {
     /// The copy of a file this backup just signed (`signature`), that the
     /// `delta` which follows rebuilds from: (path, its content).
     delta_base: Option<(String, Vec<u8>)>,
+    /// Where this transaction's time went, since its `manifest` answer
+    /// (sent back in the commit reply).
+    spans: crate::util::Spans,
+    /// The context read by the first sync op of this channel (config files
+    /// parsed and rules compiled once per channel, not once per op); a
+    /// control op (`install-cluster`) forgets it.
+    ctx_cache: std::cell::RefCell<Option<Ctx>>,
 }
 
 impl<'a> Receiver<'a> {
@@ -125,6 +133,8 @@ impl<'a> Receiver<'a> {
             parts_due: None,
             hook_due: None,
             delta_base: None,
+            spans: crate::util::Spans::default(),
+            ctx_cache: std::cell::RefCell::new(None),
         }
     }
 
@@ -233,12 +243,17 @@ impl<'a> Receiver<'a> {
                 }
             };
             let ok = reply.ok;
-            write_msg(w, &reply)?;
-            if let Some(with_entries) = self.parts_due.take() {
-                if ok {
-                    self.write_manifest_parts(w, with_entries)?;
+            {
+                // The reply and the manifest parts that follow it, in one go.
+                let mut batch = crate::util::NoFlush(&mut *w);
+                write_msg(&mut batch, &reply)?;
+                if let Some(with_entries) = self.parts_due.take() {
+                    if ok {
+                        self.write_manifest_parts(&mut batch, with_entries)?;
+                    }
                 }
             }
+            w.flush().context("sending a reply")?;
             if let Some(paths) = self.hook_due.take() {
                 self.run_hook(&paths);
             }
@@ -247,6 +262,7 @@ impl<'a> Receiver<'a> {
 
     fn dispatch(&mut self, op: &str, v: serde_json::Value) -> Result<serde_json::Value> {
         if CONTROL_OPS.contains(&op) {
+            self.ctx_cache.replace(None);
             let id = v
                 .get("cluster_id")
                 .and_then(|c| c.as_str())
@@ -333,6 +349,9 @@ impl<'a> Receiver<'a> {
 
     /// This node must be a backup of the cluster greeted on this channel.
     fn ctx(&self) -> Result<Ctx> {
+        if let Some(ctx) = self.ctx_cache.borrow().as_ref() {
+            return Ok(ctx.clone());
+        }
         let node = load_node(&self.root)?;
         if node.role != Role::Backup {
             return Err(fail(
@@ -357,11 +376,13 @@ impl<'a> Receiver<'a> {
         }
         let set = SyncSet::for_cluster(&self.root, Some(&cluster))?;
         let state = StateDir::new(&self.root, &cluster.sync);
-        Ok(Ctx {
+        let ctx = Ctx {
             cluster,
             set,
             state,
-        })
+        };
+        self.ctx_cache.replace(Some(ctx.clone()));
+        Ok(ctx)
     }
 
     /// The sender found nothing to send: record a successful attempt that

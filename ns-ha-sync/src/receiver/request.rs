@@ -61,9 +61,13 @@ impl Receiver<'_> {
         }
         self.view = None;
         self.opening = None;
+        self.spans = crate::util::Spans::default();
         let lock = ctx.state.lock(LOCK_WAIT)?;
         recover_and_record(&self.root, &ctx.set, &ctx.state)?;
+        self.spans.mark("backup: config, lock, recovery check");
         let view = local_view(&self.root, &ctx.set, &ctx.state)?;
+        self.spans
+            .mark("backup: scan (hash cache), baseline, drift");
         let d = view.digest.clone();
         let with_entries = known_digest.as_deref() != Some(d.as_str());
         // Entries and drift follow in parts (see `write_manifest_parts`), so
@@ -141,6 +145,9 @@ impl Receiver<'_> {
                 Code::Peer,
                 "a transaction is already open on this channel",
             ));
+        }
+        if self.opening.is_none() {
+            self.spans.mark("backup: waiting for begin");
         }
         let ctx = self.ctx()?;
         let mut o = match self.opening.take() {
@@ -266,6 +273,8 @@ impl Receiver<'_> {
             bytes: 0,
             areas,
         });
+        self.spans
+            .mark("backup: begin (checks, staging dirs, attempt marker)");
         crash::point("begin");
         Ok(BeginReply { kept: kept_list })
     }

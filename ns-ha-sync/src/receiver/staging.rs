@@ -123,12 +123,15 @@ impl Receiver<'_> {
             SyncRequest::Signature { path, base_sha256 } => match self.sign(&path, &base_sha256) {
                 Ok(sig) => {
                     let len = sig.as_ref().map(|s| s.len() as u64);
-                    write_msg(w, &Reply::ok(SignatureReply { len }))?;
+                    // The reply and the signature in one go (crate::util::NoFlush).
+                    write_msg(
+                        &mut crate::util::NoFlush(&mut *w),
+                        &Reply::ok(SignatureReply { len }),
+                    )?;
                     if let Some(sig) = sig {
-                        w.write_all(&sig)
-                            .and_then(|()| w.flush())
-                            .context("sending the block signature")?;
+                        w.write_all(&sig).context("sending the block signature")?;
                     }
+                    w.flush().context("sending the block signature")?;
                 }
                 Err(e) => write_msg(w, &Reply::from_error(&e))?,
             },
@@ -171,13 +174,21 @@ impl Receiver<'_> {
                 format!("signature of {path}, which is not an announced file still expected"),
             ));
         }
-        let Some(base) = read_regular(&self.root.path(path), delta::DELTA_MAX) else {
-            return Ok(None);
-        };
-        if sha256_hex(&base) != base_sha256 {
+        // The copy the manifest answer hashed (its entry), unchanged since
+        // (same size, times and inode): no need to hash 10 MB again. A copy
+        // changed in between anyway rebuilds other bytes, which the sha256
+        // check of the rebuilt file refuses (then it is sent whole).
+        let file = self.root.path(path);
+        let hashed = txn.current.get(path).and_then(|e| e.sha256.as_deref()) == Some(base_sha256);
+        let unchanged = std::fs::symlink_metadata(&file)
+            .is_ok_and(|md| txn.stamps.get(path) == Some(&crate::manifest::Stamp::of(&md)));
+        if !hashed || !unchanged {
             log::info!("{path} here is not the copy the primary diffs against: sent whole");
             return Ok(None);
         }
+        let Some(base) = read_regular(&file, delta::DELTA_MAX) else {
+            return Ok(None);
+        };
         let sig = delta::signature(&base);
         self.delta_base = Some((path.to_string(), base));
         Ok(Some(sig))
