@@ -3,8 +3,10 @@
 # with the real keepalived, sshd, conntrackd and dnsmasq. It pairs them with
 # ns-ha-init, syncs a change, fails over five times while a LAN client pings
 # the VIP (median outage printed), does the same three times at the
-# incumbent's VRRP timing (VRRPv2, 1 s adverts) for comparison, shows status,
-# and tears everything down (also on error or Ctrl-C).
+# incumbent's VRRP timing (VRRPv2, 1 s adverts) for comparison, adds a
+# takeover WAN (DHCP from the lab's ISP, with a cluster MAC) and fails it over
+# while the client pings the ISP, shows status, and tears everything down
+# (also on error or Ctrl-C).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -79,10 +81,12 @@ CONF
 echo "wrote /etc/dnsmasq.conf on fw1 only: the sync will bring it to fw2"
 
 step "Pairing with ns-ha-init (no password crosses the network)"
-KEY=$(tool fw1 ns-ha-init --json init-primary --ha-interface ha0 --peer 10.99.0.2 |
+# The lab's nodes are OpenWrt-style roots on a Debian machine: their takeover
+# WANs go through ifupdown (there is no netifd/ubus here).
+KEY=$(tool fw1 ns-ha-init --json init-primary --ha-interface ha0 --peer 10.99.0.2 --interface-manager ifupdown |
 	sed -n 's/.*"public_key":"\([^"]*\)".*/\1/p')
 echo "primary public key: $KEY"
-FP=$(tool fw2 ns-ha-init --json init-backup --ha-interface ha0 --peer 10.99.0.1 --primary-key "$KEY" |
+FP=$(tool fw2 ns-ha-init --json init-backup --ha-interface ha0 --peer 10.99.0.1 --primary-key "$KEY" --interface-manager ifupdown |
 	sed -n 's/.*"host_key_fingerprint":"\([^"]*\)".*/\1/p')
 echo "backup host key fingerprint (read on the backup console): $FP"
 tool fw1 ns-ha-init pair --host-key-fingerprint "$FP"
@@ -204,6 +208,55 @@ for fw in fw1 fw2; do
 	ip netns exec "$(ns $fw)" "$DIR/$fw/etc/init.d/keepalived" restart >/dev/null
 done
 wait_holder $LAN_VIP fw1 20
+
+step "A takeover WAN: one DHCP address for the pair, leased to a cluster MAC, up on the MASTER only"
+# The WAN host plays the ISP on the takeover WAN (10.99.3.0/24): a DHCP
+# server with one lease per MAC, and the ISP's router at $ISP.
+ISP=10.99.3.100
+CLUSTER_MAC=02:00:5e:10:00:01
+"$LAB" isp-dhcp "$PREFIX"
+# wan_addr NODE: the IPv4 address of NODE's wan1 while it is up (empty if none).
+wan_addr() { ip -n "$(ns "$1")" -4 -o addr show dev wan1 up 2>/dev/null | awk '{ sub(/\/.*/, "", $4); print $4; exit }'; }
+wait_wan() { # wait_wan NODE SECONDS: until NODE's wan1 has a lease
+	local end=$((SECONDS + $2))
+	until [ -n "$(wan_addr "$1")" ]; do
+		[ $SECONDS -lt $end ] || { echo "demo: $1 got no lease on wan1" >&2; return 1; }
+		sleep 0.05
+	done
+}
+tool fw1 ns-ha-init add-wan --interface wan1 --ipv4 dhcp --cluster-mac $CLUSTER_MAC
+# On a running pair the role engine brings a new WAN up at its next
+# reconcile: ask for one now on the MASTER.
+tool fw1 ns-ha-role apply --wait 30 >/dev/null
+wait_wan fw1 20
+LEASED=$(wan_addr fw1)
+# wan_of NODE: its wan1 address, or "down".
+wan_of() { wan_addr "$1" | grep . || echo down; }
+echo "fw1 (MASTER) leased $LEASED for $CLUSTER_MAC; fw2's wan1: $(wan_of fw2)"
+echo "the ISP's leases (expiry MAC address ...): $(cat "$DIR/isp/dnsmasq.leases")"
+# The ISP routes the customer's LAN to its WAN address.
+ip -n "$(ns wan)" route replace 10.99.1.0/24 via "$LEASED" src $ISP
+ip netns exec "$(ns lan)" ping -q -c 3 -i 0.2 $ISP | tail -2
+
+step "Failover of the takeover WAN: fw1 lost while the client pings the ISP ($ISP) every 10 ms"
+sleep 1
+ip netns exec "$(ns lan)" ping -n -D -i 0.01 -W 1 $ISP >"$SCRATCH/ping.wan" 2>&1 &
+PING_PID=$!
+sleep 1
+"$LAB" crash "$PREFIX" fw1
+wait_wan fw2 20
+sleep 1
+kill "$PING_PID"
+wait "$PING_PID" 2>/dev/null || true
+PING_PID=
+echo "fw2 brought wan1 up with $CLUSTER_MAC and leased $(wan_addr fw2) (fw1 had $LEASED); client -> ISP outage $(outage_ms "$SCRATCH/ping.wan") ms"
+echo "the ISP's leases: $(cat "$DIR/isp/dnsmasq.leases")"
+"$LAB" revive "$PREFIX" fw1
+wait_holder $LAN_VIP fw1 20
+wait_wan fw1 20
+end=$((SECONDS + 10))
+while [ -n "$(wan_addr fw2)" ] && [ $SECONDS -lt $end ]; do sleep 0.05; done # fw2's ifdown
+echo "fw1 is back and MASTER: wan1 on fw1: $(wan_of fw1), on fw2: $(wan_of fw2)"
 
 step "Status after the failovers"
 for fw in fw1 fw2; do ip netns exec "$(ns $fw)" "$BIN/ns-ha-role" --root "$DIR/$fw" apply --wait 30 >/dev/null || true; done

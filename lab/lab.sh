@@ -15,6 +15,9 @@
 #   lab.sh crash PREFIX NODE  simulate a dead box (freeze+kill keepalived, all links down)
 #   lab.sh revive PREFIX NODE bring a crashed box back as after a reboot (links up,
 #                             no leftover VIPs or master services, keepalived started)
+#   lab.sh isp-dhcp PREFIX    start the ISP's DHCP server (dnsmasq on the WAN host,
+#                             one lease per MAC in TAKEOVER_DHCP_FIRST..LAST, leases
+#                             in LABDIR/isp/dnsmasq.leases) for DHCP takeover WANs
 #   lab.sh vrrp-incumbent PREFIX
 #                             rewrite both firewalls' rendered keepalived.conf to the
 #                             incumbent's VRRP timing (VRRPv2, 1 s adverts) and restart
@@ -58,11 +61,16 @@ TAKEOVER_NET=10.99.3.0/24
 TAKEOVER_NET6=fd10:99:3::/64
 TAKEOVER_ISP=10.99.3.100
 TAKEOVER_ISP6=fd10:99:3::100
+# The ISP's DHCP pool on the takeover WAN (lab.sh isp-dhcp), clear of the
+# static addresses the tests give it (10.99.3.1, the ISP's .100).
+TAKEOVER_DHCP_FIRST=10.99.3.10
+TAKEOVER_DHCP_LAST=10.99.3.49
 
 # Directories of a node root (all 0755 unless listed in NODE_DIR_MODES).
 NODE_DIRS=(etc etc/ns-ha etc/keepalived etc/ssh etc/init.d etc/rc.d etc/conntrackd
-	etc/config etc/crontabs root root/.ssh run var var/lib var/lib/misc
-	var/log tmp)
+	etc/config etc/crontabs etc/dhcp etc/dhcp/dhclient-enter-hooks.d
+	etc/dhcp/dhclient-exit-hooks.d root root/.ssh run var var/lib var/lib/misc
+	var/lib/dhcp var/log tmp)
 declare -A NODE_DIR_MODES=([root/.ssh]=0700 [tmp]=1777)
 
 die() {
@@ -71,7 +79,7 @@ die() {
 }
 
 usage() {
-	echo "usage: lab.sh up|down|dir|vrrp-incumbent PREFIX | lab.sh crash|revive PREFIX NODE" >&2
+	echo "usage: lab.sh up|down|dir|vrrp-incumbent|isp-dhcp PREFIX | lab.sh crash|revive PREFIX NODE" >&2
 	exit 2
 }
 
@@ -193,6 +201,21 @@ make_node_root() { # NODE
 	done
 	ln -s ../run "$root/var/run"
 	: >"$root/etc/crontabs/root"
+	# The DHCP client ifupdown starts for a DHCP takeover WAN sees the node's
+	# /etc/dhcp, /var/lib/dhcp and /run (common/src/ifcontrol.rs): Debian's
+	# dhclient.conf request list, and an enter hook that keeps dhclient-script
+	# off /etc/resolv.conf (the lab's nodes resolve like the machine).
+	cat >"$root/etc/dhcp/dhclient.conf" <<'EOF'
+# dhclient.conf of a lab node (lab/lab.sh): Debian's default request list.
+option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
+request subnet-mask, broadcast-address, time-offset, routers,
+	domain-name, domain-name-servers, domain-search, host-name,
+	interface-mtu, rfc3442-classless-static-routes, ntp-servers;
+EOF
+	cat >"$root/etc/dhcp/dhclient-enter-hooks.d/ns-ha-lab" <<'EOF'
+# Sourced by dhclient-script: a lab node never writes the machine's resolv.conf.
+make_resolv_conf() { :; }
+EOF
 	install -m 0644 "$LAB_SRC/node/rc.common" "$root/etc/rc.common"
 	for d in "$LAB_SRC"/node/init.d/*; do
 		install -m 0755 "$d" "$root/etc/init.d/$(basename "$d")"
@@ -244,7 +267,9 @@ write_lab_json() {
   "networks": {"ha": "$HA_NET", "lan": "$LAN_NET", "wan": "$WAN_NET"},
   "vips": {"lan": "$LAN_VIP/24", "wan": "$WAN_VIP/24"},
   "takeover_wan": {"iface": "$TAKEOVER_IF", "net": "$TAKEOVER_NET", "net6": "$TAKEOVER_NET6",
-                   "isp": "$TAKEOVER_ISP/24", "isp6": "$TAKEOVER_ISP6/64"},
+                   "isp": "$TAKEOVER_ISP/24", "isp6": "$TAKEOVER_ISP6/64",
+                   "isp_dhcp": {"first": "$TAKEOVER_DHCP_FIRST", "last": "$TAKEOVER_DHCP_LAST",
+                                "leases": "$dir/isp/dnsmasq.leases"}},
   "nodes": {
     "fw1": {"ns": "$fw1", "root": "$dir/fw1",
             "ifaces": {"ha": "ha0", "lan": "lan0", "wan": "wan0"},
@@ -374,6 +399,16 @@ keepalived_pids() {
 	done
 }
 
+# Pids of dhclient processes in NODE's namespace (a DHCP takeover WAN's client).
+dhclient_pids() {
+	local ns pid
+	ns=$(ns_of "$1")
+	for pid in $(ip netns pids "$ns" 2>/dev/null || true); do
+		[[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == dhclient ]] && echo "$pid"
+	done
+	return 0
+}
+
 cmd_crash() {
 	local node=$1 ns pids iface
 	[[ $node == fw1 || $node == fw2 ]] || die "crash: NODE must be fw1 or fw2"
@@ -400,6 +435,10 @@ cmd_crash() {
 		[[ $iface == lo ]] && continue
 		ip -n "$ns" link set "$iface" down 2>/dev/null || true
 	done
+	# A dead box renews and releases nothing: its DHCP client dies silently.
+	pids=$(dhclient_pids "$node")
+	# shellcheck disable=SC2086
+	[[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
 }
 
 # A rebooted box comes back with nothing running, an empty /run/ns-ha, and
@@ -431,6 +470,11 @@ cmd_revive() {
 	# tmpfs) until the role engine brings it up on a MASTER.
 	ip -n "$ns" addr flush dev "$TAKEOVER_IF" 2>/dev/null || true
 	rm -rf "$root/run/network"
+	local pids
+	pids=$(dhclient_pids "$node")
+	# shellcheck disable=SC2086
+	[[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+	rm -f "$root"/run/dhclient*.pid
 	local crashed=$root/run/lab-crashed-links
 	for iface in ha0 lan0 wan0 $(cat "$crashed" 2>/dev/null); do
 		[[ $iface == "$TAKEOVER_IF" ]] && continue
@@ -438,6 +482,29 @@ cmd_revive() {
 	done
 	rm -f "$crashed"
 	ip netns exec "$ns" "$root/etc/init.d/keepalived" start >/dev/null
+}
+
+# --- isp-dhcp ---------------------------------------------------------------
+
+# The ISP's DHCP server on the takeover WAN: dnsmasq in the WAN host's
+# namespace, DHCP only (no DNS), one lease per client from the pool, the ISP
+# as router. Its lease file shows what the ISP sees (a second lease for a
+# second MAC).
+cmd_isp_dhcp() {
+	local ns isp
+	ns=$(ns_of wan)
+	ns_exists "$ns" || die "isp-dhcp: namespace $ns does not exist: run 'lab.sh up $PREFIX' first"
+	isp="$(lab_dir)/isp"
+	[[ ! -e $isp/dnsmasq.pid ]] || die "isp-dhcp: already started ($isp/dnsmasq.pid)"
+	install -d -m 0755 "$isp"
+	: >"$isp/dnsmasq.leases"
+	ip netns exec "$ns" dnsmasq --conf-file=/dev/null --port=0 --no-resolv --no-hosts \
+		--interface=eth0 --bind-interfaces --except-interface=lo \
+		--dhcp-range="$TAKEOVER_DHCP_FIRST,$TAKEOVER_DHCP_LAST,255.255.255.0,1h" \
+		--dhcp-option=option:router,"$TAKEOVER_ISP" --dhcp-authoritative \
+		--dhcp-leasefile="$isp/dnsmasq.leases" --pid-file="$isp/dnsmasq.pid" \
+		--log-dhcp --log-facility="$isp/dnsmasq.log" </dev/null >>"$isp/dnsmasq.log" 2>&1 ||
+		die "isp-dhcp: dnsmasq did not start: $(tail -n 1 "$isp/dnsmasq.log")"
 }
 
 # The incumbent's heartbeat timing (VRRPv2, advert 1 s; reference/field-notes.md)
@@ -484,6 +551,10 @@ revive)
 vrrp-incumbent)
 	[[ $# -eq 2 ]] || usage
 	cmd_vrrp_incumbent
+	;;
+isp-dhcp)
+	[[ $# -eq 2 ]] || usage
+	cmd_isp_dhcp
 	;;
 dir)
 	[[ $# -eq 2 ]] || usage

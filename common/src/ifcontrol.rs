@@ -12,6 +12,7 @@
 //! recording command runner.
 
 use anyhow::Result;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::cmd::{args, CommandRunner};
@@ -34,6 +35,12 @@ pub trait InterfaceControl: Send + Sync {
     fn down(&self, wan: &Wan, timeout: Duration) -> Result<()>;
     /// Where `wan` is on this node now.
     fn state(&self, wan: &Wan, timeout: Duration) -> Result<WanState>;
+    /// The IPv4 address of the DHCP lease `wan` last had on this node, if
+    /// the DHCP client keeps a record of it (a new master with the cluster
+    /// MAC is offered the same address: it probes it before `ifup`).
+    fn last_lease(&self, _wan: &Wan) -> Option<Ipv4Addr> {
+        None
+    }
 }
 
 /// Where a takeover WAN is on a node.
@@ -76,6 +83,11 @@ pub fn control<'a>(
     }
 }
 
+/// Where the DHCP client ifupdown starts keeps its pid and lease files.
+const DHCP_CLIENT_DIRS: [&str; 2] = ["/run", "/var/lib/dhcp"];
+/// dhclient's config and dhclient-script's hooks.
+const DHCP_CLIENT_CONFIG_DIR: &str = "/etc/dhcp";
+
 /// Debian's ifupdown with the cluster's own file ([`wan::IFUPDOWN_FILE`]).
 pub struct Ifupdown<'a> {
     pub root: NodeRoot,
@@ -105,12 +117,29 @@ impl Ifupdown<'_> {
         a
     }
 
-    fn run(&self, program: &str, extra: &[&str], wan: &Wan, timeout: Duration) -> Result<()> {
-        std::fs::create_dir_all(self.root.path(wan::IFUPDOWN_STATE_DIR))?;
+    /// `program` (ifup or ifdown) with its arguments, seeing the node's own
+    /// DHCP client files: ifupdown's `inet dhcp` runs dhclient with fixed
+    /// paths (`/run/dhclient.IF.pid`, `/var/lib/dhcp/dhclient.IF.leases`),
+    /// which two nodes on one machine would share, so under a node root
+    /// other than `/` these directories are the node's
+    /// ([`NodeRoot::command_seeing_own`]), and so is `/etc/dhcp` (dhclient's
+    /// config and dhclient-script's hooks) when the node has one: the lab's
+    /// keeps dhclient-script off the machine's `/etc/resolv.conf`.
+    fn command(&self, program: &str, extra: &[&str], wan: &Wan) -> (String, Vec<String>) {
         let mut a = self.base_args();
         a.extend(args(extra));
         a.push(wan.interface.clone());
-        self.runner.run_ok(program, &a, timeout).map(|_| ())
+        let mut dirs = DHCP_CLIENT_DIRS.to_vec();
+        if self.root.path(DHCP_CLIENT_CONFIG_DIR).is_dir() {
+            dirs.push(DHCP_CLIENT_CONFIG_DIR);
+        }
+        self.root.command_seeing_own(&dirs, program, &a)
+    }
+
+    fn run(&self, program: &str, extra: &[&str], wan: &Wan, timeout: Duration) -> Result<()> {
+        std::fs::create_dir_all(self.root.path(wan::IFUPDOWN_STATE_DIR))?;
+        let (p, a) = self.command(program, extra, wan);
+        self.runner.run_ok(&p, &a, timeout).map(|_| ())
     }
 }
 
@@ -154,6 +183,14 @@ impl InterfaceControl for Ifupdown<'_> {
         // --force: deconfigure also what ifupdown's state does not know
         // about (a node that crashed with the WAN up, a state dir on tmpfs).
         self.run("ifdown", &["--force"], wan, timeout)
+    }
+
+    fn last_lease(&self, w: &Wan) -> Option<Ipv4Addr> {
+        // ifupdown's dhclient keeps /var/lib/dhcp/dhclient.IF.leases (the
+        // node's own under a node root, see `command`).
+        let file = format!("{}/dhclient.{}.leases", DHCP_CLIENT_DIRS[1], w.interface);
+        let text = std::fs::read_to_string(self.root.path(file)).ok()?;
+        wan::last_dhclient_lease(&text)
     }
 
     fn state(&self, w: &Wan, timeout: Duration) -> Result<WanState> {
@@ -307,14 +344,54 @@ mod tests {
         c.down(&wan1(), IF_TIMEOUT).unwrap();
         let file = root.path(wan::IFUPDOWN_FILE).to_string_lossy().into_owned();
         let state = root.path("/run/network").to_string_lossy().into_owned();
+        // Under a node root, in a mount namespace where the DHCP client's
+        // directories are the node's (its pid and lease files).
+        let base = root.base().to_string_lossy().into_owned();
+        let own = format!("sh /run {base}/run /var/lib/dhcp {base}/var/lib/dhcp -- ");
         let calls: Vec<String> = runner.calls().iter().map(|c| c.join(" ")).collect();
-        assert_eq!(
-            calls,
-            [
-                format!("ifup -i {file} --state-dir {state} --no-scripts wan1"),
-                format!("ifdown -i {file} --state-dir {state} --no-scripts --force wan1"),
-            ]
+        assert_eq!(calls.len(), 2, "{calls:#?}");
+        for (call, want) in calls.iter().zip([
+            format!("ifup -i {file} --state-dir {state} --no-scripts wan1"),
+            format!("ifdown -i {file} --state-dir {state} --no-scripts --force wan1"),
+        ]) {
+            assert!(call.starts_with("unshare --mount "), "{call}");
+            assert!(call.ends_with(&format!("{own}{want}")), "{call}");
+        }
+        // A node with its own /etc/dhcp gets that too.
+        std::fs::create_dir_all(root.path("/etc/dhcp")).unwrap();
+        c.up(&wan1(), IF_TIMEOUT).unwrap();
+        let last = runner.calls().last().unwrap().join(" ");
+        assert!(
+            last.contains(&format!(" /etc/dhcp {base}/etc/dhcp -- ifup ")),
+            "{last}"
         );
+        // On the system root, ifup itself (and the machine's hooks).
+        let sys = Ifupdown {
+            root: NodeRoot::system(),
+            runner: &runner,
+        };
+        assert_eq!(
+            sys.command("ifup", &[], &wan1()),
+            (
+                "ifup".to_string(),
+                args(&[
+                    "-i",
+                    wan::IFUPDOWN_FILE,
+                    "--state-dir",
+                    wan::IFUPDOWN_STATE_DIR,
+                    "wan1"
+                ])
+            )
+        );
+        // The last lease dhclient recorded under the node root.
+        assert_eq!(c.last_lease(&wan1()), None);
+        std::fs::create_dir_all(root.path("/var/lib/dhcp")).unwrap();
+        std::fs::write(
+            root.path("/var/lib/dhcp/dhclient.wan1.leases"),
+            "lease {\n  interface \"wan1\";\n  fixed-address 10.99.3.27;\n}\n",
+        )
+        .unwrap();
+        assert_eq!(c.last_lease(&wan1()), Some(Ipv4Addr::new(10, 99, 3, 27)));
         // Removing the last WAN takes it down first, then removes the file.
         let done = c.install(&[wan1()], &[]).unwrap();
         assert!(done[0].starts_with("ifdown wan1"), "{done:?}");

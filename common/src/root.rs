@@ -120,6 +120,46 @@ impl NodeRoot {
         self.base.join(rel)
     }
 
+    /// The program and arguments that run `program args` seeing this node's
+    /// own copies of the machine directories `dirs` (`/run`, `/var/lib/dhcp`):
+    /// on the system root, as they are; under another node root, in a
+    /// private mount namespace where each of `dirs` is the node's directory
+    /// (both created if missing), bound in the order given. For daemons
+    /// whose file paths are fixed (wireguard-go's sockets, the DHCP client
+    /// ifupdown starts): two nodes on one machine would share them. A daemon
+    /// such a command starts keeps the namespace after the command ends.
+    pub fn command_seeing_own(
+        &self,
+        dirs: &[&str],
+        program: &str,
+        args: &[String],
+    ) -> (String, Vec<String>) {
+        if self.is_system() {
+            return (program.to_string(), args.to_vec());
+        }
+        let mut argv: Vec<String> = [
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            // Constant script; the directory pairs and the command are its arguments.
+            "while [ \"$1\" != -- ]; do mkdir -p \"$1\" \"$2\" && mount --bind \"$2\" \"$1\" || exit 125; shift 2; done; shift; exec \"$@\"",
+            "sh",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for d in dirs {
+            argv.push(d.to_string());
+            argv.push(self.path(d).to_string_lossy().into_owned());
+        }
+        argv.push("--".into());
+        argv.push(program.to_string());
+        argv.extend(args.iter().cloned());
+        ("unshare".to_string(), argv)
+    }
+
     /// The `--root` arguments to pass to another ns-ha tool so that it works
     /// on the same node (empty for the system root).
     pub fn tool_args(&self) -> Vec<String> {

@@ -410,7 +410,18 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                 }
                 stanza(format!("iface {i} inet static"), l);
             }
-            Some(Ipv4Method::Dhcp) => stanza(format!("iface {i} inet dhcp"), Vec::new()),
+            Some(Ipv4Method::Dhcp) => {
+                // ifupdown runs dhclient with `-i` unless `client no`: a
+                // client identifier from a DUID each node makes for itself,
+                // which a server keys the lease by instead of the MAC. With
+                // a cluster MAC the lease must follow the MAC alone.
+                let l = if w.mac.is_some() {
+                    vec!["client no".to_string()]
+                } else {
+                    Vec::new()
+                };
+                stanza(format!("iface {i} inet dhcp"), l)
+            }
             None => {}
         }
         if let Some(six) = &w.ipv6 {
@@ -505,6 +516,15 @@ pub fn uci_commands(previous: &[Wan], wans: &[Wan]) -> Vec<Vec<String>> {
 /// the characters UCI refuses in section names replaced.
 pub fn uci_name(w: &Wan) -> String {
     w.interface.replace(['.', '-', '@'], "_")
+}
+
+/// The address of the last lease in an ISC dhclient lease file (`lease {
+/// ... fixed-address A; ... }` blocks, newest last), if any.
+pub fn last_dhclient_lease(text: &str) -> Option<Ipv4Addr> {
+    text.lines()
+        .rev()
+        .filter_map(|l| l.trim().strip_prefix("fixed-address "))
+        .find_map(|a| a.trim_end_matches(';').trim().parse().ok())
 }
 
 /// What a WAN looks like on this node right now.
@@ -754,6 +774,22 @@ mod tests {
             text.contains("iface br-wan inet dhcp\n    bridge_ports eth1 eth2\n"),
             "{text}"
         );
+        assert!(!text.contains("client no"), "{text}");
+        // A DHCP WAN with the cluster MAC: the lease keyed by the MAC alone.
+        let dhcp_mac = Wan {
+            interface: "wan1".into(),
+            device: WanDevice::Physical,
+            ipv4: Some(Ipv4Method::Dhcp),
+            ipv6: None,
+            mac: Some("02:00:5e:10:00:01".parse().unwrap()),
+        };
+        let text = render_ifupdown(&[dhcp_mac]);
+        assert!(
+            text.contains(
+                "iface wan1 inet dhcp\n    hwaddress ether 02:00:5e:10:00:01\n    client no\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -792,6 +828,20 @@ mod tests {
             );
         }
         assert_eq!(cmds.last().map(String::as_str), Some("commit network"));
+    }
+
+    #[test]
+    fn the_last_dhclient_lease_is_the_newest_block() {
+        let text = "default-duid \"\\000\";\nlease {\n  interface \"wan1\";\n  fixed-address 10.99.3.27;\n  option routers 10.99.3.100;\n}\nlease {\n  interface \"wan1\";\n  fixed-address 10.99.3.31;\n}\n";
+        assert_eq!(
+            last_dhclient_lease(text),
+            Some(Ipv4Addr::new(10, 99, 3, 31))
+        );
+        assert_eq!(last_dhclient_lease(""), None);
+        assert_eq!(
+            last_dhclient_lease("lease {\n  fixed-address bogus;\n}\n"),
+            None
+        );
     }
 
     #[test]

@@ -227,26 +227,7 @@ pub fn load(root: &NodeRoot, name: &str) -> Result<TunnelConfig> {
 /// `/run/wireguard`: as they are on the system root; under another node
 /// root, in a private mount namespace with the node's directory bound there.
 pub fn wg_command(root: &NodeRoot, program: &str, args: &[String]) -> (String, Vec<String>) {
-    if root.is_system() {
-        return (program.to_string(), args.to_vec());
-    }
-    let mut argv: Vec<String> = [
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        // Constant script; the paths and the command are its arguments.
-        "mkdir -p /run/wireguard && mount --bind \"$1\" /run/wireguard && shift && exec \"$@\"",
-        "sh",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.push(root.path(SOCKET_DIR).to_string_lossy().into_owned());
-    argv.push(program.to_string());
-    argv.extend(args.iter().cloned());
-    ("unshare".to_string(), argv)
+    root.command_seeing_own(&[SOCKET_DIR], program, args)
 }
 
 fn run_wg(
@@ -620,7 +601,8 @@ mod tests {
         assert_eq!(p, "unshare");
         let sock = r.path(SOCKET_DIR).to_string_lossy().into_owned();
         let i = a.iter().position(|x| *x == sock).unwrap();
-        assert_eq!(&a[i + 1..], ["wg", "show"]);
+        assert_eq!(a[i - 1], SOCKET_DIR);
+        assert_eq!(&a[i + 1..], ["--", "wg", "show"]);
         let (p, a) = wg_command(&NodeRoot::system(), "wg", &["show".into()]);
         assert_eq!((p.as_str(), a), ("wg", vec!["show".to_string()]));
     }

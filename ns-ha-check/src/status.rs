@@ -111,6 +111,9 @@ pub struct WanView {
     pub addresses: Vec<String>,
     /// takeover: up here with its addresses; vip: this node holds its VIPs.
     pub up_here: bool,
+    /// takeover, up here: the addresses the device has now (a DHCP lease
+    /// included); empty otherwise.
+    pub live_addresses: Vec<String>,
 }
 
 /// The cluster's WANs as seen on this node.
@@ -129,16 +132,19 @@ fn wan_views(ctx: &Ctx, cluster: &ClusterConfig, vips: &[VipState]) -> Vec<WanVi
                 .iter()
                 .filter(|v| v.interface == l.interface)
                 .all(|v| v.held),
+            live_addresses: Vec::new(),
         })
         .collect();
     for w in &cluster.wans {
-        let up_here = match wan::observe(ctx.runner, &w.interface, Duration::from_secs(5)) {
-            Ok(live) => live.is_some_and(|l| l.is_up(w)),
+        let live_addresses = match wan::observe(ctx.runner, &w.interface, Duration::from_secs(5)) {
+            Ok(Some(live)) if live.is_up(w) => Some(live.addresses),
+            Ok(_) => None,
             Err(e) => {
                 log::warn!("cannot tell whether WAN {} is up: {e:#}", w.interface);
-                false
+                None
             }
         };
+        let up_here = live_addresses.is_some();
         out.push(WanView {
             interface: w.interface.clone(),
             mode: WanMode::Takeover.as_str(),
@@ -146,6 +152,7 @@ fn wan_views(ctx: &Ctx, cluster: &ClusterConfig, vips: &[VipState]) -> Vec<WanVi
             addressing: w.addressing(),
             addresses: w.static_addresses(),
             up_here,
+            live_addresses: live_addresses.unwrap_or_default(),
         });
     }
     out
@@ -388,13 +395,21 @@ pub fn render(s: &NodeStatus) -> String {
             &mut w,
             if i == 0 { "WANs" } else { "" },
             format!(
-                "{:<8} {:<8} {} {} [{}] {}",
+                "{:<8} {:<8} {} {}{} {}",
                 x.interface,
                 x.mode,
                 x.kind,
                 x.addressing,
-                x.addresses.join(", "),
-                if x.up_here { "up here" } else { "not up here" }
+                if x.addresses.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", x.addresses.join(", "))
+                },
+                match (x.up_here, x.live_addresses.as_slice()) {
+                    (false, _) => "not up here".to_string(),
+                    (true, []) => "up here".to_string(),
+                    (true, live) => format!("up here with {}", live.join(", ")),
+                }
             ),
         );
     }

@@ -74,7 +74,7 @@ pub struct AddWanArgs {
     /// A cluster MAC for the WAN, applied only on the MASTER before the WAN
     /// comes up, so the ISP's DHCP server hands the new master the same lease
     /// (use a locally administered address, e.g. 02:00:5e:10:00:01).
-    #[arg(long, value_name = "MAC")]
+    #[arg(long, visible_alias = "cluster-mac", value_name = "MAC")]
     pub mac: Option<String>,
     /// mode vip: a VIP in the WAN subnet (repeatable).
     #[arg(long = "vip", value_name = "CIDR")]

@@ -192,29 +192,44 @@ impl Executor<'_> {
     /// graceful handover (maintenance, preemption) the old master takes its
     /// WAN down in the same moment this node brings it up, and both would
     /// answer for a while. After a crash nobody answers and this costs one
-    /// probe ([`wan::PROBE_WAIT`]). The link comes up (with the cluster MAC,
-    /// if any) first so the probe can be sent; ifup then finds it up.
+    /// probe ([`wan::PROBE_WAIT`]). The link comes up with the node's own
+    /// MAC first so the probe can be sent: the old master answers the
+    /// probe's sender, and a switch drops an answer sent from the cluster
+    /// MAC to the cluster MAC (it learns the address on the old master's
+    /// port, the answer's ingress). Then the link goes down with the cluster
+    /// MAC set, if any (NICs change it only while down), and ifup brings it up.
+    /// A DHCP WAN with the cluster MAC is offered the lease the old master
+    /// holds, the one this node last had too (if its DHCP client recorded
+    /// it): that address is probed the same way. The lab sampled both nodes
+    /// holding it in a preempting handover without the probe.
     fn wait_address_free(&self, w: &Wan) -> anyhow::Result<()> {
-        let Some(Ipv4Method::Static { address, .. }) = &w.ipv4 else {
-            return Ok(());
+        let address = match &w.ipv4 {
+            Some(Ipv4Method::Static { address, .. }) => address.addr,
+            Some(Ipv4Method::Dhcp) if w.mac.is_some() => match self.interfaces.last_lease(w) {
+                Some(a) => a,
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
         };
         let dev = w.interface.as_str();
-        if let Some(mac) = &w.mac {
-            let a = ["link", "set", "dev", dev, "address", &mac.to_string()].map(String::from);
-            self.runner.run_ok("ip", &a, self.timeout)?;
-        }
-        let a = ["link", "set", "dev", dev, "up"].map(String::from);
-        self.runner.run_ok("ip", &a, self.timeout)?;
+        let ip = |words: &[&str]| {
+            let a: Vec<String> = words.iter().map(|x| x.to_string()).collect();
+            self.runner.run_ok("ip", &a, self.timeout).map(|_| ())
+        };
+        ip(&["link", "set", "dev", dev, "up"])?;
         let deadline = Instant::now() + ADDRESS_FREE_WAIT;
-        while wan::address_in_use(self.runner, dev, address.addr)? {
+        while wan::address_in_use(self.runner, dev, address)? {
             if Instant::now() >= deadline {
                 log::warn!(
-                    "{} still answers on {dev} after {ADDRESS_FREE_WAIT:?}: bringing the WAN up anyway",
-                    address.addr
+                    "{address} still answers on {dev} after {ADDRESS_FREE_WAIT:?}: bringing the WAN up anyway"
                 );
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(mac) = &w.mac {
+            ip(&["link", "set", "dev", dev, "down"])?;
+            ip(&["link", "set", "dev", dev, "address", &mac.to_string()])?;
         }
         Ok(())
     }
@@ -440,6 +455,7 @@ mod tests {
     struct FakeControl {
         state: Mutex<WanState>,
         calls: Mutex<Vec<String>>,
+        lease: Option<std::net::Ipv4Addr>,
     }
 
     impl InterfaceControl for FakeControl {
@@ -465,6 +481,9 @@ mod tests {
         fn state(&self, _w: &Wan, _t: Duration) -> anyhow::Result<WanState> {
             Ok(*self.state.lock().unwrap())
         }
+        fn last_lease(&self, _w: &Wan) -> Option<std::net::Ipv4Addr> {
+            self.lease
+        }
     }
 
     fn dhcp_wan() -> Wan {
@@ -478,7 +497,7 @@ mod tests {
     }
 
     fn run(state: WanState, master: bool) -> (Vec<ActionRecord>, Vec<String>) {
-        let (r, calls, _) = run_with(dhcp_wan(), state, master);
+        let (r, calls, _) = run_with(dhcp_wan(), state, master, None);
         (r, calls)
     }
 
@@ -487,6 +506,7 @@ mod tests {
         wan: Wan,
         state: WanState,
         master: bool,
+        lease: Option<&str>,
     ) -> (Vec<ActionRecord>, Vec<String>, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let root = NodeRoot::new(dir.path()).unwrap();
@@ -496,6 +516,7 @@ mod tests {
         let control = FakeControl {
             state: Mutex::new(state),
             calls: Mutex::new(Vec::new()),
+            lease: lease.map(|a| a.parse().unwrap()),
         };
         let exec = Executor {
             root: &root,
@@ -530,20 +551,34 @@ mod tests {
             gateway: None,
         });
         w.mac = Some("02:00:5e:10:00:01".parse().unwrap());
-        let (r, calls, commands) = run_with(w, WanState::Down, true);
+        let (r, calls, commands) = run_with(w, WanState::Down, true, None);
         assert_eq!(r[0].outcome, Outcome::Changed);
         assert_eq!(calls, ["up wan1"]);
         assert_eq!(
             commands,
             [
-                "ip link set dev wan1 address 02:00:5e:10:00:01",
                 "ip link set dev wan1 up",
                 "arping -D -q -c 1 -w 1 -I wan1 10.99.3.1",
+                "ip link set dev wan1 down",
+                "ip link set dev wan1 address 02:00:5e:10:00:01",
             ]
         );
-        // A DHCP WAN has no address to probe.
-        let (_, _, commands) = run_with(dhcp_wan(), WanState::Down, true);
+        // A DHCP WAN without the cluster MAC has no address to probe (a
+        // lease of this node's own MAC is not the old master's).
+        let (_, _, commands) = run_with(dhcp_wan(), WanState::Down, true, Some("10.99.3.27"));
         assert!(commands.is_empty(), "{commands:?}");
+        // With the cluster MAC: the lease this node last had, if it knows one.
+        let mut w = dhcp_wan();
+        w.mac = Some("02:00:5e:10:00:01".parse().unwrap());
+        let (_, _, commands) = run_with(w.clone(), WanState::Down, true, None);
+        assert!(commands.is_empty(), "{commands:?}");
+        let (_, calls, commands) = run_with(w, WanState::Down, true, Some("10.99.3.27"));
+        assert_eq!(calls, ["up wan1"]);
+        assert_eq!(
+            commands.get(1).map(String::as_str),
+            Some("arping -D -q -c 1 -w 1 -I wan1 10.99.3.27"),
+            "{commands:?}"
+        );
     }
 
     #[test]

@@ -87,7 +87,12 @@ impl Pinger {
 
     /// Stop it; the longest gap between two replies (or between the start
     /// and the first reply), in ms.
-    pub fn stop(mut self) -> f64 {
+    pub fn stop(self) -> f64 {
+        longest_gap_ms(&self.stop_replies())
+    }
+
+    /// Stop it; the Unix time (s) of every reply, at least one.
+    pub fn stop_replies(mut self) -> Vec<f64> {
         let _ = self.child.kill();
         let out = self.child.wait_with_output().expect("ping output");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -97,7 +102,7 @@ impl Pinger {
             "no reply in {:?} of pinging: {text}",
             self.started.elapsed()
         );
-        longest_gap_ms(&stamps)
+        stamps
     }
 }
 

@@ -568,6 +568,22 @@ impl Lab {
         );
     }
 
+    /// Start the ISP's DHCP server on the takeover WAN (`lab.sh isp-dhcp`:
+    /// dnsmasq on the WAN host, one lease per client); returns its lease
+    /// file, which shows what the ISP sees.
+    pub fn isp_dhcp(&self) -> PathBuf {
+        let out = run(Command::new(lab_script()).args(["isp-dhcp", &self.prefix]));
+        assert!(
+            out.status.success(),
+            "{}",
+            describe("lab.sh isp-dhcp", &out)
+        );
+        let leases = self.info["takeover_wan"]["isp_dhcp"]["leases"]
+            .as_str()
+            .expect("lab.json takeover_wan.isp_dhcp.leases");
+        PathBuf::from(leases)
+    }
+
     /// Set an interface of a node administratively down (the peer sees carrier loss).
     pub fn link_down(&self, node: &str, iface: &str) {
         self.ip(node, &["link", "set", iface, "down"]);
