@@ -434,9 +434,8 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn list_marks_what_is_held() {
-        let (_d, root) = node_root();
+    /// `list` on a backup that holds no VIP.
+    fn list_on_backup(root: NodeRoot) -> Report {
         let r = RecordingRunner::new();
         let backup = StaticInterfaces(vec![iface("lan0", &["10.99.1.2/24"])]);
         let ctx = Ctx {
@@ -444,7 +443,13 @@ mod tests {
             runner: &r,
             ifs: &backup,
         };
-        let rep = list(&ctx).unwrap();
+        list(&ctx).unwrap()
+    }
+
+    #[test]
+    fn list_marks_what_is_held() {
+        let (_d, root) = node_root();
+        let rep = list_on_backup(root);
         assert_eq!(rep.json["vips"][0]["held"], false);
         assert_eq!(rep.json["vips"][0]["vrid"], 51);
         assert_eq!(rep.json["vips"][1]["heartbeat"], true);
@@ -461,14 +466,7 @@ mod tests {
         let mut c = cluster();
         c.lans[0].wan = true;
         save_cluster(&root, &c).unwrap();
-        let r = RecordingRunner::new();
-        let backup = StaticInterfaces(vec![iface("lan0", &["10.99.1.2/24"])]);
-        let ctx = Ctx {
-            root,
-            runner: &r,
-            ifs: &backup,
-        };
-        let rep = list(&ctx).unwrap();
+        let rep = list_on_backup(root);
         let lines: Vec<&str> = rep.human.lines().collect();
         assert!(lines[1].starts_with("10.99.1.254/24"), "{}", rep.human);
         assert!(lines[1].ends_with("  add-wan"), "{}", rep.human);
