@@ -588,8 +588,8 @@ fn enabled_with_dhcp_wan(mac: Option<&str>) -> (Lab, std::path::PathBuf, String)
         );
     }
     configure_dnsmasq(&lab);
-    // The lab's short hold-down: a revived fw1 whose monitor saw its links
-    // down during the crash takes the VIPs back after it, not after 30 s.
+    // The lab's short hold-down: a revived fw1 that gives up MASTER once
+    // while its links settle takes the VIPs back after it, not after 30 s.
     set_health(
         &lab,
         &serde_json::json!({"hold_down_ms": LAB_HOLD_DOWN_MS, "links": [
