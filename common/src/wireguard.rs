@@ -242,8 +242,30 @@ fn run_wg(
 }
 
 fn ip(runner: &dyn CommandRunner, args: &[&str], timeout: Duration) -> Result<()> {
-    let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    runner.run_ok("ip", &a, timeout).map(|_| ())
+    runner
+        .run_ok("ip", &crate::cmd::args(args), timeout)
+        .map(|_| ())
+}
+
+/// The stripped config `wg setconf`/`syncconf` was last given for `name`.
+fn setconf_path(root: &NodeRoot, name: &str) -> std::path::PathBuf {
+    root.path(format!("{SETCONF_DIR}/{name}.conf"))
+}
+
+/// Put every configured address on the tunnel (`replace`: idempotent).
+fn replace_addresses(
+    runner: &dyn CommandRunner,
+    cfg: &TunnelConfig,
+    timeout: Duration,
+) -> Result<()> {
+    for a in &cfg.addresses {
+        ip(
+            runner,
+            &["address", "replace", a, "dev", &cfg.name],
+            timeout,
+        )?;
+    }
+    Ok(())
 }
 
 /// How a tunnel was created.
@@ -271,7 +293,7 @@ pub fn up(
             cfg.ignored.join(", ")
         );
     }
-    let setconf = root.path(format!("{SETCONF_DIR}/{name}.conf"));
+    let setconf = setconf_path(root, name);
     crate::fsutil::atomic_write(&setconf, cfg.setconf.as_bytes(), 0o600)?;
     // The platform decides: the kernel's link type if it has one.
     let kernel = runner.run(
@@ -304,9 +326,7 @@ pub fn up(
                 timeout,
             )?;
         }
-        for a in &cfg.addresses {
-            ip(runner, &["address", "replace", a, "dev", name], timeout)?;
-        }
+        replace_addresses(runner, cfg, timeout)?;
         ip(runner, &["link", "set", "dev", name, "up"], timeout)?;
         for peer in &cfg.peers {
             for a in peer.allowed_ips.iter().filter(|a| !a.ends_with("/0")) {
@@ -346,7 +366,7 @@ pub fn resync(
     timeout: Duration,
 ) -> Result<bool> {
     let name = cfg.name.as_str();
-    let setconf = root.path(format!("{SETCONF_DIR}/{name}.conf"));
+    let setconf = setconf_path(root, name);
     if std::fs::read_to_string(&setconf).is_ok_and(|t| t == cfg.setconf) {
         return Ok(false);
     }
@@ -360,9 +380,7 @@ pub fn resync(
         timeout,
     )
     .with_context(|| format!("applying the edited {CONFIG_DIR}/{name}.conf"))?;
-    for a in &cfg.addresses {
-        ip(runner, &["address", "replace", a, "dev", name], timeout)?;
-    }
+    replace_addresses(runner, cfg, timeout)?;
     Ok(true)
 }
 

@@ -320,18 +320,27 @@ fn ago(at: Option<u64>, age_secs: Option<u64>) -> String {
     }
 }
 
+/// One line of the human form: the key, aligned; an empty key continues
+/// the previous line's list.
+fn line(w: &mut String, k: &str, v: String) {
+    let key = if k.is_empty() {
+        String::new()
+    } else {
+        format!("{k}:")
+    };
+    let _ = writeln!(w, "{key:<13}{v}");
+}
+
+/// A list under one key: the key on its first line only.
+fn block(w: &mut String, k: &str, rows: impl Iterator<Item = String>) {
+    for (i, r) in rows.enumerate() {
+        line(w, if i == 0 { k } else { "" }, r);
+    }
+}
+
 /// The human form: short, one fact a line, aligned.
 pub fn render(s: &NodeStatus) -> String {
     let mut w = String::new();
-    let line = |w: &mut String, k: &str, v: String| {
-        // An empty key continues the previous line's list.
-        let key = if k.is_empty() {
-            String::new()
-        } else {
-            format!("{k}:")
-        };
-        let _ = writeln!(w, "{key:<13}{v}");
-    };
     line(
         &mut w,
         "node",
@@ -377,23 +386,23 @@ pub fn render(s: &NodeStatus) -> String {
         "maintenance",
         if s.maintenance { "ON" } else { "off" }.into(),
     );
-    for (i, v) in s.vips.iter().enumerate() {
-        line(
-            &mut w,
-            if i == 0 { "VIPs" } else { "" },
+    block(
+        &mut w,
+        "VIPs",
+        s.vips.iter().map(|v| {
             format!(
                 "{:<18} {:<8} {}{}",
                 v.vip.to_string(),
                 v.interface,
                 if v.held { "held" } else { "not held" },
                 if v.heartbeat { " (heartbeat)" } else { "" }
-            ),
-        );
-    }
-    for (i, x) in s.wans.iter().enumerate() {
-        line(
-            &mut w,
-            if i == 0 { "WANs" } else { "" },
+            )
+        }),
+    );
+    block(
+        &mut w,
+        "WANs",
+        s.wans.iter().map(|x| {
             format!(
                 "{:<8} {:<8} {} {}{} {}",
                 x.interface,
@@ -410,9 +419,9 @@ pub fn render(s: &NodeStatus) -> String {
                     (true, []) => "up here".to_string(),
                     (true, live) => format!("up here with {}", live.join(", ")),
                 }
-            ),
-        );
-    }
+            )
+        }),
+    );
     let sy = &s.sync;
     line(
         &mut w,
@@ -485,10 +494,10 @@ pub fn render(s: &NodeStatus) -> String {
             );
         }
     }
-    for (i, t) in s.vpns.iter().enumerate() {
-        line(
-            &mut w,
-            if i == 0 { "VPNs" } else { "" },
+    block(
+        &mut w,
+        "VPNs",
+        s.vpns.iter().map(|t| {
             format!(
                 "{:<18} {:<9} {}",
                 t.name,
@@ -498,13 +507,13 @@ pub fn render(s: &NodeStatus) -> String {
                     (Some(i), _) => format!("{i} not up here"),
                     (None, _) => "interface not named in the config".into(),
                 }
-            ),
-        );
-    }
-    for (i, t) in s.transitions.iter().rev().enumerate() {
-        line(
-            &mut w,
-            if i == 0 { "transitions" } else { "" },
+            )
+        }),
+    );
+    block(
+        &mut w,
+        "transitions",
+        s.transitions.iter().rev().map(|t| {
             format!(
                 "{} {} -> {} in {} ms{} ({})",
                 t.at,
@@ -517,8 +526,8 @@ pub fn render(s: &NodeStatus) -> String {
                     String::new()
                 },
                 t.reason
-            ),
-        );
-    }
+            )
+        }),
+    );
     w
 }

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ns_ha_common::cmd::CommandRunner;
+use ns_ha_common::cmd::{args, CommandRunner};
 use ns_ha_common::exit::{code_of, Code};
 use ns_ha_common::ifcontrol::{InterfaceControl, WanState};
 use ns_ha_common::role_config::link_matches;
@@ -213,8 +213,9 @@ impl Executor<'_> {
         };
         let dev = w.interface.as_str();
         let ip = |words: &[&str]| {
-            let a: Vec<String> = words.iter().map(|x| x.to_string()).collect();
-            self.runner.run_ok("ip", &a, self.timeout).map(|_| ())
+            self.runner
+                .run_ok("ip", &args(words), self.timeout)
+                .map(|_| ())
         };
         ip(&["link", "set", "dev", dev, "up"])?;
         let deadline = Instant::now() + ADDRESS_FREE_WAIT;
