@@ -521,8 +521,9 @@ struct Resumed {
 /// One failover with the three tunnels in use; returns the seconds from
 /// the crash of fw1 to traffic through each. With `forget`, fw2 loses the
 /// recorded WireGuard endpoints before the crash (the baseline: the
-/// client's own handshake retry).
-fn failover_round(lab: &Lab, forget: bool) -> Resumed {
+/// client's own handshake retry). Also returns the road warrior, still
+/// connected.
+fn failover_round(lab: &Lab, forget: bool) -> (Resumed, Client) {
     configure_dnsmasq(lab);
     pair(lab);
     let client = configure(lab);
@@ -666,7 +667,7 @@ fn failover_round(lab: &Lab, forget: bool) -> Resumed {
         "traffic through the tunnels again after the crash: WireGuard {:.2} s, OpenVPN {:.2} s, IPsec {:.2} s",
         r.wireguard, r.openvpn, r.ipsec
     );
-    r
+    (r, client)
 }
 
 /// The road warrior reaches the IPsec LAN address through its tunnel to
@@ -705,7 +706,7 @@ fn assert_ipsec_carries(lab: &Lab, client: &Client, gateway: &str) {
 #[test]
 fn vpns_follow_the_master_and_clients_resume_after_a_failover() {
     let lab = Lab::up();
-    let r = failover_round(&lab, false);
+    let (r, client) = failover_round(&lab, false);
     // The client's own retry would take 15 s (WireGuard's handshake
     // timeout); the new master starts the handshake itself.
     assert!(
@@ -721,6 +722,41 @@ fn vpns_follow_the_master_and_clients_resume_after_a_failover() {
     // The IPsec client's DPD (1 s) and retransmissions (3 x 1 s) declare
     // the old master dead, then it connects to the new one.
     assert!(r.ipsec < 10.0, "IPsec resumed only after {:.2} s", r.ipsec);
+
+    // fw1 comes back and takes the master role back (it preempts): fw2
+    // stops its charon, and the road warrior, unchanged, connects to fw1
+    // again, by the DELETE fw2's charon sends as it stops (`close_action
+    // = start`) or, if that is lost with the VIP, by DPD.
+    let ipsec = Ping::start(&lab, LAN_BY_IPSEC, lab.dir().join("ping-ipsec-back.txt"));
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = epoch();
+    lab.revive("fw1");
+    assert_vpns_only_on(&lab, "fw1", "after fw1 came back");
+    let back = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        ipsec.resumed_after(t0).is_some()
+    });
+    let log = std::fs::read_to_string(client.dir.join("ipsec/run/charon.log")).unwrap_or_default();
+    assert!(
+        back,
+        "IPsec traffic did not resume after fw1 took the master role back: {:?}",
+        ipsec.stamps().last()
+    );
+    assert_ipsec_carries(&lab, &client, "fw1");
+    let stamps = ipsec.stamps();
+    let outage = stamps
+        .windows(2)
+        .filter(|w| w[1] >= t0)
+        .map(|w| w[1] - w[0])
+        .fold(0.0, f64::max);
+    eprintln!(
+        "IPsec after fw1 took the master role back: traffic again {:.2} s after the revive, outage {outage:.2} s; the client {}",
+        ipsec.resumed_after(t0).unwrap_or(f64::MAX),
+        if log.contains("received DELETE for IKE_SA") {
+            "received the old master's DELETE"
+        } else {
+            "saw no DELETE (DPD)"
+        }
+    );
 }
 
 #[test]
@@ -731,7 +767,7 @@ fn bench_vpn_failover() {
     let mut ipsec = Vec::new();
     for _ in 0..3 {
         let lab = Lab::up();
-        let r = failover_round(&lab, false);
+        let (r, _) = failover_round(&lab, false);
         wg.push(r.wireguard);
         ovpn.push(r.openvpn);
         ipsec.push(r.ipsec);
@@ -754,7 +790,7 @@ fn bench_vpn_failover() {
 #[ignore = "benchmark: make bench"]
 fn bench_wireguard_without_recorded_endpoints() {
     let lab = Lab::up();
-    let wg = failover_round(&lab, true).wireguard;
+    let wg = failover_round(&lab, true).0.wireguard;
     println!(
         "WireGuard failover without the recorded endpoints (the client's own retry): {wg:.2} s"
     );
