@@ -709,19 +709,27 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
         );
         std::thread::sleep(Duration::from_secs(1));
     });
-    // The end state only: a revived fw1 may flap (its monitor saw its links
-    // down in the crash, gives up once and takes the VIPs back after the
-    // hold-down), and while both are MASTER within ~2 s both may bring the
-    // WAN up (the lease is the cluster MAC's). Printed, not asserted.
-    let tail = &samples[samples.len() - 3..];
-    assert!(
-        tail.iter().all(|(_, h)| h == &["fw1"]),
-        "fw1 does not hold {addr} alone at the end: {tail:?}"
+    // Never both: the new master probes the lease's address from its own
+    // MAC (a revived fw1 still carried the cluster MAC from before the
+    // crash, its probe's answer never reached it, and it took the address
+    // while fw2 was still releasing it) and waits for fw2 to let go.
+    assert_one_holder("fw1 back (preempt, DHCP WAN)", &addr, &samples, "fw1");
+    assert_ne!(
+        mac_of(&lab, "fw2", WAN),
+        CLUSTER_MAC,
+        "fw2 kept the cluster MAC after it took the WAN down"
     );
-    let both = samples.iter().filter(|(_, h)| h.len() > 1).count();
-    eprintln!(
-        "fw1 back (preempt, DHCP WAN): {} samples, {both} with both nodes holding {addr}",
-        samples.len()
+    // The lease is the cluster MAC's: the node giving up the WAN takes
+    // its link down before ifdown, so the release never reaches the ISP.
+    let isp_log = std::fs::read_to_string(lab.dir().join("isp/dnsmasq.log")).unwrap_or_default();
+    assert!(
+        !isp_log.contains("DHCPRELEASE"),
+        "a node released the cluster's lease:\n{isp_log}"
+    );
+    assert_eq!(
+        isp_leases(&leases),
+        [(CLUSTER_MAC.to_string(), addr.clone())],
+        "the ISP's leases after fw1 took the WAN back"
     );
     assert!(
         lab.ping("wan", net::CLIENT, 3),
