@@ -681,6 +681,37 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
         lab.ping("wan", net::CLIENT, 3),
         "the ISP cannot reach the LAN client through the DHCP WAN"
     );
+    // Maintenance: the first handover to fw2, which never held the lease
+    // and has no address to probe; fw1 takes its link down before ifdown, so
+    // it stops answering at once and does not release the lease. And back.
+    for (step, to) in [("on", "fw2"), ("off", "fw1")] {
+        let (_, samples) = sampled(&lab, &addr, || {
+            tool_ok(&lab, "fw1", "ns-ha-role", &["maintenance", step]);
+            assert!(
+                wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
+                    holders(&lab, &addr) == [to]
+                }),
+                "maintenance {step}: {to} did not get the lease: {:?}",
+                holders(&lab, &addr)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        assert_one_holder(
+            &format!("maintenance {step} (DHCP WAN)"),
+            &addr,
+            &samples,
+            to,
+        );
+        assert_eq!(
+            wan_v4(&lab, to).as_deref(),
+            Some(addr.as_str()),
+            "not the same lease"
+        );
+    }
+    assert!(
+        role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(10)),
+        "fw2 did not settle as BACKUP after maintenance off"
+    );
     let ((through, lan, crashed_at, on_fw2), samples) = sampled(&lab, &addr, || {
         let through = Pinger::start(&lab, "wan", net::CLIENT);
         let lan = Pinger::start(&lab, "lan", ISP_V4);
