@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ns_ha_common::config::{ClusterConfig, NodeConfig};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::net::InterfaceSource;
-use ns_ha_common::proto::{call, read_msg, write_msg, Reply, CHUNK_BYTES};
+use ns_ha_common::proto::{call, call_packed, pack, read_msg, write_msg, Reply, CHUNK_BYTES};
 use ns_ha_common::ssh::PeerSession;
 use ns_ha_common::{peer, NodeRoot};
 
@@ -31,7 +31,7 @@ use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter, Spans};
 use crate::wire::{
     BeginReply, BeginRequest, CommitReply, DeltaReply, ManifestPart, ManifestReply, SignatureReply,
-    SyncRequest, MAX_ENTRIES,
+    SyncRequest, BATCH_BYTES, BATCH_FILE, MAX_ENTRIES,
 };
 
 /// A byte stream to the backup's receiver.
@@ -621,6 +621,8 @@ fn transfer<C: Read + Write>(
     // Frames are coalesced: one SSH packet per small file would cost a
     // round of the channel machinery each.
     let mut out = std::io::BufWriter::with_capacity(SEND_BUFFER, &mut *ch);
+    // Frames of small files, sent packed every BATCH_BYTES (send_batch).
+    let mut batch = Vec::new();
     let mut changed_meanwhile = false;
     for c in changes.iter().filter(|c| c.data && !kept.contains(&c.path)) {
         let role_managed = set.is_role_managed(&c.path);
@@ -631,10 +633,21 @@ fn transfer<C: Read + Write>(
             .and_then(|p| p.sha256.as_deref());
         let unchanged = match base {
             Some(base) => {
+                send_batch(&mut batch, &mut out)?;
                 out.flush().context("sending file data")?;
                 send_delta(root, out.get_mut(), c, base)?
             }
-            None => send_file(root, &mut out, c, role_managed)?,
+            None if c.entry.size <= BATCH_FILE && !crash::armed("file-half") => {
+                let unchanged = send_file(root, &mut batch, c, role_managed)?;
+                if batch.len() >= BATCH_BYTES {
+                    send_batch(&mut batch, &mut out)?;
+                }
+                unchanged
+            }
+            None => {
+                send_batch(&mut batch, &mut out)?;
+                send_file(root, &mut out, c, role_managed)?
+            }
         };
         if !unchanged {
             changed_meanwhile = true;
@@ -643,9 +656,13 @@ fn transfer<C: Read + Write>(
         rep.files += 1;
         progress.files = rep.files;
         if crash::armed("file") {
+            send_batch(&mut batch, &mut out)?;
             out.flush()?;
             crash::point("file");
         }
+    }
+    if !changed_meanwhile {
+        send_batch(&mut batch, &mut out)?;
     }
     out.flush().context("sending file data")?;
     drop(out);
@@ -700,7 +717,7 @@ fn next_generation(backup: u64, pushed: u64, state_dir: &str) -> Result<u64> {
 pub fn open_transaction<C: Read + Write>(ch: &mut C, req: BeginRequest) -> Result<BeginReply> {
     let mut reply = BeginReply::default();
     for chunk in req.into_chunks(CHUNK_BYTES) {
-        reply = call(ch, &SyncRequest::Begin(chunk))?;
+        reply = call_packed(ch, &SyncRequest::Begin(chunk))?;
     }
     Ok(reply)
 }
@@ -725,7 +742,8 @@ fn save_pushed(
     )
 }
 
-/// The frame that announces `c`'s content (its bytes follow).
+/// The frame that announces `c`'s content (its bytes follow; its hash is
+/// the one `begin` announced).
 fn file_header(c: &Change) -> Result<Vec<u8>> {
     // A buffer: write_msg flushes, which would defeat coalescing.
     let mut header = Vec::new();
@@ -734,10 +752,38 @@ fn file_header(c: &Change) -> Result<Vec<u8>> {
         &SyncRequest::File {
             path: c.path.clone(),
             size: c.entry.size,
-            sha256: c.entry.sha256.clone().unwrap_or_default(),
+            sha256: None,
         },
     )?;
     Ok(header)
+}
+
+/// Send the gathered `file` frames of small files (and empty `batch`):
+/// one `files` frame when they pack (config text shrinks several times),
+/// else the frames as they are.
+fn send_batch<W: Write>(batch: &mut Vec<u8>, out: &mut W) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match pack(batch) {
+        Some(packed) => {
+            // A buffer: write_msg flushes, which would defeat coalescing.
+            let mut header = Vec::new();
+            write_msg(
+                &mut header,
+                &SyncRequest::Files {
+                    len: packed.len() as u64,
+                    raw: batch.len() as u64,
+                },
+            )?;
+            out.write_all(&header)
+                .and_then(|()| out.write_all(&packed))
+                .context("sending a batch of files")?;
+        }
+        None => out.write_all(batch).context("sending file data")?,
+    }
+    batch.clear();
+    Ok(())
 }
 
 /// Largest block signature accepted from the backup (one of a

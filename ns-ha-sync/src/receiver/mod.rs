@@ -219,8 +219,13 @@ impl<'a> Receiver<'a> {
                 write_msg(w, &reply)?;
                 return Ok(());
             }
-            if op == "file" {
-                if let Err(e) = self.file(v, r) {
+            if op == "file" || op == "files" {
+                let received = if op == "file" {
+                    self.file(v, r)
+                } else {
+                    self.files(v, r)
+                };
+                if let Err(e) = received {
                     let _ = write_msg(w, &Reply::from_error(&e));
                     return Err(e);
                 }
@@ -332,6 +337,7 @@ impl<'a> Receiver<'a> {
                 serde_json::to_value(st)?
             }
             SyncRequest::File { .. }
+            | SyncRequest::Files { .. }
             | SyncRequest::Signature { .. }
             | SyncRequest::Delta { .. } => {
                 return Err(fail(Code::Peer, format!("{op} frame out of place")))

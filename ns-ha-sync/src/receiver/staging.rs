@@ -22,10 +22,11 @@ use super::{Receiver, Txn, MAX_FILE};
 use crate::crash;
 use crate::delta;
 use crate::journal::{self, set_file_meta};
+use crate::manifest::Entry;
 use crate::state::{StateDir, OTHER_STAGING, OTHER_STAGING_LIST};
 use crate::util::{hex, sha256_hex};
-use crate::wire::{DeltaReply, SignatureReply, SyncRequest};
-use ns_ha_common::proto::{write_msg, Reply};
+use crate::wire::{DeltaReply, SignatureReply, SyncRequest, MAX_BATCH};
+use ns_ha_common::proto::{read_value, unpack, write_msg, Reply};
 
 impl Receiver<'_> {
     /// A `file` frame: stage its content. Problems with the file fail the
@@ -47,11 +48,18 @@ impl Receiver<'_> {
             return Err(fail(Code::Peer, "file frame without an open transaction"));
         };
         let announced = txn.changes.get(&path).map(|c| c.entry.clone());
-        let staged = match (txn.pending.remove(&path), announced) {
-            (Some(name), Some(e))
-                if e.size == size && e.sha256.as_deref() == Some(sha256.as_str()) =>
-            {
-                name
+        // The hash the content must have: the announced one (a frame that
+        // names one must name that one).
+        let (staged, sha256) = match (txn.pending.remove(&path), announced) {
+            (
+                Some(name),
+                Some(Entry {
+                    size: announced_size,
+                    sha256: Some(announced_hash),
+                    ..
+                }),
+            ) if announced_size == size && sha256.iter().all(|h| *h == announced_hash) => {
+                (name, announced_hash)
             }
             _ => {
                 receive_blob(r, size, None)?;
@@ -102,6 +110,41 @@ impl Receiver<'_> {
             }
         }
         crash::point("file");
+        Ok(())
+    }
+
+    /// A `files` batch: unpack it and stage each `file` frame in it. Like a
+    /// `file` frame, an error returned here (a malformed or oversized batch)
+    /// ends the channel; a problem with one file fails the transaction.
+    pub(super) fn files<R: Read>(&mut self, v: serde_json::Value, r: &mut R) -> Result<()> {
+        let SyncRequest::Files { len, raw } = serde_json::from_value(v)
+            .map_err(|e| fail(Code::Peer, format!("malformed files frame: {e}")))?
+        else {
+            return Err(fail(Code::Peer, "malformed files frame"));
+        };
+        if len > MAX_BATCH || raw > MAX_BATCH {
+            return Err(fail(
+                Code::Security,
+                format!("batch of {len} bytes unpacking to {raw} bytes refused: the limit is {MAX_BATCH}"),
+            ));
+        }
+        let mut packed = vec![0u8; len as usize];
+        r.read_exact(&mut packed)
+            .context("receiving a batch of files")?;
+        let frames = unpack(&packed, raw as usize)?;
+        if frames.len() as u64 != raw {
+            return Err(fail(
+                Code::Peer,
+                format!("batch unpacked to {} bytes, {raw} announced", frames.len()),
+            ));
+        }
+        let mut cursor = &frames[..];
+        while let Some(v) = read_value(&mut cursor)? {
+            if v.get("op").and_then(|o| o.as_str()) != Some("file") {
+                return Err(fail(Code::Peer, "a batch holds only file frames"));
+            }
+            self.file(v, &mut cursor)?;
+        }
         Ok(())
     }
 }
