@@ -44,6 +44,10 @@ pub const MAX_ENTRIES: usize = 400_000;
 /// keepalives do not count: they reach sshd, not the receiver.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The size asked for the receiver's pipes from sshd (the kernel's default
+/// limit for an unprivileged process, `/proc/sys/fs/pipe-max-size`).
+const PIPE_BYTES: i32 = 1 << 20;
+
 /// One end of the receiver's channel (its stdin or stdout, a pipe from
 /// sshd) with an idle timeout: each read or write waits at most `idle` for
 /// the descriptor to become ready, then fails with "peer unreachable".
@@ -61,6 +65,11 @@ impl IdleTimeoutFd {
         let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+        // A pipe from sshd holds 64 KiB: a large file then moves in 64 KiB
+        // turns of sshd and the receiver, each a wake-up that waits for a
+        // CPU on a busy node. 1 MiB lets sshd decrypt ahead while the
+        // receiver hashes and writes. Best effort (not a pipe: nothing to do).
+        let _ = fcntl(file.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
         Ok(IdleTimeoutFd { file, idle, what })
     }
 

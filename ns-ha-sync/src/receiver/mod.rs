@@ -79,6 +79,9 @@ struct Txn {
     bytes: u64,
     /// Where each file is staged (one dir per filesystem).
     areas: staging::StagingAreas,
+    /// Large staged files whose writeback started while they arrived:
+    /// waited for (and their errors checked) by the commit.
+    writebacks: Vec<(String, staging::Writeback)>,
 }
 
 /// The node-side context of a sync op: config, rules, state.

@@ -272,6 +272,7 @@ impl Receiver<'_> {
             files: 0,
             bytes: 0,
             areas,
+            writebacks: Vec::new(),
         });
         self.spans
             .mark("backup: begin (checks, staging dirs, attempt marker)");

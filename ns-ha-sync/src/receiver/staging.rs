@@ -80,7 +80,15 @@ impl Receiver<'_> {
             Ok(f) => (Some(f), None),
             Err(e) => (None, Some(e)),
         };
-        let (file, write_err, got) = receive_blob(r, size, file)?;
+        let writeback = txn.writebacks.len() < MAX_WRITEBACKS;
+        let Received {
+            file,
+            write_err,
+            sha256: got,
+            writeback,
+        } = receive_blob_with(r, size, file, writeback)?;
+        txn.writebacks
+            .extend(writeback.map(|wb| (path.clone(), wb)));
         let outcome = (|| -> Result<()> {
             if let Some(e) = open_err.or(write_err) {
                 return Err(e).with_context(|| format!("staging {path}"));
@@ -337,12 +345,37 @@ pub(super) fn receive_blob<R: Read>(
     size: u64,
     mut file: Option<fs::File>,
 ) -> Result<(Option<fs::File>, Option<std::io::Error>, String)> {
+    receive_blob_with(r, size, file.take(), false).map(|b| (b.file, b.write_err, b.sha256))
+}
+
+/// What [`receive_blob_with`] received.
+struct Received {
+    file: Option<fs::File>,
+    write_err: Option<std::io::Error>,
+    sha256: String,
+    /// The file's writeback, started while it arrived.
+    writeback: Option<Writeback>,
+}
+
+/// [`receive_blob`], with the writeback of a large file started while it
+/// arrives when `writeback` (see [`Writeback`]).
+fn receive_blob_with<R: Read>(
+    r: &mut R,
+    size: u64,
+    mut file: Option<fs::File>,
+    writeback: bool,
+) -> Result<Received> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     // 1 MiB a read and a write: a large file costs few system calls.
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     let mut write_err = None;
+    let writeback = file
+        .as_ref()
+        .filter(|_| writeback && size >= WRITEBACK_MIN)
+        .and_then(Writeback::start);
+    let mut unsynced = 0u64;
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
         let n = r.read(&mut buf[..want]).context("receiving file data")?;
@@ -361,8 +394,74 @@ pub(super) fn receive_blob<R: Read>(
             }
         }
         left -= n as u64;
+        unsynced += n as u64;
+        if unsynced >= WRITEBACK_EVERY {
+            if let Some(wb) = writeback.as_ref() {
+                wb.kick();
+            }
+            unsynced = 0;
+        }
     }
-    Ok((file, write_err, hex(&hasher.finalize())))
+    if let Some(wb) = writeback.as_ref() {
+        wb.kick();
+    }
+    Ok(Received {
+        file,
+        write_err,
+        sha256: hex(&hasher.finalize()),
+        writeback,
+    })
+}
+
+/// Files from this size on start their writeback while they arrive.
+const WRITEBACK_MIN: u64 = 4 << 20;
+/// Bytes of a large file written between two starts of its writeback.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+/// Most writeback threads of one transaction (the commit's fsync takes
+/// care of the files beyond).
+pub(super) const MAX_WRITEBACKS: usize = 32;
+
+/// The writeback of a large staged file, started while it is received: an
+/// `fdatasync` on a thread of its own every [`WRITEBACK_EVERY`] bytes and
+/// once it is whole, so the disk writes while the rest of the transaction
+/// arrives and the commit's fsync (which still decides durability) finds
+/// little left to write: 500 MB waited about a second there. The commit
+/// waits for it first; an error it met fails the transaction (the fsync of
+/// another descriptor later would not see that error again).
+pub(super) struct Writeback {
+    kick: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<Option<std::io::Error>>,
+}
+
+impl Writeback {
+    fn start(file: &fs::File) -> Option<Writeback> {
+        let file = file.try_clone().ok()?;
+        let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                while kicked.recv().is_ok() {
+                    if let Err(e) = file.sync_data() {
+                        return Some(e);
+                    }
+                }
+                None
+            })
+            .ok()?;
+        Some(Writeback { kick, thread })
+    }
+
+    /// Start a writeback unless one is still running (it takes what is
+    /// dirty when it starts).
+    fn kick(&self) {
+        let _ = self.kick.try_send(());
+    }
+
+    /// Wait for the writeback in flight; the error it met, if any.
+    pub(super) fn finish(self) -> Option<std::io::Error> {
+        drop(self.kick);
+        self.thread.join().ok().flatten()
+    }
 }
 
 /// Where a transaction stages each target: `staging/` for the targets on
