@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ns_ha_common::config::{ClusterConfig, NodeConfig};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::net::InterfaceSource;
-use ns_ha_common::proto::{call, read_msg, write_msg, Reply, CHUNK_BYTES};
+use ns_ha_common::proto::{call, call_packed, pack, read_msg, write_msg, Reply, CHUNK_BYTES};
 use ns_ha_common::ssh::PeerSession;
 use ns_ha_common::{peer, NodeRoot};
 
@@ -31,7 +31,7 @@ use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter, Spans};
 use crate::wire::{
     BeginReply, BeginRequest, CommitReply, DeltaReply, ManifestPart, ManifestReply, SignatureReply,
-    SyncRequest, MAX_ENTRIES,
+    SyncRequest, BATCH_BYTES, BATCH_FILE, MAX_ENTRIES,
 };
 
 /// A byte stream to the backup's receiver.
@@ -621,6 +621,8 @@ fn transfer<C: Read + Write>(
     // Frames are coalesced: one SSH packet per small file would cost a
     // round of the channel machinery each.
     let mut out = std::io::BufWriter::with_capacity(SEND_BUFFER, &mut *ch);
+    // Frames of small files, sent packed every BATCH_BYTES (send_batch).
+    let mut batch = Vec::new();
     let mut changed_meanwhile = false;
     for c in changes.iter().filter(|c| c.data && !kept.contains(&c.path)) {
         let role_managed = set.is_role_managed(&c.path);
@@ -631,10 +633,25 @@ fn transfer<C: Read + Write>(
             .and_then(|p| p.sha256.as_deref());
         let unchanged = match base {
             Some(base) => {
+                send_batch(&mut batch, &mut out)?;
                 out.flush().context("sending file data")?;
                 send_delta(root, out.get_mut(), c, base)?
             }
-            None => send_file(root, &mut out, c, role_managed)?,
+            None if c.entry.size <= BATCH_FILE && !crash::armed("file-half") => {
+                let unchanged = send_file(root, &mut batch, c, role_managed)?;
+                if batch.len() >= BATCH_BYTES {
+                    send_batch(&mut batch, &mut out)?;
+                }
+                unchanged
+            }
+            None if !role_managed && !crash::armed("file-half") => {
+                send_batch(&mut batch, &mut out)?;
+                send_large_file(root, &mut out, c)?
+            }
+            None => {
+                send_batch(&mut batch, &mut out)?;
+                send_file(root, &mut out, c, role_managed)?
+            }
         };
         if !unchanged {
             changed_meanwhile = true;
@@ -643,9 +660,13 @@ fn transfer<C: Read + Write>(
         rep.files += 1;
         progress.files = rep.files;
         if crash::armed("file") {
+            send_batch(&mut batch, &mut out)?;
             out.flush()?;
             crash::point("file");
         }
+    }
+    if !changed_meanwhile {
+        send_batch(&mut batch, &mut out)?;
     }
     out.flush().context("sending file data")?;
     drop(out);
@@ -700,7 +721,7 @@ fn next_generation(backup: u64, pushed: u64, state_dir: &str) -> Result<u64> {
 pub fn open_transaction<C: Read + Write>(ch: &mut C, req: BeginRequest) -> Result<BeginReply> {
     let mut reply = BeginReply::default();
     for chunk in req.into_chunks(CHUNK_BYTES) {
-        reply = call(ch, &SyncRequest::Begin(chunk))?;
+        reply = call_packed(ch, &SyncRequest::Begin(chunk))?;
     }
     Ok(reply)
 }
@@ -725,7 +746,8 @@ fn save_pushed(
     )
 }
 
-/// The frame that announces `c`'s content (its bytes follow).
+/// The frame that announces `c`'s content (its bytes follow; its hash is
+/// the one `begin` announced).
 fn file_header(c: &Change) -> Result<Vec<u8>> {
     // A buffer: write_msg flushes, which would defeat coalescing.
     let mut header = Vec::new();
@@ -734,10 +756,38 @@ fn file_header(c: &Change) -> Result<Vec<u8>> {
         &SyncRequest::File {
             path: c.path.clone(),
             size: c.entry.size,
-            sha256: c.entry.sha256.clone().unwrap_or_default(),
+            sha256: None,
         },
     )?;
     Ok(header)
+}
+
+/// Send the gathered `file` frames of small files (and empty `batch`):
+/// one `files` frame when they pack (config text shrinks several times),
+/// else the frames as they are.
+fn send_batch<W: Write>(batch: &mut Vec<u8>, out: &mut W) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match pack(batch) {
+        Some(packed) => {
+            // A buffer: write_msg flushes, which would defeat coalescing.
+            let mut header = Vec::new();
+            write_msg(
+                &mut header,
+                &SyncRequest::Files {
+                    len: packed.len() as u64,
+                    raw: batch.len() as u64,
+                },
+            )?;
+            out.write_all(&header)
+                .and_then(|()| out.write_all(&packed))
+                .context("sending a batch of files")?;
+        }
+        None => out.write_all(batch).context("sending file data")?,
+    }
+    batch.clear();
+    Ok(())
 }
 
 /// Largest block signature accepted from the backup (one of a
@@ -880,9 +930,50 @@ fn send_file<C: Write>(
     Ok(got == want)
 }
 
+/// Send a large file's frame without hashing it again: it is unchanged
+/// since the scan hashed it when its size and mtime are the scanned ones
+/// and its status (size, times, inode) is the same after the last byte was
+/// read as when it was opened (any write changes its ctime). Hashing 500 MB
+/// a second time cost a quarter of a second of CPU, which the backup's
+/// own sha256 check makes redundant: a file rewritten behind a restored
+/// mtime between the scan and the open fails that check, and nothing is
+/// applied. `false` when the file changed (the frame is completed; the
+/// caller aborts).
+fn send_large_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<bool> {
+    use crate::manifest::{mtime_ns, Stamp};
+    let size = c.entry.size;
+    ch.write_all(&file_header(c)?)
+        .context("sending file header")?;
+    let path = root.path(&c.path);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path);
+    let mut sent = 0u64;
+    let mut unchanged = false;
+    if let Ok(f) = file {
+        let opened = f.metadata().ok();
+        sent =
+            copy_large(&mut Read::by_ref(&mut &f).take(size), ch).context("sending file data")?;
+        let now = f.metadata().ok().map(|md| Stamp::of(&md));
+        unchanged = sent == size
+            && opened.as_ref().is_some_and(|md| {
+                md.len() == size && mtime_ns(md) == c.entry.mtime_ns && now == Some(Stamp::of(md))
+            });
+    }
+    // A file that shrank or vanished: fill the announced length (the caller aborts).
+    let zeros = [0u8; 8192];
+    while sent < size {
+        let n = (size - sent).min(zeros.len() as u64) as usize;
+        ch.write_all(&zeros[..n]).context("sending file data")?;
+        sent += n as u64;
+    }
+    Ok(unchanged)
+}
+
 /// Bytes read from a file per system call while sending: `std::io::copy`
 /// reads 8 KiB at a time, which costs a 500 MB file 64,000 reads.
-const SEND_BUFFER: usize = 256 << 10;
+const SEND_BUFFER: usize = 1 << 20;
 
 /// Copy `r` to `w` through a [`SEND_BUFFER`]; the bytes copied.
 fn copy_large<R: Read, W: Write>(r: &mut R, w: &mut W) -> std::io::Result<u64> {

@@ -2,7 +2,8 @@
 //!
 //! A push is one channel: `hello` (pairing control op), `manifest`, `begin`,
 //! a `file` frame (JSON header + raw bytes, no reply) per file whose content
-//! changed, then `commit` (or `abort`); or, when the manifests show nothing
+//! changed (small files several at a time in a deflated `files` batch of
+//! such frames), then `commit` (or `abort`); or, when the manifests show nothing
 //! to send, `in-sync` instead of a transaction, so the backup records the
 //! check as its last attempt too. `status` can be asked any time after
 //! `hello`. Files are streamed without a round trip each; any problem with
@@ -24,6 +25,15 @@ use ns_ha_common::exit::{io_failure, Code};
 
 use crate::manifest::{Change, Drift, Manifest};
 
+/// Raw bytes of `file` frames the sender gathers into one `files` batch.
+pub const BATCH_BYTES: usize = 1 << 20;
+/// The most a `files` batch may be, packed or unpacked (the receiver refuses more).
+pub const MAX_BATCH: u64 = 4 << 20;
+/// Files up to this size travel in batches; larger ones in a `file` frame
+/// of their own, never packed (a large file is read, hashed and sent at
+/// disk speed; packing would cost more time than the link saves).
+pub const BATCH_FILE: u64 = 64 << 10;
+
 /// Most entries a manifest or a transaction may carry: what bounds the
 /// memory either side spends on what the other sends (README, "Limits").
 pub const MAX_ENTRIES: usize = 400_000;
@@ -33,6 +43,10 @@ pub const MAX_ENTRIES: usize = 400_000;
 /// hold the backup's sync lock until TCP notices (hours). The sender's SSH
 /// keepalives do not count: they reach sshd, not the receiver.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The size asked for the receiver's pipes from sshd (the kernel's default
+/// limit for an unprivileged process, `/proc/sys/fs/pipe-max-size`).
+const PIPE_BYTES: i32 = 1 << 20;
 
 /// One end of the receiver's channel (its stdin or stdout, a pipe from
 /// sshd) with an idle timeout: each read or write waits at most `idle` for
@@ -51,6 +65,11 @@ impl IdleTimeoutFd {
         let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+        // A pipe from sshd holds 64 KiB: a large file then moves in 64 KiB
+        // turns of sshd and the receiver, each a wake-up that waits for a
+        // CPU on a busy node. 1 MiB lets sshd decrypt ahead while the
+        // receiver hashes and writes. Best effort (not a pipe: nothing to do).
+        let _ = fcntl(file.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
         Ok(IdleTimeoutFd { file, idle, what })
     }
 
@@ -115,6 +134,7 @@ pub const SYNC_OPS: &[&str] = &[
     "manifest",
     "begin",
     "file",
+    "files",
     "signature",
     "delta",
     "commit",
@@ -137,11 +157,18 @@ pub enum SyncRequest {
     /// the backup checks them all before taking any data.
     Begin(BeginRequest),
     /// The content of an announced file follows this frame (`size` bytes).
+    /// `sha256` may be left out: it is the one `begin` announced (sent
+    /// again, it cost 10,000 small files 700 KB).
     File {
         path: String,
         size: u64,
-        sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
     },
+    /// A batch of `file` frames (small files), deflated: `len` bytes follow
+    /// this frame, which unpack to exactly `raw` bytes of frames. No reply,
+    /// like `file`.
+    Files { len: u64, raw: u64 },
     /// The block signature of the backup's copy of an announced file, if
     /// that copy's content is `base_sha256` (what the sender diffs against).
     /// Answered with a [`SignatureReply`], the signature's bytes after it.

@@ -56,9 +56,20 @@ fn encode(frames: &[Frame]) -> Vec<u8> {
     frames.iter().flat_map(|f| frame(&f.msg, &f.blob)).collect()
 }
 
+/// The frames of a recorded stream; a `files` batch becomes the `file`
+/// frames it packs (each is a frame of its own on the wire too), so that
+/// the damage reaches single files.
 fn decode(mut bytes: &[u8]) -> Vec<Frame> {
     let mut out = Vec::new();
     while let Some(msg) = ns_ha_common::proto::read_value(&mut bytes).unwrap() {
+        if msg["op"] == "files" {
+            let len = msg["len"].as_u64().unwrap() as usize;
+            let raw = msg["raw"].as_u64().unwrap() as usize;
+            let frames = ns_ha_common::proto::unpack(&bytes[..len], raw).unwrap();
+            out.extend(decode(&frames));
+            bytes = &bytes[len..];
+            continue;
+        }
         let size = if msg["op"] == "file" {
             msg["size"].as_u64().unwrap() as usize
         } else {

@@ -415,9 +415,11 @@ fn a_stream_cut_anywhere_leaves_one_generation() {
     let mut link = ThreadLink::new(&measure.backup);
     do_push(&measure, &mut link, PushOptions::default()).unwrap();
     let old = snapshot(&measure.backup, TOPS);
+    // The firewall file is larger than a batch takes (a frame of its own),
+    // the others go in one packed `files` batch.
     let change = |p: &Pair| {
-        write(&p.primary, "/etc/config/firewall", &"rule\n".repeat(5000));
-        write(&p.primary, "/etc/config/dhcp", "v2\n");
+        write(&p.primary, "/etc/config/firewall", &"rule\n".repeat(16_000));
+        write(&p.primary, "/etc/config/dhcp", &"option v2\n".repeat(200));
         chmod(&p.primary, "/etc/passwd", 0o600);
         std::fs::remove_file(p.primary.path("/etc/extra/a/b/deep")).unwrap();
         write(&p.primary, "/etc/extra/c", "new\n");
@@ -622,4 +624,144 @@ fn the_manifest_answer_reads_the_baseline_only_when_the_backup_changed() {
     let view = local_view(&p.backup, &set, &state).unwrap();
     assert!(view.baseline.is_empty());
     assert_eq!(view.drift.len(), view.current.len());
+}
+
+/// A `files` frame announcing `raw` unpacked bytes, and its packed bytes.
+fn batch(frames: &[u8], raw: usize) -> Vec<u8> {
+    let packed = ns_ha_common::proto::pack(frames).expect("the frames pack");
+    frame(
+        &json!({"op": "files", "len": packed.len(), "raw": raw}),
+        &packed,
+    )
+}
+
+#[test]
+fn a_batch_of_small_files_is_staged_like_single_frames_and_checked_the_same() {
+    let p = pair();
+    let data = b"option name 'lan'\n".repeat(40);
+    let changes = json!([
+        {"path": "/etc/config/a", "entry": file_entry(&data), "data": true},
+        {"path": "/etc/config/b", "entry": file_entry(&data), "data": true}
+    ]);
+    // Without the hash (it is begin's) or with the announced one.
+    let inner = [
+        frame(
+            &json!({"op": "file", "path": "/etc/config/a", "size": data.len()}),
+            &data,
+        ),
+        frame(
+            &json!({"op": "file", "path": "/etc/config/b", "size": data.len(), "sha256": sha(&data)}),
+            &data,
+        ),
+    ]
+    .concat();
+    let script = [
+        hello_frame(CLUSTER_ID),
+        begin(1, 0, changes.clone()),
+        batch(&inner, inner.len()),
+        frame(&json!({"op": "commit"}), b""),
+    ]
+    .concat();
+    let replies = session(&p.backup, &script);
+    assert!(replies.iter().all(|r| r.ok), "{replies:?}");
+    assert_eq!(read(&p.backup, "/etc/config/a").as_bytes(), &data[..]);
+    assert_eq!(read(&p.backup, "/etc/config/b").as_bytes(), &data[..]);
+    assert_eq!(generation(&p.backup), 1);
+
+    // A file in a batch that is not what begin announced: nothing applied.
+    let q = pair();
+    let forged = b"option name 'wan'\n".repeat(40);
+    let inner = [
+        frame(
+            &json!({"op": "file", "path": "/etc/config/a", "size": data.len()}),
+            &data,
+        ),
+        frame(
+            &json!({"op": "file", "path": "/etc/config/b", "size": forged.len()}),
+            &forged,
+        ),
+    ]
+    .concat();
+    refused(
+        &q,
+        vec![
+            hello_frame(CLUSTER_ID),
+            begin(1, 0, changes.clone()),
+            batch(&inner, inner.len()),
+            frame(&json!({"op": "commit"}), b""),
+        ],
+        Code::Security,
+        "hash mismatch for /etc/config/b",
+    );
+    // A batch that unpacks to more than it announced, or holds another
+    // op, ends the channel without applying anything.
+    let inner = frame(
+        &json!({"op": "file", "path": "/etc/config/a", "size": data.len()}),
+        &data,
+    );
+    refused(
+        &q,
+        vec![
+            hello_frame(CLUSTER_ID),
+            begin(1, 0, changes.clone()),
+            batch(&inner, inner.len() - 1),
+            frame(&json!({"op": "commit"}), b""),
+        ],
+        Code::Security,
+        "unpacks to more than",
+    );
+    let commit = frame(&json!({"op": "commit"}), b"").repeat(30);
+    refused(
+        &q,
+        vec![
+            hello_frame(CLUSTER_ID),
+            begin(1, 0, changes.clone()),
+            batch(&commit, commit.len()),
+        ],
+        Code::Peer,
+        "only file frames",
+    );
+    refused(
+        &q,
+        vec![
+            hello_frame(CLUSTER_ID),
+            begin(1, 0, changes),
+            frame(&json!({"op": "files", "len": 5 << 20, "raw": 10}), b""),
+        ],
+        Code::Security,
+        "batch of 5242880 bytes",
+    );
+}
+
+/// Large files take their own path on both sides (sent without a second
+/// hash, written back while they arrive): the backup still gets exactly
+/// the primary's bytes, and a push converges after the file changes.
+#[test]
+fn large_files_arrive_whole_and_verified() {
+    let p = pair();
+    seed(&p);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let big = noise(9 << 20);
+    std::fs::write(p.primary.path("/etc/extra/big"), &big).unwrap();
+    let mut link = ThreadLink::new(&p.backup);
+    let rep = do_push(&p, &mut link, PushOptions::default()).unwrap();
+    assert!(rep.bytes_sent > 9 << 20, "{}", rep.bytes_sent);
+    assert_eq!(std::fs::read(p.backup.path("/etc/extra/big")).unwrap(), big);
+    let other = noise(6 << 20);
+    std::fs::write(p.primary.path("/etc/extra/big"), &other).unwrap();
+    do_push(&p, &mut link, PushOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read(p.backup.path("/etc/extra/big")).unwrap(),
+        other
+    );
 }

@@ -27,6 +27,12 @@ impl Receiver<'_> {
             let _ = journal::clear_staging(&ctx.state);
             Err(e)
         };
+        for (path, wb) in std::mem::take(&mut txn.writebacks) {
+            if let Some(e) = wb.finish() {
+                let e = anyhow::Error::from(e).context(format!("staging {path}"));
+                txn.failed.get_or_insert(e);
+            }
+        }
         if let Some(e) = txn.failed.take() {
             return fail_txn(e);
         }

@@ -79,6 +79,9 @@ struct Txn {
     bytes: u64,
     /// Where each file is staged (one dir per filesystem).
     areas: staging::StagingAreas,
+    /// Large staged files whose writeback started while they arrived:
+    /// waited for (and their errors checked) by the commit.
+    writebacks: Vec<(String, staging::Writeback)>,
 }
 
 /// The node-side context of a sync op: config, rules, state.
@@ -219,8 +222,13 @@ impl<'a> Receiver<'a> {
                 write_msg(w, &reply)?;
                 return Ok(());
             }
-            if op == "file" {
-                if let Err(e) = self.file(v, r) {
+            if op == "file" || op == "files" {
+                let received = if op == "file" {
+                    self.file(v, r)
+                } else {
+                    self.files(v, r)
+                };
+                if let Err(e) = received {
                     let _ = write_msg(w, &Reply::from_error(&e));
                     return Err(e);
                 }
@@ -332,6 +340,7 @@ impl<'a> Receiver<'a> {
                 serde_json::to_value(st)?
             }
             SyncRequest::File { .. }
+            | SyncRequest::Files { .. }
             | SyncRequest::Signature { .. }
             | SyncRequest::Delta { .. } => {
                 return Err(fail(Code::Peer, format!("{op} frame out of place")))

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use ns_ha_common::exit::{fail, Code};
 use ns_ha_common::fsutil::NodeLock;
-use ns_ha_common::proto::{write_msg, Reply, CHUNK_BYTES};
+use ns_ha_common::proto::{write_msg, write_packed, Reply, CHUNK_BYTES};
 use ns_ha_common::NodeRoot;
 
 use super::staging::prepare_staging;
@@ -106,7 +106,7 @@ impl Receiver<'_> {
             size += p.len() + encoded_len(e);
             part.entries.insert(p.clone(), e.clone());
             if size >= CHUNK_BYTES {
-                write_msg(w, &Reply::ok(&part))?;
+                write_packed(w, &Reply::ok(&part))?;
                 part.entries.clear();
                 size = 0;
             }
@@ -115,14 +115,14 @@ impl Receiver<'_> {
             size += encoded_len(d);
             part.drift.push(d.clone());
             if size >= CHUNK_BYTES {
-                write_msg(w, &Reply::ok(&part))?;
+                write_packed(w, &Reply::ok(&part))?;
                 part.entries.clear();
                 part.drift.clear();
                 size = 0;
             }
         }
         part.more = false;
-        write_msg(w, &Reply::ok(&part))
+        write_packed(w, &Reply::ok(&part))
     }
 
     /// One `begin` chunk: the first checks the header and takes the lock and
@@ -272,6 +272,7 @@ impl Receiver<'_> {
             files: 0,
             bytes: 0,
             areas,
+            writebacks: Vec::new(),
         });
         self.spans
             .mark("backup: begin (checks, staging dirs, attempt marker)");

@@ -22,10 +22,11 @@ use super::{Receiver, Txn, MAX_FILE};
 use crate::crash;
 use crate::delta;
 use crate::journal::{self, set_file_meta};
+use crate::manifest::Entry;
 use crate::state::{StateDir, OTHER_STAGING, OTHER_STAGING_LIST};
 use crate::util::{hex, sha256_hex};
-use crate::wire::{DeltaReply, SignatureReply, SyncRequest};
-use ns_ha_common::proto::{write_msg, Reply};
+use crate::wire::{DeltaReply, SignatureReply, SyncRequest, MAX_BATCH};
+use ns_ha_common::proto::{read_value, unpack, write_msg, Reply};
 
 impl Receiver<'_> {
     /// A `file` frame: stage its content. Problems with the file fail the
@@ -47,11 +48,18 @@ impl Receiver<'_> {
             return Err(fail(Code::Peer, "file frame without an open transaction"));
         };
         let announced = txn.changes.get(&path).map(|c| c.entry.clone());
-        let staged = match (txn.pending.remove(&path), announced) {
-            (Some(name), Some(e))
-                if e.size == size && e.sha256.as_deref() == Some(sha256.as_str()) =>
-            {
-                name
+        // The hash the content must have: the announced one (a frame that
+        // names one must name that one).
+        let (staged, sha256) = match (txn.pending.remove(&path), announced) {
+            (
+                Some(name),
+                Some(Entry {
+                    size: announced_size,
+                    sha256: Some(announced_hash),
+                    ..
+                }),
+            ) if announced_size == size && sha256.iter().all(|h| *h == announced_hash) => {
+                (name, announced_hash)
             }
             _ => {
                 receive_blob(r, size, None)?;
@@ -72,7 +80,15 @@ impl Receiver<'_> {
             Ok(f) => (Some(f), None),
             Err(e) => (None, Some(e)),
         };
-        let (file, write_err, got) = receive_blob(r, size, file)?;
+        let writeback = txn.writebacks.len() < MAX_WRITEBACKS;
+        let Received {
+            file,
+            write_err,
+            sha256: got,
+            writeback,
+        } = receive_blob_with(r, size, file, writeback)?;
+        txn.writebacks
+            .extend(writeback.map(|wb| (path.clone(), wb)));
         let outcome = (|| -> Result<()> {
             if let Some(e) = open_err.or(write_err) {
                 return Err(e).with_context(|| format!("staging {path}"));
@@ -102,6 +118,41 @@ impl Receiver<'_> {
             }
         }
         crash::point("file");
+        Ok(())
+    }
+
+    /// A `files` batch: unpack it and stage each `file` frame in it. Like a
+    /// `file` frame, an error returned here (a malformed or oversized batch)
+    /// ends the channel; a problem with one file fails the transaction.
+    pub(super) fn files<R: Read>(&mut self, v: serde_json::Value, r: &mut R) -> Result<()> {
+        let SyncRequest::Files { len, raw } = serde_json::from_value(v)
+            .map_err(|e| fail(Code::Peer, format!("malformed files frame: {e}")))?
+        else {
+            return Err(fail(Code::Peer, "malformed files frame"));
+        };
+        if len > MAX_BATCH || raw > MAX_BATCH {
+            return Err(fail(
+                Code::Security,
+                format!("batch of {len} bytes unpacking to {raw} bytes refused: the limit is {MAX_BATCH}"),
+            ));
+        }
+        let mut packed = vec![0u8; len as usize];
+        r.read_exact(&mut packed)
+            .context("receiving a batch of files")?;
+        let frames = unpack(&packed, raw as usize)?;
+        if frames.len() as u64 != raw {
+            return Err(fail(
+                Code::Peer,
+                format!("batch unpacked to {} bytes, {raw} announced", frames.len()),
+            ));
+        }
+        let mut cursor = &frames[..];
+        while let Some(v) = read_value(&mut cursor)? {
+            if v.get("op").and_then(|o| o.as_str()) != Some("file") {
+                return Err(fail(Code::Peer, "a batch holds only file frames"));
+            }
+            self.file(v, &mut cursor)?;
+        }
         Ok(())
     }
 }
@@ -294,12 +345,37 @@ pub(super) fn receive_blob<R: Read>(
     size: u64,
     mut file: Option<fs::File>,
 ) -> Result<(Option<fs::File>, Option<std::io::Error>, String)> {
+    receive_blob_with(r, size, file.take(), false).map(|b| (b.file, b.write_err, b.sha256))
+}
+
+/// What [`receive_blob_with`] received.
+struct Received {
+    file: Option<fs::File>,
+    write_err: Option<std::io::Error>,
+    sha256: String,
+    /// The file's writeback, started while it arrived.
+    writeback: Option<Writeback>,
+}
+
+/// [`receive_blob`], with the writeback of a large file started while it
+/// arrives when `writeback` (see [`Writeback`]).
+fn receive_blob_with<R: Read>(
+    r: &mut R,
+    size: u64,
+    mut file: Option<fs::File>,
+    writeback: bool,
+) -> Result<Received> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     // 1 MiB a read and a write: a large file costs few system calls.
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     let mut write_err = None;
+    let writeback = file
+        .as_ref()
+        .filter(|_| writeback && size >= WRITEBACK_MIN)
+        .and_then(Writeback::start);
+    let mut unsynced = 0u64;
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
         let n = r.read(&mut buf[..want]).context("receiving file data")?;
@@ -318,8 +394,74 @@ pub(super) fn receive_blob<R: Read>(
             }
         }
         left -= n as u64;
+        unsynced += n as u64;
+        if unsynced >= WRITEBACK_EVERY {
+            if let Some(wb) = writeback.as_ref() {
+                wb.kick();
+            }
+            unsynced = 0;
+        }
     }
-    Ok((file, write_err, hex(&hasher.finalize())))
+    if let Some(wb) = writeback.as_ref() {
+        wb.kick();
+    }
+    Ok(Received {
+        file,
+        write_err,
+        sha256: hex(&hasher.finalize()),
+        writeback,
+    })
+}
+
+/// Files from this size on start their writeback while they arrive.
+const WRITEBACK_MIN: u64 = 4 << 20;
+/// Bytes of a large file written between two starts of its writeback.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+/// Most writeback threads of one transaction (the commit's fsync takes
+/// care of the files beyond).
+pub(super) const MAX_WRITEBACKS: usize = 32;
+
+/// The writeback of a large staged file, started while it is received: an
+/// `fdatasync` on a thread of its own every [`WRITEBACK_EVERY`] bytes and
+/// once it is whole, so the disk writes while the rest of the transaction
+/// arrives and the commit's fsync (which still decides durability) finds
+/// little left to write: 500 MB waited about a second there. The commit
+/// waits for it first; an error it met fails the transaction (the fsync of
+/// another descriptor later would not see that error again).
+pub(super) struct Writeback {
+    kick: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<Option<std::io::Error>>,
+}
+
+impl Writeback {
+    fn start(file: &fs::File) -> Option<Writeback> {
+        let file = file.try_clone().ok()?;
+        let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                while kicked.recv().is_ok() {
+                    if let Err(e) = file.sync_data() {
+                        return Some(e);
+                    }
+                }
+                None
+            })
+            .ok()?;
+        Some(Writeback { kick, thread })
+    }
+
+    /// Start a writeback unless one is still running (it takes what is
+    /// dirty when it starts).
+    fn kick(&self) {
+        let _ = self.kick.try_send(());
+    }
+
+    /// Wait for the writeback in flight; the error it met, if any.
+    pub(super) fn finish(self) -> Option<std::io::Error> {
+        drop(self.kick);
+        self.thread.join().ok().flatten()
+    }
 }
 
 /// Where a transaction stages each target: `staging/` for the targets on
