@@ -25,7 +25,9 @@ use ns_ha_common::{peer, NodeRoot};
 
 use crate::crash;
 use crate::delta;
-use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Kind, Manifest};
+use crate::manifest::{
+    describe, diff, digest, scan, Change, Drift, HashCache, Kind, LiveScan, Manifest,
+};
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter, Spans};
@@ -250,23 +252,34 @@ fn scan_local(
     root: &NodeRoot,
     set: &SyncSet,
     state: &StateDir,
+    live: Option<&mut LiveScan>,
     spans: &mut Spans,
 ) -> Result<Local> {
-    let mut cache = HashCache::load(&state.cache());
-    spans.mark("hash cache loaded");
-    let s = scan(root, set, &mut cache, false)?;
-    spans.mark("scan");
-    if let Err(e) = cache.save(&state.cache()) {
-        log::warn!("cannot save the hash cache: {e:#}");
-    }
-    spans.mark("hash cache saved");
-    for (p, why) in &s.refused {
+    let (manifest, refused) = match live {
+        Some(live) => {
+            let s = live.current(root, set, &state.cache())?;
+            spans.mark("scan (kept by watch: the paths inotify reported)");
+            (s.manifest.clone(), s.refused.clone())
+        }
+        None => {
+            let mut cache = HashCache::load(&state.cache());
+            spans.mark("hash cache loaded");
+            let s = scan(root, set, &mut cache, false)?;
+            spans.mark("scan");
+            if let Err(e) = cache.save(&state.cache()) {
+                log::warn!("cannot save the hash cache: {e:#}");
+            }
+            spans.mark("hash cache saved");
+            (s.manifest, s.refused)
+        }
+    };
+    for (p, why) in &refused {
         log::info!("not synced: {p}: {why}");
     }
     let local = Local {
-        digest: digest(&s.manifest),
-        manifest: s.manifest,
-        refused: s.refused,
+        digest: digest(&manifest),
+        manifest,
+        refused,
     };
     spans.mark("manifest digest");
     Ok(local)
@@ -282,6 +295,19 @@ pub fn push(
     cluster: &ClusterConfig,
     link: &mut dyn Link,
     opts: PushOptions,
+) -> Result<PushReport> {
+    push_with(root, cluster, link, opts, None)
+}
+
+/// [`push`] with the scan `watch` keeps (`live`): only the paths inotify
+/// reported since the last push are looked at again. A push that has to
+/// scan again (a file changed while sent) scans the whole set.
+pub fn push_with(
+    root: &NodeRoot,
+    cluster: &ClusterConfig,
+    link: &mut dyn Link,
+    opts: PushOptions,
+    mut live: Option<&mut LiveScan>,
 ) -> Result<PushReport> {
     let started = Instant::now();
     let mut spans = Spans::default();
@@ -302,7 +328,12 @@ pub fn push(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let local = scan_local(root, &set, &state, &mut spans)?;
+        if attempts > 1 {
+            if let Some(l) = live.as_deref_mut() {
+                l.invalidate();
+            }
+        }
+        let local = scan_local(root, &set, &state, live.as_deref_mut(), &mut spans)?;
         let prev = state.read_pushed().unwrap_or_else(|e| {
             log::warn!("{e:#}: the push asks the backup for its whole manifest");
             None
