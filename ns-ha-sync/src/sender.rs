@@ -47,7 +47,15 @@ pub trait Link {
     fn open(&mut self) -> Result<Box<dyn Channel>>;
     /// Forget a connection that failed; the next `open` reconnects.
     fn reset(&mut self) {}
+    /// Take back the channel of a push that succeeded, for the next `open`
+    /// (its receiver then keeps its scan too); dropped by default.
+    fn keep(&mut self, _channel: Box<dyn Channel>) {}
 }
+
+/// How long a channel kept between pushes may stay idle: well within the
+/// receiver's own idle timeout ([`crate::wire::IDLE_TIMEOUT`], 30 s), after
+/// which it has gone.
+const KEEP_IDLE: Duration = Duration::from_secs(20);
 
 /// The SSH link to the paired backup; one session serves every push.
 pub struct SshLink {
@@ -55,6 +63,8 @@ pub struct SshLink {
     node: NodeConfig,
     cluster: ClusterConfig,
     session: Option<PeerSession>,
+    /// The channel of the last push and when it was given back.
+    kept: Option<(Box<dyn Channel>, Instant)>,
 }
 
 impl SshLink {
@@ -64,12 +74,18 @@ impl SshLink {
             node: node.clone(),
             cluster: cluster.clone(),
             session: None,
+            kept: None,
         }
     }
 }
 
 impl Link for SshLink {
     fn open(&mut self) -> Result<Box<dyn Channel>> {
+        if let Some((ch, at)) = self.kept.take() {
+            if at.elapsed() < KEEP_IDLE {
+                return Ok(ch);
+            }
+        }
         if self.session.is_none() {
             self.session = Some(peer::connect(&self.root, &self.node, &self.cluster)?);
         }
@@ -90,7 +106,12 @@ impl Link for SshLink {
     }
 
     fn reset(&mut self) {
+        self.kept = None;
         self.session = None;
+    }
+
+    fn keep(&mut self, channel: Box<dyn Channel>) {
+        self.kept = Some((channel, Instant::now()));
     }
 }
 
@@ -395,13 +416,18 @@ pub fn push_with(
             );
             progress.bytes_sent = ch.sent;
             progress.bytes_received = ch.received;
-            r.map(|x| {
+            let r = r.map(|x| {
                 x.map(|mut rep| {
                     rep.bytes_sent = ch.sent;
                     rep.bytes_received = ch.received;
                     rep
                 })
-            })
+            });
+            // A channel whose push went through (nothing left unread) serves the next.
+            if matches!(r, Ok(Ok(_))) && !opts.dry_run {
+                link.keep(ch.inner);
+            }
+            r
         })();
         progress.duration_ms = started.elapsed().as_millis() as u64;
         match result {

@@ -44,7 +44,9 @@ pub struct WatchOptions<'a> {
     pub max_pushes: Option<u64>,
 }
 
-struct Watches {
+/// inotify watches on every directory of the sync set (also kept by a
+/// backup's receiver serving several pushes on one channel).
+pub(crate) struct Watches {
     inotify: Inotify,
     dirs: HashMap<WatchDescriptor, String>,
 }
@@ -64,7 +66,7 @@ const MASK: AddWatchFlags = AddWatchFlags::from_bits_truncate(
 );
 
 impl Watches {
-    fn new() -> Result<Watches> {
+    pub(crate) fn new() -> Result<Watches> {
         Ok(Watches {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
                 .context("starting inotify")?,
@@ -82,7 +84,7 @@ impl Watches {
     }
 
     /// Watch every directory of the set, and the nearest existing parent of each rule root.
-    fn refresh(&mut self, root: &NodeRoot, set: &SyncSet) {
+    pub(crate) fn refresh(&mut self, root: &NodeRoot, set: &SyncSet) {
         for start in set.walk_roots() {
             let mut anc = Path::new(&start).parent();
             while let Some(a) = anc {
@@ -122,7 +124,7 @@ impl Watches {
     /// Read pending events: (relevant to the set, a directory appeared or
     /// the queue overflowed). Each relevant path is marked in `live`; an
     /// overflow (events lost) makes it scan the whole set.
-    fn drain(&mut self, set: &SyncSet, live: &mut LiveScan) -> (bool, bool) {
+    pub(crate) fn drain(&mut self, set: &SyncSet, live: &mut LiveScan) -> (bool, bool) {
         let (mut relevant, mut rescan) = (false, false);
         while let Ok(events) = self.inotify.read_events() {
             if events.is_empty() {
