@@ -127,8 +127,10 @@ pub enum Command {
     /// one-shot `push`es on this node are handed to it (socket
     /// /run/ns-ha/sync-push.sock, root only) and use that session too.
     Watch {
-        /// Quiet time after a change before pushing, in milliseconds.
-        #[arg(long, default_value_t = 50)]
+        /// Quiet time after a change before pushing, in milliseconds (it
+        /// only coalesces a burst: a file still changing while it is sent
+        /// is scanned and sent again).
+        #[arg(long, default_value_t = 20)]
         debounce_ms: u64,
         /// Push even when this node does not hold the VIPs.
         #[arg(long)]

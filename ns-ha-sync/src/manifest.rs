@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -430,98 +430,256 @@ fn entry_of(
 pub fn scan(root: &NodeRoot, set: &SyncSet, cache: &mut HashCache, list: bool) -> Result<Scan> {
     let mut out = Scan::default();
     for start in set.walk_roots() {
-        let top = root.path(&start);
-        match fs::symlink_metadata(&top) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("inspecting {}", top.display())),
-            Ok(_) => {}
+        scan_tree(root, set, cache, list, &start, &mut out)?;
+    }
+    out.refused.sort();
+    cache.retain(&out.manifest);
+    Ok(out)
+}
+
+/// A scan of the sync set kept in memory between pushes (`watch`): after a
+/// first whole scan, only the paths reported changed (inotify) are looked at
+/// again, so a push costs what changed instead of an `lstat` per file of
+/// the set. Every symlink and refused path is looked at again each time (a
+/// link's verdict depends on the paths it resolves through).
+#[derive(Debug, Default)]
+pub struct LiveScan {
+    scan: Option<Scan>,
+    cache: HashCache,
+    dirty: BTreeSet<String>,
+    /// Whole scans done (tests and logs).
+    pub whole_scans: u64,
+}
+
+impl LiveScan {
+    /// Forget the scan: the next [`LiveScan::current`] scans the whole set
+    /// (events lost: an inotify queue overflow; a periodic recheck).
+    pub fn invalidate(&mut self) {
+        self.scan = None;
+        self.dirty.clear();
+    }
+
+    /// A node path that changed (created, written, deleted, moved, chmod).
+    pub fn touched(&mut self, path: &str) {
+        if self.scan.is_some() {
+            self.dirty.insert(path.to_string());
         }
-        let mut it = walkdir::WalkDir::new(&top)
-            .follow_links(false)
-            .follow_root_links(false)
-            .sort_by_file_name()
-            .into_iter();
-        while let Some(item) = it.next() {
-            let item = match item {
-                Ok(i) => i,
-                // Vanished while walking: it is simply not there.
-                Err(e) if e.io_error().map(|i| i.kind()) == Some(std::io::ErrorKind::NotFound) => {
-                    continue
+    }
+
+    /// The set as it is now: a whole scan the first time (with the hash
+    /// cache at `cache_file`), else the last one with the touched paths
+    /// scanned again.
+    pub fn current(&mut self, root: &NodeRoot, set: &SyncSet, cache_file: &Path) -> Result<&Scan> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let fresh = match self.scan.take() {
+            None => {
+                if self.whole_scans == 0 {
+                    self.cache = HashCache::load(cache_file);
                 }
-                Err(e) => return Err(e).context("walking the sync set"),
-            };
-            let is_dir = item.file_type().is_dir();
-            let rel = item.path().strip_prefix(root.base()).unwrap_or(item.path());
-            let Some(node_path) = rel
-                .to_str()
-                .map(|s| format!("/{}", s.trim_start_matches('/')))
-            else {
-                out.refused.push((
-                    item.path().to_string_lossy().into_owned(),
-                    "name is not UTF-8".into(),
-                ));
-                if is_dir {
-                    it.skip_current_dir();
+                self.whole_scans += 1;
+                let s = scan(root, set, &mut self.cache, false)?;
+                if let Err(e) = self.cache.save(cache_file) {
+                    log::warn!("cannot save the hash cache: {e:#}");
                 }
-                continue;
-            };
-            if check_path(&node_path).is_err() {
-                continue;
+                s
             }
-            let d: Decision = set.decide(&node_path);
-            if !d.synced {
+            Some(mut s) => {
+                rescan(root, set, &mut self.cache, &mut s, dirty)?;
+                s
+            }
+        };
+        Ok(self.scan.insert(fresh))
+    }
+}
+
+/// Bring `out` (a whole scan) up to date for the paths in `dirty`: each is
+/// forgotten with what lies below it and scanned again, from the nearest
+/// path a whole scan would have walked.
+fn rescan(
+    root: &NodeRoot,
+    set: &SyncSet,
+    cache: &mut HashCache,
+    out: &mut Scan,
+    mut dirty: BTreeSet<String>,
+) -> Result<()> {
+    let roots = set.walk_roots();
+    let under = |p: &str, dir: &str| {
+        p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/'
+    };
+    dirty.extend(
+        out.manifest
+            .iter()
+            .filter(|(_, e)| e.kind == Kind::Symlink)
+            .map(|(p, _)| p.clone()),
+    );
+    dirty.extend(out.refused.iter().map(|(p, _)| p.clone()));
+    let mut starts = BTreeSet::new();
+    for p in dirty {
+        if check_path(&p).is_err() {
+            continue;
+        }
+        match roots.iter().find(|r| **r == p || under(&p, r)) {
+            // Only below real directories a whole scan descends: a path
+            // whose parent became a link (or an excluded directory) is
+            // decided by the event of that parent.
+            Some(r) if walked_to(root, set, r, &p) => {
+                starts.insert(p);
+            }
+            Some(_) => {}
+            // A parent of rule roots (their creation): walk those.
+            None => starts.extend(roots.iter().filter(|r| under(r, &p)).cloned()),
+        }
+    }
+    let outer: Vec<&String> = starts
+        .iter()
+        .filter(|p| !starts.iter().any(|o| under(p, o)))
+        .collect();
+    for p in outer {
+        let below = |k: &String| k == p || under(k, p);
+        out.manifest.retain(|k, _| !below(k));
+        out.stamps.retain(|k, _| !below(k));
+        out.refused.retain(|(k, _)| !below(k));
+        scan_tree(root, set, cache, false, p, out)?;
+    }
+    out.refused.sort();
+    Ok(())
+}
+
+/// Whether a whole scan from the rule root `top` reaches `path`: every
+/// directory between them is a real directory (not a link) that the scan
+/// descends.
+fn walked_to(root: &NodeRoot, set: &SyncSet, top: &str, path: &str) -> bool {
+    let mut dir = path;
+    while let Some((parent, _)) = dir.rsplit_once('/') {
+        if parent.len() < top.len() {
+            return true;
+        }
+        let real = fs::symlink_metadata(root.path(parent)).is_ok_and(|m| m.is_dir());
+        if !real || !(set.is_synced(parent) || set.has_include_below(parent)) {
+            return false;
+        }
+        dir = parent;
+    }
+    true
+}
+
+/// Add what lies at and below `start` (a node path) to `out`.
+fn scan_tree(
+    root: &NodeRoot,
+    set: &SyncSet,
+    cache: &mut HashCache,
+    list: bool,
+    start: &str,
+    out: &mut Scan,
+) -> Result<()> {
+    let top = root.path(start);
+    match fs::symlink_metadata(&top) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", top.display())),
+        Ok(_) => {}
+    }
+    let mut it = walkdir::WalkDir::new(&top)
+        .follow_links(false)
+        .follow_root_links(false)
+        .sort_by_file_name()
+        .into_iter();
+    // The rules narrowed to each directory being walked, by depth.
+    let mut views: Vec<crate::rules::DirRules> = Vec::new();
+    while let Some(item) = it.next() {
+        let item = match item {
+            Ok(i) => i,
+            // Vanished while walking: it is simply not there.
+            Err(e) if e.io_error().map(|i| i.kind()) == Some(std::io::ErrorKind::NotFound) => {
+                continue
+            }
+            Err(e) => return Err(e).context("walking the sync set"),
+        };
+        let is_dir = item.file_type().is_dir();
+        // Only the views of this entry's ancestors stay.
+        let depth = item.depth();
+        views.truncate(depth);
+        let rel = item.path().strip_prefix(root.base()).unwrap_or(item.path());
+        let Some(node_path) = rel
+            .to_str()
+            .map(|s| format!("/{}", s.trim_start_matches('/')))
+        else {
+            out.refused.push((
+                item.path().to_string_lossy().into_owned(),
+                "name is not UTF-8".into(),
+            ));
+            if is_dir {
+                it.skip_current_dir();
+            }
+            continue;
+        };
+        if check_path(&node_path).is_err() {
+            continue;
+        }
+        // The rules of the parent directory decide by the entry's name.
+        let parent = depth.checked_sub(1).and_then(|p| views.get(p));
+        let name = node_path.rsplit('/').next().unwrap_or_default();
+        let d: Decision = match parent {
+            Some(v) if views.len() == depth => v.decide(name),
+            _ => set.decide(&node_path),
+        };
+        if is_dir {
+            let view = match parent {
+                Some(v) if views.len() == depth => v.child(name),
+                _ => set.dir_rules(&node_path),
+            };
+            views.push(view);
+        }
+        if !d.synced {
+            if list {
+                out.listed.push(Listed {
+                    path: node_path.clone(),
+                    synced: false,
+                    rule: d
+                        .rule
+                        .map(|r| r.describe())
+                        .unwrap_or_else(|| "no rule".into()),
+                });
+            }
+            if is_dir && !set.has_include_below(&node_path) {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let md = match fs::symlink_metadata(item.path()) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("inspecting {}", item.path().display()))
+            }
+        };
+        match entry_of(root, set, cache, &node_path, item.path(), &md) {
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(e),
+            Ok(Ok(entry)) => {
+                out.stamps.insert(node_path.clone(), Stamp::of(&md));
+                if list {
+                    out.listed.push(Listed {
+                        path: node_path.clone(),
+                        synced: true,
+                        rule: d.rule.map(|r| r.describe()).unwrap_or_default(),
+                    });
+                }
+                out.manifest.insert(node_path, entry);
+            }
+            Ok(Err(why)) => {
+                out.stamps.insert(node_path.clone(), Stamp::of(&md));
                 if list {
                     out.listed.push(Listed {
                         path: node_path.clone(),
                         synced: false,
-                        rule: d
-                            .rule
-                            .map(|r| r.describe())
-                            .unwrap_or_else(|| "no rule".into()),
+                        rule: why.clone(),
                     });
                 }
-                if is_dir && !set.has_include_below(&node_path) {
-                    it.skip_current_dir();
-                }
-                continue;
-            }
-            let md = match fs::symlink_metadata(item.path()) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("inspecting {}", item.path().display()))
-                }
-            };
-            match entry_of(root, set, cache, &node_path, item.path(), &md) {
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(e),
-                Ok(Ok(entry)) => {
-                    out.stamps.insert(node_path.clone(), Stamp::of(&md));
-                    if list {
-                        out.listed.push(Listed {
-                            path: node_path.clone(),
-                            synced: true,
-                            rule: d.rule.map(|r| r.describe()).unwrap_or_default(),
-                        });
-                    }
-                    out.manifest.insert(node_path, entry);
-                }
-                Ok(Err(why)) => {
-                    out.stamps.insert(node_path.clone(), Stamp::of(&md));
-                    if list {
-                        out.listed.push(Listed {
-                            path: node_path.clone(),
-                            synced: false,
-                            rule: why.clone(),
-                        });
-                    }
-                    out.refused.push((node_path, why));
-                }
+                out.refused.push((node_path, why));
             }
         }
     }
-    cache.retain(&out.manifest);
-    Ok(out)
+    Ok(())
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
@@ -684,6 +842,61 @@ mod tests {
             .iter()
             .any(|l| l.path == "/etc/config/network" && !l.synced));
         assert_eq!(cache.hashed, 2);
+    }
+
+    /// `watch` keeps its scan: after the paths inotify reported are looked
+    /// at again it must equal a whole scan, for a write, a new directory
+    /// with files, a deletion, a chmod, a link that now leads outside, and
+    /// a directory replaced by a link; paths not reported are not looked at.
+    #[test]
+    fn a_kept_scan_updated_for_touched_paths_equals_a_whole_scan() {
+        let (d, root, set) = setup();
+        let cfg = root.path("/etc/config");
+        fs::create_dir_all(cfg.join("sub")).unwrap();
+        fs::write(cfg.join("a"), "1").unwrap();
+        fs::write(cfg.join("sub/b"), "2").unwrap();
+        symlink("a", cfg.join("link")).unwrap();
+        let cache_file = d.path().join("hash-cache.json");
+        let whole = |root: &NodeRoot| {
+            let s = scan(root, &set, &mut HashCache::default(), false).unwrap();
+            (s.manifest, s.refused, s.stamps)
+        };
+        let mut live = LiveScan::default();
+        live.current(&root, &set, &cache_file).unwrap();
+        let check = |live: &mut LiveScan, touched: &[&str]| {
+            for t in touched {
+                live.touched(t);
+            }
+            let s = live.current(&root, &set, &cache_file).unwrap();
+            let got = (s.manifest.clone(), s.refused.clone(), s.stamps.clone());
+            assert_eq!(got, whole(&root), "after {touched:?}");
+        };
+        fs::write(cfg.join("a"), "changed").unwrap();
+        check(&mut live, &["/etc/config/a"]);
+        fs::create_dir_all(cfg.join("new/deeper")).unwrap();
+        fs::write(cfg.join("new/deeper/c"), "3").unwrap();
+        check(&mut live, &["/etc/config/new"]);
+        fs::remove_file(cfg.join("sub/b")).unwrap();
+        fs::set_permissions(cfg.join("sub"), fs::Permissions::from_mode(0o700)).unwrap();
+        check(&mut live, &["/etc/config/sub/b", "/etc/config/sub"]);
+        // The link's own path is not reported: its target changed meaning.
+        fs::remove_file(cfg.join("a")).unwrap();
+        symlink("/etc/shadow", cfg.join("a")).unwrap();
+        check(&mut live, &["/etc/config/a"]);
+        // A directory replaced by a link: nothing below it stays, even
+        // when a stale event names a path below it.
+        fs::remove_dir_all(cfg.join("new")).unwrap();
+        symlink("sub", cfg.join("new")).unwrap();
+        check(&mut live, &["/etc/config/new/deeper/c", "/etc/config/new"]);
+        // What is not reported is not looked at (inotify's job).
+        fs::write(root.path("/etc/passwd"), "root:x:0:0").unwrap();
+        let s = live.current(&root, &set, &cache_file).unwrap();
+        assert!(!s.manifest.contains_key("/etc/passwd"));
+        assert_eq!(live.whole_scans, 1);
+        live.invalidate();
+        let s = live.current(&root, &set, &cache_file).unwrap();
+        assert!(s.manifest.contains_key("/etc/passwd"));
+        assert_eq!(live.whole_scans, 2);
     }
 
     #[test]

@@ -109,6 +109,78 @@ pub struct Decision<'a> {
     pub rule: Option<&'a Rule>,
 }
 
+/// The rules of a [`SyncSet`] narrowed to one directory: those covering it
+/// (they cover every entry below) and those longer whose leading components
+/// match it (they may cover an entry). Deciding an entry then matches one
+/// component, its name, against the few rules of the next depth.
+#[derive(Debug, Clone)]
+pub struct DirRules<'a> {
+    set: &'a SyncSet,
+    /// Components of the directory.
+    depth: usize,
+    /// Indices of the rules that cover the directory, in rule order.
+    covering: Vec<usize>,
+    /// Indices of the longer rules whose first `depth` components match it.
+    deeper: Vec<usize>,
+}
+
+impl<'a> DirRules<'a> {
+    /// The indices, in rule order, of the rules covering the entry `name`.
+    fn covering_entry(&self, name: &str) -> Vec<usize> {
+        let mut all = self.covering.clone();
+        all.extend(self.deeper.iter().copied().filter(|&i| {
+            let r = &self.set.rules[i].components;
+            r.len() == self.depth + 1 && glob_match(&r[self.depth], name)
+        }));
+        all.sort_unstable();
+        all
+    }
+
+    /// [`SyncSet::decide`] of the entry `name` of this directory (same
+    /// verdict, same rule).
+    pub fn decide(&self, name: &str) -> Decision<'a> {
+        let rules = &self.set.rules;
+        let covering = self.covering_entry(name);
+        if let Some(&i) = covering.iter().find(|&&i| rules[i].origin == Origin::Never) {
+            return Decision {
+                synced: false,
+                rule: Some(&rules[i]),
+            };
+        }
+        let best = covering
+            .iter()
+            .map(|&i| &rules[i])
+            .max_by_key(|r| (r.components.len(), r.action == Action::Exclude));
+        Decision {
+            synced: best.is_some_and(|r| r.action == Action::Include),
+            rule: best,
+        }
+    }
+
+    /// The view of the subdirectory `name` of this directory.
+    pub fn child(&self, name: &str) -> DirRules<'a> {
+        let mut view = DirRules {
+            set: self.set,
+            depth: self.depth + 1,
+            covering: self.covering.clone(),
+            deeper: Vec::new(),
+        };
+        for &i in &self.deeper {
+            let r = &self.set.rules[i].components;
+            if !glob_match(&r[self.depth], name) {
+                continue;
+            }
+            if r.len() == self.depth + 1 {
+                view.covering.push(i);
+            } else {
+                view.deeper.push(i);
+            }
+        }
+        view.covering.sort_unstable();
+        view
+    }
+}
+
 /// The resolved rules of one node.
 #[derive(Debug, Clone)]
 pub struct SyncSet {
@@ -261,6 +333,35 @@ impl SyncSet {
             synced: best.is_some_and(|r| r.action == Action::Include),
             rule: best,
         }
+    }
+
+    /// The rules as they stand for the entries of directory `dir` (a checked
+    /// node path): a scan decides each entry with [`DirRules::decide`]
+    /// instead of matching every rule against every component of every path.
+    pub fn dir_rules(&self, dir: &str) -> DirRules<'_> {
+        let comps: Vec<&str> = components(dir).collect();
+        let mut view = DirRules {
+            set: self,
+            depth: comps.len(),
+            covering: Vec::new(),
+            deeper: Vec::new(),
+        };
+        for (i, r) in self.rules.iter().enumerate() {
+            let n = r.components.len().min(comps.len());
+            let prefix = r.components[..n]
+                .iter()
+                .zip(&comps)
+                .all(|(p, c)| glob_match(p, c));
+            if !prefix {
+                continue;
+            }
+            if r.components.len() <= comps.len() {
+                view.covering.push(i);
+            } else {
+                view.deeper.push(i);
+            }
+        }
+        view
     }
 
     pub fn is_synced(&self, path: &str) -> bool {
@@ -450,6 +551,59 @@ mod tests {
             &settings,
         )
         .unwrap()
+    }
+
+    /// A scan decides each entry through its directory's narrowed rules:
+    /// the verdict and the deciding rule must be those of `decide` for every
+    /// path, through globs, excludes below includes, the identity floor and
+    /// paths no rule covers.
+    #[test]
+    fn directory_rules_decide_as_the_whole_set_does() {
+        let s = set(
+            &["/srv/app/*.conf", "/etc/x/y*/z", "/opt"],
+            &["/etc/config/secret*", "/opt/cache", "/srv/app/b.conf"],
+        );
+        let paths = [
+            "/etc/config/firewall",
+            "/etc/config/secret.key",
+            "/etc/config/network",
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/etc/ns-ha/node.json",
+            "/etc/x/yes/z",
+            "/etc/x/yes/w",
+            "/etc/x/no/z",
+            "/etc/nginx/conf.d/a.conf",
+            "/srv/app/a.conf",
+            "/srv/app/b.conf",
+            "/srv/app/c.txt",
+            "/opt/cache/f",
+            "/opt/data/f",
+            "/root/.ssh/authorized_keys",
+            "/tmp/dhcp.leases",
+            "/usr/bin/ls",
+        ];
+        for p in paths {
+            let parts: Vec<&str> = p[1..].split('/').collect();
+            // Down from the top, one directory at a time, as a scan walks.
+            let mut view = s.dir_rules(&format!("/{}", parts[0]));
+            for depth in 1..parts.len() {
+                let here = format!("/{}", parts[..=depth].join("/"));
+                let (a, b) = (view.decide(parts[depth]), s.decide(&here));
+                assert_eq!(a.synced, b.synced, "{here}");
+                assert_eq!(
+                    a.rule.map(|r| &r.pattern),
+                    b.rule.map(|r| &r.pattern),
+                    "{here}"
+                );
+                view = view.child(parts[depth]);
+                let fresh = s.dir_rules(&here);
+                assert_eq!(
+                    (view.covering.clone(), view.deeper.clone()),
+                    (fresh.covering, fresh.deeper),
+                    "{here}"
+                );
+            }
+        }
     }
 
     /// Issue 9: an IPsec tunnel configured on the primary starts on the

@@ -25,7 +25,9 @@ use ns_ha_common::{peer, NodeRoot};
 
 use crate::crash;
 use crate::delta;
-use crate::manifest::{describe, diff, digest, scan, Change, Drift, HashCache, Kind, Manifest};
+use crate::manifest::{
+    describe, diff, digest, scan, Change, Drift, HashCache, Kind, LiveScan, Manifest,
+};
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
 use crate::util::{now_secs, Counted, HashingWriter, Spans};
@@ -45,7 +47,15 @@ pub trait Link {
     fn open(&mut self) -> Result<Box<dyn Channel>>;
     /// Forget a connection that failed; the next `open` reconnects.
     fn reset(&mut self) {}
+    /// Take back the channel of a push that succeeded, for the next `open`
+    /// (its receiver then keeps its scan too); dropped by default.
+    fn keep(&mut self, _channel: Box<dyn Channel>) {}
 }
+
+/// How long a channel kept between pushes may stay idle: well within the
+/// receiver's own idle timeout ([`crate::wire::IDLE_TIMEOUT`], 30 s), after
+/// which it has gone.
+const KEEP_IDLE: Duration = Duration::from_secs(20);
 
 /// The SSH link to the paired backup; one session serves every push.
 pub struct SshLink {
@@ -53,6 +63,8 @@ pub struct SshLink {
     node: NodeConfig,
     cluster: ClusterConfig,
     session: Option<PeerSession>,
+    /// The channel of the last push and when it was given back.
+    kept: Option<(Box<dyn Channel>, Instant)>,
 }
 
 impl SshLink {
@@ -62,12 +74,18 @@ impl SshLink {
             node: node.clone(),
             cluster: cluster.clone(),
             session: None,
+            kept: None,
         }
     }
 }
 
 impl Link for SshLink {
     fn open(&mut self) -> Result<Box<dyn Channel>> {
+        if let Some((ch, at)) = self.kept.take() {
+            if at.elapsed() < KEEP_IDLE {
+                return Ok(ch);
+            }
+        }
         if self.session.is_none() {
             self.session = Some(peer::connect(&self.root, &self.node, &self.cluster)?);
         }
@@ -88,7 +106,12 @@ impl Link for SshLink {
     }
 
     fn reset(&mut self) {
+        self.kept = None;
         self.session = None;
+    }
+
+    fn keep(&mut self, channel: Box<dyn Channel>) {
+        self.kept = Some((channel, Instant::now()));
     }
 }
 
@@ -250,23 +273,34 @@ fn scan_local(
     root: &NodeRoot,
     set: &SyncSet,
     state: &StateDir,
+    live: Option<&mut LiveScan>,
     spans: &mut Spans,
 ) -> Result<Local> {
-    let mut cache = HashCache::load(&state.cache());
-    spans.mark("hash cache loaded");
-    let s = scan(root, set, &mut cache, false)?;
-    spans.mark("scan");
-    if let Err(e) = cache.save(&state.cache()) {
-        log::warn!("cannot save the hash cache: {e:#}");
-    }
-    spans.mark("hash cache saved");
-    for (p, why) in &s.refused {
+    let (manifest, refused) = match live {
+        Some(live) => {
+            let s = live.current(root, set, &state.cache())?;
+            spans.mark("scan (kept by watch: the paths inotify reported)");
+            (s.manifest.clone(), s.refused.clone())
+        }
+        None => {
+            let mut cache = HashCache::load(&state.cache());
+            spans.mark("hash cache loaded");
+            let s = scan(root, set, &mut cache, false)?;
+            spans.mark("scan");
+            if let Err(e) = cache.save(&state.cache()) {
+                log::warn!("cannot save the hash cache: {e:#}");
+            }
+            spans.mark("hash cache saved");
+            (s.manifest, s.refused)
+        }
+    };
+    for (p, why) in &refused {
         log::info!("not synced: {p}: {why}");
     }
     let local = Local {
-        digest: digest(&s.manifest),
-        manifest: s.manifest,
-        refused: s.refused,
+        digest: digest(&manifest),
+        manifest,
+        refused,
     };
     spans.mark("manifest digest");
     Ok(local)
@@ -282,6 +316,19 @@ pub fn push(
     cluster: &ClusterConfig,
     link: &mut dyn Link,
     opts: PushOptions,
+) -> Result<PushReport> {
+    push_with(root, cluster, link, opts, None)
+}
+
+/// [`push`] with the scan `watch` keeps (`live`): only the paths inotify
+/// reported since the last push are looked at again. A push that has to
+/// scan again (a file changed while sent) scans the whole set.
+pub fn push_with(
+    root: &NodeRoot,
+    cluster: &ClusterConfig,
+    link: &mut dyn Link,
+    opts: PushOptions,
+    mut live: Option<&mut LiveScan>,
 ) -> Result<PushReport> {
     let started = Instant::now();
     let mut spans = Spans::default();
@@ -302,7 +349,12 @@ pub fn push(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let local = scan_local(root, &set, &state, &mut spans)?;
+        if attempts > 1 {
+            if let Some(l) = live.as_deref_mut() {
+                l.invalidate();
+            }
+        }
+        let local = scan_local(root, &set, &state, live.as_deref_mut(), &mut spans)?;
         let prev = state.read_pushed().unwrap_or_else(|e| {
             log::warn!("{e:#}: the push asks the backup for its whole manifest");
             None
@@ -364,13 +416,18 @@ pub fn push(
             );
             progress.bytes_sent = ch.sent;
             progress.bytes_received = ch.received;
-            r.map(|x| {
+            let r = r.map(|x| {
                 x.map(|mut rep| {
                     rep.bytes_sent = ch.sent;
                     rep.bytes_received = ch.received;
                     rep
                 })
-            })
+            });
+            // A channel whose push went through (nothing left unread) serves the next.
+            if matches!(r, Ok(Ok(_))) && !opts.dry_run {
+                link.keep(ch.inner);
+            }
+            r
         })();
         progress.duration_ms = started.elapsed().as_millis() as u64;
         match result {

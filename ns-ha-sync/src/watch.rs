@@ -22,8 +22,9 @@ use ns_ha_common::NodeRoot;
 use ns_ha_common::cli::Report;
 
 use crate::handoff::PushServer;
+use crate::manifest::LiveScan;
 use crate::rules::SyncSet;
-use crate::sender::{push, Link, PushOptions, PushReport};
+use crate::sender::{push_with, Link, PushOptions, PushReport};
 
 /// How a push's outcome becomes the report `push` prints.
 pub type ToReport = dyn Fn(Result<PushReport>) -> Result<Report>;
@@ -43,7 +44,9 @@ pub struct WatchOptions<'a> {
     pub max_pushes: Option<u64>,
 }
 
-struct Watches {
+/// inotify watches on every directory of the sync set (also kept by a
+/// backup's receiver serving several pushes on one channel).
+pub(crate) struct Watches {
     inotify: Inotify,
     dirs: HashMap<WatchDescriptor, String>,
 }
@@ -63,7 +66,7 @@ const MASK: AddWatchFlags = AddWatchFlags::from_bits_truncate(
 );
 
 impl Watches {
-    fn new() -> Result<Watches> {
+    pub(crate) fn new() -> Result<Watches> {
         Ok(Watches {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
                 .context("starting inotify")?,
@@ -81,7 +84,7 @@ impl Watches {
     }
 
     /// Watch every directory of the set, and the nearest existing parent of each rule root.
-    fn refresh(&mut self, root: &NodeRoot, set: &SyncSet) {
+    pub(crate) fn refresh(&mut self, root: &NodeRoot, set: &SyncSet) {
         for start in set.walk_roots() {
             let mut anc = Path::new(&start).parent();
             while let Some(a) = anc {
@@ -118,8 +121,10 @@ impl Watches {
         }
     }
 
-    /// Read pending events: (relevant to the set, a directory appeared or the queue overflowed).
-    fn drain(&mut self, set: &SyncSet) -> (bool, bool) {
+    /// Read pending events: (relevant to the set, a directory appeared or
+    /// the queue overflowed). Each relevant path is marked in `live`; an
+    /// overflow (events lost) makes it scan the whole set.
+    pub(crate) fn drain(&mut self, set: &SyncSet, live: &mut LiveScan) -> (bool, bool) {
         let (mut relevant, mut rescan) = (false, false);
         while let Ok(events) = self.inotify.read_events() {
             if events.is_empty() {
@@ -129,6 +134,7 @@ impl Watches {
                 if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     relevant = true;
                     rescan = true;
+                    live.invalidate();
                     continue;
                 }
                 let Some(dir) = self.dirs.get(&ev.wd) else {
@@ -146,6 +152,7 @@ impl Watches {
                         .any(|r| r.starts_with(&format!("{path}/")) || *r == path);
                 if hit {
                     relevant = true;
+                    live.touched(&path);
                     if ev.mask.contains(AddWatchFlags::IN_ISDIR) || ev.name.is_none() {
                         rescan = true;
                     }
@@ -193,27 +200,38 @@ pub fn watch(
     let mut recheck_at = Instant::now() + recheck;
     let mut failures = 0u32;
     let mut pushes = 0u64;
+    // The set as inotify says it is: a push looks again only at what changed.
+    let mut live = LiveScan::default();
     loop {
         if opts.max_pushes.is_some_and(|m| pushes >= m) {
             return Ok(());
         }
-        let now = Instant::now();
-        let next = due.unwrap_or(recheck_at).min(recheck_at);
         if let Some((server, to_report)) = opts.handoff {
-            // One-shot pushes handed over: each is a push over this session.
+            // One-shot pushes handed over: each is a push over this session,
+            // after the events queued so far (a write just before the
+            // `push`) are marked.
+            let (relevant, rescan) = w.drain(&set, &mut live);
+            if rescan {
+                w.refresh(root, &set);
+            }
+            if relevant {
+                due = Some(Instant::now());
+            }
             server.serve_pending(&mut |req| {
-                let r = push(root, cluster, link, req.options());
+                let r = push_with(root, cluster, link, req.options(), Some(&mut live));
                 (opts.on_push)(&r);
                 to_report(r)
             });
         }
+        let now = Instant::now();
+        let next = due.unwrap_or(recheck_at).min(recheck_at);
         if next > now && w.wait(next - now, opts.handoff.map(|h| h.0))? {
-            let (relevant, rescan) = w.drain(&set);
+            let (relevant, rescan) = w.drain(&set, &mut live);
             if relevant {
                 // Coalesce a burst (an editor's temp file + rename, a tree copy).
                 let burst_end = Instant::now() + Duration::from_millis(500);
                 while Instant::now() < burst_end && w.wait(opts.debounce, None)? {
-                    let (_, r) = w.drain(&set);
+                    let (_, r) = w.drain(&set, &mut live);
                     if r {
                         w.refresh(root, &set);
                     }
@@ -232,6 +250,8 @@ pub fn watch(
         }
         if recheck_now {
             recheck_at = now + recheck;
+            // Now and then the whole set, whatever inotify said.
+            live.invalidate();
         }
         if !(opts.may_push)().unwrap_or(false) {
             log::info!("not master: changes are not pushed now");
@@ -239,7 +259,7 @@ pub fn watch(
             continue;
         }
         pushes += 1;
-        let result = push(
+        let result = push_with(
             root,
             cluster,
             link,
@@ -247,6 +267,7 @@ pub fn watch(
                 recheck: recheck_now,
                 ..Default::default()
             },
+            Some(&mut live),
         );
         (opts.on_push)(&result);
         match &result {

@@ -765,3 +765,106 @@ fn large_files_arrive_whole_and_verified() {
         other
     );
 }
+
+/// A link that keeps the channel of a push for the next, as `watch` does
+/// over SSH (`SshLink`).
+struct KeepingLink {
+    // Dropped first: the receiver thread that `link` joins ends with it.
+    kept: Option<Box<dyn ns_ha_sync::sender::Channel>>,
+    link: ThreadLink,
+}
+
+impl ns_ha_sync::sender::Link for KeepingLink {
+    fn open(&mut self) -> anyhow::Result<Box<dyn ns_ha_sync::sender::Channel>> {
+        match self.kept.take() {
+            Some(ch) => Ok(ch),
+            None => self.link.open(),
+        }
+    }
+    fn reset(&mut self) {
+        self.kept = None;
+    }
+    fn keep(&mut self, channel: Box<dyn ns_ha_sync::sender::Channel>) {
+        self.kept = Some(channel);
+    }
+}
+
+/// Several pushes over one channel: from its second `manifest` on, the
+/// receiver keeps its scan and looks again only at what inotify reported.
+/// It must still see every change: its own applies, and edits made on the
+/// backup between pushes (reported and kept, as with a fresh receiver).
+#[test]
+fn pushes_over_one_kept_channel_see_every_change_on_the_backup() {
+    let p = pair();
+    seed(&p);
+    let mut link = KeepingLink {
+        kept: None,
+        link: ThreadLink::new(&p.backup),
+    };
+    for round in 0..3 {
+        write(
+            &p.primary,
+            "/etc/config/firewall",
+            &format!("round {round}\n"),
+        );
+        write(&p.primary, &format!("/etc/extra/new{round}/f"), "new\n");
+        let rep = push(&p.primary, &p.cluster, &mut link, PushOptions::default()).unwrap();
+        assert!(rep.kept.is_empty(), "{rep:?}");
+        assert_eq!(
+            read(&p.backup, "/etc/config/firewall"),
+            format!("round {round}\n")
+        );
+        assert_eq!(
+            read(&p.backup, &format!("/etc/extra/new{round}/f")),
+            "new\n"
+        );
+    }
+    assert_eq!(link.link.opens, 1, "one channel served every push");
+    // An edit on the backup between pushes: reported and kept.
+    write(&p.backup, "/etc/extra/new1/f", "edited on the backup\n");
+    write(&p.primary, "/etc/extra/new1/f", "primary's\n");
+    let err = push(&p.primary, &p.cluster, &mut link, PushOptions::default());
+    let rep = match err {
+        Ok(rep) => rep,
+        Err(e) => panic!("push: {e:#}"),
+    };
+    assert_eq!(rep.kept, vec!["/etc/extra/new1/f".to_string()], "{rep:?}");
+    assert_eq!(
+        read(&p.backup, "/etc/extra/new1/f"),
+        "edited on the backup\n"
+    );
+    // A file deleted on the backup is drift too.
+    std::fs::remove_file(p.backup.path("/etc/config/dhcp")).unwrap();
+    let drift = local_view(
+        &p.backup,
+        &SyncSet::for_cluster(&p.backup, Some(&p.cluster)).unwrap(),
+        &StateDir::new(&p.backup, &p.cluster.sync),
+    )
+    .unwrap()
+    .drift;
+    let rep = push(
+        &p.primary,
+        &p.cluster,
+        &mut link,
+        PushOptions {
+            recheck: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        rep.drift
+            .iter()
+            .map(|d| d.path.as_str())
+            .collect::<Vec<_>>(),
+        drift.iter().map(|d| d.path.as_str()).collect::<Vec<_>>()
+    );
+    assert!(
+        rep.drift
+            .iter()
+            .any(|d| d.path == "/etc/config/dhcp" && d.what == "deleted"),
+        "{rep:?}"
+    );
+    link.kept = None;
+    link.link.join();
+}

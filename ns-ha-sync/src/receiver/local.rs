@@ -12,9 +12,10 @@ use ns_ha_common::NodeRoot;
 use super::Receiver;
 use crate::crash;
 use crate::journal;
-use crate::manifest::{digest, drift, scan, Drift, HashCache, Manifest, Scan, Stamp};
+use crate::manifest::{digest, drift, scan, Drift, HashCache, LiveScan, Manifest, Scan, Stamp};
 use crate::rules::SyncSet;
 use crate::state::{Applied, StateDir, APPLIED, BASELINE};
+use crate::watch::Watches;
 
 /// The sync state of this node as its own files say (used by `verify` too).
 #[derive(Debug, Clone)]
@@ -40,6 +41,15 @@ pub fn local_view(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<Lo
     if let Err(e) = cache.save(&state.cache()) {
         log::warn!("cannot save the hash cache: {e:#}");
     }
+    view_of(current, stamps, state)
+}
+
+/// The view of this node's files as a scan found them (`current`, `stamps`).
+fn view_of(
+    current: Manifest,
+    stamps: HashMap<String, Stamp>,
+    state: &StateDir,
+) -> Result<LocalView> {
     let applied: Applied = state.read(APPLIED)?.unwrap_or_default();
     let digest = digest(&current);
     // Before the first sync nothing is known: the node's files are the
@@ -81,6 +91,33 @@ pub fn recover_if_needed(
 }
 
 impl Receiver<'_> {
+    /// [`local_view`] for this channel. A channel that asks for a second
+    /// manifest serves a `watch` (it keeps its channel between pushes):
+    /// from then on the receiver keeps its scan too, with inotify on the
+    /// set's directories, and looks again only at the paths reported (an
+    /// edit made on this node as well as its own applies).
+    pub(super) fn channel_view(&mut self, set: &SyncSet, state: &StateDir) -> Result<LocalView> {
+        self.manifests += 1;
+        if self.live.is_none() && self.manifests >= 2 {
+            match Watches::new() {
+                Ok(mut w) => {
+                    // Watched before the scan: nothing changes unseen.
+                    w.refresh(&self.root, set);
+                    self.live = Some((w, LiveScan::default()));
+                }
+                Err(e) => log::info!("keeping no scan between pushes: {e:#}"),
+            }
+        }
+        let Some((watches, live)) = self.live.as_mut() else {
+            return local_view(&self.root, set, state);
+        };
+        if watches.drain(set, live).1 {
+            watches.refresh(&self.root, set);
+        }
+        let s = live.current(&self.root, set, &state.cache())?;
+        view_of(s.manifest.clone(), s.stamps.clone(), state)
+    }
+
     /// At start: arm the test crash point and finish an interrupted apply.
     pub fn startup(&self) {
         let cluster = load_cluster_opt(&self.root).ok().flatten();

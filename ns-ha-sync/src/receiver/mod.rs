@@ -121,6 +121,11 @@ pub struct Receiver<'a> {
     /// parsed and rules compiled once per channel, not once per op); a
     /// control op (`install-cluster`) forgets it.
     ctx_cache: std::cell::RefCell<Option<Ctx>>,
+    /// `manifest` requests served on this channel.
+    manifests: u32,
+    /// The scan kept between the pushes of one channel, with the inotify
+    /// watches that keep it true (see `local::Receiver::channel_view`).
+    live: Option<(crate::watch::Watches, crate::manifest::LiveScan)>,
 }
 
 impl<'a> Receiver<'a> {
@@ -138,6 +143,8 @@ impl<'a> Receiver<'a> {
             delta_base: None,
             spans: crate::util::Spans::default(),
             ctx_cache: std::cell::RefCell::new(None),
+            manifests: 0,
+            live: None,
         }
     }
 
@@ -271,6 +278,7 @@ impl<'a> Receiver<'a> {
     fn dispatch(&mut self, op: &str, v: serde_json::Value) -> Result<serde_json::Value> {
         if CONTROL_OPS.contains(&op) {
             self.ctx_cache.replace(None);
+            self.live = None;
             let id = v
                 .get("cluster_id")
                 .and_then(|c| c.as_str())

@@ -20,9 +20,7 @@ use ns_ha_common::proto::{write_msg, write_packed, Reply, CHUNK_BYTES};
 use ns_ha_common::NodeRoot;
 
 use super::staging::prepare_staging;
-use super::{
-    local_view, recover_and_record, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE,
-};
+use super::{recover_and_record, Ctx, LocalView, Receiver, Txn, LOCK_WAIT, MAX_CHANGES, MAX_FILE};
 use crate::crash;
 use crate::journal::check_ancestors_except;
 use crate::manifest::{Change, Entry, Kind, Manifest, Stamp};
@@ -65,7 +63,7 @@ impl Receiver<'_> {
         let lock = ctx.state.lock(LOCK_WAIT)?;
         recover_and_record(&self.root, &ctx.set, &ctx.state)?;
         self.spans.mark("backup: config, lock, recovery check");
-        let view = local_view(&self.root, &ctx.set, &ctx.state)?;
+        let view = self.channel_view(&ctx.set, &ctx.state)?;
         self.spans
             .mark("backup: scan (hash cache), baseline, drift");
         let d = view.digest.clone();
@@ -296,7 +294,7 @@ impl Receiver<'_> {
             None => {
                 let lock = ctx.state.lock(LOCK_WAIT)?;
                 recover_and_record(&self.root, &ctx.set, &ctx.state)?;
-                (lock, local_view(&self.root, &ctx.set, &ctx.state)?)
+                (lock, self.channel_view(&ctx.set, &ctx.state)?)
             }
         };
         if let Some(c) = &view.applied.cluster_id {
