@@ -494,6 +494,7 @@ mod tests {
             ipv4: Some(Ipv4Method::Dhcp),
             ipv6: None,
             mac: None,
+            metric: None,
         }
     }
 
