@@ -401,7 +401,7 @@ fn holders(lab: &Lab, wan: &Wan) -> Vec<&'static str> {
 fn arp_answerers(lab: &Lab, isp_dev: &str, addr: &str) -> Vec<String> {
     let out = lab.exec(
         "wan",
-        &["arping", "-c", "3", "-w", "4", "-I", isp_dev, addr],
+        &["arping", "-c", "2", "-w", "3", "-I", isp_dev, addr],
     );
     let mut macs: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -548,31 +548,24 @@ fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, 
             .map(|w| (w.case, Err(format!("setup: {why}"))))
             .collect();
     }
-    // Steady state: every WAN works on fw1 only.
-    let mut before: Vec<Option<String>> = Vec::new();
-    for wan in WANS {
-        let problem = if !wait_until(Duration::from_secs(45), Duration::from_millis(200), || {
-            wan_works(lab, "fw1", wan)
-        }) {
-            Some(format!(
-                "not working on the MASTER fw1: {}",
-                diagnose(lab, "fw1", wan)
-            ))
-        } else {
-            only_on(lab, "fw1", "fw2", wan).err().or_else(|| {
-                // A few samples: fw1 alone holds it, steadily.
-                (0..5).find_map(|_| {
-                    let h = holders(lab, wan);
-                    (h != ["fw1"]).then(|| format!("held by {h:?} in steady state"))
-                })
-            })
-        };
+    // Steady state: every WAN works on fw1 only (checked in parallel: each
+    // check is seconds of emulated process starts).
+    let before: Vec<Option<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = WANS
+            .iter()
+            .map(|wan| s.spawn(move || steady_problem(lab, wan)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("steady-state thread"))
+            .collect()
+    });
+    for (wan, p) in WANS.iter().zip(&before) {
         steps.done(&format!(
             "{} steady state: {}",
             wan.case,
-            problem.as_deref().unwrap_or("ok")
+            p.as_deref().unwrap_or("ok")
         ));
-        before.push(problem);
     }
 
     // fw1 dies; each WAN must come up on fw2 with a working default route.
@@ -589,35 +582,68 @@ fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, 
             .collect()
     });
     steps.done("failover polled");
-    WANS.iter()
-        .zip(before)
-        .zip(failovers)
-        .map(|((wan, before), f)| {
-            let result = (|| {
-                if let Some(p) = before {
-                    return Err(format!("before the crash: {p}"));
-                }
-                if let Some(p) = holder_problem(&f) {
-                    return Err(format!("during the failover: {p}"));
-                }
-                let took = f.took.ok_or_else(|| {
-                    format!(
-                        "not working on fw2 90 s after fw1 crashed: {}",
-                        diagnose(lab, "fw2", wan)
-                    )
-                })?;
-                only_on(lab, "fw2", "fw1", wan).map_err(|e| format!("after the crash: {e}"))?;
-                Ok(format!(
-                    "{} on fw2 only, default route (metric {}) works {} ms after fw1 crashed; one holder in all {} samples",
-                    wan.dev,
-                    wan.metric,
-                    took.as_millis(),
-                    f.samples.len()
-                ))
-            })();
-            (wan.case, result.map_err(|e: String| e))
+    let verdicts: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = WANS
+            .iter()
+            .zip(before)
+            .zip(&failovers)
+            .map(|((wan, before), f)| s.spawn(move || failover_verdict(lab, wan, before, f)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("verdict thread"))
+            .collect()
+    });
+    WANS.iter().map(|w| w.case).zip(verdicts).collect()
+}
+
+/// Whether `wan` works on the MASTER fw1 alone in steady state (`None`) or what is wrong.
+fn steady_problem(lab: &Lab, wan: &Wan) -> Option<String> {
+    if !wait_until(Duration::from_secs(45), Duration::from_millis(200), || {
+        wan_works(lab, "fw1", wan)
+    }) {
+        return Some(format!(
+            "not working on the MASTER fw1: {}",
+            diagnose(lab, "fw1", wan)
+        ));
+    }
+    only_on(lab, "fw1", "fw2", wan).err().or_else(|| {
+        // A few samples: fw1 alone holds it, steadily.
+        (0..3).find_map(|_| {
+            let h = holders(lab, wan);
+            (h != ["fw1"]).then(|| format!("held by {h:?} in steady state"))
         })
-        .collect()
+    })
+}
+
+/// A WAN's case after the crash: no problem before it, the one-holder
+/// rule across it, working on fw2 alone after it, with the time it took.
+fn failover_verdict(
+    lab: &Lab,
+    wan: &Wan,
+    before: Option<String>,
+    f: &Failover,
+) -> Result<String, String> {
+    if let Some(p) = before {
+        return Err(format!("before the crash: {p}"));
+    }
+    if let Some(p) = holder_problem(f) {
+        return Err(format!("during the failover: {p}"));
+    }
+    let took = f.took.ok_or_else(|| {
+        format!(
+            "not working on fw2 90 s after fw1 crashed: {}",
+            diagnose(lab, "fw2", wan)
+        )
+    })?;
+    only_on(lab, "fw2", "fw1", wan).map_err(|e| format!("after the crash: {e}"))?;
+    Ok(format!(
+        "{} on fw2 only, default route (metric {}) works {} ms after fw1 crashed; one holder in all {} samples",
+        wan.dev,
+        wan.metric,
+        took.as_millis(),
+        f.samples.len()
+    ))
 }
 
 /// Pair with the LAN, add the three WANs with `add-wan` on fw1 (the PPPoE
@@ -702,13 +728,15 @@ fn takeover_setup(lab: &Lab, steps: &Steps) {
         "fw2's role engine did not settle as BACKUP"
     );
     steps.done("fw1 MASTER, fw2 BACKUP");
-    // The secret by the sync (a push is the MASTER's).
-    tool_ok(lab, "fw1", "ns-ha-sync", &["push"]);
-    assert_eq!(
-        lab.read("fw2", secrets),
-        lab.read("fw1", secrets),
-        "the PPPoE secret did not reach fw2 by the sync"
-    );
+    // The secret by the sync: the new MASTER's role engine pushes (a push
+    // by hand would meet its lock), else one push here.
+    let synced = || {
+        std::fs::read(lab.path("fw2", secrets)).ok() == std::fs::read(lab.path("fw1", secrets)).ok()
+    };
+    if !wait_until(Duration::from_secs(45), Duration::from_millis(500), synced) {
+        tool_ok(lab, "fw1", "ns-ha-sync", &["push"]);
+    }
+    assert!(synced(), "the PPPoE secret did not reach fw2 by the sync");
     let mode = std::fs::metadata(lab.path("fw2", secrets))
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     assert_eq!(mode.ok(), Some(0o600), "fw2's {secrets} mode");
