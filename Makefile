@@ -15,12 +15,15 @@ CARGO ?= cargo
 # builds against, rsync (the incumbent's transport, the sync benchmark's
 # baseline), and the VM tier's (lab/vm.sh: qemu, Debian's stock kernel
 # for bonding/802.1q/PPPoE, a static busybox for its initramfs; pppd and
-# pppoe-server for the PPPoE WAN).
+# pppoe-server for the PPPoE WAN), and strongSwan for the IPsec road
+# warrior (charon, swanctl, and kernel-libipsec from the extra plugins:
+# userspace ESP, since this kernel has no ESP).
 PACKAGES := keepalived openssh-server openssh-client dropbear-bin conntrackd conntrack iputils-arping \
 	dnsmasq-base nftables iproute2 iputils-ping procps socat ncat \
 	isc-dhcp-client ifupdown pkg-config libssl-dev build-essential ca-certificates \
 	shellcheck systemd openvpn wireguard-go wireguard-tools openssl rsync \
-	qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils ppp pppoe
+	qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils ppp pppoe \
+	strongswan-charon strongswan-swanctl libcharon-extra-plugins
 
 .PHONY: all deps build test unit lab-test lab-test-dropbear lint demo bench clean release install deb package-test
 

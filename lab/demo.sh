@@ -45,7 +45,9 @@ tool() {
 holders() {
 	local who=""
 	for fw in fw1 fw2; do
-		ip -n "$(ns $fw)" -o addr show | grep -q " $1/" && who="$who $fw"
+		# Not `grep -q`: it exits at the first match, `ip` may then die of
+		# SIGPIPE, and under pipefail the holder would not be counted.
+		ip -n "$(ns $fw)" -o addr show | grep " $1/" >/dev/null && who="$who $fw"
 	done
 	echo "${who# }"
 }

@@ -92,7 +92,7 @@ ns_of() { echo "${PREFIX}$1"; }
 lab_dir() { echo "${LAB_BASE%/}/${PREFIX}"; }
 
 ns_exists() {
-	ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$1"
+	ip netns list 2>/dev/null | awk '{print $1}' | grep -x -- "$1" >/dev/null
 }
 
 # --- down -------------------------------------------------------------------

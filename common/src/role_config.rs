@@ -34,19 +34,20 @@ use crate::root::NodeRoot;
 /// Services only the active node runs: started on MASTER, stopped otherwise.
 /// Names of the OpenWrt/NethSecurity init scripts (systemd: unit names).
 pub const MASTER_ONLY_SERVICES: &[&str] = &[
-    "dnsmasq", // DHCP and DNS
-    "openvpn", // OpenVPN (road warrior and tunnels)
-    "swanctl", // IPsec (strongSwan, NethSecurity)
-    "ipsec",   // IPsec (strongSwan, legacy init script)
-    "mwan3",   // multi-WAN
-    "snort",   // IPS
-    "adblock", // threat shield DNS
-    "banip",   // threat shield IP
-    "dedalo",  // hotspot
-    "netifyd", // DPI
-    "ddns",    // dynamic DNS
-    "ns-plug", // controller agent
-    "acme",    // ACME certificates
+    "dnsmasq",    // DHCP and DNS
+    "openvpn",    // OpenVPN (road warrior and tunnels)
+    "swanctl",    // IPsec (strongSwan, NethSecurity)
+    "ipsec",      // IPsec (strongSwan, legacy init script)
+    "strongswan", // IPsec (strongSwan, Debian's charon-systemd unit)
+    "mwan3",      // multi-WAN
+    "snort",      // IPS
+    "adblock",    // threat shield DNS
+    "banip",      // threat shield IP
+    "dedalo",     // hotspot
+    "netifyd",    // DPI
+    "ddns",       // dynamic DNS
+    "ns-plug",    // controller agent
+    "acme",       // ACME certificates
 ];
 
 /// Services reloaded on MASTER (they run on both nodes, the active one must
@@ -339,6 +340,7 @@ pub const SERVICE_CONFIGS: &[(&str, &[&str])] = &[
     ("openvpn", &["/etc/openvpn/", "/etc/config/openvpn"]),
     ("swanctl", &["/etc/swanctl/swanctl.conf"]),
     ("ipsec", &["/etc/ipsec.conf"]),
+    ("strongswan", &["/etc/swanctl/swanctl.conf"]),
     ("mwan3", &["/etc/config/mwan3"]),
     ("snort", &["/etc/config/snort"]),
     ("adblock", &["/etc/config/adblock"]),

@@ -310,6 +310,27 @@ const WIREGUARD_RULE: RuleData = (
     "WireGuard tunnels (wg-quick files) and their peers' last endpoints",
 );
 
+/// strongSwan's files, in both profiles: swanctl's tree (connections,
+/// secrets, keys and certificates), the legacy starter's `ipsec.conf`,
+/// `ipsec.secrets` and `ipsec.d` (and OpenWrt's `ipsec.user`), and the
+/// daemon's own settings (`strongswan.conf`, `strongswan.d`: plugins, DPD
+/// and retransmission timing). An IPsec tunnel configured on the primary
+/// must start on the backup with the same secrets after a failover. Named
+/// one by one: a pattern such as `/etc/ipsec.*` would make the sync walk
+/// all of `/etc` to find its matches.
+const STRONGSWAN_RULES: [RuleData; 7] = [
+    ("/etc/swanctl", "IPsec tunnels (strongSwan swanctl)"),
+    ("/etc/ipsec.conf", "IPsec tunnels (strongSwan starter)"),
+    ("/etc/ipsec.secrets", "IPsec secrets (strongSwan starter)"),
+    (
+        "/etc/ipsec.d",
+        "IPsec keys and certificates (strongSwan starter)",
+    ),
+    ("/etc/ipsec.user", "IPsec updown hook (OpenWrt strongSwan)"),
+    ("/etc/strongswan.conf", "strongSwan daemon settings"),
+    ("/etc/strongswan.d", "strongSwan daemon and plugin settings"),
+];
+
 /// OpenWrt / NethSecurity: the system backup list except the network and HA
 /// configs, plus the firewall services' directories.
 pub const OPENWRT_DEFAULTS: &[RuleData] = &[
@@ -341,7 +362,13 @@ pub const OPENWRT_DEFAULTS: &[RuleData] = &[
         "PPPoE passwords (PAP) of an ifupdown-managed WAN",
     ),
     WIREGUARD_RULE,
-    ("/etc/swanctl", "IPsec tunnels"),
+    STRONGSWAN_RULES[0],
+    STRONGSWAN_RULES[1],
+    STRONGSWAN_RULES[2],
+    STRONGSWAN_RULES[3],
+    STRONGSWAN_RULES[4],
+    STRONGSWAN_RULES[5],
+    STRONGSWAN_RULES[6],
     ("/etc/nginx", "web server and reverse proxy"),
     ("/etc/adblock", "threat shield DNS"),
     ("/etc/banip", "threat shield IP"),
@@ -372,7 +399,13 @@ pub const DEBIAN_DEFAULTS: &[RuleData] = &[
     ("/etc/ppp/chap-secrets", "PPPoE WAN passwords (CHAP)"),
     ("/etc/ppp/pap-secrets", "PPPoE WAN passwords (PAP)"),
     WIREGUARD_RULE,
-    ("/etc/swanctl", "IPsec tunnels"),
+    STRONGSWAN_RULES[0],
+    STRONGSWAN_RULES[1],
+    STRONGSWAN_RULES[2],
+    STRONGSWAN_RULES[3],
+    STRONGSWAN_RULES[4],
+    STRONGSWAN_RULES[5],
+    STRONGSWAN_RULES[6],
     ("/etc/nginx", "web server and reverse proxy"),
     ("/etc/letsencrypt", "ACME certificates"),
     ("/etc/snmp", "SNMP"),

@@ -659,22 +659,65 @@ pub fn address_in_use(runner: &dyn CommandRunner, interface: &str, addr: Ipv4Add
     Ok(!out.timed_out && out.status == Some(1))
 }
 
+/// The MAC addresses of a device: the one it uses now and, when the
+/// driver reports one, its permanent (burnt-in) one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkMacs {
+    pub current: MacAddr,
+    pub permanent: Option<MacAddr>,
+}
+
+/// The MAC addresses of `interface` (`ip -json link show`; `None`: no such
+/// device, or one without an Ethernet address such as a PPP link).
+pub fn link_macs(
+    runner: &dyn CommandRunner,
+    interface: &str,
+    timeout: Duration,
+) -> Result<Option<LinkMacs>> {
+    ip_show(runner, "link", interface, timeout, parse_link_macs)
+}
+
+/// `ip -json OBJECT show dev INTERFACE`, parsed by `parse` (`None`: `ip`
+/// failed, i.e. no such device).
+fn ip_show<T>(
+    runner: &dyn CommandRunner,
+    object: &str,
+    interface: &str,
+    timeout: Duration,
+    parse: fn(&str) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    check_ifname(interface)?;
+    let out = runner.run(
+        "ip",
+        &args(&["-json", object, "show", "dev", interface]),
+        timeout,
+    )?;
+    if !out.success() {
+        return Ok(None);
+    }
+    parse(&out.stdout).with_context(|| format!("parsing `ip -json {object} show dev {interface}`"))
+}
+
+/// Parse `ip -json link show dev X` for [`link_macs`].
+pub fn parse_link_macs(json: &str) -> Result<Option<LinkMacs>> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let Some(link) = v.as_array().and_then(|a| a.first()) else {
+        return Ok(None);
+    };
+    let mac = |key: &str| link[key].as_str().and_then(|m| m.parse::<MacAddr>().ok());
+    Ok(mac("address").map(|current| LinkMacs {
+        current,
+        permanent: mac("permaddr"),
+    }))
+}
+
 /// The device of `interface` as `ip -json addr show` reports it (`None`: no such device).
 pub fn observe(
     runner: &dyn CommandRunner,
     interface: &str,
     timeout: Duration,
 ) -> Result<Option<WanLive>> {
-    check_ifname(interface)?;
-    let out = runner.run(
-        "ip",
-        &args(&["-json", "addr", "show", "dev", interface]),
-        timeout,
-    )?;
-    if !out.success() {
-        return Ok(None);
-    }
-    parse_live(&out.stdout).with_context(|| format!("parsing `ip -json addr show dev {interface}`"))
+    ip_show(runner, "addr", interface, timeout, parse_live)
 }
 
 /// Parse `ip -json addr show dev X`.
@@ -797,6 +840,28 @@ mod tests {
         let mut w = static_wan();
         w.interface = "averyverylongname".into();
         assert!(w.validate().is_err());
+    }
+
+    #[test]
+    fn reads_the_current_and_permanent_mac_of_a_link() {
+        let veth = r#"[{"ifname":"wan1","flags":["BROADCAST"],"address":"02:00:5e:10:00:01"}]"#;
+        let m = parse_link_macs(veth).unwrap().unwrap();
+        assert_eq!(m.current.to_string(), "02:00:5e:10:00:01");
+        assert_eq!(m.permanent, None);
+        let nic =
+            r#"[{"ifname":"eth1","address":"02:00:5e:10:00:01","permaddr":"52:54:00:12:34:56"}]"#;
+        let m = parse_link_macs(nic).unwrap().unwrap();
+        assert_eq!(
+            m.permanent.map(|p| p.to_string()).as_deref(),
+            Some("52:54:00:12:34:56")
+        );
+        // PPP links have no Ethernet address; no device at all: nothing.
+        assert_eq!(
+            parse_link_macs(r#"[{"ifname":"ppp0","link_type":"ppp"}]"#).unwrap(),
+            None
+        );
+        assert_eq!(parse_link_macs("[]").unwrap(), None);
+        assert!(parse_link_macs("not json").is_err());
     }
 
     #[test]

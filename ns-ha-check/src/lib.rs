@@ -11,6 +11,7 @@
 
 pub mod alert;
 pub mod doctor;
+pub mod heal;
 pub mod health;
 pub mod keepalived_stats;
 pub mod liveness;

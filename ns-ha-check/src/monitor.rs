@@ -17,6 +17,12 @@
 //! VIP (`ns-ha-vip who-holds`): a second holder is a split brain, alerted
 //! once and shown in the state until it clears.
 //!
+//! Every second while MASTER it pings the peer's HA address: the peer
+//! answering again after it did not is a partition that healed, which gives
+//! the node that stays MASTER no keepalived event, and it re-announces every
+//! VIP and takeover WAN address it holds (`ns-ha-vip announce`, see
+//! [`crate::heal`]); without that, every 60 s.
+//!
 //! On the primary, every 2 s while MASTER, it records the WireGuard peers'
 //! last endpoints ([`wireguard::record_endpoints`]) in the synced
 //! `/etc/wireguard/ns-ha-endpoints.json`, so that the backup, once MASTER,
@@ -289,6 +295,80 @@ impl Workers {
             let _ = h.join();
         }
     }
+}
+
+/// How often a MASTER pings the peer's HA address, looking for a healed
+/// partition ([`crate::heal`]), and how long it waits for the answer.
+const HEAL_PERIOD: Duration = Duration::from_secs(1);
+const HEAL_PING_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// How often a MASTER re-announces its VIPs and takeover WAN addresses with
+/// no sign of a heal, as keepalived's `vrrp_garp_master_refresh` does for
+/// the VIPs alone (see common's keepalived.rs).
+const ANNOUNCE_REFRESH: Duration = Duration::from_secs(60);
+
+/// The heal watch ([`crate::heal`]) on the HA link, to `peer`; it lives as
+/// long as the monitor and pings only while this node is MASTER.
+fn spawn_heal_watch(
+    root: &NodeRoot,
+    master: &Arc<AtomicBool>,
+    ha_interface: String,
+    peer: Option<Ipv4Addr>,
+) {
+    let (root, master) = (root.clone(), master.clone());
+    std::thread::spawn(move || {
+        let runner = SystemRunner;
+        let tools = crate::tools::ToolRunner { runner: &runner };
+        let ident = ((std::process::id() as u16) << 4) ^ 0xf;
+        let mut pinger: Option<IcmpPinger> = None;
+        let mut watch = crate::heal::HealWatch::default();
+        // The role engine announces as this node becomes MASTER: the
+        // refresh counts from then.
+        let mut announced = Instant::now();
+        let mut was_master = false;
+        loop {
+            std::thread::sleep(HEAL_PERIOD);
+            let is_master = master.load(Ordering::SeqCst);
+            if is_master && !was_master {
+                announced = Instant::now();
+            }
+            was_master = is_master;
+            let answered = match (is_master, peer) {
+                (true, Some(p)) => {
+                    let round = match pinger.as_mut() {
+                        Some(x) => x.round(&[p], HEAL_PING_TIMEOUT),
+                        None => IcmpPinger::new(&ha_interface, ident).and_then(|mut x| {
+                            let r = x.round(&[p], HEAL_PING_TIMEOUT);
+                            pinger = Some(x);
+                            r
+                        }),
+                    };
+                    match round {
+                        Ok(r) => Some(r.is_some()),
+                        Err(e) => {
+                            log::debug!("pinging the peer on {ha_interface}: {e:#}");
+                            pinger = None;
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let healed = watch.round(is_master, answered);
+            let refresh_due = is_master && announced.elapsed() >= ANNOUNCE_REFRESH;
+            if !(healed || refresh_due) {
+                continue;
+            }
+            announced = Instant::now();
+            match tools.query(&root, "ns-ha-vip", &["announce"]) {
+                Ok(_) if healed => log::warn!(
+                    "the peer answers on {ha_interface} again while this node is MASTER: a partition healed; VIPs and WAN addresses re-announced"
+                ),
+                Ok(_) => log::debug!("VIPs and WAN addresses re-announced"),
+                Err(e) => log::warn!("re-announcing the VIPs and WAN addresses: {e:#}"),
+            }
+        }
+    });
 }
 
 /// How often the primary records its WireGuard peers' endpoints while MASTER.
@@ -572,6 +652,12 @@ pub fn run(root: &NodeRoot) -> Result<()> {
     if role == Role::Primary {
         spawn_vpn_recorder(root, &master);
     }
+    spawn_heal_watch(
+        root,
+        &master,
+        cluster.ha.interface.clone(),
+        cluster.ha_address(role.other()).map(|a| a.addr),
+    );
     let alerts = AlertSender::start(root.clone(), role);
     let mut out = Outputs::new(root.clone(), role);
     out.track(&cluster.health, verdict.track_value())?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use ns_ha_common::cmd::{args, CommandRunner};
 use ns_ha_common::exit::{code_of, Code};
+use ns_ha_common::fsutil::atomic_write;
 use ns_ha_common::ifcontrol::{InterfaceControl, WanState};
 use ns_ha_common::role_config::link_matches;
 use ns_ha_common::root::paths;
@@ -154,12 +155,28 @@ impl Executor<'_> {
             Err(e) => return failed(&e),
         };
         match (up, now) {
-            (true, WanState::Up) | (false, WanState::Down) => return same(""),
-            (false, _) => {
-                return match self.interfaces.down(w, self.timeout) {
-                    Ok(()) => ok("down"),
+            (true, WanState::Up) => return same(""),
+            (false, WanState::Down) => {
+                // Down, but perhaps still with the cluster MAC (a node that
+                // crashed as MASTER and came back).
+                return match self.restore_own_mac(w) {
+                    Ok(true) => ok("own MAC restored"),
+                    Ok(false) => same(""),
                     Err(e) => failed(&e),
+                };
+            }
+            (false, _) => {
+                if let Err(e) = self.keep_cluster_lease(w) {
+                    log::warn!("taking WAN {interface}'s link down before ifdown: {e:#}");
                 }
+                if let Err(e) = self.interfaces.down(w, self.timeout) {
+                    return failed(&e);
+                }
+                return match self.restore_own_mac(w) {
+                    Ok(true) => ok("down; own MAC restored"),
+                    Ok(false) => ok("down"),
+                    Err(e) => failed(&e),
+                };
             }
             (true, WanState::Partial) => {
                 // Clear what is half there (or what the manager wrongly
@@ -169,6 +186,9 @@ impl Executor<'_> {
                 }
             }
             (true, WanState::Down) => {}
+        }
+        if let Err(e) = self.restore_own_mac(w) {
+            log::warn!("restoring this node's own MAC on WAN {interface}: {e:#}");
         }
         if let Err(e) = self.wait_address_free(w) {
             log::warn!("probing WAN {interface} before ifup: {e:#}");
@@ -233,6 +253,80 @@ impl Executor<'_> {
             ip(&["link", "set", "dev", dev, "address", &mac.to_string()])?;
         }
         Ok(())
+    }
+
+    /// A DHCP WAN with the cluster MAC: take the link down before `ifdown`.
+    /// The lease belongs to the cluster MAC, and the next master asks for
+    /// it again: `ifdown` would release it (dhclient -r; the ISP may then
+    /// give the address to another customer) and keep answering for it
+    /// while it does (~1 s). With the link down first the node answers no
+    /// more at once and the release never leaves it.
+    fn keep_cluster_lease(&self, w: &Wan) -> anyhow::Result<()> {
+        if w.mac.is_none() || !matches!(w.ipv4, Some(Ipv4Method::Dhcp)) {
+            return Ok(());
+        }
+        self.runner
+            .run_ok(
+                "ip",
+                &args(&["link", "set", "dev", &w.interface, "down"]),
+                self.timeout,
+            )
+            .map(|_| ())
+    }
+
+    /// Where this node keeps the MAC its WAN device had before the cluster
+    /// MAC replaced it (a device without a permanent MAC, e.g. a veth, has
+    /// no other record of it).
+    fn own_mac_file(&self, w: &Wan) -> PathBuf {
+        self.root
+            .path(paths::STATE_DIR)
+            .join(format!("wan-own-mac.{}", w.interface))
+    }
+
+    /// A WAN with a cluster MAC: give the device back this node's own MAC
+    /// if it still carries the cluster's, or record the own one while it
+    /// has it. Returns whether the MAC was changed. The cluster MAC outlives
+    /// `ifdown` (ifupdown sets it, never resets it) and a crash; left on a
+    /// node that is not MASTER, its duplicate-address probe goes out from
+    /// the cluster MAC, which the master holds too, and a switch (the lab's
+    /// bridge) does not deliver the answer: the probe then sees the address
+    /// free while the old master still holds it. Called with the link down
+    /// (after `ifdown`, or before the probe brings it up).
+    fn restore_own_mac(&self, w: &Wan) -> anyhow::Result<bool> {
+        let Some(cluster) = w.mac else {
+            return Ok(false);
+        };
+        let Some(macs) = wan::link_macs(self.runner, &w.interface, self.timeout)? else {
+            return Ok(false);
+        };
+        let file = self.own_mac_file(w);
+        let recorded = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse::<wan::MacAddr>().ok());
+        if macs.current != cluster {
+            if recorded != Some(macs.current) {
+                if let Some(dir) = file.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                atomic_write(&file, format!("{}\n", macs.current).as_bytes(), 0o644)?;
+            }
+            return Ok(false);
+        }
+        let Some(own) = macs.permanent.filter(|p| *p != cluster).or(recorded) else {
+            log::warn!(
+                "WAN {} carries the cluster MAC {cluster} and this node has no record of its own MAC: left as it is",
+                w.interface
+            );
+            return Ok(false);
+        };
+        let dev = w.interface.as_str();
+        for words in [
+            &["link", "set", "dev", dev, "down"][..],
+            &["link", "set", "dev", dev, "address", &own.to_string()],
+        ] {
+            self.runner.run_ok("ip", &args(words), self.timeout)?;
+        }
+        Ok(true)
     }
 
     fn announce(&self, interface: &str) -> anyhow::Result<String> {
@@ -513,7 +607,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = NodeRoot::new(dir.path()).unwrap();
         let runner = FakeRunner::default();
-        let services = ns_ha_common::service::manager(ServiceBackend::Initd, &root, &runner);
+        let (records, calls) = run_in(&root, &runner, wan, state, master, lease);
+        (records, calls, runner.calls())
+    }
+
+    /// [`run_with`] on a given node root and runner: the records and the
+    /// interface manager's calls.
+    fn run_in(
+        root: &NodeRoot,
+        runner: &FakeRunner,
+        wan: Wan,
+        state: WanState,
+        master: bool,
+        lease: Option<&str>,
+    ) -> (Vec<ActionRecord>, Vec<String>) {
+        let services = ns_ha_common::service::manager(ServiceBackend::Initd, root, runner);
         let wans = vec![wan];
         let control = FakeControl {
             state: Mutex::new(state),
@@ -521,8 +629,8 @@ mod tests {
             lease: lease.map(|a| a.parse().unwrap()),
         };
         let exec = Executor {
-            root: &root,
-            runner: &runner,
+            root,
+            runner,
             services: services.as_ref(),
             backend: ServiceBackend::Initd,
             timeout: Duration::from_secs(1),
@@ -542,7 +650,7 @@ mod tests {
         assert!(lanes.iter().flatten().all(|a| a.once == Once::Always));
         let records = exec.run(&lanes);
         let calls = control.calls.lock().unwrap().clone();
-        (records, calls, runner.calls())
+        (records, calls)
     }
 
     #[test]
@@ -559,6 +667,7 @@ mod tests {
         assert_eq!(
             commands,
             [
+                "ip -json link show dev wan1",
                 "ip link set dev wan1 up",
                 "arping -D -q -c 1 -w 1 -I wan1 10.99.3.1",
                 "ip link set dev wan1 down",
@@ -573,11 +682,11 @@ mod tests {
         let mut w = dhcp_wan();
         w.mac = Some("02:00:5e:10:00:01".parse().unwrap());
         let (_, _, commands) = run_with(w.clone(), WanState::Down, true, None);
-        assert!(commands.is_empty(), "{commands:?}");
+        assert_eq!(commands, ["ip -json link show dev wan1"]);
         let (_, calls, commands) = run_with(w, WanState::Down, true, Some("10.99.3.27"));
         assert_eq!(calls, ["up wan1"]);
         assert_eq!(
-            commands.get(1).map(String::as_str),
+            commands.get(2).map(String::as_str),
             Some("arping -D -q -c 1 -w 1 -I wan1 10.99.3.27"),
             "{commands:?}"
         );
@@ -603,5 +712,79 @@ mod tests {
         let (r, calls) = run(WanState::Down, false);
         assert_eq!(r[0].outcome, Outcome::Unchanged);
         assert!(calls.is_empty());
+    }
+
+    /// The cluster MAC outlives `ifdown` and a crash: a node that is not
+    /// MASTER gets its own MAC back (the one recorded before the cluster's
+    /// replaced it), and a new master probes from its own MAC, so the old
+    /// master's answer reaches it.
+    #[test]
+    fn the_own_mac_is_recorded_and_comes_back_when_the_wan_goes_down() {
+        let cluster = "02:00:5e:10:00:01";
+        let own = "ee:11:22:33:44:55";
+        let mut w = dhcp_wan();
+        w.mac = Some(cluster.parse().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let record = root.path(paths::STATE_DIR).join("wan-own-mac.wan1");
+        let runner = FakeRunner::default();
+        runner.with(|s| {
+            s.links_up.insert("wan1".into(), false);
+            s.macs.insert("wan1".into(), own.into());
+        });
+        // BACKUP with the own MAC: recorded, nothing changed.
+        let (r, calls) = run_in(&root, &runner, w.clone(), WanState::Down, false, None);
+        assert_eq!(r[0].outcome, Outcome::Unchanged, "{r:?}");
+        assert!(calls.is_empty());
+        assert_eq!(std::fs::read_to_string(&record).unwrap().trim(), own);
+
+        // Came back from a crash as MASTER: the link still has the cluster MAC.
+        runner.with(|s| s.macs.insert("wan1".into(), cluster.into()));
+        let (r, calls) = run_in(&root, &runner, w.clone(), WanState::Down, false, None);
+        assert_eq!(r[0].outcome, Outcome::Changed, "{r:?}");
+        assert_eq!(r[0].detail, "own MAC restored");
+        assert!(calls.is_empty());
+        assert_eq!(runner.with(|s| s.macs["wan1"].clone()), own);
+
+        // Taken down after it was MASTER: ifdown, then the own MAC.
+        runner.with(|s| s.macs.insert("wan1".into(), cluster.into()));
+        let (r, calls) = run_in(&root, &runner, w.clone(), WanState::Up, false, None);
+        assert_eq!(calls, ["down wan1"]);
+        assert_eq!(r[0].detail, "down; own MAC restored");
+        assert_eq!(runner.with(|s| s.macs["wan1"].clone()), own);
+
+        // A new master that still has the cluster MAC probes from its own.
+        runner.with(|s| {
+            s.macs.insert("wan1".into(), cluster.into());
+            s.calls.clear();
+        });
+        let (_, calls) = run_in(&root, &runner, w, WanState::Down, true, Some("10.99.3.27"));
+        assert_eq!(calls, ["up wan1"]);
+        let commands = runner.calls();
+        let probe = commands
+            .iter()
+            .position(|c| c.starts_with("arping"))
+            .unwrap();
+        let own_set = commands
+            .iter()
+            .position(|c| c == &format!("ip link set dev wan1 address {own}"))
+            .unwrap();
+        let cluster_set = commands
+            .iter()
+            .position(|c| c == &format!("ip link set dev wan1 address {cluster}"))
+            .unwrap();
+        assert!(own_set < probe && probe < cluster_set, "{commands:?}");
+
+        // No record and no permanent MAC: left alone, not guessed.
+        std::fs::remove_file(&record).unwrap();
+        runner.with(|s| {
+            s.macs.insert("wan1".into(), cluster.into());
+            s.calls.clear();
+        });
+        let mut w = dhcp_wan();
+        w.mac = Some(cluster.parse().unwrap());
+        let (r, _) = run_in(&root, &runner, w, WanState::Down, false, None);
+        assert_eq!(r[0].outcome, Outcome::Unchanged, "{r:?}");
+        assert_eq!(runner.with(|s| s.macs["wan1"].clone()), cluster);
     }
 }

@@ -18,6 +18,8 @@ pub struct FakeState {
     pub hang: BTreeSet<String>,
     pub holds_vips: bool,
     pub links_up: BTreeMap<String, bool>,
+    /// The MAC of each link that has one (`ip link set dev X address M`).
+    pub macs: BTreeMap<String, String>,
     pub calls: Vec<String>,
 }
 
@@ -92,9 +94,15 @@ impl CommandRunner for FakeRunner {
                 let links: Vec<String> = s
                     .links_up
                     .iter()
+                    .filter(|(n, _)| !line.contains(" dev ") || line.ends_with(&format!(" {n}")))
                     .map(|(n, up)| {
+                        let mac = s
+                            .macs
+                            .get(n)
+                            .map(|m| format!(r#","address":"{m}""#))
+                            .unwrap_or_default();
                         format!(
-                            r#"{{"ifname":"{n}","flags":[{}]}}"#,
+                            r#"{{"ifname":"{n}","flags":[{}]{mac}}}"#,
                             if *up { "\"UP\"" } else { "" }
                         )
                     })
@@ -115,6 +123,12 @@ impl CommandRunner for FakeRunner {
             }
             // `wg` under the node root's /run/wireguard.
             "unshare" if args.iter().any(|a| a == "wg") => out(0, ""),
+            "ip" if line.contains("link set")
+                && args.get(4).map(String::as_str) == Some("address") =>
+            {
+                s.macs.insert(args[3].clone(), args[5].clone());
+                out(0, "")
+            }
             "ip" if line.contains("link set") => {
                 let name = args[3].clone();
                 let up = args[4] == "up";

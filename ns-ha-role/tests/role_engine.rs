@@ -339,8 +339,19 @@ fn defaults_are_a_valid_roles_section() {
     assert!(out.status.success());
     let roles: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     for svc in [
-        "dnsmasq", "openvpn", "swanctl", "mwan3", "snort", "adblock", "banip", "dedalo", "netifyd",
-        "ddns", "ns-plug", "acme",
+        "dnsmasq",
+        "openvpn",
+        "swanctl",
+        "strongswan",
+        "mwan3",
+        "snort",
+        "adblock",
+        "banip",
+        "dedalo",
+        "netifyd",
+        "ddns",
+        "ns-plug",
+        "acme",
     ] {
         assert!(
             roles["master"]["start"]

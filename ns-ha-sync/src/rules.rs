@@ -452,6 +452,49 @@ mod tests {
         .unwrap()
     }
 
+    /// Issue 9: an IPsec tunnel configured on the primary starts on the
+    /// backup after a failover only if strongSwan's files travel, in both
+    /// profiles' defaults: swanctl's tree, the legacy starter's files and
+    /// the daemon's settings. Look-alikes next to them stay out.
+    #[test]
+    fn strongswan_files_are_synced_in_both_profiles() {
+        for (profile, defaults) in [
+            (
+                SyncProfile::Openwrt,
+                ns_ha_common::sync_config::OPENWRT_DEFAULTS,
+            ),
+            (
+                SyncProfile::Debian,
+                ns_ha_common::sync_config::DEBIAN_DEFAULTS,
+            ),
+        ] {
+            let s = SyncSet::from_parts(profile, defaults, &SyncSettings::default()).unwrap();
+            for path in [
+                "/etc/swanctl/swanctl.conf",
+                "/etc/swanctl/conf.d/rw.conf",
+                "/etc/swanctl/private/gw.pem",
+                "/etc/swanctl/x509ca/ca.pem",
+                "/etc/ipsec.conf",
+                "/etc/ipsec.secrets",
+                "/etc/ipsec.d/cacerts/ca.pem",
+                "/etc/ipsec.user",
+                "/etc/strongswan.conf",
+                "/etc/strongswan.d/charon/kernel-libipsec.conf",
+            ] {
+                assert!(s.is_synced(path), "{profile:?}: {path} is not synced");
+            }
+            for path in ["/etc/ipsec", "/etc/strongswan", "/etc/swanctl.bak"] {
+                assert!(!s.is_synced(path), "{profile:?}: {path} is synced");
+            }
+            // Named one by one, so the walk does not take all of /etc.
+            assert!(
+                !s.walk_roots().contains(&"/etc".to_string()),
+                "{profile:?}: {:?}",
+                s.walk_roots()
+            );
+        }
+    }
+
     /// Issue 8 item 3: the rules the receiver checks every path against carry
     /// the identity floor and this node's own state_dir, even for settings
     /// that never went through validation (a hand-edited or older

@@ -464,8 +464,18 @@ fn diagnose(lab: &Lab, node: &str, wan: &Wan) -> String {
         t[from..].to_string()
     };
     let show = |argv: &[&str]| String::from_utf8_lossy(&lab.exec(node, argv).stdout).into_owned();
+    let procs: String = show(&["ps", "-eo", "pid,stat,etimes,args"])
+        .lines()
+        .filter(|l| {
+            ["pon", "pppd", "ifup", "ifdown", "poff"]
+                .iter()
+                .any(|p| l.contains(p))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     format!(
-        "lane: {} | link: {} | routes: {} | pppd: {}",
+        "processes: {} | lane: {} | link: {} | routes: {} | pppd: {}",
+        tail(procs, 800),
         tail(lane.join(" / "), 1200),
         tail(show(&["ip", "-o", "addr", "show", "dev", wan.dev]), 300),
         tail(show(&["ip", "route", "show", "default"]), 300),

@@ -1,17 +1,23 @@
 //! Issue 9, VPNs that follow the master, against the real daemons in the
 //! lab: an OpenVPN server (`openvpn`, started by the role engine through the
-//! node's init script) and a WireGuard tunnel (`wireguard-go`, this kernel
-//! has no WireGuard module, created by the role engine's `link wg* up`)
-//! configured on the primary only, the WAN host as the road warrior of both
-//! (an OpenVPN client and a wireguard-go client, tunnels to the WAN VIP).
+//! node's init script), a WireGuard tunnel (`wireguard-go`, this kernel
+//! has no WireGuard module, created by the role engine's `link wg* up`) and
+//! an IPsec gateway (strongSwan's charon, the `swanctl` service, with
+//! `kernel-libipsec`: this kernel has no ESP, so ESP runs in userspace over
+//! a TUN device, UDP-encapsulated on the wire) configured on the primary
+//! only, the WAN host as the road warrior of all three (an OpenVPN client,
+//! a wireguard-go client and a charon with a virtual IP, tunnels to the WAN
+//! VIP).
 //!
-//! Checked: the configs (keys 0600) reach the backup by the sync; the
-//! tunnels and daemons run on the MASTER only, asserted on both nodes; the
-//! primary records the WireGuard client's endpoint and the sync carries it;
-//! after fw1 dies the client's traffic through each tunnel to a LAN address
-//! flows again with no change on the client. The benchmark (ignored, `make
-//! bench`) prints the time from the crash to traffic through each tunnel,
-//! median of three fresh labs.
+//! Checked: the configs (keys and the IPsec PSK 0600) reach the backup by
+//! the sync; the tunnels and daemons run on the MASTER only, asserted on
+//! both nodes; the primary records the WireGuard client's endpoint and the
+//! sync carries it; after fw1 dies the client's traffic through each tunnel
+//! to a LAN address flows again with no change on the client (IPsec: the
+//! client's DPD declares the dead gateway and `dpd_action = restart`
+//! connects to the new master). The benchmark (ignored, `make bench`)
+//! prints the time from the crash to traffic through each tunnel, median of
+//! three fresh labs.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -31,6 +37,24 @@ const LAN_BY_WG: &str = net::CLIENT;
 /// A second address of the LAN client, through OpenVPN.
 const LAN_BY_OVPN: &str = "10.99.1.101";
 const CLIENT_WG_IF: &str = "wgc0";
+/// A third address of the LAN client, through IPsec.
+const LAN_BY_IPSEC: &str = "10.99.1.253";
+/// What the IPsec road warrior reaches: a part of the LAN holding
+/// [`LAN_BY_IPSEC`] and the LAN VIP. kernel-libipsec routes a tunnel's
+/// traffic only with a source address of its own inside the gateway's
+/// traffic selector (else "no local address found in traffic selector",
+/// no CHILD_SA): a real road warrior's selector is the whole LAN, which
+/// holds the gateway's LAN address. Here it is narrowed so that the WAN
+/// host's routes to the other two tunnels' LAN addresses stay theirs
+/// (charon's table 220 is looked up before the main table).
+const IPSEC_LAN_TS: &str = "10.99.1.252/30";
+/// The LAN, the IPsec gateway's side of the tunnel.
+const LAN_NET: &str = "10.99.1.0/24";
+/// The IPsec gateway's pool of road-warrior virtual IPs.
+const IPSEC_POOL: &str = "10.99.22.0/24";
+/// charon with its plugins from the packages (no openssl plugin: gmp for
+/// the DH group) and kernel-libipsec for ESP.
+const CHARON: &str = "/usr/lib/ipsec/charon";
 
 fn sh_out(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
@@ -153,19 +177,100 @@ fn configure(lab: &Lab) -> Client {
         std::fs::copy(&script, &to).expect("install the openvpn init script");
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    // The LAN client's second address, reached through OpenVPN.
-    lab.exec_ok(
-        "lan",
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{LAN_BY_OVPN}/24"),
-            "dev",
-            "eth0",
-        ],
-    );
+    configure_ipsec(lab, &dir);
+    // The LAN client's second and third addresses, reached through OpenVPN and IPsec.
+    for addr in [LAN_BY_OVPN, LAN_BY_IPSEC] {
+        lab.exec_ok(
+            "lan",
+            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        );
+    }
     Client { dir }
+}
+
+/// strongSwan's daemon settings: the plugins (kernel-libipsec for ESP, this
+/// kernel has none), a log in `/run` (the node's own there), and `extra`.
+fn strongswan_conf(extra: &str) -> String {
+    format!(
+        "# this kernel has no ESP: kernel-libipsec carries it through a TUN device (ipsec0)\n\
+         charon {{\n  load = random nonce aes sha1 sha2 hmac gmp kdf pem pkcs1 pkcs8 x509 pubkey \
+         kernel-libipsec kernel-netlink socket-default vici\n{extra}\
+         \x20 filelog {{\n    lab {{\n      path = /run/charon.log\n      flush_line = yes\n      \
+         default = 1\n      ike = 2\n    }}\n  }}\n}}\n\
+         swanctl {{\n  load = random nonce aes sha1 sha2 hmac gmp pem pkcs1 pkcs8 x509 pubkey\n}}\n"
+    )
+}
+
+/// The IPsec gateway on fw1 (strongswan.conf, swanctl.conf, the PSK in a
+/// 0600 file of its own), the `swanctl` service on both nodes, and the road
+/// warrior's files under `dir/ipsec`: a charon of its own with the
+/// settings that make it come back after a failover (see [`Client::start`]).
+fn configure_ipsec(lab: &Lab, dir: &Path) {
+    let psk = sh_out(Command::new("openssl").args(["rand", "-base64", "32"]));
+    let secrets = format!(
+        "# the road warriors' pre-shared key\nsecrets {{\n  ike-rw {{\n    id = rw.lab\n    secret = 0s{psk}\n  }}\n}}\n"
+    );
+    lab.write("fw1", "/etc/strongswan.conf", strongswan_conf(""));
+    lab.write(
+        "fw1",
+        "/etc/swanctl/swanctl.conf",
+        format!(
+            "# road warriors, on the WAN VIP (only the MASTER holds it and runs charon)\n\
+             connections {{\n  rw {{\n    version = 2\n    local_addrs = {vip}\n    \
+             proposals = aes256-sha256-modp2048\n    encap = yes\n    pools = rw\n    \
+             local {{\n      auth = psk\n      id = gw.lab\n    }}\n    \
+             remote {{\n      auth = psk\n      id = rw.lab\n    }}\n    \
+             children {{\n      rw {{\n        local_ts = {lan}\n        \
+             esp_proposals = aes256-sha256\n      }}\n    }}\n  }}\n}}\n\
+             pools {{\n  rw {{\n    addrs = {IPSEC_POOL}\n  }}\n}}\n\
+             include conf.d/*.conf\n",
+            vip = net::WAN_VIP,
+            lan = LAN_NET
+        ),
+    );
+    lab.write("fw1", "/etc/swanctl/conf.d/secrets.conf", &secrets);
+    std::fs::set_permissions(
+        lab.path("fw1", "/etc/swanctl/conf.d/secrets.conf"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod secrets.conf");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/node/optional/swanctl");
+    for fw in FIREWALLS {
+        let to = lab.path(fw, "/etc/init.d/swanctl");
+        std::fs::copy(&script, &to).expect("install the swanctl init script");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    // The road warrior: the gateway's address, a virtual IP from its pool,
+    // the LAN address it reaches, and what brings it back by itself.
+    let rw = dir.join("ipsec");
+    for sub in ["run", "swanctl"] {
+        std::fs::create_dir_all(rw.join(sub)).expect("client ipsec dir");
+    }
+    std::fs::write(
+        rw.join("strongswan.conf"),
+        strongswan_conf(
+            "  # a lost gateway is declared dead after 1 + 1 + 1 s of retransmissions\n  \
+             # (the defaults, 4 s x 1.8^n with 5 tries, take 165 s)\n  \
+             retransmit_timeout = 1\n  retransmit_base = 1\n  retransmit_tries = 2\n",
+        ),
+    )
+    .expect("client strongswan.conf");
+    std::fs::write(
+        rw.join("swanctl/swanctl.conf"),
+        format!(
+            "connections {{\n  home {{\n    version = 2\n    remote_addrs = {vip}\n    \
+             vips = 0.0.0.0\n    proposals = aes256-sha256-modp2048\n    encap = yes\n    \
+             dpd_delay = 1s\n    keyingtries = 0\n    \
+             local {{\n      auth = psk\n      id = rw.lab\n    }}\n    \
+             remote {{\n      auth = psk\n      id = gw.lab\n    }}\n    \
+             children {{\n      home {{\n        remote_ts = {IPSEC_LAN_TS}\n        \
+             esp_proposals = aes256-sha256\n        start_action = start\n        \
+             dpd_action = restart\n        close_action = start\n      }}\n    }}\n  }}\n}}\n{secrets}",
+            vip = net::WAN_VIP
+        ),
+    )
+    .expect("client swanctl.conf");
 }
 
 impl Client {
@@ -201,12 +306,63 @@ impl Client {
             script,
             &[&dir, CLIENT_WG_IF, WG_CLIENT, LAN_BY_WG],
         );
+        // The IPsec road warrior: its charon with its own /run (pid file,
+        // vici socket) and /etc/swanctl, the connection loaded and started
+        // (`start_action = start`). Outside the tunnel the LAN address is
+        // unreachable (a blackhole route; charon's routes are in table 220,
+        // looked up first), as a road warrior's LAN addresses are on the
+        // Internet: otherwise the WAN host would reach it in the clear
+        // through the WAN VIP while the tunnel is down.
+        lab.exec_ok(
+            "wan",
+            &[
+                "ip",
+                "route",
+                "add",
+                "blackhole",
+                &format!("{LAN_BY_IPSEC}/32"),
+            ],
+        );
+        let rw = format!("{dir}/ipsec");
+        let script = "mount --bind \"$1/run\" /run && mount --bind \"$1/swanctl\" /etc/swanctl && \
+             STRONGSWAN_CONF=\"$1/strongswan.conf\" && export STRONGSWAN_CONF && \
+             { \"$2\" </dev/null >>\"$1/charon.out\" 2>&1 & } && i=0 && \
+             until [ -S /run/charon.vici ]; do i=$((i+1)); [ $i -le 50 ] || exit 1; sleep 0.1; done && \
+             swanctl --load-all --noprompt >>\"$1/charon.out\" 2>&1";
+        in_private_mounts(lab, "wan", script, &[&rw, CHARON]);
+    }
+
+    /// The road warrior's IPsec SAs (`swanctl --list-sas`).
+    fn ipsec_sas(&self, lab: &Lab) -> String {
+        let rw = self.dir.join("ipsec");
+        swanctl(lab, "wan", &rw.join("run"), &rw.join("strongswan.conf"))
     }
 }
 
+/// `swanctl --list-sas` on `node`, seeing the charon whose /run is `run`.
+fn swanctl(lab: &Lab, node: &str, run: &Path, conf: &Path) -> String {
+    in_private_mounts(
+        lab,
+        node,
+        "mount --bind \"$1\" /run && export STRONGSWAN_CONF=\"$2\" && exec swanctl --list-sas",
+        &[&run.to_string_lossy(), &conf.to_string_lossy()],
+    )
+}
+
+/// A firewall's IPsec SAs.
+fn node_ipsec_sas(lab: &Lab, node: &str) -> String {
+    swanctl(
+        lab,
+        node,
+        &lab.path(node, "/run"),
+        &lab.path(node, "/etc/strongswan.conf"),
+    )
+}
+
 /// What runs on `node`: the WireGuard tunnel, OpenVPN's tun0, the openvpn
-/// service, a wireguard-go process in its namespace.
-fn vpn_state(lab: &Lab, node: &str) -> [bool; 4] {
+/// service, a wireguard-go process in its namespace, the swanctl service
+/// (charon) and its ESP device (kernel-libipsec's TUN).
+fn vpn_state(lab: &Lab, node: &str) -> [bool; 6] {
     let link = |name: &str| {
         lab.exec(node, &["ip", "link", "show", "dev", name])
             .status
@@ -220,21 +376,28 @@ fn vpn_state(lab: &Lab, node: &str) -> [bool; 4] {
         link("tun0"),
         lab.status(node, "openvpn"),
         !wg_go.is_empty(),
+        lab.status(node, "swanctl"),
+        link("ipsec0"),
     ]
 }
+
+/// The order of [`vpn_state`], for messages.
+const VPN_STATE: &str = "[wg0, tun0, openvpn, wireguard-go, swanctl, ipsec0]";
 
 fn assert_vpns_only_on(lab: &Lab, master: &str, when: &str) {
     for fw in FIREWALLS {
         let want = fw == master;
         let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-            vpn_state(lab, fw) == [want; 4]
+            vpn_state(lab, fw) == [want; 6]
         });
         assert!(
             ok,
-            "{when}: {fw} should {}run the VPNs: [wg0, tun0, openvpn, wireguard-go] = {:?}; role status: {}",
+            "{when}: {fw} should {}run the VPNs: {VPN_STATE} = {:?}; role status: {}",
             if want { "" } else { "not " },
             vpn_state(lab, fw),
-            tool(lab, fw, "ns-ha-role", &["status"]).stdout.escape_ascii()
+            tool(lab, fw, "ns-ha-role", &["status"])
+                .stdout
+                .escape_ascii()
         );
     }
 }
@@ -306,14 +469,23 @@ impl Ping {
     }
 
     /// Seconds from `t0` until the replies resumed after the outage that
-    /// began around `t0`, if they did.
+    /// began around `t0`, if they did: the end of the first gap (over
+    /// 0.3 s) after which replies flow steadily (10 in a row, no gap). A
+    /// scheduling hiccup of the loaded machine between `t0` and the links
+    /// going down (`lab.sh crash` takes a moment) is not the outage.
     fn resumed_after(&self, t0: f64) -> Option<f64> {
+        const STEADY: usize = 10;
+        let gap = |w: &[f64]| w[1] - w[0] > 0.3;
         let s = self.stamps();
         let before = s.iter().rev().find(|t| **t <= t0).copied().unwrap_or(t0);
         s.windows(2)
-            .filter(|w| w[0] >= before && w[1] - w[0] > 0.3)
-            .map(|w| w[1] - t0)
-            .next()
+            .enumerate()
+            .filter(|(_, w)| w[0] >= before && gap(w))
+            .find(|(i, _)| {
+                let after = &s[i + 1..];
+                after.len() >= STEADY && !after[..STEADY].windows(2).any(gap)
+            })
+            .map(|(_, w)| w[1] - t0)
     }
 }
 
@@ -339,11 +511,19 @@ fn mode(lab: &Lab, node: &str, rel: &str) -> u32 {
         & 0o777
 }
 
-/// One failover with both tunnels in use; returns the seconds from the
-/// crash of fw1 to traffic through (WireGuard, OpenVPN). With `forget`,
-/// fw2 loses the recorded endpoints before the crash (the baseline: the
-/// client's own handshake retry).
-fn failover_round(lab: &Lab, forget: bool) -> (f64, f64) {
+/// Seconds from the crash to traffic through each tunnel again.
+struct Resumed {
+    wireguard: f64,
+    openvpn: f64,
+    ipsec: f64,
+}
+
+/// One failover with the three tunnels in use; returns the seconds from
+/// the crash of fw1 to traffic through each. With `forget`, fw2 loses the
+/// recorded WireGuard endpoints before the crash (the baseline: the
+/// client's own handshake retry). Also returns the road warrior, still
+/// connected.
+fn failover_round(lab: &Lab, forget: bool) -> (Resumed, Client) {
     configure_dnsmasq(lab);
     pair(lab);
     let client = configure(lab);
@@ -353,11 +533,15 @@ fn failover_round(lab: &Lab, forget: bool) -> (f64, f64) {
         "/etc/wireguard/wg0.conf",
         "/etc/openvpn/server.conf",
         "/etc/openvpn/server.key",
+        "/etc/strongswan.conf",
+        "/etc/swanctl/swanctl.conf",
+        "/etc/swanctl/conf.d/secrets.conf",
     ] {
         assert_eq!(lab.read("fw2", rel), lab.read("fw1", rel), "{rel} on fw2");
     }
     assert_eq!(mode(lab, "fw2", "/etc/wireguard/wg0.conf"), 0o600);
     assert_eq!(mode(lab, "fw2", "/etc/openvpn/server.key"), 0o600);
+    assert_eq!(mode(lab, "fw2", "/etc/swanctl/conf.d/secrets.conf"), 0o600);
 
     // The role engine brings the VPNs up on the MASTER only.
     for fw in FIREWALLS {
@@ -403,13 +587,17 @@ fn failover_round(lab: &Lab, forget: bool) -> (f64, f64) {
 
     client.start(lab);
     let up = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
-        lab.ping("wan", LAN_BY_WG, 1) && lab.ping("wan", LAN_BY_OVPN, 1)
+        lab.ping("wan", LAN_BY_WG, 1)
+            && lab.ping("wan", LAN_BY_OVPN, 1)
+            && lab.ping("wan", LAN_BY_IPSEC, 1)
     });
     assert!(
         up,
-        "the road warrior cannot reach the LAN through both tunnels: {}",
-        std::fs::read_to_string(client.dir.join("openvpn.log")).unwrap_or_default()
+        "the road warrior cannot reach the LAN through the three tunnels: {}\n{}",
+        std::fs::read_to_string(client.dir.join("openvpn.log")).unwrap_or_default(),
+        std::fs::read_to_string(client.dir.join("ipsec/run/charon.log")).unwrap_or_default()
     );
+    assert_ipsec_carries(lab, &client, "fw1");
 
     // The primary records the client's endpoint; the sync carries it.
     let recorded = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
@@ -436,21 +624,28 @@ fn failover_round(lab: &Lab, forget: bool) -> (f64, f64) {
 
     let wg = Ping::start(lab, LAN_BY_WG, lab.dir().join("ping-wg.txt"));
     let ovpn = Ping::start(lab, LAN_BY_OVPN, lab.dir().join("ping-ovpn.txt"));
+    let ipsec = Ping::start(lab, LAN_BY_IPSEC, lab.dir().join("ping-ipsec.txt"));
     std::thread::sleep(Duration::from_secs(1));
     assert!(
-        !wg.stamps().is_empty() && !ovpn.stamps().is_empty(),
+        !wg.stamps().is_empty() && !ovpn.stamps().is_empty() && !ipsec.stamps().is_empty(),
         "no traffic before the crash"
     );
     let t0 = epoch();
     lab.crash("fw1");
     let start = Instant::now();
-    let both = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-        wg.resumed_after(t0).is_some() && ovpn.resumed_after(t0).is_some()
+    let all = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        wg.resumed_after(t0).is_some()
+            && ovpn.resumed_after(t0).is_some()
+            && ipsec.resumed_after(t0).is_some()
     });
-    let (w, o) = (wg.resumed_after(t0), ovpn.resumed_after(t0));
+    let (w, o, i) = (
+        wg.resumed_after(t0),
+        ovpn.resumed_after(t0),
+        ipsec.resumed_after(t0),
+    );
     assert!(
-        both,
-        "after {:?} traffic resumed through WireGuard: {w:?}, OpenVPN: {o:?}; fw2 runs {:?}",
+        all,
+        "after {:?} traffic resumed through WireGuard: {w:?}, OpenVPN: {o:?}, IPsec: {i:?}; fw2 runs {VPN_STATE} = {:?}",
         start.elapsed(),
         vpn_state(lab, "fw2")
     );
@@ -460,25 +655,108 @@ fn failover_round(lab: &Lab, forget: bool) -> (f64, f64) {
         "fw2 does not hold the WAN VIP"
     );
     let state = vpn_state(lab, "fw2");
-    assert_eq!(
-        state, [true; 4],
-        "fw2 after the failover: [wg0, tun0, openvpn, wireguard-go]"
-    );
-    let (w, o) = (w.unwrap_or(f64::MAX), o.unwrap_or(f64::MAX));
+    assert_eq!(state, [true; 6], "fw2 after the failover: {VPN_STATE}");
+    // The client's new IPsec SA is with fw2, and carries the traffic.
+    assert_ipsec_carries(lab, &client, "fw2");
+    let r = Resumed {
+        wireguard: w.unwrap_or(f64::MAX),
+        openvpn: o.unwrap_or(f64::MAX),
+        ipsec: i.unwrap_or(f64::MAX),
+    };
     eprintln!(
-        "traffic through the tunnels again after the crash: WireGuard {w:.2} s, OpenVPN {o:.2} s"
+        "traffic through the tunnels again after the crash: WireGuard {:.2} s, OpenVPN {:.2} s, IPsec {:.2} s",
+        r.wireguard, r.openvpn, r.ipsec
     );
-    (w, o)
+    (r, client)
+}
+
+/// The road warrior reaches the IPsec LAN address through its tunnel to
+/// `gateway`: the route goes into kernel-libipsec's TUN, the client's
+/// CHILD_SA has a virtual IP from the pool, and the gateway has the
+/// client's IKE SA, with ESP packets in.
+fn assert_ipsec_carries(lab: &Lab, client: &Client, gateway: &str) {
+    let route = lab.exec_ok("wan", &["ip", "route", "get", LAN_BY_IPSEC]);
+    assert!(
+        route.contains("dev ipsec0"),
+        "the road warrior's route to {LAN_BY_IPSEC} is not through the tunnel: {route}"
+    );
+    assert!(lab.ping("wan", LAN_BY_IPSEC, 1), "no reply through IPsec");
+    let sas = client.ipsec_sas(lab);
+    assert!(
+        sas.contains("ESTABLISHED") && sas.contains("[10.99.22."),
+        "the road warrior's SAs: {sas}"
+    );
+    let sas = node_ipsec_sas(lab, gateway);
+    // The CHILD_SA's "in SPI, N bytes, M packets" line.
+    let packets_in = sas
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("in "))
+        .filter_map(|l| l.split(',').find_map(|f| f.trim().strip_suffix(" packets")))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max();
+    assert!(
+        sas.contains("ESTABLISHED")
+            && sas.contains("'rw.lab'")
+            && sas.contains("TUNNEL-in-UDP")
+            && packets_in.unwrap_or(0) > 0,
+        "{gateway}'s SAs (ESP packets in {packets_in:?}): {sas}"
+    );
 }
 
 #[test]
 fn vpns_follow_the_master_and_clients_resume_after_a_failover() {
     let lab = Lab::up();
-    let (wg, ovpn) = failover_round(&lab, false);
+    let (r, client) = failover_round(&lab, false);
     // The client's own retry would take 15 s (WireGuard's handshake
     // timeout); the new master starts the handshake itself.
-    assert!(wg < 5.0, "WireGuard resumed only after {wg:.2} s");
-    assert!(ovpn < 10.0, "OpenVPN resumed only after {ovpn:.2} s");
+    assert!(
+        r.wireguard < 5.0,
+        "WireGuard resumed only after {:.2} s",
+        r.wireguard
+    );
+    assert!(
+        r.openvpn < 10.0,
+        "OpenVPN resumed only after {:.2} s",
+        r.openvpn
+    );
+    // The IPsec client's DPD (1 s) and retransmissions (3 x 1 s) declare
+    // the old master dead, then it connects to the new one.
+    assert!(r.ipsec < 10.0, "IPsec resumed only after {:.2} s", r.ipsec);
+
+    // fw1 comes back and takes the master role back (it preempts): fw2
+    // stops its charon, and the road warrior, unchanged, connects to fw1
+    // again, by the DELETE fw2's charon sends as it stops (`close_action
+    // = start`) or, if that is lost with the VIP, by DPD.
+    let ipsec = Ping::start(&lab, LAN_BY_IPSEC, lab.dir().join("ping-ipsec-back.txt"));
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = epoch();
+    lab.revive("fw1");
+    assert_vpns_only_on(&lab, "fw1", "after fw1 came back");
+    let back = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        ipsec.resumed_after(t0).is_some()
+    });
+    let log = std::fs::read_to_string(client.dir.join("ipsec/run/charon.log")).unwrap_or_default();
+    assert!(
+        back,
+        "IPsec traffic did not resume after fw1 took the master role back: {:?}",
+        ipsec.stamps().last()
+    );
+    assert_ipsec_carries(&lab, &client, "fw1");
+    let stamps = ipsec.stamps();
+    let outage = stamps
+        .windows(2)
+        .filter(|w| w[1] >= t0)
+        .map(|w| w[1] - w[0])
+        .fold(0.0, f64::max);
+    eprintln!(
+        "IPsec after fw1 took the master role back: traffic again {:.2} s after the revive, outage {outage:.2} s; the client {}",
+        ipsec.resumed_after(t0).unwrap_or(f64::MAX),
+        if log.contains("received DELETE for IKE_SA") {
+            "received the old master's DELETE"
+        } else {
+            "saw no DELETE (DPD)"
+        }
+    );
 }
 
 #[test]
@@ -486,20 +764,23 @@ fn vpns_follow_the_master_and_clients_resume_after_a_failover() {
 fn bench_vpn_failover() {
     let mut wg = Vec::new();
     let mut ovpn = Vec::new();
+    let mut ipsec = Vec::new();
     for _ in 0..3 {
         let lab = Lab::up();
-        let (w, o) = failover_round(&lab, false);
-        wg.push(w);
-        ovpn.push(o);
+        let (r, _) = failover_round(&lab, false);
+        wg.push(r.wireguard);
+        ovpn.push(r.openvpn);
+        ipsec.push(r.ipsec);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     println!(
-        "VPN failover, crash of fw1 to traffic through the tunnel (3 fresh labs): WireGuard median {:.2} s {wg:.2?} (goal < 2 s), OpenVPN median {:.2} s {ovpn:.2?} (goal < 10 s)",
+        "VPN failover, crash of fw1 to traffic through the tunnel (3 fresh labs): WireGuard median {:.2} s {wg:.2?} (goal < 2 s), OpenVPN median {:.2} s {ovpn:.2?} (goal < 10 s), IPsec median {:.2} s {ipsec:.2?}",
         median(&mut wg.clone()),
-        median(&mut ovpn.clone())
+        median(&mut ovpn.clone()),
+        median(&mut ipsec.clone())
     );
 }
 
@@ -509,7 +790,7 @@ fn bench_vpn_failover() {
 #[ignore = "benchmark: make bench"]
 fn bench_wireguard_without_recorded_endpoints() {
     let lab = Lab::up();
-    let (wg, _) = failover_round(&lab, true);
+    let wg = failover_round(&lab, true).0.wireguard;
     println!(
         "WireGuard failover without the recorded endpoints (the client's own retry): {wg:.2} s"
     );

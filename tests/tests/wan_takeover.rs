@@ -144,6 +144,13 @@ fn mac_of(lab: &Lab, fw: &str, dev: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The MAC the ISP's neighbour cache maps `addr` to (none: no entry).
+fn isp_neighbour(lab: &Lab, addr: &str) -> Option<String> {
+    let out = lab.exec_ok("wan", &["ip", "-j", "neigh", "show", addr]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j neigh");
+    v[0]["lladdr"].as_str().map(str::to_ascii_lowercase)
+}
+
 /// The ISP (WAN host) routes the LAN subnet through the WAN address `via`.
 fn isp_routes_lan_via(lab: &Lab, via: &str) {
     lab.exec_ok(
@@ -397,15 +404,35 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         ),
         "the partition did not make fw2 MASTER too"
     );
-    let (_, samples) = sampled(&lab, WAN_V4, || {
+    // fw2 announced the WAN address as it brought it up: the ISP now sends
+    // to fw2 (the ISP knew the address from the pings before).
+    let (mac1, mac2) = (mac_of(&lab, "fw1", WAN), mac_of(&lab, "fw2", WAN));
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            isp_neighbour(&lab, WAN_V4).as_deref() == Some(mac2.as_str())
+        }),
+        "fw2's announcement did not reach the ISP: {:?}",
+        isp_neighbour(&lab, WAN_V4)
+    );
+    let (announced, samples) = sampled(&lab, WAN_V4, || {
+        let healed = Instant::now();
         lab.heal("fw2", net::HA_IF);
         lab.heal("fw2", net::LAN_IF);
+        // No keepalived event reaches fw1, which stays MASTER; its health
+        // monitor sees fw2 answer on the HA link again and re-announces, so
+        // the ISP maps the address to fw1 again without sending it anything
+        // (the entry would otherwise keep fw2's MAC until it goes stale).
+        let announced = wait_until(Duration::from_secs(8), Duration::from_millis(20), || {
+            isp_neighbour(&lab, WAN_V4).as_deref() == Some(mac1.as_str())
+        })
+        .then(|| healed.elapsed());
         assert!(wait_until(
             Duration::from_secs(10),
             Duration::from_millis(20),
             || holders(&lab, WAN_V4) == ["fw1"]
         ));
         std::thread::sleep(Duration::from_secs(2));
+        announced
     });
     let after: Vec<_> = samples
         .iter()
@@ -413,11 +440,17 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         .cloned()
         .collect();
     assert_one_holder("partition healed", WAN_V4, &after, "fw1");
-    // No keepalived event reaches the node that stays MASTER when a
-    // partition heals, so the ISP may still map the address to fw2's MAC
-    // (fw2 announced it while it was MASTER): `ns-ha-vip announce` is the
-    // re-announce for the WAN as for the VIPs, and it must work.
-    tool_ok(&lab, "fw1", "ns-ha-vip", &["announce", "--interface", WAN]);
+    let announced = announced.unwrap_or_else(|| {
+        panic!(
+            "fw1 did not re-announce {WAN_V4} after the partition healed: the ISP maps it to {:?} (fw1 {mac1}, fw2 {mac2})\nfw1's monitor log:\n{}",
+            isp_neighbour(&lab, WAN_V4),
+            lab.read("fw1", "var/log/ns-ha-monitor.log")
+        )
+    });
+    eprintln!(
+        "partition healed: the ISP maps {WAN_V4} to fw1 again {} ms after the heal",
+        announced.as_millis()
+    );
     assert!(
         lab.ping("wan", net::CLIENT, 3),
         "the ISP cannot reach the LAN client after the heal and ns-ha-vip announce"
@@ -648,6 +681,37 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
         lab.ping("wan", net::CLIENT, 3),
         "the ISP cannot reach the LAN client through the DHCP WAN"
     );
+    // Maintenance: the first handover to fw2, which never held the lease
+    // and has no address to probe; fw1 takes its link down before ifdown, so
+    // it stops answering at once and does not release the lease. And back.
+    for (step, to) in [("on", "fw2"), ("off", "fw1")] {
+        let (_, samples) = sampled(&lab, &addr, || {
+            tool_ok(&lab, "fw1", "ns-ha-role", &["maintenance", step]);
+            assert!(
+                wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
+                    holders(&lab, &addr) == [to]
+                }),
+                "maintenance {step}: {to} did not get the lease: {:?}",
+                holders(&lab, &addr)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        assert_one_holder(
+            &format!("maintenance {step} (DHCP WAN)"),
+            &addr,
+            &samples,
+            to,
+        );
+        assert_eq!(
+            wan_v4(&lab, to).as_deref(),
+            Some(addr.as_str()),
+            "not the same lease"
+        );
+    }
+    assert!(
+        role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(10)),
+        "fw2 did not settle as BACKUP after maintenance off"
+    );
     let ((through, lan, crashed_at, on_fw2), samples) = sampled(&lab, &addr, || {
         let through = Pinger::start(&lab, "wan", net::CLIENT);
         let lan = Pinger::start(&lab, "lan", ISP_V4);
@@ -709,19 +773,27 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
         );
         std::thread::sleep(Duration::from_secs(1));
     });
-    // The end state only: a revived fw1 may flap (its monitor saw its links
-    // down in the crash, gives up once and takes the VIPs back after the
-    // hold-down), and while both are MASTER within ~2 s both may bring the
-    // WAN up (the lease is the cluster MAC's). Printed, not asserted.
-    let tail = &samples[samples.len() - 3..];
-    assert!(
-        tail.iter().all(|(_, h)| h == &["fw1"]),
-        "fw1 does not hold {addr} alone at the end: {tail:?}"
+    // Never both: the new master probes the lease's address from its own
+    // MAC (a revived fw1 still carried the cluster MAC from before the
+    // crash, its probe's answer never reached it, and it took the address
+    // while fw2 was still releasing it) and waits for fw2 to let go.
+    assert_one_holder("fw1 back (preempt, DHCP WAN)", &addr, &samples, "fw1");
+    assert_ne!(
+        mac_of(&lab, "fw2", WAN),
+        CLUSTER_MAC,
+        "fw2 kept the cluster MAC after it took the WAN down"
     );
-    let both = samples.iter().filter(|(_, h)| h.len() > 1).count();
-    eprintln!(
-        "fw1 back (preempt, DHCP WAN): {} samples, {both} with both nodes holding {addr}",
-        samples.len()
+    // The lease is the cluster MAC's: the node giving up the WAN takes
+    // its link down before ifdown, so the release never reaches the ISP.
+    let isp_log = std::fs::read_to_string(lab.dir().join("isp/dnsmasq.log")).unwrap_or_default();
+    assert!(
+        !isp_log.contains("DHCPRELEASE"),
+        "a node released the cluster's lease:\n{isp_log}"
+    );
+    assert_eq!(
+        isp_leases(&leases),
+        [(CLUSTER_MAC.to_string(), addr.clone())],
+        "the ISP's leases after fw1 took the WAN back"
     );
     assert!(
         lab.ping("wan", net::CLIENT, 3),
