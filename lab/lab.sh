@@ -399,12 +399,14 @@ keepalived_pids() {
 	done
 }
 
-# Pids of dhclient processes in NODE's namespace (a DHCP takeover WAN's client).
-dhclient_pids() {
-	local ns pid
+# Pids of the WAN clients in NODE's namespace: a DHCP takeover WAN's
+# dhclient, a PPPoE WAN's pppd (the VM tier).
+wan_client_pids() {
+	local ns pid comm
 	ns=$(ns_of "$1")
 	for pid in $(ip netns pids "$ns" 2>/dev/null || true); do
-		[[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == dhclient ]] && echo "$pid"
+		comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+		[[ $comm == dhclient || $comm == pppd ]] && echo "$pid"
 	done
 	return 0
 }
@@ -435,8 +437,9 @@ cmd_crash() {
 		[[ $iface == lo ]] && continue
 		ip -n "$ns" link set "$iface" down 2>/dev/null || true
 	done
-	# A dead box renews and releases nothing: its DHCP client dies silently.
-	pids=$(dhclient_pids "$node")
+	# A dead box renews and releases nothing, and ends no PPPoE session:
+	# its WAN clients die silently.
+	pids=$(wan_client_pids "$node")
 	# shellcheck disable=SC2086
 	[[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
 }
@@ -471,10 +474,10 @@ cmd_revive() {
 	ip -n "$ns" addr flush dev "$TAKEOVER_IF" 2>/dev/null || true
 	rm -rf "$root/run/network"
 	local pids
-	pids=$(dhclient_pids "$node")
+	pids=$(wan_client_pids "$node")
 	# shellcheck disable=SC2086
 	[[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
-	rm -f "$root"/run/dhclient*.pid
+	rm -f "$root"/run/dhclient*.pid "$root"/run/ppp*.pid
 	local crashed=$root/run/lab-crashed-links
 	for iface in ha0 lan0 wan0 $(cat "$crashed" 2>/dev/null); do
 		[[ $iface == "$TAKEOVER_IF" ]] && continue

@@ -199,7 +199,9 @@ cmd_run() {
 	[[ $(id -u) -eq 0 ]] || die "must run as root (qemu shares / with the VM as root)"
 	command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found: apt-get install qemu-system-x86 (make deps)"
 	command -v cpio >/dev/null || die "cpio not found: apt-get install cpio (make deps)"
-	{ [[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -qx switch_root; } ||
+	# grep without -q: it would stop reading early, busybox would die of
+	# SIGPIPE and pipefail would call the pipeline failed (a flaky "not found").
+	{ [[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -x switch_root >/dev/null; } ||
 		die "static /bin/busybox not found: apt-get install busybox-static (make deps)"
 	kernel=$(pick_kernel) || die "no kernel with modules in /boot: apt-get install linux-image-amd64 (make deps)"
 	[[ -r $kernel ]] || die "kernel $kernel not readable"

@@ -409,6 +409,18 @@ impl ClusterConfig {
                     o.interface
                 ));
             }
+            // Two default routes with one metric: ifupdown's second `ip
+            // route add default` fails, pppd adds none.
+            if w.has_default_route()
+                && o.has_default_route()
+                && w.metric.unwrap_or(0) == o.metric.unwrap_or(0)
+            {
+                return bad(format!(
+                    "WAN {name}: its IPv4 default route would clash with WAN {}'s (both metric {}): give each WAN its own --metric N",
+                    o.interface,
+                    w.metric.unwrap_or(0)
+                ));
+            }
         }
         Ok(())
     }
@@ -876,6 +888,7 @@ mod tests {
             }),
             ipv6: None,
             mac: None,
+            metric: None,
         }
     }
 
@@ -958,6 +971,43 @@ mod tests {
             msg.contains("PPPoE on the bridge br-wan is not supported"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn two_default_routes_need_different_metrics() {
+        let dhcp = |name: &str, metric: Option<u32>| Wan {
+            ipv4: Some(Ipv4Method::Dhcp),
+            metric,
+            ..wan(name, WanDevice::Physical, None)
+        };
+        let mut c = sample();
+        c.wans.push(dhcp("wan1", None));
+        c.wans.push(Wan {
+            metric: None,
+            ..wan(
+                "pppoe-wan",
+                WanDevice::Pppoe {
+                    parent: "wan2".into(),
+                    user: "me".into(),
+                },
+                None,
+            )
+        });
+        let (code, msg) = refusal(&c);
+        assert_eq!(code, Code::InvalidInput);
+        assert!(
+            msg.contains("would clash with WAN wan1's (both metric 0)")
+                && msg.contains("--metric N"),
+            "{msg}"
+        );
+        c.wans[1].metric = Some(300);
+        c.validate().unwrap();
+        // A static WAN without a gateway brings no default route: no clash.
+        c.wans
+            .push(wan("wan3", WanDevice::Physical, Some("10.99.5.1/24")));
+        c.validate().unwrap();
+        c.wans[2].metric = Some(5);
+        assert!(refusal(&c).1.contains("this WAN has none"));
     }
 
     #[test]

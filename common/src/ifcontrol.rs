@@ -87,6 +87,8 @@ pub fn control<'a>(
 const DHCP_CLIENT_DIRS: [&str; 2] = ["/run", "/var/lib/dhcp"];
 /// dhclient's config and dhclient-script's hooks.
 const DHCP_CLIENT_CONFIG_DIR: &str = "/etc/dhcp";
+/// pppd's config: the peers files `pon` reads, the secrets, the hooks.
+const PPP_CONFIG_DIR: &str = "/etc/ppp";
 
 /// Debian's ifupdown with the cluster's own file ([`wan::IFUPDOWN_FILE`]).
 pub struct Ifupdown<'a> {
@@ -124,16 +126,26 @@ impl Ifupdown<'_> {
     /// other than `/` these directories are the node's
     /// ([`NodeRoot::command_seeing_own`]), and so is `/etc/dhcp` (dhclient's
     /// config and dhclient-script's hooks) when the node has one: the lab's
-    /// keeps dhclient-script off the machine's `/etc/resolv.conf`.
+    /// keeps dhclient-script off the machine's `/etc/resolv.conf`. The same
+    /// for `/etc/ppp`: `pon` and pppd read `/etc/ppp/peers/NAME` and the
+    /// secrets there, and the node's are the ones [`Ifupdown::install`]
+    /// wrote and the sync brought.
     fn command(&self, program: &str, extra: &[&str], wan: &Wan) -> (String, Vec<String>) {
         let mut a = self.base_args();
         a.extend(args(extra));
         a.push(wan.interface.clone());
         let mut dirs = DHCP_CLIENT_DIRS.to_vec();
-        if self.root.path(DHCP_CLIENT_CONFIG_DIR).is_dir() {
-            dirs.push(DHCP_CLIENT_CONFIG_DIR);
+        for d in [DHCP_CLIENT_CONFIG_DIR, PPP_CONFIG_DIR] {
+            if self.root.path(d).is_dir() {
+                dirs.push(d);
+            }
         }
         self.root.command_seeing_own(&dirs, program, &a)
+    }
+
+    /// pppd's peers file of a PPPoE WAN (`pon NAME` reads it).
+    fn peer_file(&self, w: &Wan) -> std::path::PathBuf {
+        self.root.path(wan::PPP_PEERS_DIR).join(&w.interface)
     }
 
     fn run(&self, program: &str, extra: &[&str], wan: &Wan, timeout: Duration) -> Result<()> {
@@ -159,6 +171,26 @@ impl InterfaceControl for Ifupdown<'_> {
                     gone.interface
                 )),
                 Err(e) => log::warn!("taking down removed WAN {}: {e:#}", gone.interface),
+            }
+        }
+        for gone in previous.iter().filter(|p| {
+            wan::render_ppp_peer(p).is_some()
+                && !wans
+                    .iter()
+                    .any(|w| w.interface == p.interface && wan::render_ppp_peer(w).is_some())
+        }) {
+            let peer = self.peer_file(gone);
+            if remove_if_exists(&peer)? {
+                done.push(format!("removed {}", peer.display()));
+            }
+        }
+        for w in wans {
+            if let Some(text) = wan::render_ppp_peer(w) {
+                let peer = self.peer_file(w);
+                if std::fs::read_to_string(&peer).ok().as_deref() != Some(text.as_str()) {
+                    atomic_write(&peer, text.as_bytes(), 0o644)?;
+                    done.push(format!("wrote {}", peer.display()));
+                }
             }
         }
         if wans.is_empty() {
@@ -325,6 +357,7 @@ mod tests {
             }),
             ipv6: None,
             mac: None,
+            metric: None,
         }
     }
 
@@ -396,6 +429,49 @@ mod tests {
         let done = c.install(&[wan1()], &[]).unwrap();
         assert!(done[0].starts_with("ifdown wan1"), "{done:?}");
         assert!(!root.path(wan::IFUPDOWN_FILE).exists());
+    }
+
+    #[test]
+    fn a_pppoe_wan_gets_its_peers_file_and_the_node_own_etc_ppp() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let runner = RecordingRunner::new();
+        let c = control(InterfaceManager::Ifupdown, &root, &runner);
+        let ppp = Wan {
+            interface: "pppoe-wan".into(),
+            device: WanDevice::Pppoe {
+                parent: "eth1".into(),
+                user: "me".into(),
+            },
+            ipv4: None,
+            ipv6: None,
+            mac: None,
+            metric: None,
+        };
+        let done = c.install(&[], std::slice::from_ref(&ppp)).unwrap();
+        let peer = root.path("/etc/ppp/peers/pppoe-wan");
+        assert!(
+            done.contains(&format!("wrote {}", peer.display())),
+            "{done:?}"
+        );
+        assert!(std::fs::read_to_string(&peer)
+            .unwrap()
+            .contains("nic-eth1\n"));
+        // pon and pppd read /etc/ppp: the node's, in its mount namespace.
+        c.up(&ppp, IF_TIMEOUT).unwrap();
+        let base = root.base().to_string_lossy().into_owned();
+        let last = runner.calls().last().unwrap().join(" ");
+        assert!(
+            last.contains(&format!(" /etc/ppp {base}/etc/ppp -- ifup ")),
+            "{last}"
+        );
+        // Gone from the cluster: taken down, and its peers file goes.
+        let done = c.install(&[ppp], &[wan1()]).unwrap();
+        assert!(
+            done.contains(&format!("removed {}", peer.display())),
+            "{done:?}"
+        );
+        assert!(!peer.exists());
     }
 
     #[test]

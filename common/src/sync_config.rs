@@ -353,6 +353,14 @@ pub const OPENWRT_DEFAULTS: &[RuleData] = &[
     ("/etc/acme", "ACME certificates"),
     ("/etc/ssl/acme", "ACME certificates"),
     ("/etc/openvpn", "OpenVPN servers and clients"),
+    (
+        "/etc/ppp/chap-secrets",
+        "PPPoE passwords (CHAP) of an ifupdown-managed WAN",
+    ),
+    (
+        "/etc/ppp/pap-secrets",
+        "PPPoE passwords (PAP) of an ifupdown-managed WAN",
+    ),
     WIREGUARD_RULE,
     STRONGSWAN_RULES[0],
     STRONGSWAN_RULES[1],
@@ -388,6 +396,8 @@ pub const DEBIAN_DEFAULTS: &[RuleData] = &[
     ("/etc/hosts", "static host names"),
     ("/etc/ethers", "static MAC-to-IP mappings"),
     ("/etc/openvpn", "OpenVPN"),
+    ("/etc/ppp/chap-secrets", "PPPoE WAN passwords (CHAP)"),
+    ("/etc/ppp/pap-secrets", "PPPoE WAN passwords (PAP)"),
     WIREGUARD_RULE,
     STRONGSWAN_RULES[0],
     STRONGSWAN_RULES[1],

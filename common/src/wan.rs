@@ -193,6 +193,12 @@ pub struct Wan {
     /// so a DHCP server (an ISP) hands the new master the same lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// The metric of the WAN's IPv4 default route (ifupdown's `metric`,
+    /// pppd's `defaultroute-metric`, netifd's `metric`): a firewall with
+    /// several WANs needs a different one per WAN, or the second default
+    /// route clashes with the first (lowest wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
 }
 
 impl Wan {
@@ -219,6 +225,20 @@ impl Wan {
             v.push(six.address.to_string());
         }
         v
+    }
+
+    /// Whether the WAN brings an IPv4 default route (a static gateway, DHCP's
+    /// router, PPPoE's peer).
+    pub fn has_default_route(&self) -> bool {
+        matches!(self.device, WanDevice::Pppoe { .. })
+            || matches!(
+                self.ipv4,
+                Some(Ipv4Method::Dhcp)
+                    | Some(Ipv4Method::Static {
+                        gateway: Some(_),
+                        ..
+                    })
+            )
     }
 
     /// One word on the addressing: `static`, `dhcp`, `pppoe`, with `+ipv6`.
@@ -304,6 +324,11 @@ impl Wan {
                 "WAN {name} has no address: give --ipv4 CIDR, --ipv4 dhcp or --ipv6 CIDR"
             ));
         }
+        if self.metric.is_some() && !self.has_default_route() {
+            return bad(format!(
+                "WAN {name}: --metric is the metric of the WAN's IPv4 default route, and this WAN has none: give --gateway (static), or use it with DHCP or PPPoE"
+            ));
+        }
         if let Some(Ipv4Method::Static { address, gateway }) = &self.ipv4 {
             if !address.is_host_address(address.addr) {
                 return bad(format!(
@@ -379,7 +404,11 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                 dev_lines.push(format!("vlan-raw-device {parent}"));
             }
             WanDevice::Pppoe { parent, .. } => {
-                s.push_str(&format!("iface {i} inet ppp\n    provider {i}\n    # over {parent} (peers file /etc/ppp/peers/{i})\n"));
+                // ifupdown's `inet ppp` runs `pon NAME` / `poff NAME`:
+                // pppd with the peers file of `render_ppp_peer`.
+                // The parent carries no address and nothing else brings
+                // it up (pppoeconf's stanzas do the same).
+                s.push_str(&format!("iface {i} inet ppp\n    pre-up ip link set dev {parent} up\n    provider {i}\n    # PPPoE over {parent}: {PPP_PEERS_DIR}/{i}\n"));
                 continue;
             }
         }
@@ -408,6 +437,7 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                 if let Some(g) = gateway {
                     l.push(format!("gateway {g}"));
                 }
+                l.extend(w.metric.map(|m| format!("metric {m}")));
                 stanza(format!("iface {i} inet static"), l);
             }
             Some(Ipv4Method::Dhcp) => {
@@ -415,11 +445,12 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                 // client identifier from a DUID each node makes for itself,
                 // which a server keys the lease by instead of the MAC. With
                 // a cluster MAC the lease must follow the MAC alone.
-                let l = if w.mac.is_some() {
+                let mut l = if w.mac.is_some() {
                     vec!["client no".to_string()]
                 } else {
                     Vec::new()
                 };
+                l.extend(w.metric.map(|m| format!("metric {m}")));
                 stanza(format!("iface {i} inet dhcp"), l)
             }
             None => {}
@@ -440,6 +471,41 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
         }
     }
     s
+}
+
+/// Where pppd's peers files live (`pon NAME` reads `NAME` there).
+pub const PPP_PEERS_DIR: &str = "/etc/ppp/peers";
+
+/// The pppd peers file of a PPPoE WAN (`None` for other kinds), read by
+/// `pon NAME` when ifupdown brings the WAN up. The session's device gets
+/// the WAN's name (`ifname`), so `ip` and the role engine see it by name;
+/// the password is not here but in `/etc/ppp/chap-secrets` or
+/// `pap-secrets` (synced, 0600), looked up by the user name. `persist`
+/// with a 1 s holdoff: a new master whose first attempt meets the old
+/// session still open at the ISP retries at once.
+pub fn render_ppp_peer(w: &Wan) -> Option<String> {
+    let WanDevice::Pppoe { parent, user } = &w.device else {
+        return None;
+    };
+    let i = &w.interface;
+    let mut s = format!(
+        "# Written by ns-ha from /etc/ns-ha/cluster.json (PPPoE takeover WAN {i}):\n\
+         # change it with ns-ha-init add-wan / remove-interface on the primary.\n\
+         plugin pppoe.so\n\
+         nic-{parent}\n\
+         user \"{user}\"\n\
+         ifname {i}\n\
+         linkname {i}\n\
+         noauth\n\
+         hide-password\n\
+         noipdefault\n\
+         defaultroute\n"
+    );
+    if let Some(m) = w.metric {
+        s.push_str(&format!("defaultroute-metric {m}\n"));
+    }
+    s.push_str("persist\nmaxfail 0\nholdoff 1\nlcp-echo-interval 2\nlcp-echo-failure 3\n");
+    Some(s)
 }
 
 /// The `uci` commands that import the WANs into OpenWrt's `network` config,
@@ -506,6 +572,9 @@ pub fn uci_commands(previous: &[Wan], wans: &[Wan]) -> Vec<Vec<String>> {
         }
         if let Some(m) = &w.mac {
             set(&mut cmds, format!("{sec}.macaddr={m}"));
+        }
+        if let Some(m) = w.metric {
+            set(&mut cmds, format!("{sec}.metric={m}"));
         }
     }
     cmds.push(args(&["commit", "network"]));
@@ -694,6 +763,7 @@ mod tests {
                 gateway: None,
             }),
             mac: None,
+            metric: None,
         }
     }
 
@@ -820,6 +890,7 @@ mod tests {
             ipv4: Some(Ipv4Method::Dhcp),
             ipv6: None,
             mac: None,
+            metric: None,
         };
         let text = render_ifupdown(&[w, dhcp]);
         assert!(
@@ -847,6 +918,7 @@ mod tests {
             ipv4: Some(Ipv4Method::Dhcp),
             ipv6: None,
             mac: Some("02:00:5e:10:00:01".parse().unwrap()),
+            metric: None,
         };
         let text = render_ifupdown(&[dhcp_mac]);
         assert!(
@@ -855,6 +927,58 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_pppoe_wan_renders_a_ppp_stanza_and_its_peers_file_with_the_metric() {
+        let w = Wan {
+            interface: "pppoe-wan".into(),
+            device: WanDevice::Pppoe {
+                parent: "eth1".into(),
+                user: "me@isp".into(),
+            },
+            ipv4: None,
+            ipv6: None,
+            mac: None,
+            metric: Some(300),
+        };
+        w.validate().unwrap();
+        let text = render_ifupdown(std::slice::from_ref(&w));
+        assert!(
+            text.contains(
+                "iface pppoe-wan inet ppp\n    pre-up ip link set dev eth1 up\n    provider pppoe-wan\n"
+            ),
+            "{text}"
+        );
+        let peer = render_ppp_peer(&w).unwrap();
+        for want in [
+            "plugin pppoe.so\n",
+            "nic-eth1\n",
+            "user \"me@isp\"\n",
+            "ifname pppoe-wan\n",
+            "defaultroute\n",
+            "defaultroute-metric 300\n",
+            "persist\n",
+        ] {
+            assert!(peer.contains(want), "{want} missing in {peer}");
+        }
+        assert!(!peer.lines().any(|l| l.starts_with("password")), "{peer}");
+        assert_eq!(render_ppp_peer(&static_wan()), None);
+        // The metric on a static WAN's and a DHCP WAN's stanza.
+        let mut s = static_wan();
+        s.metric = Some(100);
+        let text = render_ifupdown(&[s]);
+        assert!(
+            text.contains("    gateway 10.99.3.100\n    metric 100\n"),
+            "{text}"
+        );
+        let d = Wan {
+            ipv4: Some(Ipv4Method::Dhcp),
+            ipv6: None,
+            metric: Some(200),
+            ..static_wan()
+        };
+        assert!(render_ifupdown(&[d]).contains("iface wan1 inet dhcp\n    metric 200\n"));
     }
 
     #[test]
@@ -867,6 +991,7 @@ mod tests {
             ipv4: Some(Ipv4Method::Dhcp),
             ipv6: None,
             mac: Some("02:00:5e:10:00:01".parse().unwrap()),
+            metric: None,
         };
         let cmds: Vec<String> =
             uci_commands(std::slice::from_ref(&old), &[static_wan(), old.clone()])

@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# wans.sh: give a running lab (lab/lab.sh up PREFIX) the WAN devices that need
-# kernel features this machine's kernel lacks: a VLAN WAN, a VLAN-on-bond WAN
-# and a PPPoE WAN, with the WAN host playing the ISP for each. Run it only in
-# the VM tier (lab/vm.sh), where Debian's stock kernel has bonding, 8021q and
-# PPPoE.
+# wans.sh: give a running lab (lab/lab.sh up PREFIX) what the VM tier's
+# WANs need besides ns-ha: the ISP's side of a VLAN WAN, a VLAN-on-bond WAN
+# and a PPPoE WAN, and on both firewalls the bond the second VLAN sits on.
+# Run it only in the VM tier (lab/vm.sh), where Debian's stock kernel has
+# bonding, 8021q and PPPoE.
 #
 # Usage: wans.sh up PREFIX
 #
-# Each WAN is a takeover WAN: the same device and address are defined on both
-# firewalls, and only the MASTER brings it up. The device work is done by the
-# init scripts installed here into each node root (wan-vlan, wan-bondvlan,
-# pppoe-wan), which the role engine starts on MASTER and stops on
-# BACKUP/FAULT; they stand in for the platform's interface manager
-# (ifupdown/netifd). Layout (the ISP side is the lab's `wan` namespace):
+# The WANs themselves are not made here: the test adds each with
+# `ns-ha-init add-wan` on the primary, the definitions reach the backup with
+# the cluster, and the role engine brings each up through ifupdown on the
+# MASTER only (ifupdown creates the VLAN, `pon` starts pppd). The bond is
+# node-local hardware setup, like a NIC: both firewalls have it before the
+# VLAN WAN on it is added (add-wan checks that). Layout (the ISP side is the
+# lab's `wan` namespace):
 #
 #   fw wan0.100 (VLAN 100 on wan0)           10.99.8.1/24  ISP eth0.100 10.99.8.100
 #   fw bond0.200 (VLAN 200 on bond0 = wanb0+wanb1, active-backup)
 #                                            10.99.4.1/24  ISP eth0.200 10.99.4.100
-#   fw pppwan (PPPoE over wan0, PAP)         from the pool ISP pppoe-server 10.99.5.100
+#   fw pppoe-wan (PPPoE over wan1, CHAP)     from the pool ISP pppoe-server 10.99.5.100
 #   "the internet" behind the ISP: 10.99.9.100/32 on the ISP's lo.
 #
-# The VLAN WANs' default routes live in routing tables of their own (100,
-# 200; rules "from ADDR lookup TABLE"), the PPPoE WAN's in the main table,
-# as a multi-WAN firewall has them.
+# The ISP's CHAP secret is the VM's /etc/ppp/chap-secrets (the VM's /etc is
+# a throwaway layer); the firewalls' is their node root's, written by the
+# test on the primary and synced.
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -43,8 +44,8 @@ DIR=$("$LAB" dir "$PREFIX")
 for m in 8021q bonding pppoe; do
 	modprobe "$m" || die "kernel module $m missing: run this in the VM tier (lab/vm.sh)"
 done
-for c in pppd pppoe-server pppoe; do
-	command -v "$c" >/dev/null || die "missing command $c: apt-get install ppp pppoe (make deps)"
+for c in pppd pon poff pppoe-server ifup; do
+	command -v "$c" >/dev/null || die "missing command $c: apt-get install ppp pppoe ifupdown (make deps)"
 done
 
 SW=${PREFIX}sw
@@ -60,13 +61,11 @@ ip -n "$WAN" link set eth0.200 up
 ip -n "$WAN" addr add "$INTERNET/32" dev lo
 ip netns exec "$WAN" sysctl -qw net.ipv4.ip_forward=1
 
-install -d -m 0755 "$DIR/isp"
-# PAP secrets: pppd reads only /etc/ppp/pap-secrets (the VM's /etc is a tmpfs layer).
-install -d -m 0755 /etc/ppp
-printf '%s * %s *\n' "$PPP_USER" "$PPP_SECRET" >/etc/ppp/pap-secrets
-chmod 0600 /etc/ppp/pap-secrets
+install -d -m 0755 "$DIR/isp" /etc/ppp
+printf '%s * %s *\n' "$PPP_USER" "$PPP_SECRET" >/etc/ppp/chap-secrets
+chmod 0600 /etc/ppp/chap-secrets
 cat >"$DIR/isp/pppoe-server-options" <<OPTS
-require-pap
+require-chap
 lcp-echo-interval 1
 lcp-echo-failure 3
 noipdefault
@@ -79,7 +78,6 @@ ip netns exec "$WAN" pppoe-server -I eth0 -L 10.99.5.100 -R 10.99.5.1 -N 4 \
 
 for fw in fw1 fw2; do
 	ns=${PREFIX}$fw
-	root=$DIR/$fw
 	# The bond: two more cables from the firewall into the WAN switch.
 	for i in 0 1; do
 		ip -n "$ns" link add "wanb$i" type veth peer name "${fw}b$i" netns "$SW"
@@ -90,32 +88,8 @@ for fw in fw1 fw2; do
 	ip -n "$ns" link set wanb0 master bond0
 	ip -n "$ns" link set wanb1 master bond0
 	ip -n "$ns" link set bond0 up
-	# The takeover WAN devices, defined on both nodes, down until MASTER.
-	ip -n "$ns" link add link wan0 name wan0.100 type vlan id 100
-	ip -n "$ns" addr add 10.99.8.1/24 dev wan0.100
-	ip -n "$ns" link add link bond0 name bond0.200 type vlan id 200
-	ip -n "$ns" addr add 10.99.4.1/24 dev bond0.200
-	ip -n "$ns" rule add from 10.99.8.1 lookup 100
-	ip -n "$ns" rule add from 10.99.4.1 lookup 200
-	install -d -m 0755 "$root/etc/lab-wan"
-	printf 'DEV=wan0.100\nGW=10.99.8.100\nTABLE=100\n' >"$root/etc/lab-wan/wan-vlan"
-	printf 'DEV=bond0.200\nGW=10.99.4.100\nTABLE=200\n' >"$root/etc/lab-wan/wan-bondvlan"
-	cat >"$root/etc/lab-wan/pppoe-wan.options" <<OPTS
-plugin pppoe.so
-nic-wan0
-ifname pppwan
-linkname $PREFIX-$fw
-user $PPP_USER
-noauth
-noipdefault
-defaultroute
-persist
-maxfail 0
-holdoff 1
-lcp-echo-interval 1
-lcp-echo-failure 3
-OPTS
-	install -m 0755 "$HERE/wan-link.init" "$root/etc/init.d/wan-vlan"
-	install -m 0755 "$HERE/wan-link.init" "$root/etc/init.d/wan-bondvlan"
-	install -m 0755 "$HERE/pppoe-wan.init" "$root/etc/init.d/pppoe-wan"
+	# pppd's log (the VM has no syslog): the node's /etc/ppp/options, which
+	# pppd reads before the peers file ns-ha renders.
+	install -d -m 0755 "$DIR/$fw/etc/ppp"
+	echo "logfile $DIR/$fw/var/log/pppd.log" >"$DIR/$fw/etc/ppp/options"
 done

@@ -164,7 +164,7 @@ pub enum Command {
     ///   ns-ha-init add-wan --interface eth1.10 --kind vlan --parent eth1 --vlan-id 10 --ipv4 dhcp
     ///   ns-ha-init add-wan --interface eth1 --mode vip --vip 203.0.113.10/24
     #[command(verbatim_doc_comment)]
-    AddWan(wans::AddWanArgs),
+    AddWan(Box<wans::AddWanArgs>),
     /// Remove a LAN or WAN (with its VIPs) from the cluster.
     RemoveInterface {
         /// A LAN or WAN of the cluster, as show-config lists it.

@@ -76,6 +76,10 @@ pub struct AddWanArgs {
     /// (use a locally administered address, e.g. 02:00:5e:10:00:01).
     #[arg(long, visible_alias = "cluster-mac", value_name = "MAC")]
     pub mac: Option<String>,
+    /// The metric of the WAN's IPv4 default route (static with --gateway,
+    /// DHCP, PPPoE): with several WANs give each its own (lowest wins).
+    #[arg(long, value_name = "N")]
+    pub metric: Option<u32>,
     /// mode vip: a VIP in the WAN subnet (repeatable).
     #[arg(long = "vip", value_name = "CIDR")]
     pub vips: Vec<String>,
@@ -176,6 +180,7 @@ pub fn wan_from_args(a: &AddWanArgs) -> Result<Wan> {
         ipv4,
         ipv6,
         mac,
+        metric: a.metric,
     };
     wan.validate()?;
     Ok(wan)
@@ -243,6 +248,7 @@ pub fn add_wan(ctx: &Ctx, a: &AddWanArgs) -> Result<Report> {
             (a.ipv4.as_deref() == Some("dhcp"), "--ipv4 dhcp"),
             (a.ipv6.is_some(), "--ipv6"),
             (a.mac.is_some(), "--mac"),
+            (a.metric.is_some(), "--metric"),
             (a.kind != KindArg::Physical, "--kind other than physical"),
         ];
         if let Some((_, what)) = takeover_only.iter().find(|(on, _)| *on) {

@@ -588,6 +588,7 @@ mod tests {
             ipv4: Some(Ipv4Method::Dhcp),
             ipv6: None,
             mac: None,
+            metric: None,
         }
     }
 

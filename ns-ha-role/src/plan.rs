@@ -438,6 +438,7 @@ mod tests {
                 ipv4: Some(ns_ha_common::wan::Ipv4Method::Dhcp),
                 ipv6: None,
                 mac: None,
+                metric: None,
             });
         }
         let lanes = wan_lanes(&c.wans, KaState::Master);

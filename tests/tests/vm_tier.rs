@@ -9,10 +9,19 @@
 //! then asserts that every case passed and prints the figures, which are
 //! emulated time (TCG, 5-10x slower than a real box).
 //!
-//! The WANs are takeover WANs (one definition, up on the MASTER only). Until
-//! `ns-ha-init add-wan` exists, each is a lab init script that the role engine
-//! starts on MASTER and stops on BACKUP/FAULT, put into the roles section of
-//! cluster.json on the primary and synced to the backup like any role setting.
+//! The WANs are takeover WANs, each added with `ns-ha-init add-wan` on the
+//! primary (`--kind vlan` on a NIC and on a bond, `--kind pppoe` with its
+//! CHAP secret in the primary's `/etc/ppp/chap-secrets`): the definitions
+//! reach the backup with the cluster, the secret by the sync, and the role
+//! engine brings each up through the real ifupdown on the MASTER only
+//! (ifupdown creates the VLAN device, `pon` starts pppd with the peers file
+//! ns-ha rendered) and takes it down elsewhere. Measured per WAN: the crash
+//! of fw1 to a working default route on fw2 (a ping to the ISP's
+//! "internet" through the WAN's device), in emulated time. Asserted per
+//! WAN: up with its default route (and metric) on the MASTER only, the
+//! ISP's ARP for a VLAN WAN's address answered by the MASTER's MAC alone,
+//! never two holders at any sample, and after the failover fw2 the only
+//! holder at every sample.
 //!
 //! Run alone: `cargo test -p ns-ha-tests --test vm_tier -- --nocapture`.
 
@@ -22,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use ns_ha_common::exit::Code;
 use ns_ha_common::peer::PEER_TIMEOUT_ENV;
-use ns_ha_tests::cluster::{init, init_ok, pair_with_lans, role_settled};
+use ns_ha_tests::cluster::{init, init_ok, pair_only_with, role_settled, role_status, tool_ok};
 use ns_ha_tests::{net, wait_until, Lab};
 use serde_json::Value;
 
@@ -59,38 +68,90 @@ const VERDICT: &str = "VM-CASE ";
 /// "The internet" behind the ISP (the WAN host's lo), reached through each WAN.
 const INTERNET: &str = "10.99.9.100";
 
-/// A takeover WAN of `lab/vm/wans.sh`: its case, its role-engine service, its device
-/// and the source address whose default route is the WAN's (None: the main
-/// table's default route, PPPoE's).
+/// The PPPoE account at the ISP (lab/vm/wans.sh has the ISP's side).
+const PPP_USER: &str = "nsha-lab";
+const PPP_SECRET: &str = "nsha-lab-secret";
+
+/// The WAN definitions' file, rendered on each node from the cluster.
+const WAN_FILE: &str = "/etc/network/interfaces.d/ns-ha-wan";
+
+/// A takeover WAN of the VM tier: its case, its `add-wan` options, its
+/// device, its static address (None: PPPoE's comes from the ISP), the
+/// metric of its default route, and the ISP's interface that sees the
+/// address by ARP (None: PPP, no ARP).
 struct Wan {
     case: &'static str,
-    service: &'static str,
+    add: &'static [&'static str],
     dev: &'static str,
-    source: Option<&'static str>,
-    /// The ISP's interface that sees the WAN address by ARP (None: PPP, no ARP).
+    address: Option<&'static str>,
+    metric: u32,
     isp_dev: Option<&'static str>,
 }
 
 const WANS: &[Wan] = &[
     Wan {
         case: "vlan-wan",
-        service: "wan-vlan",
+        add: &[
+            "--interface",
+            "wan0.100",
+            "--kind",
+            "vlan",
+            "--parent",
+            "wan0",
+            "--vlan-id",
+            "100",
+            "--ipv4",
+            "10.99.8.1/24",
+            "--gateway",
+            "10.99.8.100",
+            "--metric",
+            "100",
+        ],
         dev: "wan0.100",
-        source: Some("10.99.8.1"),
+        address: Some("10.99.8.1"),
+        metric: 100,
         isp_dev: Some("eth0.100"),
     },
     Wan {
         case: "vlan-on-bond-wan",
-        service: "wan-bondvlan",
+        add: &[
+            "--interface",
+            "bond0.200",
+            "--kind",
+            "vlan",
+            "--parent",
+            "bond0",
+            "--vlan-id",
+            "200",
+            "--ipv4",
+            "10.99.4.1/24",
+            "--gateway",
+            "10.99.4.100",
+            "--metric",
+            "200",
+        ],
         dev: "bond0.200",
-        source: Some("10.99.4.1"),
+        address: Some("10.99.4.1"),
+        metric: 200,
         isp_dev: Some("eth0.200"),
     },
     Wan {
         case: "pppoe-wan",
-        service: "pppoe-wan",
-        dev: "pppwan",
-        source: None,
+        add: &[
+            "--interface",
+            "pppoe-wan",
+            "--kind",
+            "pppoe",
+            "--parent",
+            "wan1",
+            "--pppoe-user",
+            PPP_USER,
+            "--metric",
+            "300",
+        ],
+        dev: "pppoe-wan",
+        address: None,
+        metric: 300,
         isp_dev: None,
     },
 ];
@@ -284,23 +345,27 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// Whether `wan` works on `node`: its device is up and a ping to the
-/// internet through the WAN's default route is answered.
+/// Whether `wan` works on `node`: its device is up with a default route
+/// of its own, and a ping to the internet bound to that device (so routed
+/// by that default route) is answered.
 fn wan_works(lab: &Lab, node: &str, wan: &Wan) -> bool {
-    if !link_up(lab, node, wan.dev) {
+    if !link_up(lab, node, wan.dev) || default_route(lab, node, wan.dev).is_empty() {
         return false;
     }
-    let mut argv = vec!["ping", "-n", "-q", "-c", "1", "-W", "1"];
-    if let Some(src) = wan.source {
-        argv.extend(["-I", src]);
-    } else {
-        let route = lab.exec(node, &["ip", "route", "show", "default", "dev", wan.dev]);
-        if route.stdout.is_empty() {
-            return false;
-        }
-    }
-    argv.push(INTERNET);
-    lab.exec(node, &argv).status.success()
+    lab.exec(
+        node,
+        &[
+            "ping", "-n", "-q", "-c", "1", "-W", "1", "-I", wan.dev, INTERNET,
+        ],
+    )
+    .status
+    .success()
+}
+
+/// `ip route show default dev DEV` on `node` (empty: none).
+fn default_route(lab: &Lab, node: &str, dev: &str) -> String {
+    let out = lab.exec(node, &["ip", "route", "show", "default", "dev", dev]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The device exists on `node` and is administratively up.
@@ -312,11 +377,31 @@ fn link_up(lab: &Lab, node: &str, dev: &str) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == "UP"))
 }
 
+/// The firewalls that hold `wan`: its device up (with its static address,
+/// for a VLAN WAN), so able to answer for it or to carry its session.
+fn holders(lab: &Lab, wan: &Wan) -> Vec<&'static str> {
+    ["fw1", "fw2"]
+        .into_iter()
+        .filter(|fw| {
+            let out = lab.exec(fw, &["ip", "-json", "addr", "show", "dev", wan.dev]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let up = v[0]["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "UP"));
+            up && wan.address.is_none_or(|a| {
+                v[0]["addr_info"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x["local"] == a))
+            })
+        })
+        .collect()
+}
+
 /// The MAC addresses that answer the ISP's ARP requests for the WAN address.
 fn arp_answerers(lab: &Lab, isp_dev: &str, addr: &str) -> Vec<String> {
     let out = lab.exec(
         "wan",
-        &["arping", "-c", "3", "-w", "4", "-I", isp_dev, addr],
+        &["arping", "-c", "2", "-w", "3", "-I", isp_dev, addr],
     );
     let mut macs: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -336,10 +421,129 @@ fn mac_of(lab: &Lab, node: &str, dev: &str) -> String {
     out.trim().to_ascii_lowercase()
 }
 
+/// Whether the MASTER `master` alone has `wan`: working with its default
+/// route at its metric, the other node's device down or absent, and for a
+/// VLAN WAN the ISP's ARP for the address answered by `master`'s MAC only.
+fn only_on(lab: &Lab, master: &str, other: &str, wan: &Wan) -> Result<(), String> {
+    let route = default_route(lab, master, wan.dev);
+    if !route.contains(&format!("metric {}", wan.metric)) {
+        return Err(format!(
+            "{master}'s default route via {} is '{route}', want metric {}",
+            wan.dev, wan.metric
+        ));
+    }
+    if link_up(lab, other, wan.dev) {
+        return Err(format!("{} is up on {other} too", wan.dev));
+    }
+    if let (Some(isp_dev), Some(addr)) = (wan.isp_dev, wan.address) {
+        let heard = arp_answerers(lab, isp_dev, addr);
+        let want = mac_of(lab, master, wan.dev);
+        if heard != [want.clone()] {
+            return Err(format!(
+                "ARP for {addr} answered by {heard:?}, want {master}'s {want} only"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What `node` shows of a WAN that does not work: the role engine's
+/// last records of its lane, the device, the default routes, pppd's log.
+fn diagnose(lab: &Lab, node: &str, wan: &Wan) -> String {
+    let history = role_status(lab, node)["history"].to_string();
+    let lane: Vec<&str> = history
+        .split("},{")
+        .filter(|r| r.contains(wan.dev))
+        .collect();
+    let tail = |t: String, n: usize| -> String {
+        let t = t.replace('\n', "; ");
+        let mut from = t.len().saturating_sub(n);
+        while !t.is_char_boundary(from) {
+            from += 1;
+        }
+        t[from..].to_string()
+    };
+    let show = |argv: &[&str]| String::from_utf8_lossy(&lab.exec(node, argv).stdout).into_owned();
+    let procs: String = show(&["ps", "-eo", "pid,stat,etimes,args"])
+        .lines()
+        .filter(|l| {
+            ["pon", "pppd", "ifup", "ifdown", "poff"]
+                .iter()
+                .any(|p| l.contains(p))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!(
+        "processes: {} | lane: {} | link: {} | routes: {} | pppd: {}",
+        tail(procs, 800),
+        tail(lane.join(" / "), 1200),
+        tail(show(&["ip", "-o", "addr", "show", "dev", wan.dev]), 300),
+        tail(show(&["ip", "route", "show", "default"]), 300),
+        tail(
+            std::fs::read_to_string(lab.path(node, "/var/log/pppd.log")).unwrap_or_default(),
+            600
+        )
+    )
+}
+
+/// How often the failover poller samples each WAN (one sample costs a few
+/// `ip netns exec` under emulation, ~100-300 ms).
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// How long the samples go on after fw2's WAN works (the "after" of the
+/// one-holder rule).
+const SAMPLE_AFTER: Duration = Duration::from_secs(5);
+
+/// One WAN's failover: the time from the crash to a working default route
+/// on fw2, and every sample's holders.
+struct Failover {
+    took: Option<Duration>,
+    samples: Vec<(Duration, Vec<&'static str>)>,
+}
+
+/// Sample `wan`'s holders from `crashed` until fw2's WAN works (at most
+/// 90 s) and [`SAMPLE_AFTER`] more.
+fn poll_failover(lab: &Lab, wan: &Wan, crashed: Instant) -> Failover {
+    let mut samples = Vec::new();
+    let mut took = None;
+    let deadline = crashed + Duration::from_secs(90);
+    loop {
+        samples.push((crashed.elapsed(), holders(lab, wan)));
+        match took {
+            None if wan_works(lab, "fw2", wan) => took = Some(crashed.elapsed()),
+            Some(t) if crashed.elapsed() > t + SAMPLE_AFTER => break,
+            _ if Instant::now() > deadline => break,
+            _ => {}
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    Failover { took, samples }
+}
+
+/// What the samples break of the one-holder rule: never two holders, and
+/// fw2 the only one from when its WAN worked.
+fn holder_problem(f: &Failover) -> Option<String> {
+    if let Some((at, h)) = f.samples.iter().find(|(_, h)| h.len() > 1) {
+        return Some(format!("held by {h:?} at {} ms", at.as_millis()));
+    }
+    let took = f.took?;
+    f.samples
+        .iter()
+        .find(|(at, h)| *at > took && *h != ["fw2"])
+        .map(|(at, h)| {
+            format!(
+                "held by {h:?} at {} ms, after fw2's WAN worked at {} ms",
+                at.as_millis(),
+                took.as_millis()
+            )
+        })
+}
+
 /// The three takeover WANs: each up on the MASTER only (the BACKUP's device
-/// is down and the ISP hears one MAC), then after fw1 dies each up on fw2
-/// with a working default route; the time from the crash to that route.
-/// Setup failures (pairing, roles) fail every WAN case with the reason.
+/// is down or absent and the ISP hears one MAC), then after fw1 dies each
+/// up on fw2 with a working default route, one holder at every sample; the
+/// time from the crash to that route. Setup failures (pairing, add-wan,
+/// sync, roles) fail every WAN case with the reason.
 fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, String>)> {
     let setup =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| takeover_setup(lab, steps)));
@@ -354,43 +558,33 @@ fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, 
             .map(|w| (w.case, Err(format!("setup: {why}"))))
             .collect();
     }
-    // Steady state: every WAN works on fw1 only; the ISP hears fw1 alone.
-    let mut before: Vec<Option<String>> = Vec::new();
-    for wan in WANS {
-        let mut problem = None;
-        if !wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-            wan_works(lab, "fw1", wan)
-        }) {
-            problem = Some("not working on the MASTER fw1".to_string());
-        } else if link_up(lab, "fw2", wan.dev) {
-            problem = Some(format!("{} is up on the BACKUP fw2", wan.dev));
-        } else if let (Some(isp_dev), Some(addr)) = (wan.isp_dev, wan.source) {
-            let heard = arp_answerers(lab, isp_dev, addr);
-            let fw1 = mac_of(lab, "fw1", wan.dev);
-            if heard != [fw1.clone()] {
-                problem = Some(format!(
-                    "ARP for {addr} answered by {heard:?}, want fw1's {fw1} only"
-                ));
-            }
-        }
-        before.push(problem);
+    // Steady state: every WAN works on fw1 only (checked in parallel: each
+    // check is seconds of emulated process starts).
+    let before: Vec<Option<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = WANS
+            .iter()
+            .map(|wan| s.spawn(move || steady_problem(lab, wan)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("steady-state thread"))
+            .collect()
+    });
+    for (wan, p) in WANS.iter().zip(&before) {
+        steps.done(&format!(
+            "{} steady state: {}",
+            wan.case,
+            p.as_deref().unwrap_or("ok")
+        ));
     }
-    steps.done("steady state checked");
 
     // fw1 dies; each WAN must come up on fw2 with a working default route.
     let crashed = Instant::now();
     lab.crash("fw1");
-    let took: Vec<Option<Duration>> = std::thread::scope(|s| {
+    let failovers: Vec<Failover> = std::thread::scope(|s| {
         let handles: Vec<_> = WANS
             .iter()
-            .map(|wan| {
-                s.spawn(move || {
-                    wait_until(Duration::from_secs(120), Duration::from_millis(100), || {
-                        wan_works(lab, "fw2", wan)
-                    })
-                    .then(|| crashed.elapsed())
-                })
-            })
+            .map(|wan| s.spawn(move || poll_failover(lab, wan, crashed)))
             .collect();
         handles
             .into_iter()
@@ -398,54 +592,141 @@ fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, 
             .collect()
     });
     steps.done("failover polled");
-    WANS.iter()
-        .zip(before)
-        .zip(took)
-        .map(|((wan, before), took)| {
-            let result = (|| {
-                if let Some(p) = before {
-                    return Err(format!("before the crash: {p}"));
-                }
-                let took = took.ok_or("not working on fw2 120 s after fw1 crashed")?;
-                if link_up(lab, "fw1", wan.dev) {
-                    return Err(format!("{} still up on the dead fw1", wan.dev));
-                }
-                if let (Some(isp_dev), Some(addr)) = (wan.isp_dev, wan.source) {
-                    let heard = arp_answerers(lab, isp_dev, addr);
-                    let fw2 = mac_of(lab, "fw2", wan.dev);
-                    if heard != [fw2.clone()] {
-                        return Err(format!(
-                            "after the crash ARP for {addr} answered by {heard:?}, want fw2's {fw2} only"
-                        ));
-                    }
-                }
-                Ok(format!(
-                    "{} on fw2 only, default route works {} ms after fw1 crashed",
-                    wan.dev,
-                    took.as_millis()
-                ))
-            })();
-            (wan.case, result.map_err(|e: String| e))
-        })
-        .collect()
+    let verdicts: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = WANS
+            .iter()
+            .zip(before)
+            .zip(&failovers)
+            .map(|((wan, before), f)| s.spawn(move || failover_verdict(lab, wan, before, f)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("verdict thread"))
+            .collect()
+    });
+    WANS.iter().map(|w| w.case).zip(verdicts).collect()
 }
 
-/// Pair, give the roles the WAN services (started on MASTER, stopped on
-/// BACKUP/FAULT), slow VRRP down to [`VM_ADVERT_MS`], enable; fw1 MASTER, fw2 BACKUP with the roles synced.
+/// Whether `wan` works on the MASTER fw1 alone in steady state (`None`) or what is wrong.
+fn steady_problem(lab: &Lab, wan: &Wan) -> Option<String> {
+    if !wait_until(Duration::from_secs(45), Duration::from_millis(200), || {
+        wan_works(lab, "fw1", wan)
+    }) {
+        return Some(format!(
+            "not working on the MASTER fw1: {}",
+            diagnose(lab, "fw1", wan)
+        ));
+    }
+    only_on(lab, "fw1", "fw2", wan).err().or_else(|| {
+        // A few samples: fw1 alone holds it, steadily.
+        (0..3).find_map(|_| {
+            let h = holders(lab, wan);
+            (h != ["fw1"]).then(|| format!("held by {h:?} in steady state"))
+        })
+    })
+}
+
+/// A WAN's case after the crash: no problem before it, the one-holder
+/// rule across it, working on fw2 alone after it, with the time it took.
+fn failover_verdict(
+    lab: &Lab,
+    wan: &Wan,
+    before: Option<String>,
+    f: &Failover,
+) -> Result<String, String> {
+    if let Some(p) = before {
+        return Err(format!("before the crash: {p}"));
+    }
+    if let Some(p) = holder_problem(f) {
+        return Err(format!("during the failover: {p}"));
+    }
+    let took = f.took.ok_or_else(|| {
+        format!(
+            "not working on fw2 90 s after fw1 crashed: {}",
+            diagnose(lab, "fw2", wan)
+        )
+    })?;
+    only_on(lab, "fw2", "fw1", wan).map_err(|e| format!("after the crash: {e}"))?;
+    Ok(format!(
+        "{} on fw2 only, default route (metric {}) works {} ms after fw1 crashed; one holder in all {} samples",
+        wan.dev,
+        wan.metric,
+        took.as_millis(),
+        f.samples.len()
+    ))
+}
+
+/// Pair with the LAN, add the three WANs with `add-wan` on fw1 (the PPPoE
+/// secret in fw1's chap-secrets first), check the definitions reached fw2
+/// with the cluster, slow VRRP down to [`VM_ADVERT_MS`], enable; fw1
+/// MASTER, fw2 BACKUP; then the secret reaches fw2 by a sync push.
 fn takeover_setup(lab: &Lab, steps: &Steps) {
-    pair_with_lans(lab);
+    // The lab's nodes are OpenWrt-style; their WANs go through ifupdown.
+    pair_only_with(lab, &["--interface-manager", "ifupdown"]);
+    let lan_vip = format!("{}/24", net::LAN_VIP);
+    init_ok(
+        lab,
+        "fw1",
+        &["add-lan", "--interface", net::LAN_IF, "--vip", &lan_vip],
+    );
     steps.done("paired");
+    let secrets = "/etc/ppp/chap-secrets";
+    lab.write(
+        "fw1",
+        secrets,
+        format!("# client server secret addresses\n{PPP_USER} * {PPP_SECRET} *\n"),
+    );
+    set_mode(&lab.path("fw1", secrets), 0o600);
+    for wan in WANS {
+        let mut argv = vec!["add-wan"];
+        argv.extend(wan.add);
+        let out = init_ok(lab, "fw1", &argv);
+        assert!(out.contains("takeover WAN"), "add-wan {}: {out}", wan.dev);
+    }
+    steps.done("three WANs added with add-wan");
+    let file = lab.read("fw1", WAN_FILE);
+    assert_eq!(
+        file,
+        lab.read("fw2", WAN_FILE),
+        "the WAN file differs on fw2"
+    );
+    for want in [
+        "iface wan0.100 inet static",
+        "iface bond0.200 inet static",
+        "iface pppoe-wan inet ppp",
+    ] {
+        assert!(file.contains(want), "{want} missing:\n{file}");
+    }
+    let peer = "/etc/ppp/peers/pppoe-wan";
+    assert_eq!(
+        lab.read("fw1", peer),
+        lab.read("fw2", peer),
+        "{peer} differs"
+    );
+    steps.done("definitions on fw2");
     let mut c: Value =
         serde_json::from_str(&lab.read("fw1", "/etc/ns-ha/cluster.json")).expect("cluster.json");
-    for (role, list) in [("master", "start"), ("backup", "stop"), ("fault", "stop")] {
-        let l = c["roles"][role][list].as_array_mut().expect("role list");
-        l.extend(WANS.iter().map(|w| Value::from(w.service)));
-    }
     // The default advert interval (50 ms) is far below what an emulated
     // keepalived keeps up with: the nodes would flap.
     c["vrrp"]["advert_interval_ms"] = Value::from(VM_ADVERT_MS);
     lab.write("fw1", "/etc/ns-ha/cluster.json", c.to_string());
-    init_ok(lab, "fw1", &["enable"]);
+    // Starting keepalived on the backup has a 20 s limit, which an
+    // emulated node on a loaded host can miss; the fix the tool names is
+    // to run enable again.
+    let out = init(lab, "fw1", &["enable"]);
+    if out.status.code() == Some(Code::Timeout as i32) {
+        eprintln!(
+            "enable: {} (emulated): running it again",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        init_ok(lab, "fw1", &["enable"]);
+    } else {
+        assert!(
+            out.status.success(),
+            "enable: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     steps.done("enabled");
     assert!(
         lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(90)),
@@ -456,11 +737,24 @@ fn takeover_setup(lab: &Lab, steps: &Steps) {
         role_settled(lab, "fw2", "BACKUP", Duration::from_secs(90)),
         "fw2's role engine did not settle as BACKUP"
     );
-    let synced: Value =
-        serde_json::from_str(&lab.read("fw2", "/etc/ns-ha/cluster.json")).expect("fw2 cluster");
-    assert_eq!(
-        synced["roles"]["master"]["start"], c["roles"]["master"]["start"],
-        "the WAN services did not reach fw2 by sync"
-    );
-    steps.done("fw1 MASTER, fw2 BACKUP, roles synced");
+    steps.done("fw1 MASTER, fw2 BACKUP");
+    // The secret by the sync: the new MASTER's role engine pushes (a push
+    // by hand would meet its lock), else one push here.
+    let synced = || {
+        std::fs::read(lab.path("fw2", secrets)).ok() == std::fs::read(lab.path("fw1", secrets)).ok()
+    };
+    if !wait_until(Duration::from_secs(45), Duration::from_millis(500), synced) {
+        tool_ok(lab, "fw1", "ns-ha-sync", &["push"]);
+    }
+    assert!(synced(), "the PPPoE secret did not reach fw2 by the sync");
+    let mode = std::fs::metadata(lab.path("fw2", secrets))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "fw2's {secrets} mode");
+    steps.done("PPPoE secret on fw2");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
