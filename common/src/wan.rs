@@ -391,9 +391,18 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
         match &w.device {
             WanDevice::Physical => {}
             WanDevice::Bridge { members } => {
-                dev_lines.push(format!("bridge_ports {}", members.join(" ")));
-                dev_lines.push("bridge_stp off".into());
-                dev_lines.push("bridge_fd 0".into());
+                // ifupdown makes no bridges itself (`bridge_ports` is
+                // bridge-utils' hook, which a box may lack and the lab's
+                // `--no-scripts` skips): made here with `ip`, without STP
+                // (its ports forward at once), and deleted on ifdown so
+                // the members are free again.
+                dev_lines.push(format!(
+                    "pre-up ip link show dev {i} >/dev/null 2>&1 || ip link add name {i} type bridge"
+                ));
+                for m in members {
+                    dev_lines.push(format!("pre-up ip link set dev {m} master {i} up"));
+                }
+                dev_lines.push(format!("post-down ip link del dev {i}"));
             }
             WanDevice::Bond { members } => {
                 dev_lines.push(format!("bond-slaves {}", members.join(" ")));
@@ -907,7 +916,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("iface br-wan inet dhcp\n    bridge_ports eth1 eth2\n"),
+            text.contains(
+                "iface br-wan inet dhcp\n    pre-up ip link show dev br-wan >/dev/null 2>&1 || ip link add name br-wan type bridge\n    pre-up ip link set dev eth1 master br-wan up\n    pre-up ip link set dev eth2 master br-wan up\n    post-down ip link del dev br-wan\n"
+            ),
             "{text}"
         );
         assert!(!text.contains("client no"), "{text}");

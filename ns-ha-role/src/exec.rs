@@ -16,7 +16,7 @@ use ns_ha_common::ifcontrol::{InterfaceControl, WanState};
 use ns_ha_common::role_config::link_matches;
 use ns_ha_common::root::paths;
 use ns_ha_common::service::{ServiceAction, ServiceBackend, ServiceManager};
-use ns_ha_common::wan::{self, Ipv4Method, Wan};
+use ns_ha_common::wan::{self, Ipv4Method, Wan, WanDevice};
 use ns_ha_common::wireguard;
 
 /// How long a new master waits for the old one to release a takeover
@@ -231,7 +231,20 @@ impl Executor<'_> {
             },
             _ => return Ok(()),
         };
-        let dev = w.interface.as_str();
+        // The WAN's own device, or, for a bridge ifdown deleted (ifup
+        // builds it again), its first member: the same segment. A VLAN's
+        // device exists only after ifup: nothing to probe from.
+        let dev = match (
+            &w.device,
+            wan::observe(self.runner, &w.interface, self.timeout)?,
+        ) {
+            (_, Some(_)) => w.interface.as_str(),
+            (WanDevice::Bridge { members }, None) if !members.is_empty() => members[0].as_str(),
+            (_, None) => {
+                log::debug!("WAN {} has no device before ifup: not probed", w.interface);
+                return Ok(());
+            }
+        };
         let ip = |words: &[&str]| {
             self.runner
                 .run_ok("ip", &args(words), self.timeout)
@@ -248,7 +261,9 @@ impl Executor<'_> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(mac) = &w.mac {
+        // The cluster MAC goes on the WAN's own device; a bridge not built
+        // yet gets it from ifup (`hwaddress`).
+        if let (Some(mac), true) = (&w.mac, dev == w.interface) {
             ip(&["link", "set", "dev", dev, "down"])?;
             ip(&["link", "set", "dev", dev, "address", &mac.to_string()])?;
         }
@@ -543,7 +558,6 @@ mod tests {
     use crate::history::Outcome;
     use crate::plan::{wan_lanes, Once};
     use crate::testkit::FakeRunner;
-    use ns_ha_common::wan::WanDevice;
     use std::sync::Mutex;
 
     /// An interface manager that holds one WAN's state and records its calls.
@@ -668,6 +682,7 @@ mod tests {
             commands,
             [
                 "ip -json link show dev wan1",
+                "ip -json addr show dev wan1",
                 "ip link set dev wan1 up",
                 "arping -D -q -c 1 -w 1 -I wan1 10.99.3.1",
                 "ip link set dev wan1 down",
@@ -686,7 +701,7 @@ mod tests {
         let (_, calls, commands) = run_with(w, WanState::Down, true, Some("10.99.3.27"));
         assert_eq!(calls, ["up wan1"]);
         assert_eq!(
-            commands.get(2).map(String::as_str),
+            commands.get(3).map(String::as_str),
             Some("arping -D -q -c 1 -w 1 -I wan1 10.99.3.27"),
             "{commands:?}"
         );
@@ -786,5 +801,55 @@ mod tests {
         let (r, _) = run_in(&root, &runner, w, WanState::Down, false, None);
         assert_eq!(r[0].outcome, Outcome::Unchanged, "{r:?}");
         assert_eq!(runner.with(|s| s.macs["wan1"].clone()), cluster);
+    }
+
+    /// A bridge that ifdown deleted is probed through its first member (the
+    /// same segment); a device that exists only after ifup is not probed.
+    #[test]
+    fn a_wan_without_its_device_yet_is_probed_through_a_bridge_member_or_not_at_all() {
+        let mut w = dhcp_wan();
+        w.interface = "brwan".into();
+        w.device = WanDevice::Bridge {
+            members: vec!["wan1".into()],
+        };
+        w.ipv4 = Some(Ipv4Method::Static {
+            address: "10.99.3.1/24".parse().unwrap(),
+            gateway: None,
+        });
+        w.mac = Some("02:00:5e:10:00:01".parse().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path()).unwrap();
+        let runner = FakeRunner::default();
+        runner.with(|s| {
+            s.missing.insert("brwan".into());
+        });
+        let (_, calls) = run_in(&root, &runner, w.clone(), WanState::Down, true, None);
+        assert_eq!(calls, ["up brwan"]);
+        let commands = runner.calls();
+        assert!(
+            commands.contains(&"arping -D -q -c 1 -w 1 -I wan1 10.99.3.1".to_string()),
+            "{commands:?}"
+        );
+        // The cluster MAC is for the bridge, which ifup builds with it.
+        assert!(
+            !commands.iter().any(|c| c.contains(" address ")),
+            "{commands:?}"
+        );
+
+        w.device = WanDevice::Vlan {
+            parent: "wan1".into(),
+            id: 10,
+        };
+        let runner = FakeRunner::default();
+        runner.with(|s| {
+            s.missing.insert("brwan".into());
+        });
+        let (_, calls) = run_in(&root, &runner, w, WanState::Down, true, None);
+        assert_eq!(calls, ["up brwan"]);
+        assert!(
+            !runner.calls().iter().any(|c| c.starts_with("arping")),
+            "{:?}",
+            runner.calls()
+        );
     }
 }

@@ -20,6 +20,8 @@ pub struct FakeState {
     pub links_up: BTreeMap<String, bool>,
     /// The MAC of each link that has one (`ip link set dev X address M`).
     pub macs: BTreeMap<String, String>,
+    /// Devices that do not exist: `ip ... dev X` fails for them.
+    pub missing: BTreeSet<String>,
     pub calls: Vec<String>,
 }
 
@@ -75,6 +77,13 @@ impl CommandRunner for FakeRunner {
                 "reload" => out(if s.running.contains(&name) { 0 } else { 7 }, ""),
                 _ => out(2, ""),
             });
+        }
+        let dev = args
+            .iter()
+            .position(|a| a == "dev")
+            .and_then(|i| args.get(i + 1));
+        if program == "ip" && dev.is_some_and(|d| s.missing.contains(d)) {
+            return Ok(out(1, ""));
         }
         Ok(match program {
             "ip" if line.contains("addr show") => {

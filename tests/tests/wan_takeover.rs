@@ -28,10 +28,15 @@ const WAN_FILE: &str = "/etc/network/interfaces.d/ns-ha-wan";
 
 /// Which firewalls have the WAN link up with `addr` on it (able to answer for it).
 fn holders(lab: &Lab, addr: &str) -> Vec<&'static str> {
+    holders_on(lab, WAN, addr)
+}
+
+/// Which firewalls have `dev` up with `addr` on it.
+fn holders_on(lab: &Lab, dev: &str, addr: &str) -> Vec<&'static str> {
     FIREWALLS
         .into_iter()
         .filter(|fw| {
-            let out = lab.exec(fw, &["ip", "-j", "addr", "show", "dev", WAN]);
+            let out = lab.exec(fw, &["ip", "-j", "addr", "show", "dev", dev]);
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
             let link = &v[0];
             let up = link["flags"]
@@ -50,13 +55,23 @@ fn sampled<T>(
     addr: &str,
     during: impl FnOnce() -> T,
 ) -> (T, Vec<(Duration, Vec<&'static str>)>) {
+    sampled_on(lab, WAN, addr, during)
+}
+
+/// [`sampled`] for a WAN whose address lives on `dev`.
+fn sampled_on<T>(
+    lab: &Lab,
+    dev: &str,
+    addr: &str,
+    during: impl FnOnce() -> T,
+) -> (T, Vec<(Duration, Vec<&'static str>)>) {
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     std::thread::scope(|s| {
         let sampler = s.spawn(|| {
             let mut v = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                v.push((start.elapsed(), holders(lab, addr)));
+                v.push((start.elapsed(), holders_on(lab, dev, addr)));
                 std::thread::sleep(Duration::from_millis(20));
             }
             v
@@ -463,6 +478,127 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
     for fw in FIREWALLS {
         assert!(!lab.path(fw, WAN_FILE).exists(), "{fw} kept {WAN_FILE}");
     }
+}
+
+/// A bridge WAN over the WAN NIC (a takeover WAN whose device ifupdown
+/// creates: the bridge is made by the stanza's own `ip` commands, no
+/// bridge-utils hook): up on the master only, the backup has no bridge and
+/// answers nothing, and after a crash of fw1 fw2 builds it, holds the
+/// address alone and carries the ISP's traffic to the LAN.
+#[test]
+fn a_bridge_takeover_wan_is_built_on_the_master_only() {
+    const BRIDGE: &str = "brwan";
+    let lab = paired_with_lan();
+    init_ok(
+        &lab,
+        "fw1",
+        &[
+            "add-wan",
+            "--interface",
+            BRIDGE,
+            "--kind",
+            "bridge",
+            "--member",
+            WAN,
+            "--ipv4",
+            "10.99.3.1/24",
+            "--gateway",
+            ISP_V4,
+        ],
+    );
+    let f1 = lab.read("fw1", WAN_FILE);
+    assert_eq!(f1, lab.read("fw2", WAN_FILE), "the WAN file differs");
+    assert!(f1.contains("iface brwan inet static"), "{f1}");
+    let bridge_on = |fw: &str| {
+        lab.exec(fw, &["ip", "link", "show", "dev", BRIDGE])
+            .status
+            .success()
+    };
+    init_ok(&lab, "fw1", &["enable"]);
+    assert!(lab.wait_holders(net::LAN_VIP, &["fw1"], Duration::from_secs(15)));
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            holders_on(&lab, BRIDGE, WAN_V4) == ["fw1"]
+        }),
+        "the bridge WAN is not up on fw1 alone: {:?}\nfw1: {}",
+        holders_on(&lab, BRIDGE, WAN_V4),
+        role_status(&lab, "fw1")["history"]
+    );
+    assert!(role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(10)));
+    // wan1 is the bridge's port on fw1; fw2 has no bridge and its wan1 is no port.
+    let port = lab.exec_ok("fw1", &["ip", "-j", "link", "show", "dev", WAN]);
+    assert!(port.contains(&format!("\"master\":\"{BRIDGE}\"")), "{port}");
+    assert!(!bridge_on("fw2"), "fw2 built the bridge as BACKUP");
+    isp_routes_lan_via(&lab, WAN_V4);
+    assert!(
+        lab.ping("wan", net::CLIENT, 3),
+        "the ISP cannot reach the LAN client through the bridge WAN"
+    );
+    let out = lab.exec(
+        "wan",
+        &["arping", "-c", "3", "-w", "3", "-I", "eth0", WAN_V4],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let bridge_mac = mac_of(&lab, "fw1", BRIDGE);
+    assert!(
+        text.contains(&bridge_mac),
+        "fw1's bridge ({bridge_mac}) does not answer ARP for {WAN_V4}: {text}"
+    );
+    let fw2_macs = [mac_of(&lab, "fw2", WAN), mac_of(&lab, "fw2", net::WAN_IF)];
+    assert!(
+        !fw2_macs.iter().any(|m| text.contains(m.as_str())),
+        "the backup answered ARP for {WAN_V4}: {text}"
+    );
+
+    // Maintenance hands it over and back (fw2 builds its bridge for the
+    // first time, fw1 deletes its own on ifdown and builds it again).
+    for (step, to) in [("on", "fw2"), ("off", "fw1")] {
+        let (_, samples) = sampled_on(&lab, BRIDGE, WAN_V4, || {
+            tool_ok(&lab, "fw1", "ns-ha-role", &["maintenance", step]);
+            assert!(
+                wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                    holders_on(&lab, BRIDGE, WAN_V4) == [to]
+                }),
+                "maintenance {step}: the bridge WAN did not move to {to}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        assert_one_holder(
+            &format!("maintenance {step} (bridge WAN)"),
+            WAN_V4,
+            &samples,
+            to,
+        );
+        let other = if to == "fw1" { "fw2" } else { "fw1" };
+        assert!(
+            wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+                !bridge_on(other)
+            }),
+            "{other} kept its bridge after it gave the WAN up"
+        );
+    }
+    assert!(role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(10)));
+
+    let (gap, samples) = sampled_on(&lab, BRIDGE, WAN_V4, || {
+        let through = Pinger::start(&lab, "wan", net::CLIENT);
+        std::thread::sleep(Duration::from_millis(500));
+        lab.crash("fw1");
+        assert!(
+            wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                holders_on(&lab, BRIDGE, WAN_V4) == ["fw2"]
+            }),
+            "fw2 did not build the bridge WAN: {}",
+            role_status(&lab, "fw2")["history"]
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        through.stop()
+    });
+    assert_one_holder("crash of fw1 (bridge WAN)", WAN_V4, &samples, "fw2");
+    eprintln!("bridge WAN, crash of fw1: WAN host -> LAN client longest gap {gap:.0} ms");
+    assert!(
+        lab.ping("wan", net::CLIENT, 3),
+        "the ISP cannot reach the LAN client through fw2's bridge WAN"
+    );
 }
 
 /// Issue 10 on a takeover WAN: the master's gateway check on the WAN only it
