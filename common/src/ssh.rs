@@ -117,6 +117,34 @@ pub struct PeerEndpoint {
     pub timeout: Duration,
 }
 
+/// How long a refused connection is tried again: the peer's SSH server
+/// re-binds its port when it reloads (sshd re-executes itself on SIGHUP,
+/// dropbear restarts), which the backup's sync hook may do right after a
+/// push, so a push that follows at once would meet a closed port for a
+/// moment. A peer whose server is really down still fails within this.
+pub const REFUSED_GRACE: Duration = Duration::from_secs(1);
+
+/// TCP connect to `address`, trying again every 50 ms while it is refused,
+/// for up to `grace`.
+pub fn connect_tcp(
+    address: &std::net::SocketAddr,
+    timeout: Duration,
+    grace: Duration,
+) -> std::io::Result<TcpStream> {
+    let until = std::time::Instant::now() + grace;
+    loop {
+        match TcpStream::connect_timeout(address, timeout) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// An authenticated SSH session with the peer; reuse it for every request.
 pub struct PeerSession {
     session: ssh2::Session,
@@ -129,7 +157,7 @@ pub struct PeerSession {
 impl PeerSession {
     /// Connect, check the host key, authenticate with the node's key.
     pub fn connect(ep: &PeerEndpoint, check: &HostKeyCheck) -> Result<PeerSession> {
-        let tcp = TcpStream::connect_timeout(&ep.address, ep.timeout).map_err(|e| {
+        let tcp = connect_tcp(&ep.address, ep.timeout, REFUSED_GRACE).map_err(|e| {
             fail(
                 Code::Peer,
                 format!(
@@ -361,5 +389,28 @@ mod tests {
         // Type on the line differs from the type inside the blob.
         let swapped = KEY.replacen("ssh-ed25519", "ssh-rsa", 1);
         assert!(parse_public_key(&swapped).is_err());
+    }
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_port_is_tried_again_until_it_listens_or_the_grace_ends() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        // Nothing listens: refused once the grace is over.
+        let e = connect_tcp(&addr, Duration::from_secs(1), Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The server comes back within the grace: connected.
+        let server = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let l = std::net::TcpListener::bind(addr).unwrap();
+            l.accept().map(|_| ())
+        });
+        connect_tcp(&addr, Duration::from_secs(1), Duration::from_secs(3)).unwrap();
+        server.join().unwrap().unwrap();
     }
 }
