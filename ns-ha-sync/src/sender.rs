@@ -805,6 +805,35 @@ fn save_pushed(
 
 /// The frame that announces `c`'s content (its bytes follow; its hash is
 /// the one `begin` announced).
+/// Write a file frame's header and open the file to send (not following a
+/// link that replaced it since the scan); the open's error is the caller's
+/// to handle (the frame is completed with zeros).
+fn start_file<C: Write>(
+    root: &NodeRoot,
+    ch: &mut C,
+    c: &Change,
+) -> Result<(std::path::PathBuf, std::io::Result<fs::File>)> {
+    ch.write_all(&file_header(c)?)
+        .context("sending file header")?;
+    let path = root.path(&c.path);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path);
+    Ok((path, file))
+}
+
+/// Complete a file frame of `size` bytes of which `sent` went out with zeros.
+fn fill_to<W: Write>(w: &mut W, mut sent: u64, size: u64) -> Result<()> {
+    let zeros = [0u8; 8192];
+    while sent < size {
+        let n = (size - sent).min(zeros.len() as u64) as usize;
+        w.write_all(&zeros[..n]).context("sending file data")?;
+        sent += n as u64;
+    }
+    Ok(())
+}
+
 fn file_header(c: &Change) -> Result<Vec<u8>> {
     // A buffer: write_msg flushes, which would defeat coalescing.
     let mut header = Vec::new();
@@ -952,13 +981,7 @@ fn send_file<C: Write>(
 ) -> Result<bool> {
     let size = c.entry.size;
     let want = c.entry.sha256.clone().unwrap_or_default();
-    ch.write_all(&file_header(c)?)
-        .context("sending file header")?;
-    let path = root.path(&c.path);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path);
+    let (path, file) = start_file(root, ch, c)?;
     let mut w = HashingWriter::new(&mut *ch);
     let mut sent = 0u64;
     if role_managed {
@@ -977,12 +1000,7 @@ fn send_file<C: Write>(
         }
     }
     // A file that shrank or vanished: fill the announced length; the hash tells.
-    let zeros = [0u8; 8192];
-    while sent < size {
-        let n = (size - sent).min(zeros.len() as u64) as usize;
-        w.write_all(&zeros[..n]).context("sending file data")?;
-        sent += n as u64;
-    }
+    fill_to(&mut w, sent, size)?;
     let (_, got) = w.digest();
     Ok(got == want)
 }
@@ -999,13 +1017,7 @@ fn send_file<C: Write>(
 fn send_large_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<bool> {
     use crate::manifest::{mtime_ns, Stamp};
     let size = c.entry.size;
-    ch.write_all(&file_header(c)?)
-        .context("sending file header")?;
-    let path = root.path(&c.path);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path);
+    let (_, file) = start_file(root, ch, c)?;
     let mut sent = 0u64;
     let mut unchanged = false;
     if let Ok(f) = file {
@@ -1019,12 +1031,7 @@ fn send_large_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<
             });
     }
     // A file that shrank or vanished: fill the announced length (the caller aborts).
-    let zeros = [0u8; 8192];
-    while sent < size {
-        let n = (size - sent).min(zeros.len() as u64) as usize;
-        ch.write_all(&zeros[..n]).context("sending file data")?;
-        sent += n as u64;
-    }
+    fill_to(ch, sent, size)?;
     Ok(unchanged)
 }
 
