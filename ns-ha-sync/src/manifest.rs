@@ -132,10 +132,17 @@ pub type Manifest = BTreeMap<String, Entry>;
 
 /// A digest of a manifest (both nodes compute it the same way).
 pub fn digest(m: &Manifest) -> String {
-    let mut h = Sha256::new();
-    // Serializing a BTreeMap of plain structs is deterministic.
-    h.update(serde_json::to_vec(m).unwrap_or_default());
-    hex(&h.finalize())
+    // Serializing a BTreeMap of plain structs is deterministic; streamed
+    // into the hash in 64 KB pieces, not built whole first (a 10,000-file
+    // manifest is a few MB).
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, HashingWriter::new(std::io::sink()));
+    if serde_json::to_writer(&mut w, m).is_err() {
+        return hex(&Sha256::new().finalize());
+    }
+    match w.into_inner() {
+        Ok(hashed) => hashed.digest().1,
+        Err(_) => hex(&Sha256::new().finalize()),
+    }
 }
 
 /// A cached hash, valid while the file's identity and times are unchanged.

@@ -45,6 +45,9 @@ impl<T: Read + Write> Channel for T {}
 pub trait Link {
     /// A channel to a fresh receiver, already greeted with `hello`.
     fn open(&mut self) -> Result<Box<dyn Channel>>;
+    /// Start reaching the receiver in the background, for the next `open`
+    /// (a one-shot push scans its files meanwhile); nothing by default.
+    fn prefetch(&mut self) {}
     /// Forget a connection that failed; the next `open` reconnects.
     fn reset(&mut self) {}
     /// Take back the channel of a push that succeeded, for the next `open`
@@ -57,6 +60,9 @@ pub trait Link {
 /// which it has gone.
 const KEEP_IDLE: Duration = Duration::from_secs(20);
 
+/// What a background connect reached: the session and a greeted channel.
+type Reached = Result<(PeerSession, ns_ha_common::ssh::PeerChannel)>;
+
 /// The SSH link to the paired backup; one session serves every push.
 pub struct SshLink {
     root: NodeRoot,
@@ -65,6 +71,8 @@ pub struct SshLink {
     session: Option<PeerSession>,
     /// The channel of the last push and when it was given back.
     kept: Option<(Box<dyn Channel>, Instant)>,
+    /// A connect started by `prefetch`, taken by the next `open`.
+    reaching: Option<std::thread::JoinHandle<Reached>>,
 }
 
 impl SshLink {
@@ -75,6 +83,7 @@ impl SshLink {
             cluster: cluster.clone(),
             session: None,
             kept: None,
+            reaching: None,
         }
     }
 }
@@ -85,6 +94,16 @@ impl Link for SshLink {
             if at.elapsed() < KEEP_IDLE {
                 return Ok(ch);
             }
+        }
+        if let Some(reaching) = self.reaching.take() {
+            let (session, ch) = reaching.join().unwrap_or_else(|_| {
+                Err(fail(
+                    Code::Failure,
+                    "the thread connecting to the backup panicked",
+                ))
+            })?;
+            self.session = Some(session);
+            return Ok(Box::new(ch));
         }
         if self.session.is_none() {
             self.session = Some(peer::connect(&self.root, &self.node, &self.cluster)?);
@@ -105,9 +124,34 @@ impl Link for SshLink {
         }
     }
 
+    /// The TCP connect, SSH handshake, authentication and the receiver's
+    /// start on the backup (a shell, then `ns-ha-sync receive`) cost about
+    /// as much as scanning 10,000 files: a one-shot push does both at once.
+    /// A push that then finds nothing changed exits without waiting; the
+    /// backup sees the connection close (a receiver that started reads the
+    /// end of its input and stops without doing anything).
+    fn prefetch(&mut self) {
+        if self.session.is_some() || self.kept.is_some() || self.reaching.is_some() {
+            return;
+        }
+        let (root, node, cluster) = (self.root.clone(), self.node.clone(), self.cluster.clone());
+        let reach = move || -> Reached {
+            let session = peer::connect(&root, &node, &cluster)?;
+            let (ch, _hello) = peer::open_channel(&session, &cluster.cluster_id)?;
+            Ok((session, ch))
+        };
+        // A thread that cannot start leaves the connect to `open`.
+        self.reaching = std::thread::Builder::new()
+            .name("reach-backup".into())
+            .spawn(reach)
+            .map_err(|e| log::debug!("connecting in the foreground: {e}"))
+            .ok();
+    }
+
     fn reset(&mut self) {
         self.kept = None;
         self.session = None;
+        self.reaching = None;
     }
 
     fn keep(&mut self, channel: Box<dyn Channel>) {
@@ -346,6 +390,9 @@ pub fn push_with(
         }
     }
     spans.mark("rules, lock, interrupted-run check");
+    if live.is_none() {
+        link.prefetch();
+    }
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -396,7 +443,9 @@ pub fn push_with(
         let result = (|| -> Result<std::result::Result<PushReport, Retry>> {
             spans.mark("attempt marker");
             let ch = link.open()?;
-            spans.mark("SSH session (connect, auth: first push only), channel, hello");
+            spans.mark(
+                "SSH session and the receiver's hello (a one-shot push connects while it scans)",
+            );
             let mut ch = Counted::new(ch);
             let ctx = PushCtx {
                 root,
@@ -892,28 +941,9 @@ fn send_delta<C: Read + Write>(
     base_sha256: &str,
 ) -> Result<bool> {
     let mut spans = Spans::default();
-    let path = root.path(&c.path);
-    let data = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-    {
-        Ok(mut f) => {
-            let mut data = Vec::with_capacity(c.entry.size as usize);
-            Read::by_ref(&mut f)
-                .take(c.entry.size + 1)
-                .read_to_end(&mut data)
-                .with_context(|| format!("reading {}", path.display()))?;
-            data
-        }
-        Err(_) => return Ok(false),
-    };
-    let want = c.entry.sha256.as_deref().unwrap_or_default();
-    if data.len() as u64 != c.entry.size || crate::util::sha256_hex(&data) != want {
-        return Ok(false);
-    }
-    spans.mark("delta: file read and its hash checked");
-    let sig: SignatureReply = call(
+    // Asked first: the backup reads and signs its copy while this node
+    // reads and checks its own (each a pass over the whole file).
+    write_msg(
         ch,
         &SyncRequest::Signature {
             path: c.path.clone(),
@@ -921,21 +951,56 @@ fn send_delta<C: Read + Write>(
         },
     )
     .with_context(|| format!("asking the backup for the signature of {}", c.path))?;
-    let delta = match sig.len {
+    let path = root.path(&c.path);
+    // Not hashed again (see `send_large_file`): a copy that changed behind
+    // a restored mtime rebuilds other bytes on the backup, whose sha256
+    // check refuses them.
+    let data = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => {
+            let opened = f.metadata().ok();
+            let mut data = Vec::with_capacity(c.entry.size as usize);
+            Read::by_ref(&mut &f)
+                .take(c.entry.size + 1)
+                .read_to_end(&mut data)
+                .with_context(|| format!("reading {}", path.display()))?;
+            unchanged_since_scan(c, opened.as_ref(), &f, data.len() as u64).then_some(data)
+        }
+        Err(_) => None,
+    };
+    let want = c.entry.sha256.as_deref().unwrap_or_default();
+    spans.mark("delta: file read");
+    let sig: SignatureReply = read_msg::<_, Reply>(ch)
+        .and_then(Reply::into_result)
+        .with_context(|| format!("asking the backup for the signature of {}", c.path))?;
+    let sig = match sig.len {
         Some(len) if len <= MAX_SIGNATURE => {
             let mut sig = vec![0u8; len as usize];
             ch.read_exact(&mut sig)
                 .context("receiving the block signature")?;
             spans.mark("delta: the backup's block signature received");
-            let d = delta::make(sig, &data)?;
-            spans.mark("delta: computed");
-            Some(d)
+            Some(sig)
         }
         Some(len) => {
             return Err(fail(
                 Code::Security,
                 format!("block signature of {len} bytes from the backup refused"),
             ))
+        }
+        None => None,
+    };
+    // Changed since the scan: nothing sent for it (the caller aborts).
+    let Some(data) = data else {
+        return Ok(false);
+    };
+    let delta = match sig {
+        Some(sig) => {
+            let d = delta::make(sig, &data)?;
+            spans.mark("delta: computed");
+            Some(d)
         }
         None => None,
     };
@@ -1015,7 +1080,6 @@ fn send_file<C: Write>(
 /// applied. `false` when the file changed (the frame is completed; the
 /// caller aborts).
 fn send_large_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<bool> {
-    use crate::manifest::{mtime_ns, Stamp};
     let size = c.entry.size;
     let (_, file) = start_file(root, ch, c)?;
     let mut sent = 0u64;
@@ -1024,15 +1088,30 @@ fn send_large_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<
         let opened = f.metadata().ok();
         sent =
             copy_large(&mut Read::by_ref(&mut &f).take(size), ch).context("sending file data")?;
-        let now = f.metadata().ok().map(|md| Stamp::of(&md));
-        unchanged = sent == size
-            && opened.as_ref().is_some_and(|md| {
-                md.len() == size && mtime_ns(md) == c.entry.mtime_ns && now == Some(Stamp::of(md))
-            });
+        unchanged = unchanged_since_scan(c, opened.as_ref(), &f, sent);
     }
     // A file that shrank or vanished: fill the announced length (the caller aborts).
     fill_to(ch, sent, size)?;
     Ok(unchanged)
+}
+
+/// Whether the `read` bytes of `f` are the content the scan hashed for `c`:
+/// all of it was read, its size and mtime were the scanned ones when it was
+/// `opened`, and its status (size, times, inode) is the same now, after the
+/// last byte was read (any write moves its ctime).
+fn unchanged_since_scan(
+    c: &Change,
+    opened: Option<&fs::Metadata>,
+    f: &fs::File,
+    read: u64,
+) -> bool {
+    use crate::manifest::{mtime_ns, Stamp};
+    let size = c.entry.size;
+    let now = f.metadata().ok().map(|md| Stamp::of(&md));
+    read == size
+        && opened.is_some_and(|md| {
+            md.len() == size && mtime_ns(md) == c.entry.mtime_ns && now == Some(Stamp::of(md))
+        })
 }
 
 /// Bytes read from a file per system call while sending: `std::io::copy`

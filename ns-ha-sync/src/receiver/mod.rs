@@ -126,6 +126,12 @@ pub struct Receiver<'a> {
     /// The scan kept between the pushes of one channel, with the inotify
     /// watches that keep it true (see `local::Receiver::channel_view`).
     live: Option<(crate::watch::Watches, crate::manifest::LiveScan)>,
+    /// The hash cache being read since `startup` (file, reader), for the
+    /// first `manifest`.
+    cache_preload: Option<(
+        std::path::PathBuf,
+        std::thread::JoinHandle<crate::manifest::HashCache>,
+    )>,
 }
 
 impl<'a> Receiver<'a> {
@@ -145,6 +151,7 @@ impl<'a> Receiver<'a> {
             ctx_cache: std::cell::RefCell::new(None),
             manifests: 0,
             live: None,
+            cache_preload: None,
         }
     }
 
@@ -269,6 +276,9 @@ impl<'a> Receiver<'a> {
                 }
             }
             w.flush().context("sending a reply")?;
+            if op == "manifest" {
+                self.spans.mark("backup: manifest answer sent");
+            }
             if let Some(paths) = self.hook_due.take() {
                 self.run_hook(&paths);
             }

@@ -241,6 +241,7 @@ impl Receiver<'_> {
             return Ok(None);
         };
         let sig = delta::signature(&base);
+        self.spans.mark("backup: delta base read and signed");
         self.delta_base = Some((path.to_string(), base));
         Ok(Some(sig))
     }
@@ -279,9 +280,12 @@ impl Receiver<'_> {
             log::info!("{path}: the delta did not rebuild the announced content: sent whole");
             return false;
         }
+        self.spans
+            .mark("backup: delta applied, the file's hash checked");
         if let Some(staged) = txn.pending.remove(path) {
             stage_content(txn, path, staged, &content, data.len() as u64);
         }
+        self.spans.mark("backup: rebuilt file staged");
         crash::point("file");
         true
     }
