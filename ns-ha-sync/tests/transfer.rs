@@ -83,11 +83,16 @@ fn create_change_chmod_delete_reach_the_backup() {
         "mtime not preserved"
     );
 
-    // Second push: nothing changed, the backup is not even contacted.
+    // A one-shot push starts reaching the backup before it scans.
+    assert_eq!((link.prefetches, link.opens), (1, 1));
+
+    // Second push: nothing changed, the backup's channel is not used (the
+    // connect started meanwhile is left behind).
     let opens = link.opens;
     let rep = do_push(&p, &mut link, PushOptions::default()).unwrap();
     assert!(rep.noop);
     assert_eq!(link.opens, opens);
+    assert_eq!(link.prefetches, 2);
 
     // Change, chmod, create, delete.
     write(&p.primary, "/etc/config/firewall", "config zone wan\n");

@@ -114,6 +114,8 @@ pub struct ThreadLink {
     pub backup: NodeRoot,
     pub cluster_id: String,
     pub opens: usize,
+    /// Calls of `prefetch` (a one-shot push's connect while it scans).
+    pub prefetches: usize,
     pub cut_after: Option<u64>,
     pub threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -124,6 +126,7 @@ impl ThreadLink {
             backup: backup.clone(),
             cluster_id: CLUSTER_ID.into(),
             opens: 0,
+            prefetches: 0,
             cut_after: None,
             threads: Vec::new(),
         }
@@ -194,6 +197,10 @@ impl Link for ThreadLink {
         let _: HelloReply = call(&mut ch, &hello(&self.cluster_id))?;
         ch.left = self.cut_after;
         Ok(Box::new(ch))
+    }
+
+    fn prefetch(&mut self) {
+        self.prefetches += 1;
     }
 }
 
