@@ -186,6 +186,13 @@ impl PeerSession {
                 format!("SSH handshake with {} failed: {e}", ep.address),
             )
         })?;
+        log::debug!(
+            "SSH to {}: kex {}, cipher {}, mac {}",
+            ep.address,
+            session.methods(ssh2::MethodType::Kex).unwrap_or("?"),
+            session.methods(ssh2::MethodType::CryptCs).unwrap_or("?"),
+            session.methods(ssh2::MethodType::MacCs).unwrap_or("?"),
+        );
         let (blob, kt) = session
             .host_key()
             .ok_or_else(|| fail(Code::Peer, "peer sent no host key"))?;

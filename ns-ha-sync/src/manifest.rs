@@ -307,7 +307,10 @@ pub fn role_managed_content(path: &Path) -> Result<Vec<u8>> {
 pub fn hash_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut w = HashingWriter::new(std::io::sink());
-    std::io::copy(&mut f, &mut w).with_context(|| format!("reading {}", path.display()))?;
+    // `std::io::copy` reads 8 KiB at a time: 64,000 reads for 500 MB.
+    let size = f.metadata().map(|m| m.len()).unwrap_or_default();
+    crate::util::copy_file_data(&mut f, &mut w, size)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(w.digest().1)
 }
 

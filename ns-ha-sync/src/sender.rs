@@ -30,7 +30,7 @@ use crate::manifest::{
 };
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
-use crate::util::{now_secs, Counted, HashingWriter, Spans};
+use crate::util::{copy_file_data, now_secs, Counted, HashingWriter, Spans};
 use crate::wire::{
     BeginReply, BeginRequest, CommitReply, DeltaReply, ManifestPart, ManifestReply, SignatureReply,
     SyncRequest, BATCH_BYTES, BATCH_FILE, MAX_ENTRIES,
@@ -726,7 +726,7 @@ fn transfer<C: Read + Write>(
     crash::point("begin");
     // Frames are coalesced: one SSH packet per small file would cost a
     // round of the channel machinery each.
-    let mut out = std::io::BufWriter::with_capacity(SEND_BUFFER, &mut *ch);
+    let mut out = std::io::BufWriter::with_capacity(crate::util::COPY_BUFFER, &mut *ch);
     // Frames of small files, sent packed every BATCH_BYTES (send_batch).
     let mut batch = Vec::new();
     let mut changed_meanwhile = false;
@@ -1057,11 +1057,15 @@ fn send_file<C: Write>(
     } else if let Ok(f) = file {
         let half = crash::armed("file-half");
         let limit = if half { size / 2 } else { size };
-        sent = copy_large(&mut f.take(limit), &mut w).context("sending file data")?;
+        sent = copy_file_data(&mut f.take(limit), &mut w, limit).context("sending file data")?;
         if half {
             w.flush()?;
             crash::point("file-half");
-            sent += copy_large(&mut fs::File::open(&path)?.take(size - limit), &mut w)?;
+            sent += copy_file_data(
+                &mut fs::File::open(&path)?.take(size - limit),
+                &mut w,
+                size - limit,
+            )?;
         }
     }
     // A file that shrank or vanished: fill the announced length; the hash tells.
@@ -1086,8 +1090,8 @@ fn send_large_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<
     let mut unchanged = false;
     if let Ok(f) = file {
         let opened = f.metadata().ok();
-        sent =
-            copy_large(&mut Read::by_ref(&mut &f).take(size), ch).context("sending file data")?;
+        sent = copy_file_data(&mut Read::by_ref(&mut &f).take(size), ch, size)
+            .context("sending file data")?;
         unchanged = unchanged_since_scan(c, opened.as_ref(), &f, sent);
     }
     // A file that shrank or vanished: fill the announced length (the caller aborts).
@@ -1112,26 +1116,6 @@ fn unchanged_since_scan(
         && opened.is_some_and(|md| {
             md.len() == size && mtime_ns(md) == c.entry.mtime_ns && now == Some(Stamp::of(md))
         })
-}
-
-/// Bytes read from a file per system call while sending: `std::io::copy`
-/// reads 8 KiB at a time, which costs a 500 MB file 64,000 reads.
-const SEND_BUFFER: usize = 1 << 20;
-
-/// Copy `r` to `w` through a [`SEND_BUFFER`]; the bytes copied.
-fn copy_large<R: Read, W: Write>(r: &mut R, w: &mut W) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; SEND_BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        w.write_all(&buf[..n])?;
-        total += n as u64;
-    }
 }
 
 /// The backup's status, asked over the channel.

@@ -7,7 +7,47 @@ use std::time::Instant;
 
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// Most bytes read or written at once when file data is copied: a large
+/// file costs few system calls.
+pub const COPY_BUFFER: usize = 1 << 20;
+
+/// A zeroed buffer to copy `size` bytes of file data through: no larger
+/// than the data needs (a 1 MiB buffer allocated and zeroed for each file
+/// of a few hundred bytes cost more than the file), at least 8 KiB, at most
+/// [`COPY_BUFFER`].
+pub fn copy_buffer(size: u64) -> Vec<u8> {
+    vec![
+        0u8;
+        usize::try_from(size)
+            .unwrap_or(COPY_BUFFER)
+            .clamp(8 << 10, COPY_BUFFER)
+    ]
+}
+
+/// Copy `r` (about `size` bytes) to `w` through a [`copy_buffer`]; the
+/// bytes copied.
+pub fn copy_file_data<R: Read, W: Write>(r: &mut R, w: &mut W, size: u64) -> std::io::Result<u64> {
+    let mut buf = copy_buffer(size);
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 /// Lowercase hex SHA-256 of a byte string (the manifest's content hash).
@@ -165,5 +205,25 @@ mod tests {
             d,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+    }
+
+    #[test]
+    fn copy_buffers_fit_the_data_and_copies_take_it_all() {
+        assert_eq!(copy_buffer(200).len(), 8 << 10);
+        assert_eq!(copy_buffer(300 << 10).len(), 300 << 10);
+        assert_eq!(copy_buffer(500 << 20).len(), COPY_BUFFER);
+        // A source longer than announced (a file that grew) is copied whole.
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        assert_eq!(
+            copy_file_data(&mut &data[..], &mut out, 10).unwrap(),
+            100_000
+        );
+        assert_eq!(out, data);
     }
 }

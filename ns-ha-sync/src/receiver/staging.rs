@@ -371,8 +371,8 @@ fn receive_blob_with<R: Read>(
 ) -> Result<Received> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    // 1 MiB a read and a write: a large file costs few system calls.
-    let mut buf = vec![0u8; 1 << 20];
+    // Up to 1 MiB a read and a write: a large file costs few system calls.
+    let mut buf = crate::util::copy_buffer(size);
     let mut left = size;
     let mut write_err = None;
     let writeback = file
