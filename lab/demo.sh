@@ -11,7 +11,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/.." && pwd)
-BIN=${NS_HA_BIN:-$TOP/target/debug}
+BIN=${NS_HA_BIN:-${CARGO_TARGET_DIR:-$TOP/target}/debug}
 LAB=$HERE/lab.sh
 PREFIX=nhdemo$((RANDOM % 1000))
 ROUNDS=${DEMO_ROUNDS:-5}
@@ -47,7 +47,9 @@ holders() {
 	for fw in fw1 fw2; do
 		# Not `grep -q`: it exits at the first match, `ip` may then die of
 		# SIGPIPE, and under pipefail the holder would not be counted.
-		ip -n "$(ns $fw)" -o addr show | grep " $1/" >/dev/null && who="$who $fw"
+		# `up`: a crashed box keeps its addresses on links that are down,
+		# where nobody can reach them.
+		ip -n "$(ns $fw)" -o addr show up | grep " $1/" >/dev/null && who="$who $fw"
 	done
 	echo "${who# }"
 }
