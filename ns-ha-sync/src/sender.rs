@@ -852,11 +852,19 @@ fn save_pushed(
     )
 }
 
-/// The frame that announces `c`'s content (its bytes follow; its hash is
-/// the one `begin` announced).
-/// Write a file frame's header and open the file to send (not following a
-/// link that replaced it since the scan); the open's error is the caller's
-/// to handle (the frame is completed with zeros).
+/// Open the file to send for `c`, not following a link that replaced it
+/// since the scan; the open's error is the caller's to handle.
+fn open_source(root: &NodeRoot, c: &Change) -> (std::path::PathBuf, std::io::Result<fs::File>) {
+    let path = root.path(&c.path);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path);
+    (path, file)
+}
+
+/// Write a file frame's header and open the file to send ([`open_source`];
+/// a failed open is completed with zeros by the caller).
 fn start_file<C: Write>(
     root: &NodeRoot,
     ch: &mut C,
@@ -864,12 +872,7 @@ fn start_file<C: Write>(
 ) -> Result<(std::path::PathBuf, std::io::Result<fs::File>)> {
     ch.write_all(&file_header(c)?)
         .context("sending file header")?;
-    let path = root.path(&c.path);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path);
-    Ok((path, file))
+    Ok(open_source(root, c))
 }
 
 /// Complete a file frame of `size` bytes of which `sent` went out with zeros.
@@ -883,6 +886,8 @@ fn fill_to<W: Write>(w: &mut W, mut sent: u64, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// The frame that announces `c`'s content (its bytes follow; its hash is
+/// the one `begin` announced).
 fn file_header(c: &Change) -> Result<Vec<u8>> {
     // A buffer: write_msg flushes, which would defeat coalescing.
     let mut header = Vec::new();
@@ -951,15 +956,11 @@ fn send_delta<C: Read + Write>(
         },
     )
     .with_context(|| format!("asking the backup for the signature of {}", c.path))?;
-    let path = root.path(&c.path);
     // Not hashed again (see `send_large_file`): a copy that changed behind
     // a restored mtime rebuilds other bytes on the backup, whose sha256
     // check refuses them.
-    let data = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-    {
+    let (path, file) = open_source(root, c);
+    let data = match file {
         Ok(f) => {
             let opened = f.metadata().ok();
             let mut data = Vec::with_capacity(c.entry.size as usize);
