@@ -23,6 +23,12 @@ pub const DECISIONS_KEPT: usize = 20;
 /// A node must have been BACKUP this long before its becoming MASTER counts
 /// as a failover (and not as the first election after a start).
 pub const FAILOVER_AFTER_BACKUP_MS: u64 = 5_000;
+/// A check that starts failing this soon after the node lost MASTER while
+/// still fit counts as what made it lose MASTER: on a silent link the peer
+/// stops hearing this node and takes over before this node's own `fall`
+/// rounds are up, and without this the node would take the VIPs back
+/// `rise` rounds after the link heals, with no hold-down.
+pub const GAVE_UP_WINDOW_MS: u64 = 10_000;
 
 /// What kind of thing a check looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +143,10 @@ pub struct Verdict {
     pub master: Option<bool>,
     pub master_since_ms: u64,
     pub gave_up: Option<GaveUp>,
+    /// When the node last stopped being MASTER while fit (None: it has not,
+    /// or that was recorded as giving up).
+    #[serde(default)]
+    pub lost_master_ms: Option<u64>,
     /// Since when no check has a failed round (None: one has).
     pub healthy_since_ms: Option<u64>,
     pub priority: u8,
@@ -170,6 +180,7 @@ impl Verdict {
             master: None,
             master_since_ms: now_ms,
             gave_up: None,
+            lost_master_ms: None,
             healthy_since_ms: Some(now_ms),
             priority: configured_priority,
             fit: true,
@@ -322,6 +333,7 @@ impl Verdict {
                     reason: self.reason.clone(),
                 });
             }
+            (Some(true), false) => self.lost_master_ms = Some(now_ms),
             (Some(false), true) if held_backup_ms >= FAILOVER_AFTER_BACKUP_MS => {
                 self.pending.push(Event {
                     event: "failover".into(),
@@ -338,6 +350,7 @@ impl Verdict {
         if master {
             // Holding the role again: a past give-up no longer matters.
             self.gave_up = None;
+            self.lost_master_ms = None;
         }
     }
 
@@ -356,6 +369,20 @@ impl Verdict {
             .filter(|c| c.fails > 0 && c.state != CheckState::Failing)
             .map(|c| c.id.as_str())
             .collect();
+        if !master && !failing.is_empty() && self.gave_up.is_none() {
+            // Lost MASTER while still fit and failing soon after: the peer
+            // noticed the failure first (a silent link); it is a give-up.
+            if let Some(lost) = self
+                .lost_master_ms
+                .filter(|l| now_ms.saturating_sub(*l) <= GAVE_UP_WINDOW_MS)
+            {
+                self.gave_up = Some(GaveUp {
+                    unix_ms: lost,
+                    reason: format!("failing: {}", failing.join(", ")),
+                });
+            }
+            self.lost_master_ms = None;
+        }
         let (fit, reason) = if !failing.is_empty() {
             (false, format!("failing: {}", failing.join(", ")))
         } else if !master && !suspect.is_empty() {
@@ -601,6 +628,41 @@ mod tests {
         let d = m.evaluate(15_100).expect("fit after the hold-down");
         assert_eq!(d.priority, 200);
         assert!(m.gave_up.is_none());
+    }
+
+    #[test]
+    fn a_master_the_peer_replaced_before_its_checks_failed_waits_for_the_hold_down() {
+        // A silent link: the peer stops hearing this node and takes over
+        // while this node's check has not reached `fall` yet.
+        let mut m = verdict(200, true);
+        m.observe("reach:lan0", bad(), 1);
+        m.evaluate(1);
+        m.set_master(false, 2);
+        assert!(m.gave_up.is_none(), "still fit when it lost MASTER");
+        for t in 3..=4 {
+            m.observe("reach:lan0", bad(), t);
+            m.evaluate(t);
+        }
+        assert!(m.gave_up.is_some(), "failing soon after losing MASTER");
+        m.observe("reach:lan0", ok(), 1_000);
+        m.observe("reach:lan0", ok(), 1_100);
+        m.evaluate(1_100);
+        assert!(!m.fit && m.reason.starts_with("hold-down"), "{}", m.reason);
+        assert!(m.evaluate(11_100).expect("fit after the hold-down").fit);
+
+        // Failing long after losing MASTER for another reason (maintenance,
+        // a preempting peer): no hold-down once it recovers.
+        let mut p = verdict(200, true);
+        p.set_master(false, 10);
+        for t in 1..=3 {
+            p.observe("reach:lan0", bad(), GAVE_UP_WINDOW_MS + 100 + t);
+            p.evaluate(GAVE_UP_WINDOW_MS + 100 + t);
+        }
+        assert!(p.gave_up.is_none());
+        p.observe("reach:lan0", ok(), GAVE_UP_WINDOW_MS + 200);
+        p.observe("reach:lan0", ok(), GAVE_UP_WINDOW_MS + 300);
+        p.evaluate(GAVE_UP_WINDOW_MS + 300);
+        assert!(p.fit, "{}", p.reason);
     }
 
     #[test]
