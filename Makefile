@@ -5,7 +5,7 @@
 #   make bench  run the benchmarks: one table, every figure next to its baseline
 #               measured in the same run (BENCH_SOAK=1 adds the 10-minute health soak)
 #   make release                 the multi-call binary ns-ha (the five tools), router profile (Cargo.toml)
-#   make install DESTDIR= PREFIX=/usr   install it (root-owned /usr/sbin, the tools as links) and the systemd units
+#   make install DESTDIR= PREFIX=/usr   install it (root-owned /usr/sbin, the tools as links), the systemd units and the pppd hook
 #   make deb                     target/deb/ns-ha_VERSION_ARCH.deb from a staged `make install`
 
 SHELL := /bin/bash
@@ -129,6 +129,9 @@ DESTDIR ?=
 SBINDIR := $(PREFIX)/sbin
 UNITDIR := $(PREFIX)/lib/systemd/system
 DOCDIR := $(PREFIX)/share/doc/ns-ha
+# pppd's ip-up hooks (Debian's /etc/ppp/ip-up runs them): the default route
+# of a PPPoE WAN with a metric (packaging/debian/ppp/ns-ha-wan-route).
+PPP_IP_UP_DIR := /etc/ppp/ip-up.d
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE_DIR := $(TARGET_DIR)/release
 DEB_STAGE := $(TARGET_DIR)/deb/stage
@@ -147,6 +150,8 @@ install: release
 	for t in $(TOOLS); do ln -sfn ns-ha $(DESTDIR)$(SBINDIR)/$$t; done
 	install -m 0644 $(OWNER) $(UNITS) $(DESTDIR)$(UNITDIR)/
 	install -m 0644 $(OWNER) README.md docs/json.md $(DESTDIR)$(DOCDIR)/
+	install -d -m 0755 $(OWNER) $(DESTDIR)$(PPP_IP_UP_DIR)
+	install -m 0755 $(OWNER) packaging/debian/ppp/ns-ha-wan-route $(DESTDIR)$(PPP_IP_UP_DIR)/
 
 # A .deb made with dpkg-deb from a staged `make install`, so the package
 # holds exactly what `make install` installs (cargo-deb would be a second
@@ -160,5 +165,5 @@ deb: release
 # with a POSIX linter, the systemd units with systemd-analyze.
 package-test: deps
 	shellcheck -s sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm \
-		packaging/debian/build-deb.sh $(wildcard packaging/openwrt/files/*.init) \
+		packaging/debian/build-deb.sh packaging/debian/ppp/ns-ha-wan-route $(wildcard packaging/openwrt/files/*.init) \
 		$(wildcard packaging/openwrt/files/*.sh) $(wildcard packaging/openwrt/files/rpcd/*)

@@ -482,6 +482,15 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
     s
 }
 
+/// The pppd ip-up hook the Debian package installs (run by Debian's
+/// `/etc/ppp/ip-up` through run-parts): for a session whose `ipparam` is
+/// [`PPP_ROUTE_IPPARAM`]`N` it sets the default route through the session
+/// at metric N, which pppd itself may have declined to add.
+pub const PPP_ROUTE_HOOK: &str = "/etc/ppp/ip-up.d/ns-ha-wan-route";
+
+/// The `ipparam` prefix of a PPPoE WAN with a metric (see [`PPP_ROUTE_HOOK`]).
+pub const PPP_ROUTE_IPPARAM: &str = "ns-ha-metric=";
+
 /// Where pppd's peers files live (`pon NAME` reads `NAME` there).
 pub const PPP_PEERS_DIR: &str = "/etc/ppp/peers";
 
@@ -491,7 +500,10 @@ pub const PPP_PEERS_DIR: &str = "/etc/ppp/peers";
 /// the password is not here but in `/etc/ppp/chap-secrets` or
 /// `pap-secrets` (synced, 0600), looked up by the user name. `persist`
 /// with a 1 s holdoff: a new master whose first attempt meets the old
-/// session still open at the ISP retries at once.
+/// session still open at the ISP retries at once. With a metric, `ipparam`
+/// carries it to [`PPP_ROUTE_HOOK`]: pppd 2.4.9 (Debian 12) adds no default
+/// route when any other exists, whatever `defaultroute-metric` says, so a
+/// PPPoE WAN that comes up after another WAN would have none.
 pub fn render_ppp_peer(w: &Wan) -> Option<String> {
     let WanDevice::Pppoe { parent, user } = &w.device else {
         return None;
@@ -511,7 +523,9 @@ pub fn render_ppp_peer(w: &Wan) -> Option<String> {
          defaultroute\n"
     );
     if let Some(m) = w.metric {
-        s.push_str(&format!("defaultroute-metric {m}\n"));
+        s.push_str(&format!(
+            "defaultroute-metric {m}\nipparam {PPP_ROUTE_IPPARAM}{m}\n"
+        ));
     }
     s.push_str("persist\nmaxfail 0\nholdoff 1\nlcp-echo-interval 2\nlcp-echo-failure 3\n");
     Some(s)
@@ -969,6 +983,7 @@ mod tests {
             "ifname pppoe-wan\n",
             "defaultroute\n",
             "defaultroute-metric 300\n",
+            "ipparam ns-ha-metric=300\n",
             "persist\n",
         ] {
             assert!(peer.contains(want), "{want} missing in {peer}");

@@ -92,4 +92,14 @@ for fw in fw1 fw2; do
 	# pppd reads before the peers file ns-ha renders.
 	install -d -m 0755 "$DIR/$fw/etc/ppp"
 	echo "logfile $DIR/$fw/var/log/pppd.log" >"$DIR/$fw/etc/ppp/options"
+	# What a Debian firewall with the ppp and ns-ha packages has in
+	# /etc/ppp (the node's own is what pppd sees): Debian's ip-up, which
+	# runs ip-up.d, and ns-ha's hook for the PPPoE WAN's default route.
+	install -d -m 0755 "$DIR/$fw/etc/ppp/ip-up.d"
+	install -m 0755 /etc/ppp/ip-up "$DIR/$fw/etc/ppp/ip-up"
+	install -m 0755 "$HERE/../../packaging/debian/ppp/ns-ha-wan-route" "$DIR/$fw/etc/ppp/ip-up.d/"
+	# The firewall's main uplink, up before any takeover WAN: pppd 2.4.9
+	# then declines to add the PPPoE WAN's default route (the hook adds it),
+	# every run, not only when a VLAN WAN happens to come up first.
+	ip -n "$ns" route add default via 10.99.2.100 dev wan0 metric 10
 done

@@ -15,6 +15,10 @@ install -d -m 0755 "$stage/DEBIAN" "$outdir"
 for s in postinst prerm postrm; do
 	install -m 0755 "$here/$s" "$stage/DEBIAN/$s"
 done
+# Files under /etc are conffiles: an upgrade keeps an administrator's edit.
+if [ -d "$stage/etc" ]; then
+	(cd "$stage" && find etc -type f | sed 's|^|/|' | sort) >"$stage/DEBIAN/conffiles"
+fi
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 cat >"$stage/DEBIAN/control" <<CONTROL
 Package: ns-ha

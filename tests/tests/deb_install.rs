@@ -9,7 +9,7 @@
 
 use ns_ha_tests::packages::built_deb;
 use ns_ha_tests::{cluster, net, wait_until, Lab};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -107,6 +107,21 @@ fn the_deb_installs_runs_the_lab_from_usr_sbin_and_is_removed_cleanly() {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     assert_eq!(units.len(), 4, "units: {units:?}");
+    // The pppd hook of PPPoE WANs, executable, a conffile (an edit survives
+    // an upgrade; purge removes it, checked below).
+    let hook = Path::new(ns_ha_common::wan::PPP_ROUTE_HOOK);
+    assert!(
+        listed.contains(&hook.to_path_buf()),
+        "{} not in dpkg -L",
+        hook.display()
+    );
+    let mode = std::fs::metadata(hook).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "mode of {}", hook.display());
+    let conffiles = run_ok("dpkg-query", &["-W", "-f=${Conffiles}", "ns-ha"]);
+    assert!(
+        conffiles.contains(ns_ha_common::wan::PPP_ROUTE_HOOK),
+        "conffiles: {conffiles}"
+    );
     let mut verify = vec!["verify"];
     verify.extend(units.iter().map(String::as_str));
     let out = run("systemd-analyze", &verify);

@@ -976,3 +976,96 @@ fn a_dhcp_takeover_wan_without_the_cluster_mac_comes_back_on_a_new_address() {
     );
     assert!(holders(&lab, &old).is_empty());
 }
+
+/// The Debian package's pppd ip-up hook (packaging/debian/ppp/ns-ha-wan-route),
+/// run as Debian's /etc/ppp/ip-up runs it, with pppd's arguments, against
+/// the real `ip` in a firewall's namespace. This kernel has no PPP, so the
+/// session's device is a veth here; the VM tier runs the hook under real
+/// pppd (`vm_tier`, pppoe-wan, with the main uplink's route there first).
+#[test]
+fn the_ppp_hook_adds_the_pppoe_default_route_beside_another_wan() {
+    let hook = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/debian/ppp/ns-ha-wan-route");
+    let hook = hook.to_str().unwrap();
+    let lab = Lab::up();
+    // Another WAN's default route first: pppd 2.4.9 then adds none.
+    lab.exec_ok(
+        "fw1",
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            net::WAN_HOST,
+            "dev",
+            "wan0",
+            "metric",
+            "100",
+        ],
+    );
+    lab.exec_ok(
+        "fw1",
+        &[
+            "ip",
+            "link",
+            "add",
+            "pppoe-wan",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pppoe-isp",
+        ],
+    );
+    lab.exec_ok("fw1", &["ip", "link", "set", "pppoe-wan", "up"]);
+    let routes = |lab: &Lab| lab.exec_ok("fw1", &["ip", "route", "show", "default"]);
+    let run = |ipparam: &str| {
+        let out = lab.exec(
+            "fw1",
+            &[
+                hook,
+                "pppoe-wan",
+                "/dev/ppp",
+                "0",
+                "10.99.5.1",
+                "10.99.5.100",
+                ipparam,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "hook failed with ipparam {ipparam:?}: {out:?}"
+        );
+    };
+    // Not an ns-ha session, or a metric that is not a number: left alone.
+    for ipparam in ["", "isp-2", "ns-ha-metric=", "ns-ha-metric=3;reboot"] {
+        run(ipparam);
+        assert!(
+            !routes(&lab).contains("pppoe-wan"),
+            "ipparam {ipparam:?}: {}",
+            routes(&lab)
+        );
+    }
+    run("ns-ha-metric=300");
+    let r = routes(&lab);
+    assert!(
+        r.contains("default dev pppoe-wan scope link metric 300"),
+        "{r}"
+    );
+    assert!(
+        r.contains(&format!(
+            "default via {} dev wan0 metric 100",
+            net::WAN_HOST
+        )),
+        "{r}"
+    );
+    // pppd's ip-up runs again at every reconnect: the same route, once.
+    run("ns-ha-metric=300");
+    assert_eq!(
+        routes(&lab).matches("pppoe-wan").count(),
+        1,
+        "{}",
+        routes(&lab)
+    );
+}
