@@ -41,6 +41,12 @@ pub trait InterfaceControl: Send + Sync {
     fn last_lease(&self, _wan: &Wan) -> Option<Ipv4Addr> {
         None
     }
+    /// Whether `up` takes a VLAN device that already exists as the WAN's
+    /// (ifupdown adds one only when it is missing), so the role engine may
+    /// add it first to probe the WAN's address on it, tagged, before `up`.
+    fn adopts_existing_vlan(&self) -> bool {
+        false
+    }
 }
 
 /// Where a takeover WAN is on a node.
@@ -215,6 +221,10 @@ impl InterfaceControl for Ifupdown<'_> {
         // --force: deconfigure also what ifupdown's state does not know
         // about (a node that crashed with the WAN up, a state dir on tmpfs).
         self.run("ifdown", &["--force"], wan, timeout)
+    }
+
+    fn adopts_existing_vlan(&self) -> bool {
+        true
     }
 
     fn last_lease(&self, w: &Wan) -> Option<Ipv4Addr> {

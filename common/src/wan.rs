@@ -375,6 +375,28 @@ pub const IFUPDOWN_FILE: &str = "/etc/network/interfaces.d/ns-ha-wan";
 /// ifupdown's state directory (under the node root, so two lab nodes do not share it).
 pub const IFUPDOWN_STATE_DIR: &str = "/run/network";
 
+/// The stanza lines that build a WAN's own device (a bridge or a bond)
+/// with `ip` before ifupdown configures it, and delete it on `ifdown` so
+/// its members are free again: `link_type` is `ip link add`'s `type ...`.
+/// A bridge port is brought up once attached; a bond member must be down
+/// to be enslaved (the kernel refuses one that is up) and the bond brings
+/// it up itself.
+fn built_device_lines(lines: &mut Vec<String>, dev: &str, link_type: &str, members: &[String]) {
+    lines.push(format!(
+        "pre-up ip link show dev {dev} >/dev/null 2>&1 || ip link add name {dev} type {link_type}"
+    ));
+    let bond = link_type.starts_with("bond");
+    for m in members {
+        if bond {
+            lines.push(format!("pre-up ip link set dev {m} down"));
+            lines.push(format!("pre-up ip link set dev {m} master {dev}"));
+        } else {
+            lines.push(format!("pre-up ip link set dev {m} master {dev} up"));
+        }
+    }
+    lines.push(format!("post-down ip link del dev {dev}"));
+}
+
 /// The ifupdown file of the cluster's takeover WANs. No `auto` or
 /// `allow-hotplug` line: only the role engine brings them up, on the MASTER.
 pub fn render_ifupdown(wans: &[Wan]) -> String {
@@ -394,20 +416,18 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                 // ifupdown makes no bridges itself (`bridge_ports` is
                 // bridge-utils' hook, which a box may lack and the lab's
                 // `--no-scripts` skips): made here with `ip`, without STP
-                // (its ports forward at once), and deleted on ifdown so
-                // the members are free again.
-                dev_lines.push(format!(
-                    "pre-up ip link show dev {i} >/dev/null 2>&1 || ip link add name {i} type bridge"
-                ));
-                for m in members {
-                    dev_lines.push(format!("pre-up ip link set dev {m} master {i} up"));
-                }
-                dev_lines.push(format!("post-down ip link del dev {i}"));
+                // (its ports forward at once).
+                built_device_lines(&mut dev_lines, i, "bridge", members);
             }
             WanDevice::Bond { members } => {
-                dev_lines.push(format!("bond-slaves {}", members.join(" ")));
-                dev_lines.push("bond-mode active-backup".into());
-                dev_lines.push("bond-miimon 100".into());
+                // Likewise bonds (`bond-slaves` is ifenslave's hook):
+                // active-backup needs nothing of the switch.
+                built_device_lines(
+                    &mut dev_lines,
+                    i,
+                    "bond mode active-backup miimon 100",
+                    members,
+                );
             }
             WanDevice::Vlan { parent, .. } => {
                 dev_lines.push(format!("vlan-raw-device {parent}"));
@@ -936,6 +956,21 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("client no"), "{text}");
+        // A bond: built with `ip` too, each member down before it joins.
+        let bond = Wan {
+            interface: "bond1".into(),
+            device: WanDevice::Bond {
+                members: vec!["eth3".into(), "eth4".into()],
+            },
+            ..static_wan()
+        };
+        let text = render_ifupdown(&[bond]);
+        assert!(
+            text.contains(
+                "iface bond1 inet static\n    pre-up ip link show dev bond1 >/dev/null 2>&1 || ip link add name bond1 type bond mode active-backup miimon 100\n    pre-up ip link set dev eth3 down\n    pre-up ip link set dev eth3 master bond1\n    pre-up ip link set dev eth4 down\n    pre-up ip link set dev eth4 master bond1\n    post-down ip link del dev bond1\n"
+            ),
+            "{text}"
+        );
         // A DHCP WAN with the cluster MAC: the lease keyed by the MAC alone.
         let dhcp_mac = Wan {
             interface: "wan1".into(),

@@ -19,6 +19,10 @@
 #   fw bond0.200 (VLAN 200 on bond0 = wanb0+wanb1, active-backup)
 #                                            10.99.4.1/24  ISP eth0.200 10.99.4.100
 #   fw pppoe-wan (PPPoE over wan1, CHAP)     from the pool ISP pppoe-server 10.99.5.100
+#   fw bond1 (bond of wanc0+wanc1, made by the WAN's own stanza)
+#                                            10.99.7.1/24  ISP eth1 10.99.7.100
+#      (its own switch, brbond: on brwan, the firewalls' wan0 would answer
+#      the ISP's ARP for 10.99.7.1 too)
 #   "the internet" behind the ISP: 10.99.9.100/32 on the ISP's lo.
 #
 # The ISP's CHAP secret is the VM's /etc/ppp/chap-secrets (the VM's /etc is
@@ -59,6 +63,13 @@ ip -n "$WAN" link add link eth0 name eth0.200 type vlan id 200
 ip -n "$WAN" addr add 10.99.4.100/24 dev eth0.200
 ip -n "$WAN" link set eth0.200 up
 ip -n "$WAN" addr add "$INTERNET/32" dev lo
+ip -n "$SW" link add brbond type bridge
+ip -n "$SW" link set brbond up
+ip -n "$WAN" link add eth1 type veth peer name ispbond netns "$SW"
+ip -n "$SW" link set ispbond master brbond
+ip -n "$SW" link set ispbond up
+ip -n "$WAN" addr add 10.99.7.100/24 dev eth1
+ip -n "$WAN" link set eth1 up
 ip netns exec "$WAN" sysctl -qw net.ipv4.ip_forward=1
 
 install -d -m 0755 "$DIR/isp" /etc/ppp
@@ -83,6 +94,13 @@ for fw in fw1 fw2; do
 		ip -n "$ns" link add "wanb$i" type veth peer name "${fw}b$i" netns "$SW"
 		ip -n "$SW" link set "${fw}b$i" master brwan
 		ip -n "$SW" link set "${fw}b$i" up
+	done
+	# The bond WAN's members: two cables into the bond switch, nothing on
+	# them; the WAN's stanza makes bond1 of them on the MASTER only.
+	for i in 0 1; do
+		ip -n "$ns" link add "wanc$i" type veth peer name "${fw}c$i" netns "$SW"
+		ip -n "$SW" link set "${fw}c$i" master brbond
+		ip -n "$SW" link set "${fw}c$i" up
 	done
 	ip -n "$ns" link add bond0 type bond mode active-backup miimon 100
 	ip -n "$ns" link set wanb0 master bond0

@@ -231,24 +231,47 @@ impl Executor<'_> {
             },
             _ => return Ok(()),
         };
-        // The WAN's own device, or, for a bridge ifdown deleted (ifup
-        // builds it again), its first member: the same segment. A VLAN's
-        // device exists only after ifup: nothing to probe from.
+        let ip = |words: &[&str]| {
+            self.runner
+                .run_ok("ip", &args(words), self.timeout)
+                .map(|_| ())
+        };
+        // The WAN's own device, or, for a bridge or bond ifdown deleted
+        // (ifup builds it again), its first member: the same segment. A
+        // VLAN's device is added here as ifupdown would add it (the parent
+        // up, then the VLAN), so the probe goes out tagged; ifup then
+        // takes the existing device. Other managers' VLANs are not probed.
         let dev = match (
             &w.device,
             wan::observe(self.runner, &w.interface, self.timeout)?,
         ) {
             (_, Some(_)) => w.interface.as_str(),
-            (WanDevice::Bridge { members }, None) if !members.is_empty() => members[0].as_str(),
+            (WanDevice::Bridge { members } | WanDevice::Bond { members }, None)
+                if !members.is_empty() =>
+            {
+                members[0].as_str()
+            }
+            (WanDevice::Vlan { parent, id }, None) if self.interfaces.adopts_existing_vlan() => {
+                ip(&["link", "set", "dev", parent, "up"])?;
+                let id = id.to_string();
+                ip(&[
+                    "link",
+                    "add",
+                    "link",
+                    parent,
+                    "name",
+                    &w.interface,
+                    "type",
+                    "vlan",
+                    "id",
+                    &id,
+                ])?;
+                w.interface.as_str()
+            }
             (_, None) => {
                 log::debug!("WAN {} has no device before ifup: not probed", w.interface);
                 return Ok(());
             }
-        };
-        let ip = |words: &[&str]| {
-            self.runner
-                .run_ok("ip", &args(words), self.timeout)
-                .map(|_| ())
         };
         ip(&["link", "set", "dev", dev, "up"])?;
         let deadline = Instant::now() + ADDRESS_FREE_WAIT;
@@ -593,6 +616,10 @@ mod tests {
         fn last_lease(&self, _w: &Wan) -> Option<std::net::Ipv4Addr> {
             self.lease
         }
+        /// As ifupdown.
+        fn adopts_existing_vlan(&self) -> bool {
+            true
+        }
     }
 
     fn dhcp_wan() -> Wan {
@@ -804,9 +831,10 @@ mod tests {
     }
 
     /// A bridge that ifdown deleted is probed through its first member (the
-    /// same segment); a device that exists only after ifup is not probed.
+    /// same segment); a VLAN through its device, added first as ifupdown
+    /// would (ifup then takes it).
     #[test]
-    fn a_wan_without_its_device_yet_is_probed_through_a_bridge_member_or_not_at_all() {
+    fn a_wan_without_its_device_yet_is_probed_through_a_bridge_member_or_its_vlan() {
         let mut w = dhcp_wan();
         w.interface = "brwan".into();
         w.device = WanDevice::Bridge {
@@ -846,10 +874,13 @@ mod tests {
         });
         let (_, calls) = run_in(&root, &runner, w, WanState::Down, true, None);
         assert_eq!(calls, ["up brwan"]);
+        let commands = runner.calls();
+        let at = |c: &str| commands.iter().position(|x| x == c);
+        let added = at("ip link add link wan1 name brwan type vlan id 10");
+        let probed = at("arping -D -q -c 1 -w 1 -I brwan 10.99.3.1");
         assert!(
-            !runner.calls().iter().any(|c| c.starts_with("arping")),
-            "{:?}",
-            runner.calls()
+            at("ip link set dev wan1 up") < added && added.is_some() && added < probed,
+            "{commands:?}"
         );
     }
 }

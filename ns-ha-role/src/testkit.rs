@@ -119,8 +119,14 @@ impl CommandRunner for FakeRunner {
                 out(0, &format!("[{}]", links.join(",")))
             }
             // A WireGuard tunnel created by the kernel's link type (down until set up).
+            // ... or a VLAN (`ip link add link PARENT name IF type vlan`).
             "ip" if line.contains("link add") => {
-                s.links_up.insert(args[2].clone(), false);
+                let name = match args.iter().position(|a| a == "name") {
+                    Some(i) => args[i + 1].clone(),
+                    None => args[2].clone(),
+                };
+                s.missing.remove(&name);
+                s.links_up.insert(name, false);
                 out(0, "")
             }
             "ip" if line.contains("link del") => {

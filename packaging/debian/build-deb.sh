@@ -28,7 +28,7 @@ Maintainer: ns-ha <ns-ha@localhost>
 Installed-Size: $size
 Depends: libc6, libssl3, zlib1g, libgcc-s1, keepalived, iproute2
 Recommends: conntrackd, openssh-server | dropbear-bin, iputils-arping
-Suggests: ifupdown, isc-dhcp-client, bridge-utils, ifenslave, ppp
+Suggests: ifupdown, isc-dhcp-client, ppp
 Section: net
 Priority: optional
 Description: two Linux firewalls as one highly available gateway

@@ -10,18 +10,22 @@
 //! emulated time (TCG, 5-10x slower than a real box).
 //!
 //! The WANs are takeover WANs, each added with `ns-ha-init add-wan` on the
-//! primary (`--kind vlan` on a NIC and on a bond, `--kind pppoe` with its
-//! CHAP secret in the primary's `/etc/ppp/chap-secrets`): the definitions
-//! reach the backup with the cluster, the secret by the sync, and the role
-//! engine brings each up through the real ifupdown on the MASTER only
-//! (ifupdown creates the VLAN device, `pon` starts pppd with the peers file
-//! ns-ha rendered) and takes it down elsewhere. Measured per WAN: the crash
-//! of fw1 to a working default route on fw2 (a ping to the ISP's
-//! "internet" through the WAN's device), in emulated time. Asserted per
-//! WAN: up with its default route (and metric) on the MASTER only, the
-//! ISP's ARP for a VLAN WAN's address answered by the MASTER's MAC alone,
-//! never two holders at any sample, and after the failover fw2 the only
-//! holder at every sample.
+//! primary (`--kind vlan` on a NIC and on a bond, `--kind bond` of two NICs,
+//! `--kind pppoe` with its CHAP secret in the primary's
+//! `/etc/ppp/chap-secrets`): the definitions reach the backup with the
+//! cluster, the secret by the sync, and the role engine brings each up
+//! through the real ifupdown on the MASTER only (ifupdown creates the VLAN
+//! device, the bond WAN's stanza builds the bond with `ip`, `pon` starts
+//! pppd with the peers file ns-ha rendered) and takes it down elsewhere.
+//! Moves: maintenance on and off, a partition that heals (not PPPoE, see
+//! [`takeover_wans`]), and the crash of fw1. Measured per WAN and move: the
+//! time to a working default route on the new holder (a ping to the ISP's
+//! "internet" through the WAN's device) with the old one's device down, in
+//! emulated time. Asserted per WAN: up with its default route (and metric)
+//! on the MASTER only, the ISP's ARP for its address answered by the
+//! MASTER's MAC alone, never two holders at any sample (but while the
+//! partition lasts), and after each move the new holder the only one at
+//! every sample.
 //!
 //! Run alone: `cargo test -p ns-ha-tests --test vm_tier -- --nocapture`.
 
@@ -31,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use ns_ha_common::exit::Code;
 use ns_ha_common::peer::PEER_TIMEOUT_ENV;
-use ns_ha_tests::cluster::{init, init_ok, pair_only_with, role_settled, role_status, tool_ok};
+use ns_ha_tests::cluster::{
+    init, init_ok, pair_only_with, role_settled, role_status, tool, tool_ok,
+};
 use ns_ha_tests::{net, wait_until, Lab};
 use serde_json::Value;
 
@@ -46,13 +52,14 @@ const CASES: &[&str] = &[
     "bond-as-ha-interface-refused",
     "vlan-wan",
     "vlan-on-bond-wan",
+    "bond-wan",
     "pppoe-wan",
 ];
 
 /// Limit of the whole VM run (boot + cases), enforced by lab/vm.sh. The run
 /// takes ~2-4 min on an idle 2-core machine; the margin is for a loaded one
 /// (emulation slows down with the host's load).
-const VM_TIMEOUT_SECS: u32 = 540;
+const VM_TIMEOUT_SECS: u32 = 840;
 
 /// How long the primary waits for the backup in the VM: a backup's sync
 /// receiver that validates a config starts several processes, each taking a
@@ -77,8 +84,9 @@ const WAN_FILE: &str = "/etc/network/interfaces.d/ns-ha-wan";
 
 /// A takeover WAN of the VM tier: its case, its `add-wan` options, its
 /// device, its static address (None: PPPoE's comes from the ISP), the
-/// metric of its default route, and the ISP's interface that sees the
-/// address by ARP (None: PPP, no ARP).
+/// metric of its default route, the ISP's interface that sees the
+/// address by ARP (None: PPP, no ARP), and whether it goes through the
+/// maintenance handovers and the partition (see [`takeover_wans`]).
 struct Wan {
     case: &'static str,
     add: &'static [&'static str],
@@ -86,6 +94,7 @@ struct Wan {
     address: Option<&'static str>,
     metric: u32,
     isp_dev: Option<&'static str>,
+    handed_over: bool,
 }
 
 const WANS: &[Wan] = &[
@@ -111,6 +120,7 @@ const WANS: &[Wan] = &[
         address: Some("10.99.8.1"),
         metric: 100,
         isp_dev: Some("eth0.100"),
+        handed_over: true,
     },
     Wan {
         case: "vlan-on-bond-wan",
@@ -134,6 +144,31 @@ const WANS: &[Wan] = &[
         address: Some("10.99.4.1"),
         metric: 200,
         isp_dev: Some("eth0.200"),
+        handed_over: true,
+    },
+    Wan {
+        case: "bond-wan",
+        add: &[
+            "--interface",
+            "bond1",
+            "--kind",
+            "bond",
+            "--member",
+            "wanc0",
+            "--member",
+            "wanc1",
+            "--ipv4",
+            "10.99.7.1/24",
+            "--gateway",
+            "10.99.7.100",
+            "--metric",
+            "400",
+        ],
+        dev: "bond1",
+        address: Some("10.99.7.1"),
+        metric: 400,
+        isp_dev: Some("eth1"),
+        handed_over: true,
     },
     Wan {
         case: "pppoe-wan",
@@ -153,6 +188,7 @@ const WANS: &[Wan] = &[
         address: None,
         metric: 300,
         isp_dev: None,
+        handed_over: false,
     },
 ];
 
@@ -235,8 +271,8 @@ fn verdict(case: &str, result: &Result<String, String>) -> bool {
 }
 
 /// Every case in one lab (a lab costs ~1 min under emulation): the bad
-/// input first, on a node not yet initialised, then the three takeover WANs
-/// through one crash of fw1.
+/// input first, on a node not yet initialised, then the four takeover WANs
+/// through their moves ([`takeover_wans`]).
 #[test]
 #[ignore = "runs inside the VM tier (vm_tier boots it)"]
 fn in_vm_cases() {
@@ -486,125 +522,293 @@ fn diagnose(lab: &Lab, node: &str, wan: &Wan) -> String {
     )
 }
 
-/// How often the failover poller samples each WAN (one sample costs a few
+/// How often the poller samples each WAN (one sample costs a few
 /// `ip netns exec` under emulation, ~100-300 ms).
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// How long the samples go on after fw2's WAN works (the "after" of the
+/// How long the samples go on after the move is done (the "after" of the
 /// one-holder rule).
 const SAMPLE_AFTER: Duration = Duration::from_secs(5);
 
-/// One WAN's failover: the time from the crash to a working default route
-/// on fw2, and every sample's holders.
-struct Failover {
+/// How long a move may take, emulated.
+const MOVE_LIMIT: Duration = Duration::from_secs(90);
+
+/// One WAN's move (a crash, a handover, a healed partition): the time from
+/// the event until it was done, and every sample's holders.
+struct Move {
     took: Option<Duration>,
     samples: Vec<(Duration, Vec<&'static str>)>,
 }
 
-/// Sample `wan`'s holders from `crashed` until fw2's WAN works (at most
-/// 90 s) and [`SAMPLE_AFTER`] more.
-fn poll_failover(lab: &Lab, wan: &Wan, crashed: Instant) -> Failover {
+/// Sample `wan`'s holders from `since` until `done` (at most
+/// [`MOVE_LIMIT`]) and [`SAMPLE_AFTER`] more.
+fn poll_move(lab: &Lab, wan: &Wan, since: Instant, done: impl Fn() -> bool) -> Move {
     let mut samples = Vec::new();
     let mut took = None;
-    let deadline = crashed + Duration::from_secs(90);
+    let deadline = since + MOVE_LIMIT;
     loop {
-        samples.push((crashed.elapsed(), holders(lab, wan)));
+        samples.push((since.elapsed(), holders(lab, wan)));
         match took {
-            None if wan_works(lab, "fw2", wan) => took = Some(crashed.elapsed()),
-            Some(t) if crashed.elapsed() > t + SAMPLE_AFTER => break,
+            None if done() => took = Some(since.elapsed()),
+            Some(t) if since.elapsed() > t + SAMPLE_AFTER => break,
             _ if Instant::now() > deadline => break,
             _ => {}
         }
         std::thread::sleep(SAMPLE_EVERY);
     }
-    Failover { took, samples }
+    Move { took, samples }
 }
 
-/// What the samples break of the one-holder rule: never two holders, and
-/// fw2 the only one from when its WAN worked.
-fn holder_problem(f: &Failover) -> Option<String> {
-    if let Some((at, h)) = f.samples.iter().find(|(_, h)| h.len() > 1) {
+/// What the samples break of the one-holder rule: never two holders (from
+/// the first sample on, or after the first sample with one holder: a healed
+/// partition starts with two), and `to` the only one once the move is done.
+fn holder_problem(m: &Move, to: &str, two_at_first: bool) -> Option<String> {
+    let checked: Vec<&(Duration, Vec<&str>)> = m
+        .samples
+        .iter()
+        .skip_while(|(_, h)| two_at_first && h.len() > 1)
+        .collect();
+    if let Some((at, h)) = checked.iter().find(|(_, h)| h.len() > 1) {
         return Some(format!("held by {h:?} at {} ms", at.as_millis()));
     }
-    let took = f.took?;
-    f.samples
+    let took = m.took?;
+    checked
         .iter()
-        .find(|(at, h)| *at > took && *h != ["fw2"])
+        .find(|(at, h)| *at > took && *h != [to])
         .map(|(at, h)| {
             format!(
-                "held by {h:?} at {} ms, after fw2's WAN worked at {} ms",
+                "held by {h:?} at {} ms, after the move was done at {} ms",
                 at.as_millis(),
                 took.as_millis()
             )
         })
 }
 
-/// The three takeover WANs: each up on the MASTER only (the BACKUP's device
-/// is down or absent and the ISP hears one MAC), then after fw1 dies each
-/// up on fw2 with a working default route, one holder at every sample; the
-/// time from the crash to that route. Setup failures (pairing, add-wan,
-/// sync, roles) fail every WAN case with the reason.
-fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, String>)> {
-    let setup =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| takeover_setup(lab, steps)));
-    if let Err(e) = setup {
-        let why = e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "setup panicked".into());
-        return WANS
-            .iter()
-            .map(|w| (w.case, Err(format!("setup: {why}"))))
-            .collect();
-    }
-    // Steady state: every WAN works on fw1 only (checked in parallel: each
-    // check is seconds of emulated process starts).
-    let before: Vec<Option<String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = WANS
-            .iter()
-            .map(|wan| s.spawn(move || steady_problem(lab, wan)))
-            .collect();
+/// Run `f` for each WAN of `wans` at once (each check is seconds of
+/// emulated process starts), results in their order.
+fn each<'a, T: Send>(wans: &[&'a Wan], f: impl Fn(&'a Wan) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = wans.iter().map(|w| s.spawn(move || f(w))).collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("steady-state thread"))
+            .map(|h| h.join().expect("WAN thread"))
             .collect()
-    });
-    for (wan, p) in WANS.iter().zip(&before) {
-        steps.done(&format!(
-            "{} steady state: {}",
-            wan.case,
-            p.as_deref().unwrap_or("ok")
-        ));
+    })
+}
+
+/// Each WAN's verdict so far: the figures of the steps it passed, or the
+/// first step it failed.
+struct Verdicts(Vec<(&'static str, Result<Vec<String>, String>)>);
+
+impl Verdicts {
+    fn record(&mut self, wan: &Wan, step: &str, r: Result<String, String>) {
+        let entry = self
+            .0
+            .iter_mut()
+            .find(|(c, _)| *c == wan.case)
+            .expect("a known WAN");
+        if let Ok(figures) = &mut entry.1 {
+            match r {
+                Ok(f) => figures.push(format!("{step}: {f}")),
+                Err(e) => entry.1 = Err(format!("{step}: {e}")),
+            }
+        }
     }
 
+    fn passed(&self, wan: &Wan) -> bool {
+        self.0.iter().any(|(c, r)| *c == wan.case && r.is_ok())
+    }
+}
+
+/// A move of the WANs that still pass to `to` after `event` (run at the
+/// start): each WAN sampled until it works on `to` alone, then verdicts.
+fn moved(
+    lab: &Lab,
+    steps: &Steps,
+    v: &mut Verdicts,
+    wans: &[&Wan],
+    step: &str,
+    (to, from): (&str, &str),
+    event: impl FnOnce(),
+) {
+    let wans: Vec<&Wan> = wans.iter().copied().filter(|w| v.passed(w)).collect();
+    let since = Instant::now();
+    event();
+    let moves = each(&wans, |wan| {
+        poll_move(lab, wan, since, || {
+            wan_works(lab, to, wan) && !link_up(lab, from, wan.dev)
+        })
+    });
+    steps.done(&format!("{step}: polled"));
+    let results = each(&wans, |wan| {
+        let m = &moves[wans.iter().position(|w| w.case == wan.case).unwrap()];
+        move_verdict(lab, wan, m, (to, from), false)
+    });
+    for (wan, r) in wans.iter().zip(results) {
+        v.record(wan, step, r);
+    }
+}
+
+/// A move's verdict: the one-holder rule across it, working on `to` alone
+/// after it, with the time it took.
+fn move_verdict(
+    lab: &Lab,
+    wan: &Wan,
+    m: &Move,
+    (to, from): (&str, &str),
+    two_at_first: bool,
+) -> Result<String, String> {
+    if let Some(p) = holder_problem(m, to, two_at_first) {
+        return Err(format!("one-holder rule: {p}"));
+    }
+    let took = m.took.ok_or_else(|| {
+        format!(
+            "not on {to} alone {} s after: {}",
+            MOVE_LIMIT.as_secs(),
+            diagnose(lab, to, wan)
+        )
+    })?;
+    only_on(lab, to, from, wan)?;
+    Ok(format!(
+        "on {to} only, default route (metric {}) works after {} ms; one holder in all {} samples",
+        wan.metric,
+        took.as_millis(),
+        m.samples.len()
+    ))
+}
+
+/// The takeover WANs: each up on the MASTER only (the BACKUP's device is
+/// down or absent and the ISP hears one MAC) in steady state, then handed
+/// to fw2 and back by maintenance mode, then through a partition that
+/// heals, then (PPPoE added now) to fw2 when fw1 dies: one holder at every
+/// sample of each move (two allowed only while the partition lasts), the
+/// time each took. PPPoE takes part in the crash only: `poff NAME` stops
+/// every `pppd call NAME` it sees, and in the VM's one PID space the node
+/// that goes BACKUP would stop the new master's session too. Setup failures
+/// (pairing, add-wan, sync, roles) fail every WAN case with the reason.
+fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, String>)> {
+    let mut v = Verdicts(WANS.iter().map(|w| (w.case, Ok(Vec::new()))).collect());
+    let early: Vec<&Wan> = WANS.iter().filter(|w| w.handed_over).collect();
+    let late: Vec<&Wan> = WANS.iter().filter(|w| !w.handed_over).collect();
+    let all: Vec<&Wan> = WANS.iter().collect();
+    let guarded = |what: &str, f: &dyn Fn()| -> Result<(), String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            format!("{what}: {why}")
+        })
+    };
+    if let Err(why) = guarded("setup", &|| takeover_setup(lab, steps, &early)) {
+        return WANS.iter().map(|w| (w.case, Err(why.clone()))).collect();
+    }
+    let steady = |v: &mut Verdicts, wans: &[&Wan]| {
+        for (wan, p) in wans.iter().zip(each(wans, |wan| steady_problem(lab, wan))) {
+            steps.done(&format!(
+                "{} steady: {}",
+                wan.case,
+                p.as_deref().unwrap_or("ok")
+            ));
+            v.record(wan, "steady", p.map_or(Ok("on fw1 only".into()), Err));
+        }
+    };
+    steady(&mut v, &early);
+
+    moved(
+        lab,
+        steps,
+        &mut v,
+        &early,
+        "maintenance on",
+        ("fw2", "fw1"),
+        || {
+            tool_ok(lab, "fw1", "ns-ha-role", &["maintenance", "on"]);
+        },
+    );
+    moved(
+        lab,
+        steps,
+        &mut v,
+        &early,
+        "maintenance off",
+        ("fw1", "fw2"),
+        || {
+            tool_ok(lab, "fw1", "ns-ha-role", &["maintenance", "off"]);
+        },
+    );
+    partition(lab, steps, &mut v, &early);
+
+    // PPPoE joins the running pair: add-wan on the primary, then the
+    // MASTER's next reconcile brings it up.
+    if let Err(why) = guarded("adding PPPoE", &|| {
+        for wan in &late {
+            add_wan(lab, wan);
+        }
+        // Its exit says every action (the lab has no dnsmasq config, so
+        // that service fails here): the WAN's own outcome is asserted next.
+        for fw in ["fw1", "fw2"] {
+            tool(lab, fw, "ns-ha-role", &["apply"]);
+        }
+        steps.done("PPPoE added with add-wan on the running pair");
+    }) {
+        for wan in &late {
+            v.record(wan, "add-wan", Err(why.clone()));
+        }
+    }
+    steady(&mut v, &late);
+
     // fw1 dies; each WAN must come up on fw2 with a working default route.
-    let crashed = Instant::now();
-    lab.crash("fw1");
-    let failovers: Vec<Failover> = std::thread::scope(|s| {
-        let handles: Vec<_> = WANS
-            .iter()
-            .map(|wan| s.spawn(move || poll_failover(lab, wan, crashed)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("poller thread"))
-            .collect()
+    moved(
+        lab,
+        steps,
+        &mut v,
+        &all,
+        "crash of fw1",
+        ("fw2", "fw1"),
+        || {
+            lab.crash("fw1");
+        },
+    );
+    v.0.into_iter()
+        .map(|(c, r)| (c, r.map(|f| f.join("; "))))
+        .collect()
+}
+
+/// fw2 hears nothing on the HA link and the LAN: both are MASTER and hold
+/// the WANs while it lasts; once it heals fw1 alone keeps each, working.
+fn partition(lab: &Lab, steps: &Steps, v: &mut Verdicts, wans: &[&Wan]) {
+    let wans: Vec<&Wan> = wans.iter().copied().filter(|w| v.passed(w)).collect();
+    lab.cut("fw2", net::HA_IF);
+    lab.cut("fw2", net::LAN_IF);
+    let both = each(&wans, |wan| {
+        wait_until(MOVE_LIMIT, Duration::from_millis(300), || {
+            holders(lab, wan).len() == 2
+        })
     });
-    steps.done("failover polled");
-    let verdicts: Vec<Result<String, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = WANS
-            .iter()
-            .zip(before)
-            .zip(&failovers)
-            .map(|((wan, before), f)| s.spawn(move || failover_verdict(lab, wan, before, f)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("verdict thread"))
-            .collect()
+    steps.done("partition: both MASTER");
+    let healed = Instant::now();
+    lab.heal("fw2", net::HA_IF);
+    lab.heal("fw2", net::LAN_IF);
+    let moves = each(&wans, |wan| {
+        poll_move(lab, wan, healed, || {
+            holders(lab, wan) == ["fw1"] && wan_works(lab, "fw1", wan)
+        })
     });
-    WANS.iter().map(|w| w.case).zip(verdicts).collect()
+    steps.done("partition healed: polled");
+    for ((wan, both), m) in wans.iter().zip(both).zip(&moves) {
+        let r = if both {
+            move_verdict(lab, wan, m, ("fw1", "fw2"), true)
+        } else {
+            Err(format!(
+                "fw2 did not hold it too during the partition: {}",
+                diagnose(lab, "fw2", wan)
+            ))
+        };
+        v.record(wan, "partition healed", r);
+    }
 }
 
 /// Whether `wan` works on the MASTER fw1 alone in steady state (`None`) or what is wrong.
@@ -626,41 +830,38 @@ fn steady_problem(lab: &Lab, wan: &Wan) -> Option<String> {
     })
 }
 
-/// A WAN's case after the crash: no problem before it, the one-holder
-/// rule across it, working on fw2 alone after it, with the time it took.
-fn failover_verdict(
-    lab: &Lab,
-    wan: &Wan,
-    before: Option<String>,
-    f: &Failover,
-) -> Result<String, String> {
-    if let Some(p) = before {
-        return Err(format!("before the crash: {p}"));
+/// `ns-ha-init add-wan` on the primary fw1; the definition must reach fw2.
+fn add_wan(lab: &Lab, wan: &Wan) {
+    let mut argv = vec!["add-wan"];
+    argv.extend(wan.add);
+    let out = init_ok(lab, "fw1", &argv);
+    assert!(out.contains("takeover WAN"), "add-wan {}: {out}", wan.dev);
+    let file = lab.read("fw1", WAN_FILE);
+    assert_eq!(
+        file,
+        lab.read("fw2", WAN_FILE),
+        "the WAN file differs on fw2"
+    );
+    assert!(
+        file.contains(&format!("iface {} inet", wan.dev)),
+        "{} missing:\n{file}",
+        wan.dev
+    );
+    if wan.address.is_none() {
+        let peer = format!("/etc/ppp/peers/{}", wan.dev);
+        assert_eq!(
+            lab.read("fw1", &peer),
+            lab.read("fw2", &peer),
+            "{peer} differs"
+        );
     }
-    if let Some(p) = holder_problem(f) {
-        return Err(format!("during the failover: {p}"));
-    }
-    let took = f.took.ok_or_else(|| {
-        format!(
-            "not working on fw2 90 s after fw1 crashed: {}",
-            diagnose(lab, "fw2", wan)
-        )
-    })?;
-    only_on(lab, "fw2", "fw1", wan).map_err(|e| format!("after the crash: {e}"))?;
-    Ok(format!(
-        "{} on fw2 only, default route (metric {}) works {} ms after fw1 crashed; one holder in all {} samples",
-        wan.dev,
-        wan.metric,
-        took.as_millis(),
-        f.samples.len()
-    ))
 }
 
-/// Pair with the LAN, add the three WANs with `add-wan` on fw1 (the PPPoE
-/// secret in fw1's chap-secrets first), check the definitions reached fw2
-/// with the cluster, slow VRRP down to [`VM_ADVERT_MS`], enable; fw1
-/// MASTER, fw2 BACKUP; then the secret reaches fw2 by a sync push.
-fn takeover_setup(lab: &Lab, steps: &Steps) {
+/// Pair with the LAN, add `wans` with `add-wan` on fw1 (the PPPoE secret
+/// in fw1's chap-secrets first), each definition on fw2 with the cluster,
+/// slow VRRP down to [`VM_ADVERT_MS`], enable; fw1 MASTER, fw2 BACKUP;
+/// then the secret reaches fw2 by a sync push.
+fn takeover_setup(lab: &Lab, steps: &Steps, wans: &[&Wan]) {
     // The lab's nodes are OpenWrt-style; their WANs go through ifupdown.
     pair_only_with(lab, &["--interface-manager", "ifupdown"]);
     let lan_vip = format!("{}/24", net::LAN_VIP);
@@ -677,33 +878,10 @@ fn takeover_setup(lab: &Lab, steps: &Steps) {
         format!("# client server secret addresses\n{PPP_USER} * {PPP_SECRET} *\n"),
     );
     set_mode(&lab.path("fw1", secrets), 0o600);
-    for wan in WANS {
-        let mut argv = vec!["add-wan"];
-        argv.extend(wan.add);
-        let out = init_ok(lab, "fw1", &argv);
-        assert!(out.contains("takeover WAN"), "add-wan {}: {out}", wan.dev);
+    for wan in wans {
+        add_wan(lab, wan);
     }
-    steps.done("three WANs added with add-wan");
-    let file = lab.read("fw1", WAN_FILE);
-    assert_eq!(
-        file,
-        lab.read("fw2", WAN_FILE),
-        "the WAN file differs on fw2"
-    );
-    for want in [
-        "iface wan0.100 inet static",
-        "iface bond0.200 inet static",
-        "iface pppoe-wan inet ppp",
-    ] {
-        assert!(file.contains(want), "{want} missing:\n{file}");
-    }
-    let peer = "/etc/ppp/peers/pppoe-wan";
-    assert_eq!(
-        lab.read("fw1", peer),
-        lab.read("fw2", peer),
-        "{peer} differs"
-    );
-    steps.done("definitions on fw2");
+    steps.done("WANs added with add-wan, definitions on fw2");
     let mut c: Value =
         serde_json::from_str(&lab.read("fw1", "/etc/ns-ha/cluster.json")).expect("cluster.json");
     // The default advert interval (50 ms) is far below what an emulated
