@@ -3,7 +3,8 @@
 //! is up only on the MASTER (the role engine drives real ifupdown), the
 //! backup answers no ARP/ND for it, and exactly one node holds it after a
 //! crash of the master, a maintenance handover and a partition heal (never
-//! two at any sample outside the partition itself). Bad input is refused
+//! two at any sample outside the partition itself); the bridge and DHCP
+//! WANs go through the same three. Bad input is refused
 //! with nothing written on either node. The WAN host plays the ISP
 //! (10.99.3.100, fd10:99:3::100) on the lab's WAN switch; each firewall's
 //! `wan1` is its second cable into that switch.
@@ -114,6 +115,51 @@ fn assert_one_holder(
     eprintln!(
         "{what}: {} samples every 20 ms, never two holders, {empty} with none",
         samples.len()
+    );
+}
+
+/// A partition (fw2 hears nothing on the HA link and the LAN): both are
+/// MASTER and hold the WAN address on `dev` while it lasts; once it heals
+/// fw1 alone keeps it, and no sample after the first with one holder shows
+/// two. Then the ISP reaches the LAN client through the WAN again.
+fn partition_heals(lab: &Lab, dev: &str, addr: &str, what: &str) {
+    lab.cut("fw2", net::HA_IF);
+    lab.cut("fw2", net::LAN_IF);
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            holders_on(lab, dev, addr).len() == 2
+        }),
+        "{what}: the partition did not make fw2 hold {addr} too: {:?}\nfw2: {}",
+        holders_on(lab, dev, addr),
+        role_status(lab, "fw2")["history"]
+    );
+    let (_, samples) = sampled_on(lab, dev, addr, || {
+        lab.heal("fw2", net::HA_IF);
+        lab.heal("fw2", net::LAN_IF);
+        assert!(
+            wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                holders_on(lab, dev, addr) == ["fw1"]
+            }),
+            "{what}: fw2 kept {addr} after the partition healed: {:?}",
+            holders_on(lab, dev, addr)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let after: Vec<_> = samples
+        .iter()
+        .skip_while(|(_, h)| h.len() > 1)
+        .cloned()
+        .collect();
+    assert_one_holder(&format!("partition healed ({what})"), addr, &after, "fw1");
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            lab.ping("wan", net::CLIENT, 1)
+        }),
+        "{what}: the ISP cannot reach the LAN client through fw1 after the partition healed"
+    );
+    assert!(
+        role_settled(lab, "fw2", "BACKUP", Duration::from_secs(10)),
+        "{what}: fw2 did not settle as BACKUP after the partition healed"
     );
 }
 
@@ -578,6 +624,13 @@ fn a_bridge_takeover_wan_is_built_on_the_master_only() {
         );
     }
     assert!(role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(10)));
+    partition_heals(&lab, BRIDGE, WAN_V4, "bridge WAN");
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            !bridge_on("fw2")
+        }),
+        "fw2 kept its bridge after the partition healed"
+    );
 
     let (gap, samples) = sampled_on(&lab, BRIDGE, WAN_V4, || {
         let through = Pinger::start(&lab, "wan", net::CLIENT);
@@ -847,6 +900,18 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
     assert!(
         role_settled(&lab, "fw2", "BACKUP", Duration::from_secs(10)),
         "fw2 did not settle as BACKUP after maintenance off"
+    );
+    // A partition: fw2 brings the WAN up with the cluster MAC too (its
+    // probe of the lease meets fw1's answer until it gives up waiting);
+    // after the heal fw1 alone keeps the same lease, and the ISP's DHCP
+    // server has still one lease, the cluster MAC's.
+    partition_heals(&lab, WAN, &addr, "DHCP WAN");
+    assert_eq!(wan_v4(&lab, "fw1").as_deref(), Some(addr.as_str()));
+    assert_eq!(wan_v4(&lab, "fw2"), None);
+    assert_eq!(
+        isp_leases(&leases),
+        [(CLUSTER_MAC.to_string(), addr.clone())],
+        "the ISP's leases after the partition"
     );
     let ((through, lan, crashed_at, on_fw2), samples) = sampled(&lab, &addr, || {
         let through = Pinger::start(&lab, "wan", net::CLIENT);
