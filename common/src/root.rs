@@ -120,6 +120,14 @@ impl NodeRoot {
         self.base.join(rel)
     }
 
+    /// Under a node root, a file holding the PID of the init of the node's
+    /// own PID namespace, if the lab gave it one (the VM tier's
+    /// `lab/vm/wans.sh`): commands of [`NodeRoot::command_seeing_own`] then
+    /// run in that namespace with a /proc of their own, so a process that
+    /// finds a daemon by its command line (`poff NAME` finds `pppd call
+    /// NAME`) sees this node's only, as on a box of its own.
+    pub const PID_NAMESPACE_FILE: &'static str = "/run/ns-ha-lab-pid-namespace";
+
     /// The program and arguments that run `program args` seeing this node's
     /// own copies of the machine directories `dirs` (`/run`, `/var/lib/dhcp`):
     /// on the system root, as they are; under another node root, in a
@@ -137,19 +145,25 @@ impl NodeRoot {
         if self.is_system() {
             return (program.to_string(), args.to_vec());
         }
-        let mut argv: Vec<String> = [
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            // Constant script; the directory pairs and the command are its arguments.
-            "while [ \"$1\" != -- ]; do mkdir -p \"$1\" \"$2\" && mount --bind \"$2\" \"$1\" || exit 125; shift 2; done; shift; exec \"$@\"",
-            "sh",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        // Constant scripts; the directory pairs and the command are their arguments.
+        const BIND_DIRS: &str = "while [ \"$1\" != -- ]; do mkdir -p \"$1\" \"$2\" && mount --bind \"$2\" \"$1\" || exit 125; shift 2; done; shift; exec \"$@\"";
+        const OWN_PROC: &str = "mount -t proc proc /proc || exit 125; ";
+        let pid_namespace = std::fs::read_to_string(self.path(Self::PID_NAMESPACE_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        let script = match pid_namespace {
+            Some(_) => format!("{OWN_PROC}{BIND_DIRS}"),
+            None => BIND_DIRS.to_string(),
+        };
+        let mut argv: Vec<String> = vec![
+            "--mount".into(),
+            "--propagation".into(),
+            "private".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+            "sh".into(),
+        ];
         for d in dirs {
             argv.push(d.to_string());
             argv.push(self.path(d).to_string_lossy().into_owned());
@@ -157,7 +171,20 @@ impl NodeRoot {
         argv.push("--".into());
         argv.push(program.to_string());
         argv.extend(args.iter().cloned());
-        ("unshare".to_string(), argv)
+        match pid_namespace {
+            Some(pid) => {
+                let mut all: Vec<String> = vec![
+                    "--target".into(),
+                    pid.to_string(),
+                    "--pid".into(),
+                    "--".into(),
+                ];
+                all.push("unshare".into());
+                all.extend(argv);
+                ("nsenter".to_string(), all)
+            }
+            None => ("unshare".to_string(), argv),
+        }
     }
 
     /// The `--root` arguments to pass to another ns-ha tool so that it works
@@ -190,6 +217,29 @@ mod tests {
         let r = NodeRoot::system();
         assert_eq!(r.path("/etc/x"), PathBuf::from("/etc/x"));
         assert!(r.tool_args().is_empty());
+    }
+
+    /// A node root the lab gave a PID namespace runs its commands there,
+    /// with a /proc of their own; without one, in a mount namespace only.
+    #[test]
+    fn commands_enter_the_node_pid_namespace_when_it_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = NodeRoot::new(dir.path()).unwrap();
+        let args = vec!["wan1".to_string()];
+        let (p, a) = r.command_seeing_own(&["/run"], "ifup", &args);
+        assert_eq!(p, "unshare");
+        assert!(!a[5].contains("proc"), "{a:?}");
+        assert_eq!(a[a.len() - 2..], ["ifup", "wan1"]);
+        std::fs::create_dir_all(r.path("/run")).unwrap();
+        std::fs::write(r.path(NodeRoot::PID_NAMESPACE_FILE), "4242\n").unwrap();
+        let (p, a) = r.command_seeing_own(&["/run"], "ifup", &args);
+        assert_eq!(p, "nsenter");
+        assert_eq!(a[..5], ["--target", "4242", "--pid", "--", "unshare"]);
+        assert!(a[10].starts_with("mount -t proc proc /proc"), "{a:?}");
+        assert_eq!(a[a.len() - 2..], ["ifup", "wan1"]);
+        // Not a PID: as if there were none.
+        std::fs::write(r.path(NodeRoot::PID_NAMESPACE_FILE), "x").unwrap();
+        assert_eq!(r.command_seeing_own(&["/run"], "ifup", &args).0, "unshare");
     }
 
     #[test]

@@ -116,6 +116,22 @@ for fw in fw1 fw2; do
 	install -d -m 0755 "$DIR/$fw/etc/ppp/ip-up.d"
 	install -m 0755 /etc/ppp/ip-up "$DIR/$fw/etc/ppp/ip-up"
 	install -m 0755 "$HERE/../../packaging/debian/ppp/ns-ha-wan-route" "$DIR/$fw/etc/ppp/ip-up.d/"
+	# A PID namespace of the node's own for what ns-ha starts through
+	# ifupdown (NodeRoot::PID_NAMESPACE_FILE): `poff NAME` stops every
+	# `pppd call NAME` it sees, and in the VM's one PID space the node
+	# going BACKUP would stop the other node's session too. Its init is
+	# unshare's child; the VM goes with it.
+	ip netns exec "$ns" unshare --pid --fork sleep infinity </dev/null >/dev/null 2>&1 &
+	holder=$!
+	init=
+	for _ in $(seq 100); do
+		init=$(ps -o pid= --ppid "$holder" | tr -d ' ')
+		[[ -n $init ]] && break
+		sleep 0.1
+	done
+	[[ -n $init ]] || die "the PID namespace of $fw did not start"
+	install -d -m 0755 "$DIR/$fw/run"
+	echo "$init" >"$DIR/$fw/run/ns-ha-lab-pid-namespace"
 	# The firewall's main uplink, up before any takeover WAN: pppd 2.4.9
 	# then declines to add the PPPoE WAN's default route (the hook adds it),
 	# every run, not only when a VLAN WAN happens to come up first.

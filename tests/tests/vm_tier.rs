@@ -35,9 +35,7 @@ use std::time::{Duration, Instant};
 
 use ns_ha_common::exit::Code;
 use ns_ha_common::peer::PEER_TIMEOUT_ENV;
-use ns_ha_tests::cluster::{
-    init, init_ok, pair_only_with, role_settled, role_status, tool, tool_ok,
-};
+use ns_ha_tests::cluster::{init, init_ok, pair_only_with, role_settled, role_status, tool_ok};
 use ns_ha_tests::{net, wait_until, Lab};
 use serde_json::Value;
 
@@ -85,8 +83,7 @@ const WAN_FILE: &str = "/etc/network/interfaces.d/ns-ha-wan";
 /// A takeover WAN of the VM tier: its case, its `add-wan` options, its
 /// device, its static address (None: PPPoE's comes from the ISP), the
 /// metric of its default route, the ISP's interface that sees the
-/// address by ARP (None: PPP, no ARP), and whether it goes through the
-/// maintenance handovers and the partition (see [`takeover_wans`]).
+/// address by ARP (None: PPP, no ARP).
 struct Wan {
     case: &'static str,
     add: &'static [&'static str],
@@ -94,7 +91,6 @@ struct Wan {
     address: Option<&'static str>,
     metric: u32,
     isp_dev: Option<&'static str>,
-    handed_over: bool,
 }
 
 const WANS: &[Wan] = &[
@@ -120,7 +116,6 @@ const WANS: &[Wan] = &[
         address: Some("10.99.8.1"),
         metric: 100,
         isp_dev: Some("eth0.100"),
-        handed_over: true,
     },
     Wan {
         case: "vlan-on-bond-wan",
@@ -144,7 +139,6 @@ const WANS: &[Wan] = &[
         address: Some("10.99.4.1"),
         metric: 200,
         isp_dev: Some("eth0.200"),
-        handed_over: true,
     },
     Wan {
         case: "bond-wan",
@@ -168,7 +162,6 @@ const WANS: &[Wan] = &[
         address: Some("10.99.7.1"),
         metric: 400,
         isp_dev: Some("eth1"),
-        handed_over: true,
     },
     Wan {
         case: "pppoe-wan",
@@ -188,7 +181,6 @@ const WANS: &[Wan] = &[
         address: None,
         metric: 300,
         isp_dev: None,
-        handed_over: false,
     },
 ];
 
@@ -681,47 +673,41 @@ fn move_verdict(
 /// The takeover WANs: each up on the MASTER only (the BACKUP's device is
 /// down or absent and the ISP hears one MAC) in steady state, then handed
 /// to fw2 and back by maintenance mode, then through a partition that
-/// heals, then (PPPoE added now) to fw2 when fw1 dies: one holder at every
-/// sample of each move (two allowed only while the partition lasts), the
-/// time each took. PPPoE takes part in the crash only: `poff NAME` stops
-/// every `pppd call NAME` it sees, and in the VM's one PID space the node
-/// that goes BACKUP would stop the new master's session too. Setup failures
-/// (pairing, add-wan, sync, roles) fail every WAN case with the reason.
+/// heals, then to fw2 when fw1 dies: one holder at every sample of each
+/// move (two allowed only while the partition lasts), the time each took.
+/// Each node runs its WAN clients in a PID namespace of its own
+/// (`lab/vm/wans.sh`): `poff NAME` stops every `pppd call NAME` it sees.
+/// Setup failures (pairing, add-wan, sync, roles) fail every WAN case
+/// with the reason.
 fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, String>)> {
     let mut v = Verdicts(WANS.iter().map(|w| (w.case, Ok(Vec::new()))).collect());
-    let early: Vec<&Wan> = WANS.iter().filter(|w| w.handed_over).collect();
-    let late: Vec<&Wan> = WANS.iter().filter(|w| !w.handed_over).collect();
     let all: Vec<&Wan> = WANS.iter().collect();
-    let guarded = |what: &str, f: &dyn Fn()| -> Result<(), String> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
-            let why = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            format!("{what}: {why}")
-        })
-    };
-    if let Err(why) = guarded("setup", &|| takeover_setup(lab, steps, &early)) {
-        return WANS.iter().map(|w| (w.case, Err(why.clone()))).collect();
+    let setup =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| takeover_setup(lab, steps)));
+    if let Err(e) = setup {
+        let why = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "setup panicked".into());
+        return WANS
+            .iter()
+            .map(|w| (w.case, Err(format!("setup: {why}"))))
+            .collect();
     }
-    let steady = |v: &mut Verdicts, wans: &[&Wan]| {
-        for (wan, p) in wans.iter().zip(each(wans, |wan| steady_problem(lab, wan))) {
-            steps.done(&format!(
-                "{} steady: {}",
-                wan.case,
-                p.as_deref().unwrap_or("ok")
-            ));
-            v.record(wan, "steady", p.map_or(Ok("on fw1 only".into()), Err));
-        }
-    };
-    steady(&mut v, &early);
-
+    for (wan, p) in all.iter().zip(each(&all, |wan| steady_problem(lab, wan))) {
+        steps.done(&format!(
+            "{} steady: {}",
+            wan.case,
+            p.as_deref().unwrap_or("ok")
+        ));
+        v.record(wan, "steady", p.map_or(Ok("on fw1 only".into()), Err));
+    }
     moved(
         lab,
         steps,
         &mut v,
-        &early,
+        &all,
         "maintenance on",
         ("fw2", "fw1"),
         || {
@@ -732,34 +718,14 @@ fn takeover_wans(lab: &Lab, steps: &Steps) -> Vec<(&'static str, Result<String, 
         lab,
         steps,
         &mut v,
-        &early,
+        &all,
         "maintenance off",
         ("fw1", "fw2"),
         || {
             tool_ok(lab, "fw1", "ns-ha-role", &["maintenance", "off"]);
         },
     );
-    partition(lab, steps, &mut v, &early);
-
-    // PPPoE joins the running pair: add-wan on the primary, then the
-    // MASTER's next reconcile brings it up.
-    if let Err(why) = guarded("adding PPPoE", &|| {
-        for wan in &late {
-            add_wan(lab, wan);
-        }
-        // Its exit says every action (the lab has no dnsmasq config, so
-        // that service fails here): the WAN's own outcome is asserted next.
-        for fw in ["fw1", "fw2"] {
-            tool(lab, fw, "ns-ha-role", &["apply"]);
-        }
-        steps.done("PPPoE added with add-wan on the running pair");
-    }) {
-        for wan in &late {
-            v.record(wan, "add-wan", Err(why.clone()));
-        }
-    }
-    steady(&mut v, &late);
-
+    partition(lab, steps, &mut v, &all);
     // fw1 dies; each WAN must come up on fw2 with a working default route.
     moved(
         lab,
@@ -857,11 +823,11 @@ fn add_wan(lab: &Lab, wan: &Wan) {
     }
 }
 
-/// Pair with the LAN, add `wans` with `add-wan` on fw1 (the PPPoE secret
+/// Pair with the LAN, add the WANs with `add-wan` on fw1 (the PPPoE secret
 /// in fw1's chap-secrets first), each definition on fw2 with the cluster,
 /// slow VRRP down to [`VM_ADVERT_MS`], enable; fw1 MASTER, fw2 BACKUP;
 /// then the secret reaches fw2 by a sync push.
-fn takeover_setup(lab: &Lab, steps: &Steps, wans: &[&Wan]) {
+fn takeover_setup(lab: &Lab, steps: &Steps) {
     // The lab's nodes are OpenWrt-style; their WANs go through ifupdown.
     pair_only_with(lab, &["--interface-manager", "ifupdown"]);
     let lan_vip = format!("{}/24", net::LAN_VIP);
@@ -878,7 +844,7 @@ fn takeover_setup(lab: &Lab, steps: &Steps, wans: &[&Wan]) {
         format!("# client server secret addresses\n{PPP_USER} * {PPP_SECRET} *\n"),
     );
     set_mode(&lab.path("fw1", secrets), 0o600);
-    for wan in wans {
+    for wan in WANS {
         add_wan(lab, wan);
     }
     steps.done("WANs added with add-wan, definitions on fw2");
