@@ -8,7 +8,11 @@
 //! `/etc/wireguard/NAME.conf` (interface NAME), OpenVPN's
 //! `/etc/openvpn/NAME.conf` and Debian's `/etc/openvpn/server/NAME.conf`
 //! (the interface its `dev` line names; `dev tun` without a number lets
-//! the kernel pick, so it cannot be told here).
+//! the kernel pick, so it cannot be told here); IPsec from strongSwan's
+//! configs with at least one connection (`/etc/swanctl/swanctl.conf` and
+//! `conf.d/*.conf`, the starter's `/etc/ipsec.conf`). IPsec has no
+//! interface of its own (ESP is kernel policy), so it is up here while
+//! strongSwan's IKE daemon (charon) runs here.
 
 use serde::Serialize;
 
@@ -22,6 +26,7 @@ use crate::wireguard;
 pub enum VpnKind {
     Wireguard,
     Openvpn,
+    Ipsec,
 }
 
 /// One tunnel configured on the node and its state here.
@@ -34,7 +39,8 @@ pub struct VpnTunnel {
     pub config: String,
     /// Its interface, when the config names one.
     pub interface: Option<String>,
-    /// Whether that interface exists and is up here (None: unknown interface).
+    /// Whether that interface exists and is up here (IPsec: whether charon
+    /// runs here; None: unknown interface).
     pub up: Option<bool>,
 }
 
@@ -67,6 +73,84 @@ pub fn openvpn_interface(text: &str) -> Option<String> {
         .filter(|d| crate::net::check_ifname(d).is_ok())
 }
 
+/// strongSwan's swanctl config and its drop-ins.
+const SWANCTL_CONF: &str = "/etc/swanctl/swanctl.conf";
+const SWANCTL_CONF_D: &str = "/etc/swanctl/conf.d";
+/// strongSwan's starter (ipsec.conf) config.
+const IPSEC_CONF: &str = "/etc/ipsec.conf";
+/// charon's pid file (the starter's charon and the lab's: a node path).
+const CHARON_PID: &str = "/run/charon.pid";
+/// Names strongSwan's IKE daemon runs under.
+const CHARON_NAMES: &[&str] = &["charon", "charon-systemd"];
+
+/// Whether a swanctl config defines a connection: a `connections` section
+/// with an entry (packages ship one with examples in comments only).
+pub fn swanctl_has_connection(text: &str) -> bool {
+    let code: String = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spaced = code.replace('{', " { ").replace('}', " } ");
+    let tokens: Vec<&str> = spaced.split_whitespace().collect();
+    tokens
+        .windows(3)
+        .any(|w| w[0] == "connections" && w[1] == "{" && w[2] != "}")
+}
+
+/// Whether an ipsec.conf defines a connection (a `conn NAME` other than
+/// `%default`).
+pub fn ipsec_conf_has_connection(text: &str) -> bool {
+    text.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("conn") && w.next().is_some_and(|n| n != "%default")
+    })
+}
+
+/// The IPsec configs here that define a connection: (name, node path).
+fn ipsec_configs(root: &NodeRoot) -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(root.path(p)).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut swanctl = vec![SWANCTL_CONF.to_string()];
+    swanctl.extend(
+        conf_files(root, SWANCTL_CONF_D)
+            .into_iter()
+            .map(|n| format!("{SWANCTL_CONF_D}/{n}.conf")),
+    );
+    if let Some(p) = swanctl
+        .into_iter()
+        .find(|p| swanctl_has_connection(&read(p)))
+    {
+        out.push(("swanctl".to_string(), p));
+    }
+    if ipsec_conf_has_connection(&read(IPSEC_CONF)) {
+        out.push(("ipsec".to_string(), IPSEC_CONF.to_string()));
+    }
+    out
+}
+
+/// Whether strongSwan's IKE daemon runs for this node: the process of its
+/// pid file (a node path); on the system root without one, any process of
+/// that name (charon-systemd writes none).
+fn charon_running(root: &NodeRoot) -> bool {
+    let named = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| CHARON_NAMES.contains(&c.trim()))
+    };
+    match std::fs::read_to_string(root.path(CHARON_PID)) {
+        Ok(pid) => {
+            let pid = pid.trim();
+            pid.parse::<u32>().is_ok() && named(pid)
+        }
+        Err(_) if root.is_system() => std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .any(|e| named(&e.file_name().to_string_lossy())),
+        Err(_) => false,
+    }
+}
+
 /// Every tunnel configured here, with whether its interface is up (`ifs`).
 pub fn tunnels(root: &NodeRoot, ifs: &dyn InterfaceSource) -> Vec<VpnTunnel> {
     let mut out = Vec::new();
@@ -97,6 +181,19 @@ pub fn tunnels(root: &NodeRoot, ifs: &dyn InterfaceSource) -> Vec<VpnTunnel> {
             .interface
             .as_ref()
             .map(|i| ifs.interface(i).ok().flatten().is_some_and(|x| x.up));
+    }
+    let ipsec = ipsec_configs(root);
+    if !ipsec.is_empty() {
+        let running = charon_running(root);
+        for (name, config) in ipsec {
+            out.push(VpnTunnel {
+                kind: VpnKind::Ipsec,
+                name,
+                config,
+                interface: None,
+                up: Some(running),
+            });
+        }
     }
     out
 }
@@ -139,5 +236,47 @@ mod tests {
             ]
         );
         assert_eq!(t[2].config, "/etc/openvpn/server/rw.conf");
+        assert!(t.iter().all(|t| t.kind != VpnKind::Ipsec), "{t:?}");
+
+        // IPsec: a connection in a swanctl drop-in; charon's pid file names
+        // a process that is not charon (this test), then none.
+        std::fs::create_dir_all(root.path(SWANCTL_CONF_D)).unwrap();
+        std::fs::write(
+            root.path(SWANCTL_CONF),
+            "# connections { rw { } }\ninclude conf.d/*.conf\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.path("/etc/swanctl/conf.d/rw.conf"),
+            "connections {\n  rw {\n    local_addrs = 10.99.2.254\n  }\n}\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.path("/run")).unwrap();
+        std::fs::write(root.path(CHARON_PID), format!("{}\n", std::process::id())).unwrap();
+        let t = tunnels(&root, &ifs);
+        let ipsec: Vec<_> = t.iter().filter(|t| t.kind == VpnKind::Ipsec).collect();
+        assert_eq!(ipsec.len(), 1, "{t:?}");
+        assert_eq!(ipsec[0].config, "/etc/swanctl/conf.d/rw.conf");
+        assert_eq!(
+            (ipsec[0].interface.as_deref(), ipsec[0].up),
+            (None, Some(false))
+        );
+    }
+
+    #[test]
+    fn only_configs_with_a_connection_count_as_ipsec() {
+        assert!(!swanctl_has_connection("# connections {\n#  rw { }\n# }\n"));
+        assert!(!swanctl_has_connection("connections {\n}\nsecrets { }\n"));
+        assert!(swanctl_has_connection("connections{rw{version=2}}"));
+        assert!(swanctl_has_connection(
+            "connections {\n  # a tunnel\n  site {\n  }\n}\n"
+        ));
+        assert!(!ipsec_conf_has_connection("config setup\n# conn sample\n"));
+        assert!(!ipsec_conf_has_connection(
+            "conn %default\n  keyexchange=ikev2\n"
+        ));
+        assert!(ipsec_conf_has_connection(
+            "conn %default\nconn site\n  left=%any\n"
+        ));
     }
 }

@@ -188,10 +188,11 @@ fn vpns_here(ctx: &Ctx, cluster: &ClusterConfig) -> Option<Finding> {
     };
     let wrong: Vec<String> = tunnels
         .iter()
-        .filter_map(|t| match (&t.interface, t.up) {
-            (Some(i), Some(up)) if up != master => Some(format!(
-                "{} ({i}) is {} on this {}",
+        .filter_map(|t| match t.up {
+            Some(up) if up != master => Some(format!(
+                "{} ({}) is {} on this {}",
                 t.name,
+                t.interface.as_deref().unwrap_or("charon"),
                 if up { "up" } else { "not up" },
                 if master { "MASTER" } else { "non-MASTER" }
             )),

@@ -505,7 +505,9 @@ pub fn render(s: &NodeStatus) -> String {
                 match (&t.interface, t.up) {
                     (Some(i), Some(true)) => format!("{i} up here"),
                     (Some(i), _) => format!("{i} not up here"),
-                    (None, _) => "interface not named in the config".into(),
+                    (None, Some(true)) => "charon runs here".into(),
+                    (None, Some(false)) => "charon not running here".into(),
+                    (None, None) => "interface not named in the config".into(),
                 }
             )
         }),

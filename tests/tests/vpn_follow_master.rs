@@ -470,12 +470,13 @@ impl Ping {
 
     /// Seconds from `t0` until the replies resumed after the outage that
     /// began around `t0`, if they did: the end of the first gap (over
-    /// 0.3 s) after which replies flow steadily (10 in a row, no gap). A
-    /// scheduling hiccup of the loaded machine between `t0` and the links
-    /// going down (`lab.sh crash` takes a moment) is not the outage.
+    /// 0.15 s, three ping intervals) after which replies flow steadily (10
+    /// in a row, no gap). A scheduling hiccup of the loaded machine between
+    /// `t0` and the links going down (`lab.sh crash` takes a moment) is not
+    /// the outage. (At 0.3 s a WireGuard outage of 0.26 s went unseen.)
     fn resumed_after(&self, t0: f64) -> Option<f64> {
         const STEADY: usize = 10;
-        let gap = |w: &[f64]| w[1] - w[0] > 0.3;
+        let gap = |w: &[f64]| w[1] - w[0] > 0.15;
         let s = self.stamps();
         let before = s.iter().rev().find(|t| **t <= t0).copied().unwrap_or(t0);
         s.windows(2)
@@ -569,6 +570,8 @@ fn failover_round(lab: &Lab, forget: bool) -> (Resumed, Client) {
         };
         assert_eq!(up_here("wg0"), Some(up.into()), "{fw}: {}", st["vpns"]);
         assert_eq!(up_here("server"), Some(up.into()), "{fw}: {}", st["vpns"]);
+        // IPsec: charon runs on the MASTER only.
+        assert_eq!(up_here("swanctl"), Some(up.into()), "{fw}: {}", st["vpns"]);
     }
 
     // An edit of the tunnel's file on the MASTER reaches the running tunnel
