@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # wans.sh: give a running lab (lab/lab.sh up PREFIX) what the VM tier's
-# WANs need besides ns-ha: the ISP's side of a VLAN WAN, a VLAN-on-bond WAN
-# and a PPPoE WAN, and on both firewalls the bond the second VLAN sits on.
+# WANs need besides ns-ha: the ISP's side of VLAN WANs (on a NIC, a bond and
+# a bridge), a bond WAN and PPPoE WANs (on a NIC and on a VLAN), and on both
+# firewalls the node-local devices the WANs sit on (a bond, a bridge, a
+# VLAN, spare cables).
 # Run it only in the VM tier (lab/vm.sh), where Debian's stock kernel has
 # bonding, 8021q and PPPoE.
 #
@@ -23,6 +25,12 @@
 #                                            10.99.7.1/24  ISP eth1 10.99.7.100
 #      (its own switch, brbond: on brwan, the firewalls' wan0 would answer
 #      the ISP's ARP for 10.99.7.1 too)
+#   fw br0.400 (VLAN 400 on br0, a bridge of wand0)
+#                                            10.99.11.1/24 ISP eth0.400 10.99.11.100
+#   fw pppoe-v300 (PPPoE over wane0.300, VLAN 300 on wane0, CHAP)
+#                                            from the pool ISP pppoe-server on eth2.300 10.99.10.100
+#      (its own switch, brppv, so that the ISP's untagged pppoe-server on
+#      eth0 never sees a tagged discovery)
 #   "the internet" behind the ISP: 10.99.9.100/32 on the ISP's lo.
 #
 # The ISP's CHAP secret is the VM's /etc/ppp/chap-secrets (the VM's /etc is
@@ -70,6 +78,17 @@ ip -n "$SW" link set ispbond master brbond
 ip -n "$SW" link set ispbond up
 ip -n "$WAN" addr add 10.99.7.100/24 dev eth1
 ip -n "$WAN" link set eth1 up
+ip -n "$WAN" link add link eth0 name eth0.400 type vlan id 400
+ip -n "$WAN" addr add 10.99.11.100/24 dev eth0.400
+ip -n "$WAN" link set eth0.400 up
+ip -n "$SW" link add brppv type bridge
+ip -n "$SW" link set brppv up
+ip -n "$WAN" link add eth2 type veth peer name ispppv netns "$SW"
+ip -n "$SW" link set ispppv master brppv
+ip -n "$SW" link set ispppv up
+ip -n "$WAN" link set eth2 up
+ip -n "$WAN" link add link eth2 name eth2.300 type vlan id 300
+ip -n "$WAN" link set eth2.300 up
 ip netns exec "$WAN" sysctl -qw net.ipv4.ip_forward=1
 
 install -d -m 0755 "$DIR/isp" /etc/ppp
@@ -86,6 +105,8 @@ OPTS
 # -N 4: the old master's session lingers until its LCP echoes time out.
 ip netns exec "$WAN" pppoe-server -I eth0 -L 10.99.5.100 -R 10.99.5.1 -N 4 \
 	-O "$DIR/isp/pppoe-server-options" -X "$DIR/isp/pppoe-server.pid"
+ip netns exec "$WAN" pppoe-server -I eth2.300 -L 10.99.10.100 -R 10.99.10.1 -N 4 \
+	-O "$DIR/isp/pppoe-server-options" -X "$DIR/isp/pppoe-server-vlan.pid"
 
 for fw in fw1 fw2; do
 	ns=${PREFIX}$fw
@@ -102,6 +123,22 @@ for fw in fw1 fw2; do
 		ip -n "$SW" link set "${fw}c$i" master brbond
 		ip -n "$SW" link set "${fw}c$i" up
 	done
+	# Node-local devices under two more WANs: a bridge of one more cable
+	# into the WAN switch (its VLAN 400 is a WAN), and VLAN 300 on a cable
+	# into the PPPoE-over-VLAN switch (a PPPoE WAN's parent).
+	ip -n "$ns" link add wand0 type veth peer name "${fw}d0" netns "$SW"
+	ip -n "$SW" link set "${fw}d0" master brwan
+	ip -n "$SW" link set "${fw}d0" up
+	ip -n "$ns" link add br0 type bridge
+	ip -n "$ns" link set wand0 master br0
+	ip -n "$ns" link set wand0 up
+	ip -n "$ns" link set br0 up
+	ip -n "$ns" link add wane0 type veth peer name "${fw}e0" netns "$SW"
+	ip -n "$SW" link set "${fw}e0" master brppv
+	ip -n "$SW" link set "${fw}e0" up
+	ip -n "$ns" link set wane0 up
+	ip -n "$ns" link add link wane0 name wane0.300 type vlan id 300
+	ip -n "$ns" link set wane0.300 up
 	ip -n "$ns" link add bond0 type bond mode active-backup miimon 100
 	ip -n "$ns" link set wanb0 master bond0
 	ip -n "$ns" link set wanb1 master bond0

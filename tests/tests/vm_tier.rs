@@ -1,4 +1,5 @@
-//! Issue 9 part C, the VM tier: bond, VLAN and PPPoE WANs for real.
+//! Issue 9 part C, the VM tier: bond, VLAN and PPPoE WANs for real (VLANs
+//! on a NIC, a bond and a bridge; PPPoE on a NIC and on a VLAN).
 //!
 //! This machine's kernel has no bonding, 802.1q or PPP, so these WANs cannot
 //! be built in the namespace lab. `vm_tier` boots Debian's stock kernel under
@@ -10,9 +11,9 @@
 //! emulated time (TCG, 5-10x slower than a real box).
 //!
 //! The WANs are takeover WANs, each added with `ns-ha-init add-wan` on the
-//! primary (`--kind vlan` on a NIC and on a bond, `--kind bond` of two NICs,
-//! `--kind pppoe` with its CHAP secret in the primary's
-//! `/etc/ppp/chap-secrets`): the definitions reach the backup with the
+//! primary (`--kind vlan` on a NIC, a bond and a bridge, `--kind bond` of
+//! two NICs, `--kind pppoe` on a NIC and on a VLAN, with its CHAP secret in
+//! the primary's `/etc/ppp/chap-secrets`): the definitions reach the backup with the
 //! cluster, the secret by the sync, and the role engine brings each up
 //! through the real ifupdown on the MASTER only (ifupdown creates the VLAN
 //! device, the bond WAN's stanza builds the bond with `ip`, `pon` starts
@@ -52,6 +53,8 @@ const CASES: &[&str] = &[
     "vlan-on-bond-wan",
     "bond-wan",
     "pppoe-wan",
+    "vlan-on-bridge-wan",
+    "pppoe-on-vlan-wan",
 ];
 
 /// Limit of the whole VM run (boot + cases), enforced by lab/vm.sh. The run
@@ -182,6 +185,48 @@ const WANS: &[Wan] = &[
         metric: 300,
         isp_dev: None,
     },
+    Wan {
+        case: "vlan-on-bridge-wan",
+        add: &[
+            "--interface",
+            "br0.400",
+            "--kind",
+            "vlan",
+            "--parent",
+            "br0",
+            "--vlan-id",
+            "400",
+            "--ipv4",
+            "10.99.11.1/24",
+            "--gateway",
+            "10.99.11.100",
+            "--metric",
+            "600",
+        ],
+        dev: "br0.400",
+        address: Some("10.99.11.1"),
+        metric: 600,
+        isp_dev: Some("eth0.400"),
+    },
+    Wan {
+        case: "pppoe-on-vlan-wan",
+        add: &[
+            "--interface",
+            "pppoe-v300",
+            "--kind",
+            "pppoe",
+            "--parent",
+            "wane0.300",
+            "--pppoe-user",
+            PPP_USER,
+            "--metric",
+            "500",
+        ],
+        dev: "pppoe-v300",
+        address: None,
+        metric: 500,
+        isp_dev: None,
+    },
 ];
 
 // ---------------------------------------------------------------- on the host
@@ -263,7 +308,7 @@ fn verdict(case: &str, result: &Result<String, String>) -> bool {
 }
 
 /// Every case in one lab (a lab costs ~1 min under emulation): the bad
-/// input first, on a node not yet initialised, then the four takeover WANs
+/// input first, on a node not yet initialised, then the six takeover WANs
 /// through their moves ([`takeover_wans`]).
 #[test]
 #[ignore = "runs inside the VM tier (vm_tier boots it)"]
