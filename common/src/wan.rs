@@ -375,19 +375,31 @@ pub const IFUPDOWN_FILE: &str = "/etc/network/interfaces.d/ns-ha-wan";
 /// ifupdown's state directory (under the node root, so two lab nodes do not share it).
 pub const IFUPDOWN_STATE_DIR: &str = "/run/network";
 
+/// How a member joins a device a WAN's stanza builds.
+#[derive(Clone, Copy)]
+enum MemberJoin {
+    /// A bridge port: attached, then brought up.
+    AttachThenUp,
+    /// A bond member: the kernel enslaves it only while it is down, and
+    /// the bond brings it up itself.
+    DownThenEnslave,
+}
+
 /// The stanza lines that build a WAN's own device (a bridge or a bond)
 /// with `ip` before ifupdown configures it, and delete it on `ifdown` so
 /// its members are free again: `link_type` is `ip link add`'s `type ...`.
-/// A bridge port is brought up once attached; a bond member must be down
-/// to be enslaved (the kernel refuses one that is up) and the bond brings
-/// it up itself.
-fn built_device_lines(lines: &mut Vec<String>, dev: &str, link_type: &str, members: &[String]) {
+fn built_device_lines(
+    lines: &mut Vec<String>,
+    dev: &str,
+    link_type: &str,
+    members: &[String],
+    join: MemberJoin,
+) {
     lines.push(format!(
         "pre-up ip link show dev {dev} >/dev/null 2>&1 || ip link add name {dev} type {link_type}"
     ));
-    let bond = link_type.starts_with("bond");
     for m in members {
-        if bond {
+        if matches!(join, MemberJoin::DownThenEnslave) {
             lines.push(format!("pre-up ip link set dev {m} down"));
             lines.push(format!("pre-up ip link set dev {m} master {dev}"));
         } else {
@@ -417,7 +429,13 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                 // bridge-utils' hook, which a box may lack and the lab's
                 // `--no-scripts` skips): made here with `ip`, without STP
                 // (its ports forward at once).
-                built_device_lines(&mut dev_lines, i, "bridge", members);
+                built_device_lines(
+                    &mut dev_lines,
+                    i,
+                    "bridge",
+                    members,
+                    MemberJoin::AttachThenUp,
+                );
             }
             WanDevice::Bond { members } => {
                 // Likewise bonds (`bond-slaves` is ifenslave's hook):
@@ -427,6 +445,7 @@ pub fn render_ifupdown(wans: &[Wan]) -> String {
                     i,
                     "bond mode active-backup miimon 100",
                     members,
+                    MemberJoin::DownThenEnslave,
                 );
             }
             WanDevice::Vlan { parent, .. } => {
