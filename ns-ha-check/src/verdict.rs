@@ -147,6 +147,13 @@ pub struct Verdict {
     /// or that was recorded as giving up).
     #[serde(default)]
     pub lost_master_ms: Option<u64>,
+    /// Why the node was last unfit while MASTER, until it has been healthy
+    /// for the hold-down since: losing MASTER before then is giving up,
+    /// even if it is fit again when the loss is seen. The VIPs are looked
+    /// at once per interfaces round (1 s), so a short failure can be over
+    /// by the time the loss is seen, and the hold-down would be skipped.
+    #[serde(default)]
+    pub unfit_as_master: Option<String>,
     /// Since when no check has a failed round (None: one has).
     pub healthy_since_ms: Option<u64>,
     pub priority: u8,
@@ -181,6 +188,7 @@ impl Verdict {
             master_since_ms: now_ms,
             gave_up: None,
             lost_master_ms: None,
+            unfit_as_master: None,
             healthy_since_ms: Some(now_ms),
             priority: configured_priority,
             fit: true,
@@ -327,11 +335,16 @@ impl Verdict {
         let held_backup_ms = now_ms.saturating_sub(self.master_since_ms);
         self.master_since_ms = now_ms;
         match (before, master) {
-            (Some(true), false) if !self.fit => {
+            (Some(true), false) if !self.fit || self.unfit_as_master.is_some() => {
+                let reason = match (&self.unfit_as_master, self.fit) {
+                    (Some(r), true) => r.clone(),
+                    _ => self.reason.clone(),
+                };
                 self.gave_up = Some(GaveUp {
                     unix_ms: now_ms,
-                    reason: self.reason.clone(),
+                    reason,
                 });
+                self.unfit_as_master = None;
             }
             (Some(true), false) => self.lost_master_ms = Some(now_ms),
             (Some(false), true) if held_backup_ms >= FAILOVER_AFTER_BACKUP_MS => {
@@ -415,6 +428,15 @@ impl Verdict {
         } else {
             (true, "every check ok".into())
         };
+        if master && !fit {
+            self.unfit_as_master.get_or_insert_with(|| reason.clone());
+        } else if master
+            && self
+                .healthy_since_ms
+                .is_some_and(|h| now_ms.saturating_sub(h) >= self.hold_down_ms)
+        {
+            self.unfit_as_master = None;
+        }
         let priority = target_priority(self.configured_priority, fit, master);
         let changed = priority != self.priority || fit != self.fit;
         self.fit = fit;
@@ -663,6 +685,51 @@ mod tests {
         p.observe("reach:lan0", ok(), GAVE_UP_WINDOW_MS + 300);
         p.evaluate(GAVE_UP_WINDOW_MS + 300);
         assert!(p.fit, "{}", p.reason);
+    }
+
+    /// The VIPs are seen once a second: a MASTER unfit for a moment, fit
+    /// again by the time its loss of MASTER is seen, still gave up.
+    #[test]
+    fn a_master_unfit_then_fit_again_before_its_loss_is_seen_waits_for_the_hold_down() {
+        let mut m = verdict(200, true);
+        for t in 1..=3 {
+            m.observe("reach:lan0", bad(), t);
+            m.evaluate(t);
+        }
+        assert!(!m.fit);
+        for t in 600..605 {
+            m.observe("reach:lan0", ok(), t);
+        }
+        m.evaluate(605);
+        assert!(m.fit, "{}", m.reason);
+        m.set_master(false, 650);
+        let g = m
+            .gave_up
+            .as_ref()
+            .expect("losing MASTER after being unfit as MASTER");
+        assert!(g.reason.contains("reach:lan0"), "{}", g.reason);
+        m.evaluate(700);
+        assert!(!m.fit && m.reason.starts_with("hold-down"), "{}", m.reason);
+        assert!(
+            m.evaluate(650 + 10_000)
+                .expect("fit after the hold-down")
+                .fit
+        );
+
+        // Healthy as MASTER for the hold-down after a failure: a later
+        // loss of MASTER (maintenance) is not giving up.
+        let mut k = verdict(200, true);
+        for t in 1..=3 {
+            k.observe("reach:lan0", bad(), t);
+            k.evaluate(t);
+        }
+        k.observe("reach:lan0", ok(), 100);
+        k.observe("reach:lan0", ok(), 200);
+        k.evaluate(200);
+        k.evaluate(200 + 10_000);
+        assert!(k.unfit_as_master.is_none());
+        k.set_master(false, 20_000);
+        assert!(k.gave_up.is_none());
     }
 
     #[test]

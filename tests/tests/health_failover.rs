@@ -88,7 +88,9 @@ fn silent_lan_failure_moves_the_vips_and_the_primary_returns_after_the_hold_down
     let returned = back - healed;
     assert!(
         returned >= Duration::from_millis(LAB_HOLD_DOWN_MS),
-        "fw1 took the VIP back {returned:?} after the heal, before the hold-down"
+        "fw1 took the VIP back {returned:?} after the heal, before the hold-down\nfw1: {}\nfw2: {}",
+        state(&lab, "fw1"),
+        state(&lab, "fw2")
     );
     let h = handovers(&samples.into_iter().map(|(_, h)| h).collect::<Vec<_>>());
     assert_eq!(
