@@ -396,6 +396,38 @@ fn spawn_vpn_recorder(root: &NodeRoot, master: &Arc<AtomicBool>) {
     });
 }
 
+/// How often the monitor looks at the VIPs this node holds (one `ip`
+/// call), which say whether it is MASTER. A loss of MASTER must be seen
+/// while the failure that caused it still shows, or no hold-down follows:
+/// once a second (the interfaces round, where it was) missed a silent LAN
+/// that healed within a second and a half.
+const MASTER_WATCH_PERIOD: Duration = Duration::from_millis(200);
+
+/// The thread that reports whether this node is MASTER, by its VIPs.
+fn spawn_master_watch(
+    cluster: &ClusterConfig,
+    tx: &Sender<Msg>,
+    stop: &Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let (cluster, tx, stop) = (cluster.clone(), tx.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let runner = SystemRunner;
+        let ifs = IpCommand { runner: &runner };
+        let mut next = Instant::now();
+        while pause_until(next, &stop) {
+            next += MASTER_WATCH_PERIOD;
+            if let Ok(v) = vips::observe(&cluster, &ifs) {
+                if tx
+                    .send(Msg::Master(vips::live_state(&v) != LiveState::Backup))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+}
+
 /// Sleep until `next` unless asked to stop; false when stopping.
 fn pause_until(next: Instant, stop: &AtomicBool) -> bool {
     loop {
@@ -418,7 +450,7 @@ fn spawn(
     tx: &Sender<Msg>,
 ) -> Result<Workers> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut handles = Vec::new();
+    let mut handles = vec![spawn_master_watch(cluster, tx, &stop)];
     let h = cluster.health.clone();
     for (n, c) in checks.iter().enumerate() {
         let (tx, stop, c) = (tx.clone(), stop.clone(), c.clone());
@@ -454,10 +486,6 @@ fn spawn(
                                 detail: format!("{e:#}"),
                             },
                         };
-                        // The VIPs say whether this node is MASTER now.
-                        if let Ok(v) = vips::observe(&cluster, &ifs) {
-                            let _ = tx.send(Msg::Master(vips::live_state(&v) != LiveState::Backup));
-                        }
                         if tx.send(Msg::Outcome(c.id.clone(), o)).is_err() {
                             return;
                         }
