@@ -621,12 +621,12 @@ fn holder_problem(m: &Move, to: &str, two_at_first: bool) -> Option<String> {
         })
 }
 
-/// Run `f` for each WAN of `wans` at once (each check is seconds of
-/// emulated process starts), results in their order.
-fn each<'a, T: Send>(wans: &[&'a Wan], f: impl Fn(&'a Wan) -> T + Sync) -> Vec<T> {
+/// Run `f` for each of `items` (WANs, or WANs with their moves) at once
+/// (each check is seconds of emulated process starts), results in their order.
+fn each<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec<T> {
     std::thread::scope(|s| {
         let f = &f;
-        let handles: Vec<_> = wans.iter().map(|w| s.spawn(move || f(w))).collect();
+        let handles: Vec<_> = items.iter().map(|i| s.spawn(move || f(i))).collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("WAN thread"))
@@ -678,8 +678,8 @@ fn moved(
         })
     });
     steps.done(&format!("{step}: polled"));
-    let results = each(&wans, |wan| {
-        let m = &moves[wans.iter().position(|w| w.case == wan.case).unwrap()];
+    let pairs: Vec<(&Wan, &Move)> = wans.iter().copied().zip(&moves).collect();
+    let results = each(&pairs, |(wan, m)| {
         move_verdict(lab, wan, m, (to, from), false)
     });
     for (wan, r) in wans.iter().zip(results) {
