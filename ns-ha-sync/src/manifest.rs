@@ -18,7 +18,7 @@ use ns_ha_common::fsutil::replace_cache_file;
 use ns_ha_common::NodeRoot;
 
 use crate::rules::{check_path, disk_node, Decision, SyncSet};
-use crate::util::{hex, now_secs, sha256_hex, HashingWriter};
+use crate::util::{hex, sha256_hex, HashingWriter};
 
 /// What a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,12 +259,10 @@ impl HashCache {
                 return Ok(c.sha256.clone());
             }
         }
+        let hashed_from = now_ns();
         let sha = hash_file(file)?;
         self.hashed += 1;
-        // A file changed within the same second it was hashed could change
-        // again without its times moving: do not trust the cache for it.
-        let recent = (now_secs() as i64).saturating_sub(md.ctime()) < 2;
-        if recent {
+        if !settled(&key, hashed_from) {
             if self.entries.remove(node_path).is_some() {
                 self.changes.push((node_path.to_string(), None));
             }
@@ -290,6 +288,34 @@ impl HashCache {
             keep
         });
     }
+}
+
+/// How long after its last change a file on a filesystem with nanosecond
+/// timestamps must have been when its hash was read for the hash to be
+/// cached: a write within the same clock tick as the change (the kernel
+/// stamps files from a coarse clock, a tick of up to 10 ms) leaves its times
+/// unmoved, so the margin is ten ticks.
+const SETTLE_NS: i64 = 100_000_000;
+/// The same on a filesystem stamping whole seconds (jffs2 under OpenWrt's
+/// overlay): two seconds.
+const SETTLE_COARSE_NS: i64 = 2_000_000_000;
+
+/// Whether a hash read from `hashed_from_ns` (ns since the epoch) of a file
+/// whose times are `key`'s may be cached: its last change was long enough
+/// before the read that any later write moves its times. Timestamps with no
+/// nanoseconds at all are taken for a filesystem of whole seconds.
+fn settled(key: &Cached, hashed_from_ns: i64) -> bool {
+    let coarse = key.ctime_ns % 1_000_000_000 == 0 && key.mtime_ns % 1_000_000_000 == 0;
+    let margin = if coarse { SETTLE_COARSE_NS } else { SETTLE_NS };
+    hashed_from_ns.saturating_sub(key.ctime_ns) >= margin
+}
+
+/// Now, in ns since the epoch (0 before it: nothing is then settled).
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 pub fn mtime_ns(md: &fs::Metadata) -> i64 {
@@ -926,8 +952,8 @@ mod tests {
         let mut cache = HashCache::default();
         scan(&root, &set, &mut cache, false).unwrap();
         let cpath = d.path().join("cache.json");
-        // ctime is fresh right after the write: wait until it is "old".
-        std::thread::sleep(std::time::Duration::from_millis(2100));
+        // ctime is fresh right after the write: wait until it is settled.
+        std::thread::sleep(std::time::Duration::from_millis(150));
         let mut cache = HashCache::default();
         scan(&root, &set, &mut cache, false).unwrap();
         cache.save(&cpath).unwrap();
@@ -938,6 +964,27 @@ mod tests {
         let s2 = scan(&root, &set, &mut cache, false).unwrap();
         assert_eq!(cache.hashed, 1);
         assert_ne!(digest(&s.manifest), digest(&s2.manifest));
+    }
+
+    /// A hash is cached only when the file's last change was ten ticks
+    /// before the read (nanosecond timestamps) or two seconds (timestamps of
+    /// whole seconds), and never when the clock is behind the file.
+    #[test]
+    fn a_hash_is_cached_only_once_the_file_has_settled() {
+        let at = |ctime_ns: i64| Cached {
+            size: 1,
+            mtime_ns: ctime_ns,
+            ctime_ns,
+            ino: 1,
+            sha256: String::new(),
+        };
+        let fine = 1_700_000_000_123_456_789;
+        assert!(!settled(&at(fine), fine + 99_000_000));
+        assert!(settled(&at(fine), fine + 100_000_000));
+        let coarse = 1_700_000_000_000_000_000;
+        assert!(!settled(&at(coarse), coarse + 1_900_000_000));
+        assert!(settled(&at(coarse), coarse + 2_000_000_000));
+        assert!(!settled(&at(fine), fine - 1_000_000_000));
     }
 
     #[test]

@@ -31,6 +31,30 @@ use ns_ha_tests::bench::{self, Figure, Row};
 use ns_ha_tests::{net, wait_until, Lab};
 use sync_support::*;
 
+/// CPU time spent on the whole host so far (all CPUs, not idle or iowait),
+/// in ms: the trace's measure of what one run costs, processes on both
+/// nodes (sshd, the shell, the tool) included.
+fn busy_cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle, iowait.
+    let busy: u64 = cpu
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy * 1000 / 100
+}
+
 /// The directories the benchmark fills on fw1: small config files, and the
 /// threat shield's IP lists (large, changed a few lines at a time).
 const SMALL: &str = "/etc/nginx/bench";
@@ -165,6 +189,7 @@ impl Bench {
     /// Run one tool once; its time and bytes on the wire.
     fn run(&self, tool: Tool) -> (Duration, u64) {
         let before = self.wire_bytes();
+        let busy0 = busy_cpu_ms();
         let t0 = Instant::now();
         match tool {
             Tool::NsHaSync => {
@@ -200,6 +225,13 @@ impl Bench {
             }
         }
         let took = t0.elapsed();
+        if self.trace {
+            eprintln!(
+                "{}: {took:?}, CPU busy on the host {} ms",
+                tool.label(),
+                busy_cpu_ms() - busy0
+            );
+        }
         (took, self.wire_bytes() - before)
     }
 
@@ -440,7 +472,7 @@ fn bench_sync_against_rsync() {
 
     if b.wants("watch") {
         // Its baseline is rsync's one-file run (measured with "one").
-        watch_row(&b, &one[1]);
+        watch_rows(&b, &one);
     }
 
     // --- 2,000 files and 20 lists of 10 MB ----------------------------------
@@ -536,7 +568,10 @@ impl Drop for Watcher {
 /// `watch`: from a write on fw1 until fw2's file is identical (polled every
 /// 2 ms), against rsync run once right after a write (the one-file case's
 /// samples: the incumbent has no watch mode; its cron runs every 600 s).
-fn watch_row(b: &Bench, rsync_one: &Samples) {
+/// Then, the watcher still running (as installed: the packages start it),
+/// a one-shot `push` right after a write, which the watcher takes over its
+/// open session, against the same rsync runs.
+fn watch_rows(b: &Bench, rsync_one: &[Samples]) {
     let lab = &b.lab;
     let log = lab.dir().join("bench-watch.log");
     let child = Command::new("ip")
@@ -594,11 +629,45 @@ fn watch_row(b: &Bench, rsync_one: &Samples) {
             Figure::from_samples("ns-ha-sync watch", &times).bytes(&bytes),
         )
         .baseline(
-            Figure::from_samples("rsync -a --delete, run at once", &rsync_one.times)
-                .bytes(&rsync_one.bytes),
+            Figure::from_samples("rsync -a --delete, run at once", &rsync_one[1].times)
+                .bytes(&rsync_one[1].bytes),
         )
         .note("10,000-file set; the incumbent runs rsync every 600 s"),
     );
+
+    let mut times = Vec::new();
+    let mut bytes = Vec::new();
+    for round in 0..b.rounds {
+        std::thread::sleep(Duration::from_millis(300));
+        let content = format!("# push to the watcher, round {round}\n");
+        let before = b.wire_bytes();
+        lab.write("fw1", &rel, &content);
+        let t0 = Instant::now();
+        let out = sync(lab, "fw1", &["-vv", "push"]);
+        times.push(t0.elapsed());
+        assert!(out.status.success(), "push: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("a running watch takes the push"),
+            "the push was not handed to the watcher: {}",
+            describe(&out)
+        );
+        assert!(
+            b.same(Tool::NsHaSync, &rel),
+            "push returned before fw2 had the file"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        bytes.push(b.wire_bytes() - before);
+    }
+    println!("push to the watcher: {times:?} {bytes:?}");
+    let mut row = Row::new(
+        "sync",
+        "same, one file changed, the watcher running (as installed): a one-shot push",
+        Figure::from_samples("ns-ha-sync push, handed to the watch", &times).bytes(&bytes),
+    );
+    for (tool, s) in TOOLS.iter().zip(rsync_one).skip(1) {
+        row = row.baseline(Figure::from_samples(tool.label(), &s.times).bytes(&s.bytes));
+    }
+    bench::record(&row);
 }
 
 /// Hashing the whole set from cold (ns-ha-sync's hash cache moved aside):

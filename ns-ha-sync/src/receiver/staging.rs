@@ -276,46 +276,59 @@ impl Receiver<'_> {
                 return false;
             }
         };
-        if content.len() as u64 != size || sha256_hex(&content) != sha256 {
+        self.spans.mark("backup: delta applied");
+        let Some(staged) = txn.pending.get(path).cloned() else {
+            return false;
+        };
+        // The rebuilt file is hashed on one core while it is written to the
+        // staging dir on another; a file whose hash differs is removed
+        // before anything records it (then it is sent whole).
+        let dest = txn.areas.dir_of(path).join(&staged);
+        let entry = &txn.changes[path].entry;
+        let (rebuilt, written) = std::thread::scope(|s| {
+            let check = s.spawn(|| content.len() as u64 == size && sha256_hex(&content) == sha256);
+            let written = write_staged(&dest, path, &content, entry);
+            (check.join().unwrap_or(false), written)
+        });
+        self.spans.mark("backup: rebuilt file hashed and staged");
+        if !rebuilt {
+            let _ = fs::remove_file(&dest);
             log::info!("{path}: the delta did not rebuild the announced content: sent whole");
             return false;
         }
-        self.spans
-            .mark("backup: delta applied, the file's hash checked");
-        if let Some(staged) = txn.pending.remove(path) {
-            stage_content(txn, path, staged, &content, data.len() as u64);
-        }
-        self.spans.mark("backup: rebuilt file staged");
+        txn.pending.remove(path);
+        record_staged(txn, path, staged, written, data.len() as u64);
         crash::point("file");
         true
     }
 }
 
-/// Stage `content` (verified) as `path`'s new file under the name `staged`;
-/// `received` is what it cost on the wire. A write error fails the
+/// Write `content` (verified, or being verified) to the staging file
+/// `dest` of `path`, with the mode, owner and mtime of `entry`.
+fn write_staged(dest: &Path, path: &str, content: &[u8], entry: &Entry) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .with_context(|| format!("staging {path}"))?;
+    f.write_all(content)
+        .with_context(|| format!("staging {path}"))?;
+    set_file_meta(&f, dest, entry.mode, entry.uid, entry.gid, entry.mtime_ns)
+}
+
+/// Record `path`'s staging file `staged` once `written` (its write) is
+/// known; `received` is what it cost on the wire. A write error fails the
 /// transaction.
-fn stage_content(txn: &mut Txn, path: &str, staged: String, content: &[u8], received: u64) {
-    let dest = txn.areas.dir_of(path).join(&staged);
-    let outcome = (|| -> Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&dest)
-            .with_context(|| format!("staging {path}"))?;
-        f.write_all(content)
-            .with_context(|| format!("staging {path}"))?;
-        let e = &txn.changes[path].entry;
-        set_file_meta(&f, &dest, e.mode, e.uid, e.gid, e.mtime_ns)
-    })();
-    match outcome {
+fn record_staged(txn: &mut Txn, path: &str, staged: String, written: Result<()>, received: u64) {
+    match written {
         Ok(()) => {
             txn.files += 1;
             txn.bytes += received;
             txn.staged.insert(path.to_string(), staged);
         }
         Err(e) => {
-            let _ = fs::remove_file(&dest);
+            let _ = fs::remove_file(txn.areas.dir_of(path).join(&staged));
             txn.failed.get_or_insert(e);
         }
     }
