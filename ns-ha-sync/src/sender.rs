@@ -30,7 +30,7 @@ use crate::manifest::{
 };
 use crate::rules::SyncSet;
 use crate::state::{Pushed, Run, StateDir, Status, APPLIED, PUSHED};
-use crate::util::{copy_file_data, now_secs, Counted, HashingWriter, Spans};
+use crate::util::{copy_file_data, now_secs, send_file_data, Counted, HashingWriter, Spans};
 use crate::wire::{
     BeginReply, BeginRequest, CommitReply, DeltaReply, ManifestPart, ManifestReply, SignatureReply,
     SyncRequest, BATCH_BYTES, BATCH_FILE, MAX_ENTRIES,
@@ -1091,7 +1091,7 @@ fn send_large_file<C: Write>(root: &NodeRoot, ch: &mut C, c: &Change) -> Result<
     let mut unchanged = false;
     if let Ok(f) = file {
         let opened = f.metadata().ok();
-        sent = copy_file_data(&mut Read::by_ref(&mut &f).take(size), ch, size)
+        sent = send_file_data(&mut Read::by_ref(&mut &f).take(size), ch, size)
             .context("sending file data")?;
         unchanged = unchanged_since_scan(c, opened.as_ref(), &f, sent);
     }

@@ -15,6 +15,7 @@ use crate::journal;
 use crate::manifest::{digest, drift, scan, Drift, HashCache, LiveScan, Manifest, Scan, Stamp};
 use crate::rules::SyncSet;
 use crate::state::{Applied, StateDir, APPLIED, BASELINE};
+use crate::util::Spans;
 use crate::watch::Watches;
 
 /// The sync state of this node as its own files say (used by `verify` too).
@@ -32,7 +33,7 @@ pub struct LocalView {
 
 /// Scan this node's sync set and compare it with the baseline of the last sync.
 pub fn local_view(root: &NodeRoot, set: &SyncSet, state: &StateDir) -> Result<LocalView> {
-    view_with_cache(root, set, state, HashCache::load(&state.cache()))
+    view_with_cache(root, set, state, HashCache::load(&state.cache()), None)
 }
 
 /// [`local_view`] with the hash cache already loaded.
@@ -41,16 +42,26 @@ fn view_with_cache(
     set: &SyncSet,
     state: &StateDir,
     mut cache: HashCache,
+    mut spans: Option<&mut Spans>,
 ) -> Result<LocalView> {
+    let mut mark = |step: &str| {
+        if let Some(s) = spans.as_deref_mut() {
+            s.mark(step);
+        }
+    };
     let Scan {
         manifest: current,
         stamps,
         ..
     } = scan(root, set, &mut cache, false)?;
+    mark("backup: scan");
     if let Err(e) = cache.save(&state.cache()) {
         log::warn!("cannot save the hash cache: {e:#}");
     }
-    view_of(current, stamps, state)
+    mark("backup: hash cache saved");
+    let view = view_of(current, stamps, state);
+    mark("backup: baseline, drift");
+    view
 }
 
 /// The view of this node's files as a scan found them (`current`, `stamps`).
@@ -124,7 +135,8 @@ impl Receiver<'_> {
                     .unwrap_or_else(|_| HashCache::load(&state.cache())),
                 _ => HashCache::load(&state.cache()),
             };
-            return view_with_cache(&self.root, set, state, cache);
+            self.spans.mark("backup: hash cache loaded");
+            return view_with_cache(&self.root, set, state, cache, Some(&mut self.spans));
         };
         if watches.drain(set, live).1 {
             watches.refresh(&self.root, set);

@@ -64,8 +64,7 @@ impl Receiver<'_> {
         recover_and_record(&self.root, &ctx.set, &ctx.state)?;
         self.spans.mark("backup: config, lock, recovery check");
         let view = self.channel_view(&ctx.set, &ctx.state)?;
-        self.spans
-            .mark("backup: scan (hash cache), baseline, drift");
+        self.spans.mark("backup: view of its files");
         let d = view.digest.clone();
         let with_entries = known_digest.as_deref() != Some(d.as_str());
         // Entries and drift follow in parts (see `write_manifest_parts`), so
