@@ -261,6 +261,46 @@ impl InterfaceSource for IpCommand<'_> {
     }
 }
 
+/// [`IpCommand`], but the addresses of every interface read from the
+/// kernel in-process (`getifaddrs`: one netlink dump, about 0.1 ms) instead
+/// of an `ip` process (about 30 ms in the lab, on the path of every `watch`
+/// push: its master check). An address's label (`lan0:1`) counts as its
+/// interface, as in `ip`'s `ifname`.
+pub struct KernelAddresses<'a> {
+    /// Runs `ip` for [`InterfaceSource::interface`].
+    pub runner: &'a dyn CommandRunner,
+}
+
+impl InterfaceSource for KernelAddresses<'_> {
+    fn interface(&self, name: &str) -> Result<Option<Interface>> {
+        IpCommand {
+            runner: self.runner,
+        }
+        .interface(name)
+    }
+
+    fn all_ipv4(&self) -> Result<Vec<(String, Ipv4Cidr)>> {
+        let mut res = Vec::new();
+        for ifa in nix::ifaddrs::getifaddrs().context("reading the interfaces' addresses")? {
+            let v4 = |a: &Option<nix::sys::socket::SockaddrStorage>| {
+                a.as_ref().and_then(|a| a.as_sockaddr_in()).map(|a| a.ip())
+            };
+            let (Some(addr), Some(mask)) = (v4(&ifa.address), v4(&ifa.netmask)) else {
+                continue;
+            };
+            let name = ifa.interface_name.split(':').next().unwrap_or_default();
+            res.push((
+                name.to_string(),
+                Ipv4Cidr {
+                    addr,
+                    prefix: u32::from(mask).count_ones() as u8,
+                },
+            ));
+        }
+        Ok(res)
+    }
+}
+
 fn parse_addrs(link: &serde_json::Value) -> Vec<IfAddr> {
     let mut out = Vec::new();
     for a in link["addr_info"].as_array().into_iter().flatten() {
@@ -347,6 +387,24 @@ impl InterfaceSource for StaticInterfaces {
 
 #[cfg(test)]
 mod tests {
+
+    /// The kernel's own list (getifaddrs) says what `ip` says, on this
+    /// machine's real interfaces (loopback at least).
+    #[test]
+    fn kernel_addresses_match_ip() {
+        let runner = crate::cmd::SystemRunner;
+        let mut kernel = KernelAddresses { runner: &runner }.all_ipv4().unwrap();
+        let mut ip = IpCommand { runner: &runner }.all_ipv4().unwrap();
+        kernel.sort_by_key(|(n, c)| (n.clone(), c.addr, c.prefix));
+        ip.sort_by_key(|(n, c)| (n.clone(), c.addr, c.prefix));
+        assert!(
+            kernel
+                .iter()
+                .any(|(n, c)| n == "lo" && c.addr == Ipv4Addr::LOCALHOST && c.prefix == 8),
+            "{kernel:?}"
+        );
+        assert_eq!(kernel, ip);
+    }
     use super::*;
 
     #[test]

@@ -34,7 +34,7 @@ use ns_ha_common::config::{
     load_cluster, load_cluster_opt, load_node, load_node_opt, ClusterConfig, NodeConfig, Role,
 };
 use ns_ha_common::exit::{fail, help_table, Code};
-use ns_ha_common::net::IpCommand;
+use ns_ha_common::net::KernelAddresses;
 use ns_ha_common::sync_config::SyncSettings;
 use ns_ha_common::NodeRoot;
 
@@ -250,7 +250,7 @@ fn primary(root: &NodeRoot) -> Result<(NodeConfig, ClusterConfig)> {
 
 fn check_master(cluster: &ClusterConfig) -> Result<()> {
     let runner = SystemRunner;
-    if !holds_vips(cluster, &IpCommand { runner: &runner })? {
+    if !holds_vips(cluster, &KernelAddresses { runner: &runner })? {
         return Err(fail(
             Code::State,
             "this node does not hold the cluster's VIPs (not master): push from the master, or use --skip-master-check",

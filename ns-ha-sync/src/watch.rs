@@ -228,6 +228,10 @@ pub fn watch(
         if next > now && w.wait(next - now, opts.handoff.map(|h| h.0))? {
             let (relevant, rescan) = w.drain(&set, &mut live);
             if relevant {
+                log::debug!(
+                    "a change in the set: pushing after {:?} of quiet",
+                    opts.debounce
+                );
                 // Coalesce a burst (an editor's temp file + rename, a tree copy).
                 let burst_end = Instant::now() + Duration::from_millis(500);
                 while Instant::now() < burst_end && w.wait(opts.debounce, None)? {

@@ -31,7 +31,7 @@ use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, Role};
 use ns_ha_common::control::{self, CONTROL_OPS};
 use ns_ha_common::exit::{code_of, fail, Code};
 use ns_ha_common::fsutil::NodeLock;
-use ns_ha_common::net::{InterfaceSource, IpCommand};
+use ns_ha_common::net::{InterfaceSource, KernelAddresses};
 use ns_ha_common::proto::{read_value, write_msg, Reply, UpgradeMessage, UPGRADE_OP};
 use ns_ha_common::upgrade::{self, UpgradeReply};
 use ns_ha_common::NodeRoot;
@@ -155,7 +155,7 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    /// Read this node's addresses from `ifs` instead of `ip` (tests).
+    /// Read this node's addresses from `ifs` instead of the kernel (tests).
     pub fn with_interfaces(mut self, ifs: &'a dyn InterfaceSource) -> Self {
         self.interfaces = Some(ifs);
         self
@@ -165,10 +165,10 @@ impl<'a> Receiver<'a> {
     /// overwrite the config of the node that carries the traffic, so it is
     /// refused unless the sender says `even_if_backup_is_master`.
     fn refuse_if_master(&self, cluster: &ClusterConfig, forced: bool) -> Result<()> {
-        let ip = IpCommand {
+        let kernel = KernelAddresses {
             runner: self.runner,
         };
-        let ifs: &dyn InterfaceSource = self.interfaces.unwrap_or(&ip);
+        let ifs: &dyn InterfaceSource = self.interfaces.unwrap_or(&kernel);
         let vips = ns_ha_common::vips::observe(cluster, ifs).map_err(|e| {
             fail(
                 Code::State,
