@@ -134,7 +134,36 @@ impl StateDir {
     /// (a power cut while appending), so the result is always a push as it
     /// was, maybe not the last one: that only costs the next push a full
     /// manifest from the backup. Neither is fsynced, see [`Self::write_cache`].
+    ///
+    /// A process that pushes again (`watch`) reads them once: the last push
+    /// it read or wrote is kept in memory, and served again while both
+    /// files are as it left them (inode, size, times), which saves parsing a
+    /// manifest-sized file on every push.
     pub fn read_pushed(&self) -> Result<Option<Pushed>> {
+        let files = self.pushed_files();
+        if let Some(kept) = kept_pushed().as_ref() {
+            if kept.dir == self.dir && kept.files == files {
+                return Ok(Some(kept.pushed.clone()));
+            }
+        }
+        let p = self.read_pushed_files()?;
+        if let Some(p) = &p {
+            keep_pushed(&self.dir, files, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// `pushed.json` and `pushed.log` as they are on disk now.
+    fn pushed_files(&self) -> [Option<FileIdentity>; 2] {
+        [PUSHED, PUSHED_LOG].map(|name| {
+            std::fs::metadata(self.file(name))
+                .ok()
+                .map(|md| FileIdentity::of(&md))
+        })
+    }
+
+    /// [`Self::read_pushed`] from the files.
+    fn read_pushed_files(&self) -> Result<Option<Pushed>> {
         let Some(mut p) = self.read::<Pushed>(PUSHED)? else {
             return Ok(None);
         };
@@ -173,7 +202,7 @@ impl StateDir {
                 let line = PushedLine {
                     seq: prev.seq,
                     generation: new.generation,
-                    digest: new.digest,
+                    digest: new.digest.clone(),
                     clean: new.clean,
                     at: new.at,
                     set: changes.into_iter().map(|c| (c.path, c.entry)).collect(),
@@ -181,7 +210,10 @@ impl StateDir {
                 };
                 let mut bytes = serde_json::to_vec(&line)?;
                 bytes.push(b'\n');
-                return crate::util::append_unsynced(&log, &bytes);
+                crate::util::append_unsynced(&log, &bytes)?;
+                (new.seq, new.logged) = (prev.seq, prev.logged + 1);
+                keep_pushed(&self.dir, self.pushed_files(), new);
+                return Ok(());
             }
         }
         // A new number: lines of an older pushed.json never apply to it.
@@ -189,8 +221,10 @@ impl StateDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
+        new.logged = 0;
         self.write_cache(PUSHED, &new)?;
         remove_if_exists(&log)?;
+        keep_pushed(&self.dir, self.pushed_files(), new);
         Ok(())
     }
 
@@ -269,6 +303,49 @@ pub struct Pushed {
     pub logged: usize,
 }
 pub const PUSHED: &str = "pushed.json";
+
+/// What identifies a version of a file: a rewrite (a new inode), an
+/// append (its size) or an edit in place (its times) changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl FileIdentity {
+    fn of(md: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        }
+    }
+}
+
+/// The last push this process read or wrote, with the files it came from
+/// (see [`StateDir::read_pushed`]).
+struct KeptPushed {
+    dir: PathBuf,
+    files: [Option<FileIdentity>; 2],
+    pushed: Pushed,
+}
+
+fn kept_pushed() -> std::sync::MutexGuard<'static, Option<KeptPushed>> {
+    static KEPT: std::sync::Mutex<Option<KeptPushed>> = std::sync::Mutex::new(None);
+    KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn keep_pushed(dir: &std::path::Path, files: [Option<FileIdentity>; 2], pushed: Pushed) {
+    *kept_pushed() = Some(KeptPushed {
+        dir: dir.to_path_buf(),
+        files,
+        pushed,
+    });
+}
 /// The pushes since `pushed.json` was written whole.
 pub const PUSHED_LOG: &str = "pushed.log";
 
@@ -488,6 +565,24 @@ mod tests {
             (2, "d2", 1)
         );
         assert_eq!(got.manifest, m2);
+        // What this process kept is what the files say.
+        let parsed = state.read_pushed_files().unwrap().unwrap();
+        assert_eq!(
+            (
+                parsed.generation,
+                parsed.seq,
+                parsed.logged,
+                &parsed.digest,
+                &parsed.manifest
+            ),
+            (
+                got.generation,
+                got.seq,
+                got.logged,
+                &got.digest,
+                &got.manifest
+            )
+        );
         // A line cut by a power cut ends the log: the last push before it.
         let torn = format!("{log}{{\"seq\":{},\"generation\":3", got.seq);
         std::fs::write(state.file(PUSHED_LOG), &torn).unwrap();
