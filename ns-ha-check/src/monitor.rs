@@ -49,7 +49,7 @@ use ns_ha_common::cmd::{CommandRunner, SystemRunner};
 use ns_ha_common::config::{load_cluster, load_node, ClusterConfig, Role};
 use ns_ha_common::fsutil::atomic_write;
 use ns_ha_common::health_config::HealthSettings;
-use ns_ha_common::net::IpCommand;
+use ns_ha_common::net::{IpCommand, KernelAddresses};
 use ns_ha_common::root::paths;
 use ns_ha_common::vips::{self, LiveState};
 use ns_ha_common::wireguard;
@@ -396,8 +396,8 @@ fn spawn_vpn_recorder(root: &NodeRoot, master: &Arc<AtomicBool>) {
     });
 }
 
-/// How often the monitor looks at the VIPs this node holds (one `ip`
-/// call), which say whether it is MASTER. A loss of MASTER must be seen
+/// How often the monitor looks at the VIPs this node holds (read from the
+/// kernel), which say whether it is MASTER. A loss of MASTER must be seen
 /// while the failure that caused it still shows, or no hold-down follows:
 /// once a second (the interfaces round, where it was) missed a silent LAN
 /// that healed within a second and a half.
@@ -412,7 +412,8 @@ fn spawn_master_watch(
     let (cluster, tx, stop) = (cluster.clone(), tx.clone(), stop.clone());
     std::thread::spawn(move || {
         let runner = SystemRunner;
-        let ifs = IpCommand { runner: &runner };
+        // In-process (getifaddrs): five `ip` processes a second otherwise.
+        let ifs = KernelAddresses { runner: &runner };
         let mut next = Instant::now();
         while pause_until(next, &stop) {
             next += MASTER_WATCH_PERIOD;

@@ -23,7 +23,7 @@ use ns_ha_common::fsutil::{atomic_write, remove_if_exists, replace_cache_file, N
 use ns_ha_common::sync_config::SyncSettings;
 use ns_ha_common::NodeRoot;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Stamp};
 use crate::util::now_secs;
 
 /// The sync's lock: its own, so that `ns-ha-role` (which holds the node lock
@@ -154,11 +154,11 @@ impl StateDir {
     }
 
     /// `pushed.json` and `pushed.log` as they are on disk now.
-    fn pushed_files(&self) -> [Option<FileIdentity>; 2] {
+    fn pushed_files(&self) -> [Option<Stamp>; 2] {
         [PUSHED, PUSHED_LOG].map(|name| {
             std::fs::metadata(self.file(name))
                 .ok()
-                .map(|md| FileIdentity::of(&md))
+                .map(|md| Stamp::of(&md))
         })
     }
 
@@ -304,33 +304,11 @@ pub struct Pushed {
 }
 pub const PUSHED: &str = "pushed.json";
 
-/// What identifies a version of a file: a rewrite (a new inode), an
-/// append (its size) or an edit in place (its times) changes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-impl FileIdentity {
-    fn of(md: &std::fs::Metadata) -> FileIdentity {
-        use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            ino: md.ino(),
-            size: md.size(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-        }
-    }
-}
-
 /// The last push this process read or wrote, with the files it came from
 /// (see [`StateDir::read_pushed`]).
 struct KeptPushed {
     dir: PathBuf,
-    files: [Option<FileIdentity>; 2],
+    files: [Option<Stamp>; 2],
     pushed: Pushed,
 }
 
@@ -339,7 +317,7 @@ fn kept_pushed() -> std::sync::MutexGuard<'static, Option<KeptPushed>> {
     KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn keep_pushed(dir: &std::path::Path, files: [Option<FileIdentity>; 2], pushed: Pushed) {
+fn keep_pushed(dir: &std::path::Path, files: [Option<Stamp>; 2], pushed: Pushed) {
     *kept_pushed() = Some(KeptPushed {
         dir: dir.to_path_buf(),
         files,

@@ -33,7 +33,7 @@ pub fn copy_buffer(size: u64) -> Vec<u8> {
     ]
 }
 
-/// From this size on, [`copy_file_data`] reads on a thread of its own.
+/// From this size on, [`send_file_data`] reads on a thread of its own.
 const READ_AHEAD_MIN: u64 = 8 << 20;
 /// Chunks read ahead and not yet written (each [`COPY_BUFFER`] bytes).
 const READ_AHEAD_DEPTH: usize = 4;
@@ -74,20 +74,6 @@ pub fn copy_file_data<R: Read, W: Write>(r: &mut R, w: &mut W, size: u64) -> std
     }
 }
 
-/// Fill `buf` from `r` as far as it goes; the bytes read (short at the end).
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// [`send_file_data`] with a reader thread: chunks go to the writer through
 /// a bounded queue and come back empty for the next read. A failed write
 /// drops the queue, which stops the reader.
@@ -99,12 +85,12 @@ fn copy_read_ahead<R: Read + Send, W: Write>(r: &mut R, w: &mut W) -> std::io::R
         s.spawn(move || loop {
             let mut buf = empty_rx
                 .try_recv()
-                .unwrap_or_else(|_| vec![0u8; COPY_BUFFER]);
-            buf.resize(COPY_BUFFER, 0);
-            let chunk = read_full(r, &mut buf).map(|n| {
-                buf.truncate(n);
-                buf
-            });
+                .unwrap_or_else(|_| Vec::with_capacity(COPY_BUFFER));
+            buf.clear();
+            let chunk = Read::by_ref(r)
+                .take(COPY_BUFFER as u64)
+                .read_to_end(&mut buf)
+                .map(|_| buf);
             let last = !matches!(&chunk, Ok(b) if b.len() == COPY_BUFFER);
             if full_tx.send(chunk).is_err() || last {
                 return;
@@ -325,7 +311,7 @@ mod tests {
             }
         }
         let err =
-            copy_file_data(&mut &data[..], &mut FailsAfter(COPY_BUFFER), len as u64).unwrap_err();
+            send_file_data(&mut &data[..], &mut FailsAfter(COPY_BUFFER), len as u64).unwrap_err();
         assert_eq!(err.to_string(), "link cut");
     }
 }
