@@ -26,6 +26,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod health;
+pub mod links;
 pub mod packages;
 
 use serde_json::Value;
@@ -432,6 +433,22 @@ impl Lab {
     pub fn ns(&self, node: &str) -> String {
         assert!(NODES.contains(&node), "unknown lab node '{node}'");
         format!("{}{node}", self.prefix)
+    }
+
+    /// Both firewalls' links read in-process within microseconds of each
+    /// other (see [`links`]); panics if a namespace cannot be read.
+    pub fn link_snapshot(&self) -> links::LinkSnapshot {
+        let files: Vec<(&'static str, std::fs::File)> = FIREWALLS
+            .into_iter()
+            .map(|fw| {
+                let p = format!("/run/netns/{}", self.ns(fw));
+                let f = std::fs::File::open(&p).unwrap_or_else(|e| panic!("cannot open {p}: {e}"));
+                (fw, f)
+            })
+            .collect();
+        let refs: Vec<(&'static str, &std::fs::File)> =
+            files.iter().map(|(n, f)| (*n, f)).collect();
+        links::snapshot(&refs).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Node root of a firewall (its miniature `/`).

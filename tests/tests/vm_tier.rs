@@ -32,11 +32,13 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ns_ha_common::exit::Code;
 use ns_ha_common::peer::PEER_TIMEOUT_ENV;
 use ns_ha_tests::cluster::{init, init_ok, pair_only_with, role_settled, role_status, tool_ok};
+use ns_ha_tests::links::LinkSnapshot;
 use ns_ha_tests::{net, wait_until, Lab};
 use serde_json::Value;
 
@@ -450,24 +452,19 @@ fn link_up(lab: &Lab, node: &str, dev: &str) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == "UP"))
 }
 
-/// The firewalls that hold `wan`: its device up (with its static address,
-/// for a VLAN WAN), so able to answer for it or to carry its session.
+/// The firewalls that hold `wan` in `snapshot`: its device up (with its
+/// static address, for a VLAN WAN), so able to answer for it or to carry
+/// its session.
+fn holders_in(snapshot: &LinkSnapshot, wan: &Wan) -> Vec<&'static str> {
+    let address = wan
+        .address
+        .map(|a| a.parse().expect("a WAN's address is an IP address"));
+    snapshot.holders(wan.dev, address)
+}
+
+/// The firewalls that hold `wan` now (both read at one instant).
 fn holders(lab: &Lab, wan: &Wan) -> Vec<&'static str> {
-    ["fw1", "fw2"]
-        .into_iter()
-        .filter(|fw| {
-            let out = lab.exec(fw, &["ip", "-json", "addr", "show", "dev", wan.dev]);
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            let up = v[0]["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "UP"));
-            up && wan.address.is_none_or(|a| {
-                v[0]["addr_info"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|x| x["local"] == a))
-            })
-        })
-        .collect()
+    holders_in(&lab.link_snapshot(), wan)
 }
 
 /// The MAC addresses that answer the ISP's ARP requests for the WAN address.
@@ -559,9 +556,13 @@ fn diagnose(lab: &Lab, node: &str, wan: &Wan) -> String {
     )
 }
 
-/// How often the poller samples each WAN (one sample costs a few
-/// `ip netns exec` under emulation, ~100-300 ms).
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// How often the sampler reads both firewalls' links (in-process, both
+/// within microseconds: `ns_ha_tests::links`, no process start).
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// How often each WAN's end of move is checked (a few `ip netns exec` and
+/// a ping: one check takes ~0.5-3 s emulated).
+const DONE_EVERY: Duration = Duration::from_millis(200);
 
 /// How long the samples go on after the move is done (the "after" of the
 /// one-holder rule).
@@ -571,29 +572,67 @@ const SAMPLE_AFTER: Duration = Duration::from_secs(5);
 const MOVE_LIMIT: Duration = Duration::from_secs(90);
 
 /// One WAN's move (a crash, a handover, a healed partition): the time from
-/// the event until it was done, and every sample's holders.
+/// the event until it was done, every sample's holders, and the longest
+/// one sample's reads took (`LinkSnapshot::spread`).
 struct Move {
     took: Option<Duration>,
     samples: Vec<(Duration, Vec<&'static str>)>,
+    spread: Duration,
 }
 
-/// Sample `wan`'s holders from `since` until `done` (at most
-/// [`MOVE_LIMIT`]) and [`SAMPLE_AFTER`] more.
-fn poll_move(lab: &Lab, wan: &Wan, since: Instant, done: impl Fn() -> bool) -> Move {
-    let mut samples = Vec::new();
-    let mut took = None;
-    let deadline = since + MOVE_LIMIT;
-    loop {
-        samples.push((since.elapsed(), holders(lab, wan)));
-        match took {
-            None if done() => took = Some(since.elapsed()),
-            Some(t) if since.elapsed() > t + SAMPLE_AFTER => break,
-            _ if Instant::now() > deadline => break,
-            _ => {}
+/// Sample the holders of every WAN of `wans` every [`SAMPLE_EVERY`] from
+/// `since` until each is `done` (at most [`MOVE_LIMIT`]) and [`SAMPLE_AFTER`]
+/// more; one sampler for all (two `getifaddrs` a sample), each WAN's `done`
+/// checked on a thread of its own.
+fn poll_moves(
+    lab: &Lab,
+    wans: &[&Wan],
+    since: Instant,
+    done: impl Fn(&Wan) -> bool + Sync,
+) -> Vec<Move> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut snapshots: Vec<(Duration, LinkSnapshot)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                snapshots.push((since.elapsed(), lab.link_snapshot()));
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            snapshots
+        });
+        let took = each(wans, |wan| loop {
+            if done(wan) {
+                break Some(since.elapsed());
+            }
+            if since.elapsed() > MOVE_LIMIT {
+                break None;
+            }
+            std::thread::sleep(DONE_EVERY);
+        });
+        if let Some(last) = took.iter().flatten().max() {
+            let until = since + *last + SAMPLE_AFTER;
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
         }
-        std::thread::sleep(SAMPLE_EVERY);
-    }
-    Move { took, samples }
+        stop.store(true, Ordering::Relaxed);
+        let snapshots = sampler.join().expect("the link sampler");
+        wans.iter()
+            .zip(took)
+            .map(|(wan, took)| {
+                let mine: Vec<&(Duration, LinkSnapshot)> = snapshots
+                    .iter()
+                    .filter(|(at, _)| took.is_none_or(|t| *at <= t + SAMPLE_AFTER))
+                    .collect();
+                Move {
+                    took,
+                    samples: mine
+                        .iter()
+                        .map(|(at, s)| (*at, holders_in(s, wan)))
+                        .collect(),
+                    spread: mine.iter().map(|(_, s)| s.spread).max().unwrap_or_default(),
+                }
+            })
+            .collect()
+    })
 }
 
 /// What the samples break of the one-holder rule: never two holders (from
@@ -672,10 +711,8 @@ fn moved(
     let wans: Vec<&Wan> = wans.iter().copied().filter(|w| v.passed(w)).collect();
     let since = Instant::now();
     event();
-    let moves = each(&wans, |wan| {
-        poll_move(lab, wan, since, || {
-            wan_works(lab, to, wan) && !link_up(lab, from, wan.dev)
-        })
+    let moves = poll_moves(lab, &wans, since, |wan| {
+        wan_works(lab, to, wan) && !link_up(lab, from, wan.dev)
     });
     steps.done(&format!("{step}: polled"));
     let pairs: Vec<(&Wan, &Move)> = wans.iter().copied().zip(&moves).collect();
@@ -697,7 +734,11 @@ fn move_verdict(
     two_at_first: bool,
 ) -> Result<String, String> {
     if let Some(p) = holder_problem(m, to, two_at_first) {
-        return Err(format!("one-holder rule: {p}"));
+        return Err(format!(
+            "one-holder rule: {p} | {from}: {} | {to}: {}",
+            diagnose(lab, from, wan),
+            diagnose(lab, to, wan)
+        ));
     }
     let took = m.took.ok_or_else(|| {
         format!(
@@ -708,10 +749,12 @@ fn move_verdict(
     })?;
     only_on(lab, to, from, wan)?;
     Ok(format!(
-        "on {to} only, default route (metric {}) works after {} ms; one holder in all {} samples",
+        "on {to} only, default route (metric {}) works after {} ms; one holder in all {} samples \
+         (a sample read in {} us at most)",
         wan.metric,
         took.as_millis(),
-        m.samples.len()
+        m.samples.len(),
+        m.spread.as_micros()
     ))
 }
 
@@ -803,10 +846,8 @@ fn partition(lab: &Lab, steps: &Steps, v: &mut Verdicts, wans: &[&Wan]) {
     let healed = Instant::now();
     lab.heal("fw2", net::HA_IF);
     lab.heal("fw2", net::LAN_IF);
-    let moves = each(&wans, |wan| {
-        poll_move(lab, wan, healed, || {
-            holders(lab, wan) == ["fw1"] && wan_works(lab, "fw1", wan)
-        })
+    let moves = poll_moves(lab, &wans, healed, |wan| {
+        holders(lab, wan) == ["fw1"] && wan_works(lab, "fw1", wan)
     });
     steps.done("partition healed: polled");
     for ((wan, both), m) in wans.iter().zip(both).zip(&moves) {

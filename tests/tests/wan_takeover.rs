@@ -32,22 +32,10 @@ fn holders(lab: &Lab, addr: &str) -> Vec<&'static str> {
     holders_on(lab, WAN, addr)
 }
 
-/// Which firewalls have `dev` up with `addr` on it.
+/// Which firewalls have `dev` up with `addr` on it (both read at one instant).
 fn holders_on(lab: &Lab, dev: &str, addr: &str) -> Vec<&'static str> {
-    FIREWALLS
-        .into_iter()
-        .filter(|fw| {
-            let out = lab.exec(fw, &["ip", "-j", "addr", "show", "dev", dev]);
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            let link = &v[0];
-            let up = link["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "UP"));
-            up && link["addr_info"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["local"] == addr))
-        })
-        .collect()
+    let addr = addr.parse().expect("an IP address");
+    lab.link_snapshot().holders(dev, Some(addr))
 }
 
 /// Sample the holders of the WAN's IPv4 address `addr` every 20 ms while `during` runs.
