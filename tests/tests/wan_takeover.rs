@@ -74,6 +74,13 @@ fn sampled_on<T>(
     })
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Sets its flag when dropped (also while unwinding from a panic).
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -85,6 +92,7 @@ impl Drop for StopOnDrop<'_> {
 
 /// No sample with two holders; the last `settled` samples held by `want` alone.
 fn assert_one_holder(
+    lab: &Lab,
     what: &str,
     addr: &str,
     samples: &[(Duration, Vec<&'static str>)],
@@ -92,7 +100,16 @@ fn assert_one_holder(
 ) {
     assert!(samples.len() > 10, "{what}: only {} samples", samples.len());
     if let Some((t, h)) = samples.iter().find(|(_, h)| h.len() > 1) {
-        panic!("{what}: two nodes hold {addr} at {t:?}: {h:?}");
+        // The sampling ended just before this assertion: the sample's
+        // wall-clock time, to read against the role engines' records.
+        let last = samples.last().map(|(l, _)| *l).unwrap_or_default();
+        let at_unix_ms = unix_ms().saturating_sub((last - *t).as_millis() as u64);
+        panic!(
+            "{what}: two nodes hold {addr} at {t:?} (unix ms ~{at_unix_ms}): {h:?}\n\
+             fw1's role engine: {}\nfw2's role engine: {}",
+            role_status(lab, "fw1")["history"],
+            role_status(lab, "fw2")["history"]
+        );
     }
     let tail = &samples[samples.len() - 3..];
     assert!(
@@ -138,7 +155,13 @@ fn partition_heals(lab: &Lab, dev: &str, addr: &str, what: &str) {
         .skip_while(|(_, h)| h.len() > 1)
         .cloned()
         .collect();
-    assert_one_holder(&format!("partition healed ({what})"), addr, &after, "fw1");
+    assert_one_holder(
+        lab,
+        &format!("partition healed ({what})"),
+        addr,
+        &after,
+        "fw1",
+    );
     assert!(
         wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
             lab.ping("wan", net::CLIENT, 1)
@@ -381,7 +404,7 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         ));
         std::thread::sleep(Duration::from_secs(1));
     });
-    assert_one_holder("maintenance on", WAN_V4, &samples, "fw2");
+    assert_one_holder(&lab, "maintenance on", WAN_V4, &samples, "fw2");
     let (_, samples) = sampled(&lab, WAN_V4, || {
         tool_ok(&lab, "fw1", "ns-ha-role", &["maintenance", "off"]);
         assert!(wait_until(
@@ -391,7 +414,7 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         ));
         std::thread::sleep(Duration::from_secs(1));
     });
-    assert_one_holder("maintenance off", WAN_V4, &samples, "fw1");
+    assert_one_holder(&lab, "maintenance off", WAN_V4, &samples, "fw1");
 
     // fw1 dies while the ISP pings a LAN client through the WAN and the
     // WAN address itself (v6), and the LAN client pings the ISP.
@@ -418,7 +441,7 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         (v4.stop(), v6.stop(), lan.stop())
     });
     eprintln!("fw1 crash: longest gap WAN->LAN client (IPv4 through the takeover WAN) {v4:.0} ms, WAN address IPv6 {v6:.0} ms, LAN client->ISP {lan:.0} ms");
-    assert_one_holder("crash of fw1", WAN_V4, &samples, "fw2");
+    assert_one_holder(&lab, "crash of fw1", WAN_V4, &samples, "fw2");
     assert!(v4 < 2000.0 && v6 < 2000.0, "WAN gaps {v4:.0} / {v6:.0} ms");
     only_answers(&lab, "fw2");
 
@@ -439,7 +462,7 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         );
         std::thread::sleep(Duration::from_secs(1));
     });
-    assert_one_holder("fw1 back (preempt)", WAN_V4, &samples, "fw1");
+    assert_one_holder(&lab, "fw1 back (preempt)", WAN_V4, &samples, "fw1");
 
     // A partition (fw2 hears nothing on the HA link and the LAN): both
     // are MASTER while it lasts; once it heals, fw1 alone keeps the WAN.
@@ -488,7 +511,7 @@ fn a_static_takeover_wan_is_up_only_on_the_master() {
         .skip_while(|(_, h)| h.len() > 1)
         .cloned()
         .collect();
-    assert_one_holder("partition healed", WAN_V4, &after, "fw1");
+    assert_one_holder(&lab, "partition healed", WAN_V4, &after, "fw1");
     let announced = announced.unwrap_or_else(|| {
         panic!(
             "fw1 did not re-announce {WAN_V4} after the partition healed: the ISP maps it to {:?} (fw1 {mac1}, fw2 {mac2})\nfw1's monitor log:\n{}",
@@ -598,6 +621,7 @@ fn a_bridge_takeover_wan_is_built_on_the_master_only() {
             std::thread::sleep(Duration::from_secs(1));
         });
         assert_one_holder(
+            &lab,
             &format!("maintenance {step} (bridge WAN)"),
             WAN_V4,
             &samples,
@@ -634,7 +658,7 @@ fn a_bridge_takeover_wan_is_built_on_the_master_only() {
         std::thread::sleep(Duration::from_secs(2));
         through.stop()
     });
-    assert_one_holder("crash of fw1 (bridge WAN)", WAN_V4, &samples, "fw2");
+    assert_one_holder(&lab, "crash of fw1 (bridge WAN)", WAN_V4, &samples, "fw2");
     eprintln!("bridge WAN, crash of fw1: WAN host -> LAN client longest gap {gap:.0} ms");
     assert!(
         lab.ping("wan", net::CLIENT, 3),
@@ -874,6 +898,7 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
             std::thread::sleep(Duration::from_secs(1));
         });
         assert_one_holder(
+            &lab,
             &format!("maintenance {step} (DHCP WAN)"),
             &addr,
             &samples,
@@ -923,7 +948,7 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
          (longest gap {gap:.0} ms); LAN client -> ISP longest gap {lan:.0} ms",
         on_fw2.as_secs_f64() * 1000.0
     );
-    assert_one_holder("crash of fw1 (DHCP WAN)", &addr, &samples, "fw2");
+    assert_one_holder(&lab, "crash of fw1 (DHCP WAN)", &addr, &samples, "fw2");
     assert_eq!(
         wan_v4(&lab, "fw2").as_deref(),
         Some(addr.as_str()),
@@ -966,7 +991,7 @@ fn a_dhcp_takeover_wan_with_the_cluster_mac_keeps_its_lease() {
     // MAC (a revived fw1 still carried the cluster MAC from before the
     // crash, its probe's answer never reached it, and it took the address
     // while fw2 was still releasing it) and waits for fw2 to let go.
-    assert_one_holder("fw1 back (preempt, DHCP WAN)", &addr, &samples, "fw1");
+    assert_one_holder(&lab, "fw1 back (preempt, DHCP WAN)", &addr, &samples, "fw1");
     assert_ne!(
         mac_of(&lab, "fw2", WAN),
         CLUSTER_MAC,
