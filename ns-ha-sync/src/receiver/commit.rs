@@ -14,7 +14,7 @@ use ns_ha_common::NodeRoot;
 use super::{Receiver, Txn, MAX_HOOK_PATHS};
 use crate::crash;
 use crate::journal::{self, Journal, Op, Seen};
-use crate::manifest::{Change, Kind};
+use crate::manifest::{Change, Entry, Kind};
 use crate::state::Run;
 use crate::util::now_secs;
 use crate::wire::CommitReply;
@@ -249,25 +249,6 @@ fn build_journal(root: &NodeRoot, txn: &mut Txn) -> Result<Journal> {
             });
         }
     }
-    // New baseline: what the backup holds once applied. Kept paths keep their
-    // old baseline (they stay reported as edited); other edits the sender did
-    // not need to change already equal the primary's and are absorbed.
-    let mut baseline = std::mem::take(&mut txn.baseline);
-    for c in &applied {
-        baseline.insert(c.path.clone(), c.entry.clone());
-    }
-    for d in &deletes {
-        baseline.remove(*d);
-    }
-    for d in &txn.drift {
-        if txn.changes.contains_key(&d.path) || txn.deletes.contains(&d.path) {
-            continue;
-        }
-        match txn.current.get(&d.path) {
-            Some(e) => baseline.insert(d.path.clone(), e.clone()),
-            None => baseline.remove(&d.path),
-        };
-    }
     // Each op first checks its path is still what the manifest answer saw.
     let seen = ops
         .iter()
@@ -280,6 +261,34 @@ fn build_journal(root: &NodeRoot, txn: &mut Txn) -> Result<Journal> {
             (p.to_string(), s)
         })
         .collect();
+    // Edits the sender did not need to change already equal the primary's
+    // and are absorbed (kept paths keep their old baseline: they stay
+    // reported as edited).
+    let absorbed: Vec<(String, Option<Entry>)> = txn
+        .drift
+        .iter()
+        .filter(|d| !txn.changes.contains_key(&d.path) && !txn.deletes.contains(&d.path))
+        .map(|d| (d.path.clone(), txn.current.get(&d.path).cloned()))
+        .collect();
+    // New baseline: what the backup holds once applied. When the files were
+    // as the last apply left them it is this scan, taken, not copied (the
+    // transaction ends here).
+    let mut baseline = txn
+        .baseline
+        .take()
+        .unwrap_or_else(|| std::mem::take(&mut txn.current));
+    for c in &applied {
+        baseline.insert(c.path.clone(), c.entry.clone());
+    }
+    for d in &deletes {
+        baseline.remove(*d);
+    }
+    for (path, entry) in absorbed {
+        match entry {
+            Some(e) => baseline.insert(path, e),
+            None => baseline.remove(&path),
+        };
+    }
     Ok(Journal {
         seen,
         cluster_id: txn.cluster_id.clone(),

@@ -25,7 +25,10 @@ pub struct LocalView {
     /// `digest(&current)`.
     pub digest: String,
     pub applied: Applied,
-    pub baseline: Manifest,
+    /// What the last apply left, when it differs from `current`; `None`:
+    /// the files are as it left them (or nothing was synced yet), so the
+    /// baseline is `current` itself, not a copy of it.
+    pub baseline: Option<Manifest>,
     pub drift: Vec<Drift>,
     /// What each path was on disk when `current` was read.
     pub stamps: HashMap<String, Stamp>,
@@ -77,12 +80,15 @@ fn view_of(
     // the baseline too: no need to read it (the common case costs no parse
     // of a manifest-sized file).
     let untouched = applied.baseline_digest.as_deref() == Some(digest.as_str());
-    let baseline = if applied.generation == 0 || untouched {
-        current.clone()
+    let baseline: Option<Manifest> = if applied.generation == 0 || untouched {
+        None
     } else {
-        state.read(BASELINE)?.unwrap_or_default()
+        Some(state.read(BASELINE)?.unwrap_or_default())
     };
-    let drift = drift(&current, &baseline);
+    let drift = baseline
+        .as_ref()
+        .map(|b| drift(&current, b))
+        .unwrap_or_default();
     Ok(LocalView {
         digest,
         current,

@@ -72,7 +72,8 @@ struct Txn {
     /// Staging names of received files.
     staged: HashMap<String, String>,
     current: Manifest,
-    baseline: Manifest,
+    /// `LocalView::baseline`: `None` when it is `current`.
+    baseline: Option<Manifest>,
     drift: Vec<Drift>,
     failed: Option<anyhow::Error>,
     files: u64,
