@@ -481,7 +481,7 @@ fn local_status(
                 // Not fsynced (a cache of the last push): damaged after a
                 // power cut, it only costs the next push a full manifest.
                 state
-                    .read_pushed()
+                    .read_pushed(false)
                     .unwrap_or_else(|e| {
                         log::warn!("{e:#}: the next push asks the backup for its whole manifest");
                         None

@@ -403,7 +403,7 @@ pub fn push_with(
             }
         }
         let local = scan_local(root, &set, &state, live.as_deref_mut(), &mut spans)?;
-        let prev = state.read_pushed().unwrap_or_else(|e| {
+        let prev = state.read_pushed(live.is_some()).unwrap_or_else(|e| {
             log::warn!("{e:#}: the push asks the backup for its whole manifest");
             None
         });

@@ -135,11 +135,12 @@ impl StateDir {
     /// was, maybe not the last one: that only costs the next push a full
     /// manifest from the backup. Neither is fsynced, see [`Self::write_cache`].
     ///
-    /// A process that pushes again (`watch`) reads them once: the last push
-    /// it read or wrote is kept in memory, and served again while both
-    /// files are as it left them (inode, size, times), which saves parsing a
-    /// manifest-sized file on every push.
-    pub fn read_pushed(&self) -> Result<Option<Pushed>> {
+    /// A process that pushes again (`watch`, `again`) reads them once: the
+    /// last push it read or wrote is kept in memory, and served again while
+    /// both files are as it left them (inode, size, times), which saves
+    /// parsing a manifest-sized file on every push. A process that pushes
+    /// once does not keep what it read (a copy of the manifest for nothing).
+    pub fn read_pushed(&self, again: bool) -> Result<Option<Pushed>> {
         let files = self.pushed_files();
         if let Some(kept) = kept_pushed().as_ref() {
             if kept.dir == self.dir && kept.files == files {
@@ -147,7 +148,7 @@ impl StateDir {
             }
         }
         let p = self.read_pushed_files()?;
-        if let Some(p) = &p {
+        if let (Some(p), true) = (&p, again) {
             keep_pushed(&self.dir, files, p.clone());
         }
         Ok(p)
@@ -523,10 +524,10 @@ mod tests {
             manifest: manifest.clone(),
             ..Default::default()
         };
-        assert!(state.read_pushed().unwrap().is_none());
+        assert!(state.read_pushed(true).unwrap().is_none());
         state.save_pushed(None, push(1, &manifest)).unwrap();
         let whole = std::fs::read(state.file(PUSHED)).unwrap();
-        let prev = state.read_pushed().unwrap().unwrap();
+        let prev = state.read_pushed(true).unwrap().unwrap();
         assert_eq!((prev.generation, prev.logged), (1, 0));
         // One file changed, one deleted: one line, pushed.json untouched.
         let mut m2 = manifest.clone();
@@ -537,7 +538,7 @@ mod tests {
         let log = std::fs::read_to_string(state.file(PUSHED_LOG)).unwrap();
         assert_eq!(log.lines().count(), 1);
         assert!(log.len() < 500, "{log}");
-        let got = state.read_pushed().unwrap().unwrap();
+        let got = state.read_pushed(true).unwrap().unwrap();
         assert_eq!(
             (got.generation, got.digest.as_str(), got.logged),
             (2, "d2", 1)
@@ -564,22 +565,22 @@ mod tests {
         // A line cut by a power cut ends the log: the last push before it.
         let torn = format!("{log}{{\"seq\":{},\"generation\":3", got.seq);
         std::fs::write(state.file(PUSHED_LOG), &torn).unwrap();
-        let got = state.read_pushed().unwrap().unwrap();
+        let got = state.read_pushed(true).unwrap().unwrap();
         assert_eq!((got.generation, &got.manifest), (2, &m2));
         // Lines of another pushed.json (one rewritten since) do not apply.
         let other = log.replacen(&format!("\"seq\":{}", got.seq), "\"seq\":12345", 1);
         std::fs::write(state.file(PUSHED_LOG), other).unwrap();
-        let got = state.read_pushed().unwrap().unwrap();
+        let got = state.read_pushed(true).unwrap().unwrap();
         assert_eq!((got.generation, &got.manifest), (1, &manifest));
         // Without pushed.json, a log is nothing.
         std::fs::write(state.file(PUSHED_LOG), &log).unwrap();
         std::fs::remove_file(state.file(PUSHED)).unwrap();
-        assert!(state.read_pushed().unwrap().is_none());
+        assert!(state.read_pushed(true).unwrap().is_none());
         // A large change writes pushed.json whole and empties the log.
         let m3: Manifest = (0..1000).map(|i| (format!("/etc/g{i}"), file(i))).collect();
         state.save_pushed(Some(&got), push(3, &m3)).unwrap();
         assert!(!state.file(PUSHED_LOG).exists());
-        let got = state.read_pushed().unwrap().unwrap();
+        let got = state.read_pushed(true).unwrap().unwrap();
         assert_eq!((got.generation, &got.manifest, got.logged), (3, &m3, 0));
     }
 
