@@ -166,9 +166,7 @@ impl Executor<'_> {
                 };
             }
             (false, _) => {
-                if let Err(e) = self.keep_cluster_lease(w) {
-                    log::warn!("taking WAN {interface}'s link down before ifdown: {e:#}");
-                }
+                self.silence_before_down(w);
                 if let Err(e) = self.interfaces.down(w, self.timeout) {
                     return failed(&e);
                 }
@@ -293,23 +291,38 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// A DHCP WAN with the cluster MAC: take the link down before `ifdown`.
-    /// The lease belongs to the cluster MAC, and the next master asks for
-    /// it again: `ifdown` would release it (dhclient -r; the ISP may then
-    /// give the address to another customer) and keep answering for it
-    /// while it does (~1 s). With the link down first the node answers no
-    /// more at once and the release never leaves it.
-    fn keep_cluster_lease(&self, w: &Wan) -> anyhow::Result<()> {
-        if w.mac.is_none() || !matches!(w.ipv4, Some(Ipv4Method::Dhcp)) {
-            return Ok(());
+    /// Take a WAN's device down before `ifdown`, so that this node stops
+    /// carrying it at once: no more answers to ARP for a static address,
+    /// no more IP over a PPPoE session (pppd still ends the session properly
+    /// on `ifdown`). ifupdown runs one `ifup`/`ifdown` at a time, so with
+    /// several WANs the last one's `ifdown` waits for the others' (seconds;
+    /// the VM tier measured 18 s emulated for the last of six), while the
+    /// new master brings them up: a PPPoE WAN, which has no address to probe
+    /// before it comes up, was then up on both nodes in a maintenance handover.
+    /// A DHCP WAN with the cluster MAC is silenced too: its lease belongs to
+    /// the cluster MAC and the next master asks for it again, and with the
+    /// link down `ifdown`'s release (dhclient -r; the ISP could give the
+    /// address to another customer) never leaves. A DHCP WAN without it
+    /// keeps its link up: its `ifdown` releases the lease, which needs it.
+    /// A device that is not there (a VLAN or PPPoE session already gone)
+    /// has nothing to silence.
+    fn silence_before_down(&self, w: &Wan) {
+        if w.mac.is_none() && matches!(w.ipv4, Some(Ipv4Method::Dhcp)) {
+            return;
         }
-        self.runner
-            .run_ok(
-                "ip",
-                &args(&["link", "set", "dev", &w.interface, "down"]),
-                self.timeout,
-            )
-            .map(|_| ())
+        let down = args(&["link", "set", "dev", &w.interface, "down"]);
+        match self.runner.run("ip", &down, self.timeout) {
+            Ok(out) if out.status == Some(0) => {}
+            Ok(out) => log::debug!(
+                "WAN {}: nothing to take down before ifdown: {}",
+                w.interface,
+                out.stderr.trim()
+            ),
+            Err(e) => log::warn!(
+                "taking WAN {}'s link down before ifdown: {e:#}",
+                w.interface
+            ),
+        }
     }
 
     /// Where this node keeps the MAC its WAN device had before the cluster
@@ -692,6 +705,38 @@ mod tests {
         let records = exec.run(&lanes);
         let calls = control.calls.lock().unwrap().clone();
         (records, calls)
+    }
+
+    /// A WAN going down stops being carried before `ifdown` (which waits
+    /// for ifupdown's other calls): its device is taken down first, but for
+    /// a DHCP WAN without the cluster MAC, whose `ifdown` releases the lease.
+    #[test]
+    fn a_wan_going_down_is_silenced_before_ifdown_unless_it_releases_a_lease() {
+        let down = "ip link set dev wan1 down".to_string();
+        let mut fixed = dhcp_wan();
+        fixed.ipv4 = Some(Ipv4Method::Static {
+            address: "10.99.3.1/24".parse().unwrap(),
+            gateway: None,
+        });
+        let mut pppoe = dhcp_wan();
+        pppoe.ipv4 = None;
+        pppoe.device = WanDevice::Pppoe {
+            parent: "eth9".into(),
+            user: "me".into(),
+        };
+        let mut cluster_mac = dhcp_wan();
+        cluster_mac.mac = Some("02:00:5e:10:00:01".parse().unwrap());
+        for (what, w, silenced) in [
+            ("static", fixed, true),
+            ("PPPoE", pppoe, true),
+            ("DHCP with the cluster MAC", cluster_mac, true),
+            ("DHCP, own MAC", dhcp_wan(), false),
+        ] {
+            let (r, calls, commands) = run_with(w, WanState::Up, false, None);
+            assert_eq!(calls, ["down wan1"], "{what}");
+            assert_eq!(r[0].outcome, Outcome::Changed, "{what}: {r:?}");
+            assert_eq!(commands.contains(&down), silenced, "{what}: {commands:?}");
+        }
     }
 
     #[test]
