@@ -135,7 +135,7 @@ impl StateDir {
     /// was, maybe not the last one: that only costs the next push a full
     /// manifest from the backup. Neither is fsynced, see [`Self::write_cache`].
     ///
-    /// A process that pushes again (`watch`, `again`) reads them once: the
+    /// A process that pushes again (`watch`: `again` is true) reads them once: the
     /// last push it read or wrote is kept in memory, and served again while
     /// both files are as it left them (inode, size, times), which saves
     /// parsing a manifest-sized file on every push. A process that pushes

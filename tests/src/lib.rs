@@ -116,6 +116,17 @@ pub fn bin(name: &str) -> PathBuf {
     panic!("binary '{name}' not found in {dirs:?}: run `cargo build --workspace` first");
 }
 
+/// Sets its flag when dropped, also while unwinding from a panic: a sampler
+/// thread that runs until the flag is set then stops, instead of keeping a
+/// `std::thread::scope` (and the lab's teardown) waiting for ever.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Poll `f` every `poll` until it returns true or `timeout` has passed.
 /// Returns whether it became true (checked once more at the deadline).
 pub fn wait_until(timeout: Duration, poll: Duration, mut f: impl FnMut() -> bool) -> bool {

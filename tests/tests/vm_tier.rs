@@ -39,7 +39,7 @@ use ns_ha_common::exit::Code;
 use ns_ha_common::peer::PEER_TIMEOUT_ENV;
 use ns_ha_tests::cluster::{init, init_ok, pair_only_with, role_settled, role_status, tool_ok};
 use ns_ha_tests::links::LinkSnapshot;
-use ns_ha_tests::{net, wait_until, Lab};
+use ns_ha_tests::{net, wait_until, Lab, StopOnDrop};
 use serde_json::Value;
 
 /// Set (to 1) by `vm_tier` for the run inside the VM; the `in_vm_*` cases do
@@ -600,6 +600,9 @@ fn poll_moves(
             }
             snapshots
         });
+        // Stopped also when a check panics: the scope would otherwise wait
+        // for the sampler for ever.
+        let stopper = StopOnDrop(&stop);
         let took = each(wans, |wan| loop {
             if done(wan) {
                 break Some(since.elapsed());
@@ -613,7 +616,7 @@ fn poll_moves(
             let until = since + *last + SAMPLE_AFTER;
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         let snapshots = sampler.join().expect("the link sampler");
         wans.iter()
             .zip(took)

@@ -18,7 +18,7 @@ use ns_ha_tests::cluster::{
 use ns_ha_tests::health::{
     assert_held_past_hold_down, set_health, state, Pinger, LAB_HOLD_DOWN_MS,
 };
-use ns_ha_tests::{net, wait_until, Lab, FIREWALLS};
+use ns_ha_tests::{net, wait_until, Lab, StopOnDrop, FIREWALLS};
 use serde_json::Value;
 
 const WAN: &str = "wan1";
@@ -79,15 +79,6 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Sets its flag when dropped (also while unwinding from a panic).
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// No sample with two holders; the last `settled` samples held by `want` alone.
