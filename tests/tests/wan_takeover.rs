@@ -74,13 +74,6 @@ fn sampled_on<T>(
     })
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// No sample with two holders; the last `settled` samples held by `want` alone.
 fn assert_one_holder(
     lab: &Lab,
@@ -94,7 +87,8 @@ fn assert_one_holder(
         // The sampling ended just before this assertion: the sample's
         // wall-clock time, to read against the role engines' records.
         let last = samples.last().map(|(l, _)| *l).unwrap_or_default();
-        let at_unix_ms = unix_ms().saturating_sub((last - *t).as_millis() as u64);
+        let at_unix_ms =
+            ns_ha_common::clock::now_ms().saturating_sub((last - *t).as_millis() as u64);
         panic!(
             "{what}: two nodes hold {addr} at {t:?} (unix ms ~{at_unix_ms}): {h:?}\n\
              fw1's role engine: {}\nfw2's role engine: {}",
