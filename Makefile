@@ -79,7 +79,7 @@ lab-test: build deb
 #   (its channel runs with dropbear in the probe-package case).
 # It takes about 6 minutes here (README, "Testing").
 LAB_DROPBEAR_TESTS := init_errors init_lifecycle json_contract lab_smoke peer_lost \
-	role_lab sync_crash sync_roundtrip sync_stall sync_status sync_watch syslog \
+	role_lab sync_crash sync_delta sync_roundtrip sync_stall sync_status sync_watch syslog \
 	trust_model upgrade_remote
 LAB_DROPBEAR_SKIP := over_openssh over_dropbear \
 	lab_links_addresses_and_routes_work keepalived_starts_from_its_init_script \

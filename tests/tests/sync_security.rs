@@ -37,56 +37,6 @@ fn frame(msg: &Value, blob: &[u8]) -> Vec<u8> {
     frame_with(msg, blob)
 }
 
-fn sha256(lab: &Lab, data: &[u8]) -> String {
-    let p = lab.dir().join("sha-input");
-    std::fs::write(&p, data).unwrap();
-    let out = std::process::Command::new("sha256sum")
-        .arg(&p)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn cluster_id(lab: &Lab) -> String {
-    let c: Value = serde_json::from_str(&lab.read("fw1", "/etc/ns-ha/cluster.json")).unwrap();
-    c["cluster_id"].as_str().unwrap().to_string()
-}
-
-fn hello(id: &str) -> Vec<u8> {
-    frame(
-        &json!({"op": "hello", "protocol": ns_ha_common::proto::PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION"), "cluster_id": id}),
-        b"",
-    )
-}
-
-/// Send raw frames through ssh with `key` to fw2's forced command; the replies.
-fn raw_session(lab: &Lab, key: &str, frames: &[Vec<u8>]) -> (i32, Vec<Value>) {
-    let input = lab.dir().join("frames.bin");
-    let output = lab.dir().join("replies.bin");
-    std::fs::write(&input, frames.concat()).unwrap();
-    let script = format!(
-        "ssh -T -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-         -o LogLevel=ERROR root@10.99.0.2 receive < {} > {}",
-        input.display(),
-        output.display()
-    );
-    let out = lab.sh("fw1", &script);
-    let bytes = std::fs::read(&output).unwrap_or_default();
-    (out.status.code().unwrap_or(-1), replies_of(&bytes))
-}
-
-fn begin(id: &str, generation: u64, changes: Value) -> Vec<u8> {
-    frame(
-        &json!({"op": "begin", "cluster_id": id, "generation": generation,
-                "base_generation": generation - 1, "force": false, "changes": changes, "deletes": []}),
-        b"",
-    )
-}
-
 /// The first failed reply must carry `code` and mention `needle`.
 fn assert_refused(replies: &[Value], code: u64, needle: &str) {
     let failed = replies

@@ -177,14 +177,75 @@ pub fn frame_with(msg: &serde_json::Value, blob: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The reply frames in what a receiver wrote to its stdout.
+/// The reply frames in what a receiver wrote to its stdout (the block
+/// signature after a `signature` reply, `data.len` bytes, is skipped).
 pub fn replies_of(bytes: &[u8]) -> Vec<serde_json::Value> {
     let mut replies = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 4 {
         let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-        replies.push(serde_json::from_slice(&rest[4..4 + n]).unwrap());
-        rest = &rest[4 + n..];
+        let reply: serde_json::Value = serde_json::from_slice(&rest[4..4 + n]).unwrap();
+        let blob = reply["data"]["len"].as_u64().unwrap_or(0) as usize;
+        replies.push(reply);
+        rest = &rest[(4 + n + blob).min(rest.len())..];
     }
     replies
+}
+
+// --- raw sessions: frames written by hand to fw2's forced command ---------
+
+/// The sha256 (hex) of `data`, by `sha256sum`.
+pub fn sha256(lab: &Lab, data: &[u8]) -> String {
+    let p = lab.dir().join("sha-input");
+    std::fs::write(&p, data).unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(&p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The pair's cluster id, from fw1's cluster.json.
+pub fn cluster_id(lab: &Lab) -> String {
+    let c: serde_json::Value =
+        serde_json::from_str(&lab.read("fw1", "/etc/ns-ha/cluster.json")).unwrap();
+    c["cluster_id"].as_str().unwrap().to_string()
+}
+
+/// The `hello` frame of this release for cluster `id`.
+pub fn hello(id: &str) -> Vec<u8> {
+    frame_with(
+        &serde_json::json!({"op": "hello", "protocol": ns_ha_common::proto::PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION"), "cluster_id": id}),
+        b"",
+    )
+}
+
+/// A `begin` frame of `generation` (based on the one before) with `changes`.
+pub fn begin(id: &str, generation: u64, changes: serde_json::Value) -> Vec<u8> {
+    frame_with(
+        &serde_json::json!({"op": "begin", "cluster_id": id, "generation": generation,
+                "base_generation": generation - 1, "force": false, "changes": changes, "deletes": []}),
+        b"",
+    )
+}
+
+/// Send raw frames through ssh with `key` to fw2's forced command; the
+/// receiver's exit code and replies.
+pub fn raw_session(lab: &Lab, key: &str, frames: &[Vec<u8>]) -> (i32, Vec<serde_json::Value>) {
+    let input = lab.dir().join("frames.bin");
+    let output = lab.dir().join("replies.bin");
+    std::fs::write(&input, frames.concat()).unwrap();
+    let script = format!(
+        "ssh -T -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         -o LogLevel=ERROR root@10.99.0.2 receive < {} > {}",
+        input.display(),
+        output.display()
+    );
+    let out = lab.sh("fw1", &script);
+    let bytes = std::fs::read(&output).unwrap_or_default();
+    (out.status.code().unwrap_or(-1), replies_of(&bytes))
 }
