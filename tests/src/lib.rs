@@ -484,6 +484,25 @@ impl Lab {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
     }
 
+    /// Replace a file inside a firewall's root as the tools and editors do:
+    /// a temporary file beside it, renamed over it. For a file a running
+    /// daemon may read at that moment (the role engine reads cluster.json
+    /// at every pass, and a pass that meets half a file fails): it sees the
+    /// old content or the new, never a part. The file keeps its mode.
+    pub fn replace(&self, node: &str, rel: &str, contents: impl AsRef<[u8]>) {
+        let p = self.path(node, rel);
+        let mut tmp = p.clone().into_os_string();
+        tmp.push(".lab-tmp");
+        std::fs::write(&tmp, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+        if let Ok(md) = std::fs::metadata(&p) {
+            std::fs::set_permissions(&tmp, md.permissions())
+                .unwrap_or_else(|e| panic!("cannot set the mode of {}: {e}", p.display()));
+        }
+        std::fs::rename(&tmp, &p)
+            .unwrap_or_else(|e| panic!("cannot rename over {}: {e}", p.display()));
+    }
+
     /// Read a file inside a firewall's root (panics if missing).
     pub fn read(&self, node: &str, rel: &str) -> String {
         let p = self.path(node, rel);
