@@ -493,12 +493,18 @@ impl Lab {
         let p = self.path(node, rel);
         let mut tmp = p.clone().into_os_string();
         tmp.push(".lab-tmp");
-        std::fs::write(&tmp, contents)
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // Created with the file's mode, so a secret (cluster.json is 0600)
+        // is never readable by others, not even as the temporary file.
+        let mode = std::fs::metadata(&p).map_or(0o644, |md| md.permissions().mode() & 0o7777);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(contents.as_ref()))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
-        if let Ok(md) = std::fs::metadata(&p) {
-            std::fs::set_permissions(&tmp, md.permissions())
-                .unwrap_or_else(|e| panic!("cannot set the mode of {}: {e}", p.display()));
-        }
         std::fs::rename(&tmp, &p)
             .unwrap_or_else(|e| panic!("cannot rename over {}: {e}", p.display()));
     }
