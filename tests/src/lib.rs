@@ -484,29 +484,18 @@ impl Lab {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
     }
 
-    /// Replace a file inside a firewall's root as the tools and editors do:
-    /// a temporary file beside it, renamed over it. For a file a running
-    /// daemon may read at that moment (the role engine reads cluster.json
-    /// at every pass, and a pass that meets half a file fails): it sees the
-    /// old content or the new, never a part. The file keeps its mode.
+    /// Replace a file inside a firewall's root as the tools do
+    /// (`fsutil::atomic_write`: a temporary file with the mode, renamed
+    /// over it). For a file a running daemon may read at that moment (the
+    /// role engine reads cluster.json at every pass, and a pass that meets
+    /// half a file fails): it sees the old content or the new, never a part.
+    /// The file keeps its mode (cluster.json is 0600).
     pub fn replace(&self, node: &str, rel: &str, contents: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt;
         let p = self.path(node, rel);
-        let mut tmp = p.clone().into_os_string();
-        tmp.push(".lab-tmp");
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        // Created with the file's mode, so a secret (cluster.json is 0600)
-        // is never readable by others, not even as the temporary file.
         let mode = std::fs::metadata(&p).map_or(0o644, |md| md.permissions().mode() & 0o7777);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(contents.as_ref()))
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
-        std::fs::rename(&tmp, &p)
-            .unwrap_or_else(|e| panic!("cannot rename over {}: {e}", p.display()));
+        ns_ha_common::fsutil::atomic_write(&p, contents.as_ref(), mode)
+            .unwrap_or_else(|e| panic!("cannot replace {}: {e:#}", p.display()));
     }
 
     /// Read a file inside a firewall's root (panics if missing).

@@ -241,7 +241,8 @@ pub fn raw_session(lab: &Lab, key: &str, frames: &[Vec<u8>]) -> (i32, Vec<serde_
     std::fs::write(&input, frames.concat()).unwrap();
     let script = format!(
         "ssh -T -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-         -o LogLevel=ERROR root@10.99.0.2 receive < {} > {}",
+         -o LogLevel=ERROR root@{} receive < {} > {}",
+        ns_ha_tests::net::FW2_HA,
         input.display(),
         output.display()
     );
